@@ -1,0 +1,322 @@
+"""The one fan-out engine: plan row-chunk tasks, run them, gather in order.
+
+Both wrappers and :func:`parallel_predict` describe their work as a list of
+:class:`Job` (an estimator, a method, an input, optionally a column
+selection). The engine decides how the jobs' rows are cut into tasks, runs the
+tasks on a joblib backend and joins each job's outputs into exactly what the
+serial call returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from numbers import Integral
+from typing import Any
+
+import joblib
+import numpy as np
+from joblib.parallel import get_active_backend
+from sklearn.utils import get_tags
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    validate_params,
+)
+from sklearn.utils.parallel import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from sklearn_parpredict import _chunking, _planning
+from sklearn_parpredict._sharing import (
+    SHARE_MIN_BYTES,
+    ModelHandle,
+    SharedArray,
+    resolve,
+)
+
+# Seconds after which a process pool that sat idle is assumed to be gone
+# (loky shuts idle workers down after 300 s).
+_POOL_IDLE_S = 250.0
+_pool_last_used: dict[tuple, float] = {}
+
+
+@dataclass
+class Job:
+    """One method of one fitted estimator on all rows of one input."""
+
+    estimator: Any
+    method: str
+    X: Any
+    columns: Any = None
+    params: dict = field(default_factory=dict)
+
+    def call(self, start: int | None = None, stop: int | None = None):
+        """Run the method in this process, on all rows or on ``start:stop``."""
+        X = self.X if start is None else _chunking.row_slice(self.X, start, stop)
+        return _run_task(
+            self.estimator, self.method, X, None, self.columns, self.params
+        )
+
+
+def _run_task(model, method, X, bounds, columns, params):
+    """The work of one task, in a worker or in-process."""
+    model = resolve(model)
+    X = resolve(X)
+    if bounds is not None:
+        X = _chunking.row_slice(X, *bounds)
+    X = _chunking.select_columns(X, columns)
+    return getattr(model, method)(X, **params)
+
+
+def _backend(n_jobs, backend):
+    """The joblib backend instance a call would use, and its worker count."""
+    config = (
+        joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext()
+    )
+    with config:
+        active, _ = get_active_backend()
+        n_workers = joblib.effective_n_jobs(n_jobs)
+    return active, n_workers
+
+
+def _deterministic(estimator) -> bool:
+    try:
+        return not get_tags(estimator).non_deterministic
+    except Exception:
+        return True
+
+
+def run_jobs(
+    jobs: list[Job],
+    *,
+    n_jobs: int | None = -1,
+    backend: str | None = None,
+    chunk_size: int | str = "auto",
+    verbose: int = 0,
+) -> list:
+    """Run every job and return their outputs, each as the serial call's.
+
+    The outputs are in job order; each is what
+    ``getattr(job.estimator, job.method)(X, **job.params)`` returns, where
+    ``X`` is ``job.X`` restricted to ``job.columns``.
+    """
+    for job in jobs:
+        # Fail as the serial call does when the method is missing.
+        getattr(job.estimator, job.method)
+        job.X = _chunking.prepare(job.X)
+    sizes = [_chunking.n_rows(job.X) for job in jobs]
+    active, n_workers = _backend(n_jobs, backend)
+    n_workers = min(n_workers, max(sizes, default=0))
+    if n_workers <= 1 or not all(_deterministic(job.estimator) for job in jobs):
+        # Estimators whose output depends on the batch (random predictions)
+        # cannot be split without changing the result.
+        return [job.call() for job in jobs]
+
+    kind = "thread" if getattr(active, "uses_threads", False) else "process"
+    # Outputs computed so far, per job, as (start, stop, output).
+    done: list[list[tuple[int, int, Any]]] = [[] for _ in jobs]
+    costs = None
+    if chunk_size == "auto":
+        probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
+        costs = [cost for cost, _ in probed]
+        pool_key = (type(active).__name__, n_workers)
+        cold_s = 0.0
+        if kind == "process":
+            idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
+            cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
+            cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
+        ranges = _planning.plan_chunks(
+            costs,
+            [(_done_rows(p), n) for p, n in zip(done, sizes)],
+            n_workers=n_workers,
+            kind=kind,
+            cold_s=cold_s,
+        )
+    else:
+        ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
+        if sum(map(len, ranges)) <= 1:
+            ranges = None
+
+    if ranges is None:
+        # Serial is faster: finish each job with one in-process call.
+        for job, n, pieces in zip(jobs, sizes, done):
+            start = _done_rows(pieces)
+            if not pieces:
+                pieces.append((0, n, job.call()))
+            elif start < n:
+                pieces.append((start, n, job.call(start, n)))
+    else:
+        _run_parallel(jobs, ranges, costs, done, n_workers, kind, backend, verbose)
+        if kind == "process":
+            _pool_last_used[(type(active).__name__, n_workers)] = time.monotonic()
+    return [_chunking.concatenate([p[2] for p in sorted(pieces)]) for pieces in done]
+
+
+def _done_rows(pieces) -> int:
+    return max((stop for _, stop, _ in pieces), default=0)
+
+
+def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
+    """The job's cost, and whether it had to be measured now.
+
+    When the cost is not remembered, the first rows are timed in-process and
+    their outputs are kept in ``pieces``.
+    """
+    cost = _planning.remembered_cost(job.estimator, job.method)
+    if cost is not None:
+        return cost, False
+    samples = []
+    start, size = 0, _planning.PROBE_ROWS
+    while start < n and len(samples) < 2:
+        stop = min(n, start + size)
+        with _planning.Timer() as timer:
+            out = job.call(start, stop)
+        pieces.append((start, stop, out))
+        samples.append((stop - start, timer.wall, timer.cpu))
+        start, size = stop, size * _planning.PROBE_GROWTH
+        if timer.wall >= _planning.PROBE_ENOUGH_S:
+            break
+    cost = _planning.fit_cost(samples)
+    _planning.remember_cost(job.estimator, job.method, cost)
+    return cost, True
+
+
+def _run_parallel(jobs, ranges, costs, done, n_workers, kind, backend, verbose):
+    """Run the planned row ranges on the backend and file their outputs."""
+    process = kind == "process"
+    shared: dict[int, SharedArray] = {}
+    keys, tasks, weights = [], [], []
+    for j, job in enumerate(jobs):
+        if not ranges[j]:
+            continue
+        # Processes get handles that ship the model once per worker and
+        # large dense input through a memory-mapped file.
+        model = ModelHandle(job.estimator) if process else job.estimator
+        X = job.X
+        share = (
+            process
+            and isinstance(X, np.ndarray)
+            and not X.dtype.hasobject
+            and X.nbytes >= SHARE_MIN_BYTES
+        )
+        if share:
+            ref = shared.setdefault(id(X), SharedArray(X))
+        for start, stop in ranges[j]:
+            if share:
+                args = (ref, (start, stop))
+            else:
+                args = (_chunking.row_slice(X, start, stop), None)
+            keys.append((j, start, stop))
+            tasks.append(
+                delayed(_run_task)(model, job.method, *args, job.columns, job.params)
+            )
+            weights.append((stop - start) * (costs[j].per_row if costs else 1.0))
+    # Longest tasks first, so that short ones fill the gaps at the end.
+    order = sorted(range(len(tasks)), key=weights.__getitem__, reverse=True)
+    limits = contextlib.nullcontext()
+    if not process:
+        # Threads share the process's BLAS/OpenMP pools: keep
+        # workers x threads within the cores.
+        cores = os.cpu_count() or 1
+        limits = threadpool_limits(limits=max(1, cores // n_workers))
+    try:
+        with limits:
+            outputs = Parallel(
+                n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+            )(tasks[i] for i in order)
+    finally:
+        for array in shared.values():
+            array.close()
+    for i, out in zip(order, outputs):
+        j, start, stop = keys[i]
+        done[j].append((start, stop, out))
+
+
+# Constraints of the engine's parameters, shared by the wrappers.
+ENGINE_CONSTRAINTS = {
+    "n_jobs": [
+        Interval(Integral, None, -1, closed="right"),
+        Interval(Integral, 1, None, closed="left"),
+        None,
+    ],
+    "backend": [str, HasMethods(["configure", "effective_n_jobs"]), None],
+    "chunk_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+    "verbose": ["verbose"],
+}
+
+
+@validate_params(
+    {
+        "estimator": "no_validation",
+        "X": ["array-like", "sparse matrix"],
+        "method": [str],
+        **{k: v for k, v in ENGINE_CONSTRAINTS.items() if k != "verbose"},
+        "params": [dict, None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def parallel_predict(
+    estimator,
+    X,
+    *,
+    method: str = "predict",
+    n_jobs: int | None = -1,
+    backend: str | None = None,
+    chunk_size: int | str = "auto",
+    params: dict | None = None,
+):
+    """Call a fitted estimator's method on ``X`` in parallel over row chunks.
+
+    The function form of :class:`ParallelPredictor`: the same engine, for code
+    that does not want a wrapper. The result is what
+    ``getattr(estimator, method)(X, **params)`` returns.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        A fitted estimator.
+    X : {array-like, sparse matrix, DataFrame} of shape (n_samples, ...)
+        The input, split by rows.
+    method : str, default="predict"
+        The method to call: ``"predict"``, ``"predict_proba"``,
+        ``"transform"``, ...
+    n_jobs : int, default=-1
+        Number of workers; ``-1`` uses all cores (see the scikit-learn
+        glossary). ``None`` means 1 unless in a ``joblib.parallel_config``
+        context.
+    backend : str, default=None
+        A joblib backend name; ``None`` uses the active
+        ``joblib.parallel_config`` or joblib's default.
+    chunk_size : int or "auto", default="auto"
+        Rows per task. ``"auto"`` times the first rows and picks the chunk
+        count, or stays in-process when parallelism cannot pay for itself.
+    params : dict, default=None
+        Keyword arguments for the method.
+
+    Returns
+    -------
+    output : object
+        What the serial call returns: same type, dtype, shape and index.
+
+    See Also
+    --------
+    ParallelPredictor : The same engine as a scikit-learn meta-estimator.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> from sklearn_parpredict import parallel_predict
+    >>> X, y = make_classification(n_samples=200, random_state=0)
+    >>> forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    >>> proba = parallel_predict(forest, X, method="predict_proba", n_jobs=2)
+    >>> proba.shape
+    (200, 2)
+    >>> bool((proba == forest.predict_proba(X)).all())
+    True
+    """
+    job = Job(estimator, method, X, params=params or {})
+    return run_jobs([job], n_jobs=n_jobs, backend=backend, chunk_size=chunk_size)[0]

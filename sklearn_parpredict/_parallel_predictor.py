@@ -1,0 +1,449 @@
+"""ParallelPredictor: any estimator's batch methods over row chunks."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    MetaEstimatorMixin,
+    RegressorMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import get_tags
+from sklearn.utils.metadata_routing import (
+    MetadataRouter,
+    MethodMapping,
+    _routing_enabled,
+    process_routing,
+)
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Job, run_jobs
+
+# The methods the wrapper runs in parallel, each present when the wrapped
+# estimator has it.
+PARALLEL_METHODS = (
+    "predict",
+    "predict_proba",
+    "predict_log_proba",
+    "decision_function",
+    "transform",
+    "score_samples",
+)
+
+
+def is_fitted(estimator) -> bool:
+    """Whether ``estimator`` can predict as it is.
+
+    Objects without ``fit`` (plain predictors) count as fitted.
+    """
+    if not hasattr(estimator, "fit"):
+        return True
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return False
+    return True
+
+
+def _estimator_has(attr):
+    def check(self):
+        # Raise the inner estimator's own AttributeError when it lacks attr.
+        getattr(self.__dict__.get("estimator_", self.estimator), attr)
+        return True
+
+    return check
+
+
+class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
+    """Run an estimator's ``predict``, ``transform``, ... in parallel by rows.
+
+    The rows of ``X`` are split into chunks that a pool of workers predicts
+    concurrently; the outputs are joined into exactly what the serial call
+    returns. The model is shipped to each worker once per fitted state, and
+    ``chunk_size="auto"`` stays in-process when parallelism cannot pay for
+    itself (small batches, cheap models, one core).
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        The estimator to wrap: a classifier, regressor, transformer, outlier
+        detector, clusterer or :class:`~sklearn.pipeline.Pipeline`. It may be
+        already fitted, in which case it is used as given without calling
+        :meth:`fit`.
+
+    n_jobs : int, default=-1
+        Number of workers. ``-1`` uses all cores, ``-2`` all but one (see the
+        scikit-learn glossary). ``None`` means 1 unless in a
+        :func:`joblib.parallel_config` context.
+
+    backend : str, default=None
+        A joblib backend name (``"loky"``, ``"threading"``,
+        ``"multiprocessing"``, ``"dask"``, ...). ``None`` uses the backend of
+        an active :func:`joblib.parallel_config`, else joblib's default
+        (``"loky"``).
+
+    chunk_size : int or "auto", default="auto"
+        Rows per task. ``"auto"`` times the first rows in-process (their
+        output is kept) and either finishes in-process or picks the number of
+        chunks from the measured cost.
+
+    verbose : int, default=0
+        Verbosity of the joblib fan-out.
+
+    Attributes
+    ----------
+    estimator_ : estimator instance
+        The fitted estimator used for prediction: a fitted clone of
+        ``estimator`` after :meth:`fit`, or ``estimator`` itself when it was
+        given fitted.
+
+    classes_ : ndarray of shape (n_classes,)
+        The class labels, for classifiers.
+
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` had string column names.
+
+    See Also
+    --------
+    parallel_predict : The same engine as a function.
+    MultiModelPredictor : Several models on the same rows in parallel.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_classification
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> from sklearn_parpredict import ParallelPredictor
+    >>> X, y = make_classification(n_samples=1_000, random_state=0)
+    >>> model = ParallelPredictor(RandomForestClassifier(random_state=0), n_jobs=2)
+    >>> model.fit(X, y).predict(X[:5])
+    array([0, 1, 1, 1, 0])
+    >>> trained = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y)
+    >>> bool((ParallelPredictor(trained).predict(X) == trained.predict(X)).all())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": "no_validation",
+        **ENGINE_CONSTRAINTS,
+    }
+
+    def __init__(
+        self, estimator, *, n_jobs=-1, backend=None, chunk_size="auto", verbose=0
+    ):
+        self.estimator = estimator
+        self.n_jobs = n_jobs
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None, **fit_params):
+        """Fit a clone of the estimator.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs), \
+                default=None
+            Targets, if the estimator is supervised.
+
+        **fit_params : dict
+            Parameters passed to the estimator's ``fit`` (routed through
+            metadata routing when it is enabled).
+
+        Returns
+        -------
+        self : object
+            The fitted wrapper.
+        """
+        if _routing_enabled():
+            fit_params = process_routing(self, "fit", **fit_params).estimator.fit
+        self.estimator_ = clone(self.estimator)
+        self.estimator_.fit(X, y, **fit_params)
+        return self
+
+    def _fitted(self):
+        estimator = self.__dict__.get("estimator_")
+        if estimator is not None:
+            return estimator
+        if is_fitted(self.estimator):
+            return self.estimator
+        raise NotFittedError(
+            f"This {type(self).__name__} instance is not fitted yet, and the "
+            f"estimator it wraps is not fitted either. Call 'fit' with "
+            f"appropriate arguments, or wrap a fitted estimator."
+        )
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "estimator_" in self.__dict__ or is_fitted(self.estimator)
+
+    def __getattr__(self, name):
+        # Fitted attributes (classes_, coef_, offset_, ...) come from the
+        # fitted estimator. Only reached when normal lookup fails; reads
+        # __dict__ directly so that unpickling cannot recurse.
+        if name.endswith("_") and not name.startswith("__"):
+            inner = self.__dict__.get("estimator_")
+            if inner is None:
+                given = self.__dict__.get("estimator")
+                if given is not None and is_fitted(given):
+                    if name == "estimator_":
+                        return given
+                    inner = given
+            if inner is not None and hasattr(inner, name):
+                return getattr(inner, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
+
+    def _run(self, method: str, X, params: dict):
+        check_is_fitted(self)
+        self._validate_params()
+        estimator = self._fitted()
+        if _routing_enabled():
+            params = getattr(process_routing(self, method, **params).estimator, method)
+        job = Job(estimator, method, X, params=params)
+        return run_jobs(
+            [job],
+            n_jobs=self.n_jobs,
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            verbose=self.verbose,
+        )[0]
+
+    @available_if(_estimator_has("predict"))
+    def predict(self, X, **params):
+        """Predict with the estimator, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``predict``.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            What ``estimator_.predict(X)`` returns.
+        """
+        return self._run("predict", X, params)
+
+    @available_if(_estimator_has("predict_proba"))
+    def predict_proba(self, X, **params):
+        """Class probabilities, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``predict_proba``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes) or list of such arrays
+            What ``estimator_.predict_proba(X)`` returns.
+        """
+        return self._run("predict_proba", X, params)
+
+    @available_if(_estimator_has("predict_log_proba"))
+    def predict_log_proba(self, X, **params):
+        """Class log-probabilities, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``predict_log_proba``.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes) or list of arrays
+            What ``estimator_.predict_log_proba(X)`` returns.
+        """
+        return self._run("predict_log_proba", X, params)
+
+    @available_if(_estimator_has("decision_function"))
+    def decision_function(self, X, **params):
+        """Decision function, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``decision_function``.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            What ``estimator_.decision_function(X)`` returns.
+        """
+        return self._run("decision_function", X, params)
+
+    @available_if(_estimator_has("transform"))
+    def transform(self, X, **params):
+        """Transform, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``transform``.
+
+        Returns
+        -------
+        X_new : {ndarray, sparse matrix, DataFrame} of shape (n_samples, ...)
+            What ``estimator_.transform(X)`` returns.
+        """
+        return self._run("transform", X, params)
+
+    @available_if(_estimator_has("score_samples"))
+    def score_samples(self, X, **params):
+        """Per-sample scores, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``score_samples``.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            What ``estimator_.score_samples(X)`` returns.
+        """
+        return self._run("score_samples", X, params)
+
+    @available_if(_estimator_has("score"))
+    def score(self, X, y=None, **params):
+        """The estimator's score, from parallel predictions where possible.
+
+        Classifiers and regressors that use scikit-learn's default ``score``
+        (accuracy, R²) are scored on the parallel predictions; any other
+        ``score`` is the estimator's own, called as is.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Test samples.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs), \
+                default=None
+            True values for ``X``.
+
+        **params : dict
+            Parameters of the estimator's ``score``, such as ``sample_weight``.
+
+        Returns
+        -------
+        score : float
+            What ``estimator_.score(X, y, **params)`` returns.
+        """
+        check_is_fitted(self)
+        estimator = self._fitted()
+        own = type(estimator).score
+        if own in (ClassifierMixin.score, RegressorMixin.score):
+            # The mixins' score is a metric of predict: compute predict here,
+            # in parallel, and let the mixin do the rest.
+            return own(_Predicted(estimator, self.predict(X)), X, y, **params)
+        return estimator.score(X, y, **params)
+
+    @available_if(_estimator_has("get_feature_names_out"))
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names of the fitted transformer.
+
+        Parameters
+        ----------
+        input_features : array-like of str, default=None
+            Input feature names, as the estimator's ``get_feature_names_out``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+            The transformed feature names.
+        """
+        check_is_fitted(self)
+        return self._fitted().get_feature_names_out(input_features)
+
+    @available_if(_estimator_has("set_output"))
+    def set_output(self, *, transform=None):
+        """Set the output container of ``transform`` (see scikit-learn's API).
+
+        The setting is applied to the wrapped estimator, so every worker
+        produces chunks in that container.
+
+        Parameters
+        ----------
+        transform : {"default", "pandas", "polars"}, default=None
+            Output container; ``None`` leaves it unchanged.
+
+        Returns
+        -------
+        self : estimator instance
+            The wrapper.
+        """
+        for estimator in (self.estimator, self.__dict__.get("estimator_")):
+            if estimator is not None:
+                estimator.set_output(transform=transform)
+        return self
+
+    def get_metadata_routing(self):
+        """Metadata routing: each method routes to the estimator's same method.
+
+        Returns
+        -------
+        routing : MetadataRouter
+            The routing information.
+        """
+        mapping = (
+            MethodMapping()
+            .add(caller="fit", callee="fit")
+            .add(caller="score", callee="score")
+        )
+        for method in PARALLEL_METHODS:
+            mapping.add(caller=method, callee=method)
+        return MetadataRouter(owner=self).add(
+            estimator=self.estimator, method_mapping=mapping
+        )
+
+    def __sklearn_tags__(self):
+        # The wrapper behaves as the estimator it wraps: classifier,
+        # regressor, transformer, sparse input, ... are all the inner ones.
+        tags = deepcopy(get_tags(self.estimator))
+        tags.requires_fit = True
+        return tags
+
+
+class _Predicted:
+    """An estimator stand-in whose ``predict`` returns precomputed labels."""
+
+    def __init__(self, estimator, y_pred):
+        self._estimator = estimator
+        self._y_pred = y_pred
+
+    def predict(self, X):
+        return self._y_pred
+
+    def __getattr__(self, name):
+        return getattr(self._estimator, name)

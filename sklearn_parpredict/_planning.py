@@ -1,0 +1,166 @@
+"""The cost model behind ``chunk_size="auto"``.
+
+The engine times the first rows of each job in-process (their output is kept,
+so the probe costs nothing), fits ``seconds = per_call + per_row * rows`` and
+asks this module whether the remaining rows are worth sending to workers, and
+in how many chunks. Costs are remembered per fitted model and method, so that
+repeated calls skip the probe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from dataclasses import dataclass
+
+# First probe size; the second probe is PROBE_GROWTH times larger.
+PROBE_ROWS = 64
+PROBE_GROWTH = 4
+# A first probe slower than this is enough to tell that the model is costly.
+PROBE_ENOUGH_S = 0.2
+# Parallel work must be predicted at least this much faster than serial.
+MIN_GAIN = 1.25
+# Per task: pickling arguments and results and the round trip to a worker.
+DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
+# Starting a process pool (interpreters importing numpy and scikit-learn), and
+# shipping a model to the workers for the first time.
+COLD_POOL_S = 1.0
+COLD_MODEL_S = 0.05
+# Aim for this many tasks per worker when the fixed cost per task allows it:
+# more tasks balance uneven workers, fewer pay less fixed cost.
+TASKS_PER_WORKER = 4
+MAX_OVERHEAD_FRACTION = 0.05
+
+
+@dataclass
+class Cost:
+    """Seconds for one call on ``n`` rows: ``per_call + per_row * n``.
+
+    ``threads`` is how many cores the serial call kept busy on average
+    (process CPU time over wall time): an estimator that is already threaded
+    gains less from more workers.
+    """
+
+    per_call: float
+    per_row: float
+    threads: float = 1.0
+
+    def seconds(self, rows: int) -> float:
+        return self.per_call + self.per_row * rows
+
+
+class Timer:
+    """Wall and process CPU time of a block."""
+
+    def __enter__(self):
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def fit_cost(samples: list[tuple[int, float, float]]) -> Cost:
+    """A cost line through probe samples ``(rows, wall, cpu)``."""
+    rows = [s[0] for s in samples]
+    wall = [s[1] for s in samples]
+    threads = sum(s[2] for s in samples) / max(sum(wall), 1e-9)
+    threads = min(max(threads, 1.0), float(os.cpu_count() or 1))
+    if len(samples) >= 2 and rows[-1] > rows[0]:
+        per_row = max((wall[-1] - wall[0]) / (rows[-1] - rows[0]), 0.0)
+        per_call = max(wall[0] - per_row * rows[0], 0.0)
+        if per_row > 0:
+            return Cost(per_call, per_row, threads)
+    # One sample, or noise made the line fall: charge it all to the rows, which
+    # errs towards parallel only for work that is already slow.
+    return Cost(0.0, wall[-1] / max(rows[-1], 1), threads)
+
+
+_costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remembered_cost(model, method: str) -> Cost | None:
+    try:
+        return _costs.get(model, {}).get(method)
+    except TypeError:  # not weak-referenceable or not hashable
+        return None
+
+
+def remember_cost(model, method: str, cost: Cost) -> None:
+    try:
+        _costs.setdefault(model, {})[method] = cost
+    except TypeError:
+        pass
+
+
+def plan_chunks(
+    costs: list[Cost],
+    remaining: list[tuple[int, int]],
+    *,
+    n_workers: int,
+    kind: str,
+    cold_s: float,
+) -> list[list[tuple[int, int]]] | None:
+    """Row ranges per job for the workers, or None when serial is faster.
+
+    Parameters
+    ----------
+    costs : list of Cost
+        The cost of each job's method, measured serially.
+    remaining : list of (start, stop)
+        The rows of each job not computed yet.
+    n_workers : int
+        Workers the backend will run.
+    kind : {"process", "thread"}
+        What the backend's workers are.
+    cold_s : float
+        One-off seconds to pay before the workers can start (pool start,
+        first shipping of the models).
+    """
+    cores = os.cpu_count() or 1
+    dispatch = DISPATCH_S[kind]
+    threads_per_worker = max(1, cores // n_workers)
+    serial_s = 0.0
+    work = []  # seconds of per-row work each job costs on one worker
+    for cost, (start, stop) in zip(costs, remaining):
+        rows = stop - start
+        if rows <= 0:
+            work.append(0.0)
+            continue
+        serial_s += cost.seconds(rows)
+        # An already-threaded estimator runs slower on a worker's share of
+        # the cores than it did serially on all of them.
+        slowdown = cost.threads / min(cost.threads, threads_per_worker)
+        work.append(cost.per_row * rows * slowdown)
+    total = sum(work)
+    if total <= 0:
+        return None
+    fixed = max(c.per_call for c in costs) + dispatch
+    task_s = max(
+        total / (n_workers * TASKS_PER_WORKER),
+        fixed / MAX_OVERHEAD_FRACTION,
+    )
+    task_s = min(task_s, total / n_workers)
+    n_tasks = 0
+    plan = []
+    for cost, (start, stop), w in zip(costs, remaining, work):
+        rows = stop - start
+        n = 0 if rows <= 0 else max(1, min(rows, round(w / task_s)))
+        plan.append(n)
+        n_tasks += n
+    waves = -(-n_tasks // n_workers)
+    parallel_s = (
+        cold_s + waves * fixed + max(total / n_workers, max(work) / max(1, max(plan)))
+    )
+    if parallel_s * MIN_GAIN > serial_s:
+        return None
+    return [_bounds(start, stop, n) for (start, stop), n in zip(remaining, plan)]
+
+
+def _bounds(start: int, stop: int, n: int) -> list[tuple[int, int]]:
+    from sklearn_parpredict._chunking import split_bounds
+
+    return split_bounds(start, stop, n) if n else []

@@ -1,0 +1,273 @@
+"""Ship each fitted model to a worker once, and large arrays not at all.
+
+The engine hands tasks *handles* instead of objects. A handle used in the same
+process (threading backend, in-process path) is just the object. A handle that
+is pickled for another process pickles to a small reference: a token and a file
+path. The model is written once per fitted state (``joblib.dump``) and each
+worker loads it once and keeps it under its token; dense arrays are written
+once per call and memory-mapped by the workers.
+
+Tokens are never reused: a model whose fingerprint changed (refit,
+``set_params``, a different object) gets a new token, so a worker can never
+serve a stale model from its cache.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator
+
+_SCALARS = (str, bytes, int, float, complex, bool, type(None), np.generic)
+# Arrays up to this size are fingerprinted by content; larger ones by identity,
+# address and a strided sample of their content.
+_FULL_DIGEST_BYTES = 1 << 16
+_SAMPLE_PER_AXIS = 64
+# Dense inputs from this size on are written once to a memory-mapped file
+# rather than pickled chunk by chunk.
+SHARE_MIN_BYTES = 1 << 20
+# Fitted models a worker keeps beyond those the parent still uses.
+_WORKER_CACHE_SIZE = 8
+
+_PREFIX = uuid.uuid4().hex[:12]
+_counter = itertools.count()
+_lock = threading.RLock()
+_temp_dir: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Fingerprints
+# ---------------------------------------------------------------------------
+
+
+def _digest(a: np.ndarray) -> bytes:
+    if a.dtype.hasobject:
+        # Object arrays: the element pointers identify the content as long as
+        # the array is kept alive (the registry keeps it).
+        sample = a
+    elif a.nbytes <= _FULL_DIGEST_BYTES:
+        sample = a
+    else:
+        steps = tuple(max(1, n // _SAMPLE_PER_AXIS) for n in a.shape)
+        sample = a[tuple(slice(None, None, s) for s in steps)]
+    return hashlib.blake2b(
+        np.ascontiguousarray(sample).view(np.uint8), digest_size=16
+    ).digest()
+
+
+def _walk(obj, out: list, keep: list, depth: int) -> None:
+    if isinstance(obj, _SCALARS):
+        out.append((type(obj).__name__, obj))
+    elif isinstance(obj, np.ndarray):
+        keep.append(obj)
+        address = obj.__array_interface__["data"][0] if obj.size else 0
+        out.append(("a", id(obj), address, obj.shape, obj.dtype.str, _digest(obj)))
+    elif depth > 64:
+        keep.append(obj)
+        out.append(("o", id(obj)))
+    elif isinstance(obj, list | tuple):
+        out.append(("l", len(obj)))
+        for item in obj:
+            _walk(item, out, keep, depth + 1)
+    elif isinstance(obj, dict):
+        out.append(("d", len(obj)))
+        for key, value in obj.items():
+            _walk(key, out, keep, depth + 1)
+            _walk(value, out, keep, depth + 1)
+    elif isinstance(obj, BaseEstimator):
+        keep.append(obj)
+        out.append(("e", type(obj).__qualname__, id(obj)))
+        _walk(vars(obj), out, keep, depth + 1)
+    else:
+        # Opaque objects (Cython trees, booster handles, callables) are
+        # identified by identity; the registry keeps them alive so that their
+        # address cannot be reused by another object while the token lives.
+        keep.append(obj)
+        out.append(("o", type(obj).__qualname__, id(obj)))
+
+
+def fingerprint(model) -> tuple[tuple, list]:
+    """Cheap description of a model's current state and the objects it names.
+
+    Two equal fingerprints taken while the named objects are kept alive mean
+    the model was not refitted, re-parametrised or replaced in between.
+    """
+    out: list = []
+    keep: list = []
+    if isinstance(model, BaseEstimator):
+        out.append(("e", type(model).__qualname__, id(model)))
+        _walk(vars(model), out, keep, 0)
+    else:
+        _walk(model, out, keep, 0)
+    return tuple(out), keep
+
+
+# ---------------------------------------------------------------------------
+# Parent side: one registry entry per live model
+# ---------------------------------------------------------------------------
+
+
+def _temp_folder() -> str:
+    """A private folder on shared memory when it has room, else on disk."""
+    global _temp_dir
+    with _lock:
+        if _temp_dir is None:
+            base = os.environ.get("JOBLIB_TEMP_FOLDER")
+            if base is None and os.path.isdir("/dev/shm"):
+                stats = os.statvfs("/dev/shm")
+                if stats.f_bavail * stats.f_frsize > 2 << 30:
+                    base = "/dev/shm"
+            _temp_dir = tempfile.mkdtemp(prefix="sklearn_parpredict_", dir=base)
+            atexit.register(shutil.rmtree, _temp_dir, ignore_errors=True)
+        return _temp_dir
+
+
+def _unlink(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class _Entry:
+    """The fitted state of one model as workers know it."""
+
+    def __init__(self, fp, keep):
+        self.token = f"{_PREFIX}-{next(_counter)}"
+        self.fp = fp
+        self.keep = keep
+        self.path: str | None = None
+        self.ref = None
+
+    def dump(self, model) -> str:
+        with _lock:
+            if self.path is None:
+                path = os.path.join(_temp_folder(), f"model-{self.token}.pkl")
+                joblib.dump(model, path)
+                self.path = path
+            return self.path
+
+    def close(self) -> None:
+        _unlink(self.path)
+        self.path = None
+
+
+_entries: dict[int, _Entry] = {}
+_strong: OrderedDict[int, object] = OrderedDict()
+
+
+def _forget(key: int) -> None:
+    with _lock:
+        entry = _entries.pop(key, None)
+        if entry is not None:
+            entry.close()
+
+
+def live_tokens() -> frozenset[str]:
+    with _lock:
+        return frozenset(entry.token for entry in _entries.values())
+
+
+class ModelHandle:
+    """A fitted model that pickles to a reference loaded once per worker."""
+
+    def __init__(self, model):
+        self.model = model
+        fp, keep = fingerprint(model)
+        key = id(model)
+        with _lock:
+            entry = _entries.get(key)
+            alive = entry is not None and (entry.ref is None or entry.ref() is model)
+            if not (alive and entry.fp == fp):
+                if entry is not None:
+                    entry.close()
+                entry = _Entry(fp, keep)
+                try:
+                    entry.ref = weakref.ref(model, lambda _, key=key: _forget(key))
+                except TypeError:
+                    # Not weak-referenceable: keep it alive, and bound how
+                    # many such models are kept.
+                    _strong[key] = model
+                    while len(_strong) > _WORKER_CACHE_SIZE:
+                        _forget(_strong.popitem(last=False)[0])
+                _entries[key] = entry
+        self.token = entry.token
+        self._entry = entry
+
+    def __reduce__(self):
+        return _load_model, (self.token, self._entry.dump(self.model), live_tokens())
+
+
+# ---------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------
+
+_worker_models: OrderedDict[str, object] = OrderedDict()
+
+
+def _load_model(token: str, path: str, live: frozenset[str]):
+    with _lock:
+        model = _worker_models.get(token)
+        if model is None:
+            # Copy-on-write mapping: large fitted arrays are shared between
+            # workers through the page cache, yet stay writable.
+            model = joblib.load(path, mmap_mode="c")
+            _worker_models[token] = model
+        _worker_models.move_to_end(token)
+        for stale in [t for t in _worker_models if t not in live and t != token]:
+            del _worker_models[stale]
+        while len(_worker_models) > _WORKER_CACHE_SIZE:
+            _worker_models.popitem(last=False)
+        return model
+
+
+def worker_cache_tokens() -> list[str]:
+    """Tokens of the models cached in this process (for tests and debugging)."""
+    with _lock:
+        return list(_worker_models)
+
+
+class SharedArray:
+    """A dense array written once per call and memory-mapped by workers."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._path: str | None = None
+
+    def __reduce__(self):
+        with _lock:
+            if self._path is None:
+                path = os.path.join(_temp_folder(), f"data-{uuid.uuid4().hex}.npy")
+                np.save(path, self.array, allow_pickle=False)
+                self._path = path
+        return _load_array, (self._path,)
+
+    def close(self) -> None:
+        # Workers that still map the file keep its pages; the name goes now.
+        _unlink(self._path)
+        self._path = None
+
+
+def _load_array(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="c", allow_pickle=False)
+
+
+def resolve(obj):
+    """The object behind a handle that was not pickled (same process)."""
+    if isinstance(obj, ModelHandle):
+        return obj.model
+    if isinstance(obj, SharedArray):
+        return obj.array
+    return obj
