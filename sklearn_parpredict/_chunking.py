@@ -33,6 +33,9 @@ def prepare(X):
     """
     if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
         return X.tocsr()
+    if not hasattr(X, "shape") and not hasattr(X, "__len__"):
+        # Array-likes that only implement __array__.
+        return np.asarray(X)
     return X
 
 

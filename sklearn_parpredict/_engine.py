@@ -19,6 +19,7 @@ from typing import Any
 import joblib
 import numpy as np
 from joblib.parallel import get_active_backend
+from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
     HasMethods,
@@ -72,20 +73,39 @@ def _run_task(model, method, X, bounds, columns, params):
 
 
 def _backend(n_jobs, backend):
-    """The joblib backend instance a call would use, and its worker count."""
+    """The joblib backend instance a call would use, and its worker count.
+
+    Inside a joblib worker (the wrapper nested in ``GridSearchCV(n_jobs=2)``
+    or in another wrapper) the outer level already uses the cores: fanning
+    out again would only oversubscribe them, so the call stays in-process
+    unless a backend was named explicitly.
+    """
     config = (
         joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext()
     )
     with config:
         active, _ = get_active_backend()
         n_workers = joblib.effective_n_jobs(n_jobs)
+    if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
+        n_workers = 1
     return active, n_workers
 
 
 def _deterministic(estimator) -> bool:
+    """Whether the estimator's output for a row is independent of the batch.
+
+    Estimators declare otherwise with the ``non_deterministic`` tag;
+    scikit-learn's ``DummyClassifier`` draws random labels per call without
+    declaring it. Pipelines are as deterministic as their steps.
+    """
+    if isinstance(estimator, DummyClassifier):
+        return estimator.strategy not in ("stratified", "uniform")
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        return all(_deterministic(step) for _, step in steps)
     try:
         return not get_tags(estimator).non_deterministic
-    except Exception:
+    except Exception:  # not a scikit-learn estimator: nothing declared
         return True
 
 

@@ -167,11 +167,66 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         self : object
             The fitted wrapper.
         """
+        self._fit("fit", X, y, fit_params)
+        return self
+
+    @available_if(_estimator_has("fit_transform"))
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit a clone of the estimator and transform ``X`` with it.
+
+        This is the estimator's own ``fit_transform``, which fits and
+        transforms in one pass, called in-process.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+
+        y : array-like of shape (n_samples,), default=None
+            Targets, if the estimator is supervised.
+
+        **fit_params : dict
+            Parameters passed to the estimator's ``fit_transform``.
+
+        Returns
+        -------
+        X_new : {ndarray, sparse matrix, DataFrame}
+            The transformed training data.
+        """
+        return self._fit("fit_transform", X, y, fit_params)
+
+    @available_if(_estimator_has("fit_predict"))
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_predict(self, X, y=None, **fit_params):
+        """Fit a clone of the estimator and predict ``X`` with it.
+
+        This is the estimator's own ``fit_predict`` (clusterers, outlier
+        detectors), called in-process.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+
+        y : array-like of shape (n_samples,), default=None
+            Targets, if the estimator is supervised.
+
+        **fit_params : dict
+            Parameters passed to the estimator's ``fit_predict``.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The labels of the training data.
+        """
+        return self._fit("fit_predict", X, y, fit_params)
+
+    def _fit(self, method: str, X, y, fit_params: dict):
         if _routing_enabled():
             fit_params = process_routing(self, "fit", **fit_params).estimator.fit
         self.estimator_ = clone(self.estimator)
-        self.estimator_.fit(X, y, **fit_params)
-        return self
+        return getattr(self.estimator_, method)(X, y, **fit_params)
 
     def _fitted(self):
         estimator = self.__dict__.get("estimator_")

@@ -52,18 +52,15 @@ _temp_dir: str | None = None
 
 
 def _digest(a: np.ndarray) -> bytes:
-    if a.dtype.hasobject:
-        # Object arrays: the element pointers identify the content as long as
-        # the array is kept alive (the registry keeps it).
-        sample = a
-    elif a.nbytes <= _FULL_DIGEST_BYTES:
-        sample = a
-    else:
+    if a.nbytes > _FULL_DIGEST_BYTES:
         steps = tuple(max(1, n // _SAMPLE_PER_AXIS) for n in a.shape)
-        sample = a[tuple(slice(None, None, s) for s in steps)]
-    return hashlib.blake2b(
-        np.ascontiguousarray(sample).view(np.uint8), digest_size=16
-    ).digest()
+        a = a[tuple(slice(None, None, s) for s in steps)]
+    if a.dtype.hasobject:
+        # The element identities name the content while the array is kept
+        # alive (the registry keeps it).
+        a = np.fromiter(map(id, a.flat), dtype=np.uintp, count=a.size)
+    data = np.ascontiguousarray(a).view(np.uint8)
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _walk(obj, out: list, keep: list, depth: int) -> None:

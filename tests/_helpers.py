@@ -1,0 +1,51 @@
+"""Comparison of parallel outputs with the serial call, as DESIGN.md says."""
+
+import numpy as np
+import scipy.sparse as sp
+
+RTOL = 1e-9
+ATOL = 1e-12
+
+
+def assert_same_output(parallel, serial):
+    """Same container, dtype, shape and index; equal values.
+
+    Discrete values must be exactly equal; floats equal to rounding, because
+    BLAS may block rows differently for different batch sizes.
+    """
+    assert type(parallel) is type(serial), (type(parallel), type(serial))
+    if isinstance(serial, list | tuple):
+        assert len(parallel) == len(serial)
+        for p, s in zip(parallel, serial):
+            assert_same_output(p, s)
+        return
+    if sp.issparse(serial):
+        assert parallel.format == serial.format
+        assert parallel.dtype == serial.dtype
+        assert parallel.shape == serial.shape
+        _assert_values(parallel.toarray(), serial.toarray())
+        return
+    if hasattr(serial, "iloc"):
+        import pandas as pd
+
+        assert parallel.index.equals(serial.index)
+        assert type(parallel.index) is type(serial.index)
+        if isinstance(serial, pd.DataFrame):
+            assert parallel.columns.equals(serial.columns)
+            assert (parallel.dtypes == serial.dtypes).all()
+        else:
+            assert parallel.name == serial.name
+            assert parallel.dtype == serial.dtype
+        _assert_values(parallel.to_numpy(), serial.to_numpy())
+        return
+    assert isinstance(serial, np.ndarray), type(serial)
+    assert parallel.dtype == serial.dtype
+    assert parallel.shape == serial.shape
+    _assert_values(parallel, serial)
+
+
+def _assert_values(parallel, serial):
+    if np.issubdtype(serial.dtype, np.inexact):
+        np.testing.assert_allclose(parallel, serial, rtol=RTOL, atol=ATOL)
+    else:
+        np.testing.assert_array_equal(parallel, serial)

@@ -1,0 +1,221 @@
+"""The engine: models shipped once, never stale; data shared; auto plans."""
+
+import os
+
+import numpy as np
+import pytest
+from _helpers import assert_same_output
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+from sklearn_parpredict import _planning, parallel_predict
+from sklearn_parpredict._engine import Job, run_jobs
+
+X = np.random.default_rng(0).normal(size=(400, 5))
+Y = (X[:, 0] > 0).astype(int)
+
+# Incremented each time a _Counting model is unpickled in this process.
+_UNPICKLED = [0]
+
+
+class _Counting(BaseEstimator):
+    """Predicts (pid, unpickle count of its process, weight) for each row."""
+
+    def __init__(self, weight=1.0):
+        self.weight = weight
+
+    def fit(self, X, y=None):
+        self.coef_ = np.full(X.shape[1], self.weight)
+        return self
+
+    def predict(self, X):
+        n = len(X)
+        return np.column_stack(
+            [
+                np.full(n, os.getpid()),
+                np.full(n, _UNPICKLED[0]),
+                np.asarray(X) @ self.coef_,
+            ]
+        )
+
+    def __setstate__(self, state):
+        _UNPICKLED[0] += 1
+        self.__dict__.update(state)
+
+
+def _loads_per_worker(model, calls=3):
+    """The most times any worker unpickled the model over ``calls`` calls."""
+    seen = {}
+    for _ in range(calls):
+        out = parallel_predict(model, X, n_jobs=2, backend="loky", chunk_size=20)
+        for pid, count in out[:, :2]:
+            seen.setdefault(pid, set()).add(count)
+    return {pid: len(counts) for pid, counts in seen.items()}, out
+
+
+@pytest.mark.timeout(120)
+def test_model_shipped_once_per_worker_per_fitted_state():
+    model = _Counting().fit(X)
+    loads, out = _loads_per_worker(model)
+    # 20 chunks x 3 calls, yet each worker unpickled the model once: its
+    # unpickle count never changed between tasks.
+    assert all(n == 1 for n in loads.values()), loads
+    np.testing.assert_allclose(out[:, 2], X.sum(axis=1))
+
+    # Changed state -> shipped again (once), and the new state is used.
+    for change in (
+        lambda m: m.set_params(weight=2.0).fit(X),  # refit
+        lambda m: m.coef_.__setitem__(0, 5.0),  # in-place edit of a small array
+    ):
+        change(model)
+        out = parallel_predict(model, X, n_jobs=2, backend="loky", chunk_size=20)
+        np.testing.assert_allclose(out[:, 2], model.predict(X)[:, 2])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_never_serves_a_stale_model(backend):
+    tree = DecisionTreeClassifier(random_state=0)
+    for depth, rows in [
+        (1, slice(0, 200)),
+        (3, slice(200, 400)),
+        (None, slice(0, 400)),
+    ]:
+        tree.set_params(max_depth=depth).fit(X[rows], Y[rows])
+        got = parallel_predict(
+            tree, X, method="predict_proba", n_jobs=2, backend=backend, chunk_size=50
+        )
+        assert_same_output(got, tree.predict_proba(X))
+    # A different object with the same parameters and a new fit.
+    other = DecisionTreeClassifier(random_state=0, max_depth=2).fit(X[::2], Y[::2])
+    got = parallel_predict(other, X, n_jobs=2, backend=backend, chunk_size=50)
+    assert_same_output(got, other.predict(X))
+
+
+class _InputKind(BaseEstimator):
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), isinstance(X, np.memmap))
+
+
+@pytest.mark.timeout(120)
+def test_large_dense_input_is_memory_mapped_not_pickled():
+    model = _InputKind().fit(X)
+    big = np.ones((40_000, 8))  # 2.5 MB
+    assert parallel_predict(
+        model, big, n_jobs=2, backend="loky", chunk_size=5_000
+    ).all()
+    small = np.ones((100, 8))
+    assert not parallel_predict(
+        model, small, n_jobs=2, backend="loky", chunk_size=10
+    ).any()
+    # Threads see the caller's array itself.
+    assert not parallel_predict(
+        model, big, n_jobs=2, backend="threading", chunk_size=5_000
+    ).any()
+
+
+def test_fit_cost_separates_fixed_and_per_row_cost():
+    cost = _planning.fit_cost([(64, 0.010 + 64e-5, 0.01), (256, 0.010 + 256e-5, 0.02)])
+    assert cost.per_call == pytest.approx(0.010)
+    assert cost.per_row == pytest.approx(1e-5)
+    assert cost.seconds(1000) == pytest.approx(0.020)
+    # One sample: all of it is charged to the rows.
+    single = _planning.fit_cost([(10, 0.5, 0.5)])
+    assert single.per_call == 0 and single.per_row == pytest.approx(0.05)
+
+
+def test_plan_stays_serial_when_parallel_cannot_pay():
+    cheap = _planning.Cost(per_call=1e-4, per_row=1e-8)
+    assert (
+        _planning.plan_chunks(
+            [cheap], [(0, 10_000)], n_workers=2, kind="process", cold_s=0
+        )
+        is None
+    )
+    # Work far above the pool's start-up cost goes parallel, even when cold.
+    costly = _planning.Cost(per_call=1e-4, per_row=1e-3)
+    plan = _planning.plan_chunks(
+        [costly], [(0, 100_000)], n_workers=2, kind="process", cold_s=1.0
+    )
+    assert plan is not None
+    # An estimator that already keeps every core busy gains nothing.
+    cores = os.cpu_count() or 1
+    threaded = _planning.Cost(per_call=1e-4, per_row=1e-3, threads=cores)
+    if cores > 1:
+        assert (
+            _planning.plan_chunks(
+                [threaded], [(0, 100_000)], n_workers=cores, kind="process", cold_s=0
+            )
+            is None
+        )
+
+
+@given(
+    costs=st.lists(
+        st.tuples(
+            st.floats(0, 0.05),
+            st.floats(1e-7, 1e-2),
+            st.integers(0, 5000),
+            st.integers(0, 5000),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    n_workers=st.integers(2, 16),
+    kind=st.sampled_from(["process", "thread"]),
+)
+def test_plan_covers_every_remaining_row_once(costs, n_workers, kind):
+    remaining = [(min(a, b), max(a, b)) for _, _, a, b in costs]
+    plan = _planning.plan_chunks(
+        [_planning.Cost(c, r) for c, r, _, _ in costs],
+        remaining,
+        n_workers=n_workers,
+        kind=kind,
+        cold_s=0,
+    )
+    if plan is None:
+        return
+    for (start, stop), ranges in zip(remaining, plan):
+        rows = [i for a, b in ranges for i in range(a, b)]
+        assert rows == list(range(start, stop))
+
+
+@given(n_rows=st.integers(0, 700), backend=st.sampled_from(["loky", "threading"]))
+def test_auto_split_after_probe_equals_serial(n_rows, backend):
+    # A remembered, very high cost makes "auto" split whatever the probe left.
+    model = LogisticRegression().fit(X, Y)
+    _planning.remember_cost(model, "predict_proba", _planning.Cost(0.0, 1e-2))
+    data = np.random.default_rng(n_rows).normal(size=(n_rows, 5))
+    try:
+        expected = model.predict_proba(data)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parallel_predict(
+                model, data, method="predict_proba", n_jobs=2, backend=backend
+            )
+        return
+    got = parallel_predict(
+        model, data, method="predict_proba", n_jobs=2, backend=backend
+    )
+    assert_same_output(got, expected)
+
+
+def test_jobs_share_one_fan_out():
+    models = [
+        LogisticRegression().fit(X, Y),
+        DecisionTreeClassifier(random_state=0).fit(X[:, :2], Y),
+    ]
+    jobs = [
+        Job(models[0], "predict_proba", X),
+        Job(models[1], "predict", X, columns=[0, 1]),
+    ]
+    out = run_jobs(jobs, n_jobs=2, backend="threading", chunk_size=30)
+    assert_same_output(out[0], models[0].predict_proba(X))
+    assert_same_output(out[1], models[1].predict(X[:, :2]))

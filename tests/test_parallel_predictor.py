@@ -1,0 +1,292 @@
+"""ParallelPredictor as a scikit-learn citizen: fitting, delegation, tools."""
+
+import pickle
+import re
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import assert_same_output
+from sklearn import config_context
+from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
+from sklearn.datasets import make_classification, make_regression
+from sklearn.decomposition import PCA
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import (
+    IsolationForest,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import estimator_html_repr
+
+from sklearn_parpredict import ParallelPredictor
+
+X, Y = make_classification(n_samples=300, n_features=6, random_state=0)
+XR, YR = make_regression(n_samples=300, n_features=6, random_state=0)
+FORCE = {"n_jobs": 2, "chunk_size": 40}
+
+
+def test_fit_clones_and_predicts_like_the_estimator():
+    inner = RandomForestClassifier(n_estimators=10, random_state=0)
+    model = ParallelPredictor(inner, **FORCE).fit(X, Y)
+    assert model.estimator_ is not inner
+    assert not hasattr(inner, "estimators_")  # the given estimator is untouched
+    reference = clone(inner).fit(X, Y)
+    assert_same_output(model.predict(X), reference.predict(X))
+    assert_same_output(model.predict_proba(X), reference.predict_proba(X))
+
+
+def test_prefitted_estimator_used_without_fit():
+    trained = LogisticRegression().fit(X, Y)
+    model = ParallelPredictor(trained, **FORCE)
+    assert model.estimator_ is trained
+    assert_same_output(model.predict_proba(X), trained.predict_proba(X))
+    assert_same_output(model.decision_function(X), trained.decision_function(X))
+
+
+def test_frozen_estimator():
+    trained = LogisticRegression().fit(X, Y)
+    model = ParallelPredictor(FrozenEstimator(trained), **FORCE)
+    assert_same_output(model.predict(X), trained.predict(X))
+    # Fitting a frozen estimator keeps it as it was.
+    model.fit(X[:10], Y[:10])
+    assert_same_output(model.predict(X), trained.predict(X))
+
+
+def test_unfitted_raises_not_fitted():
+    model = ParallelPredictor(LogisticRegression())
+    with pytest.raises(NotFittedError, match="not fitted"):
+        model.predict(X)
+    assert not hasattr(model, "classes_")
+    assert not hasattr(model, "estimator_")
+
+
+def test_wrong_feature_count_same_error_as_serial():
+    trained = LogisticRegression().fit(X, Y)
+    X_bad = np.hstack([X, X])
+    with pytest.raises(ValueError) as serial:
+        trained.predict(X_bad)
+    for chunk_size in ("auto", 7):
+        with pytest.raises(ValueError, match=re.escape(str(serial.value))):
+            ParallelPredictor(trained, n_jobs=2, chunk_size=chunk_size).predict(X_bad)
+
+
+@pytest.mark.parametrize(
+    "estimator, attrs",
+    [
+        (LogisticRegression(), ["classes_", "coef_", "intercept_", "n_features_in_"]),
+        (
+            RandomForestRegressor(n_estimators=3, random_state=0),
+            ["feature_importances_", "estimators_"],
+        ),
+        (IsolationForest(n_estimators=3, random_state=0), ["offset_", "estimators_"]),
+    ],
+)
+def test_fitted_attributes_are_delegated(estimator, attrs):
+    model = ParallelPredictor(estimator).fit(X, Y)
+    for attr in attrs:
+        value = getattr(model, attr)
+        inner = getattr(model.estimator_, attr)
+        # Properties (feature_importances_) are computed anew on each access.
+        assert value is inner or np.array_equal(value, inner)
+    with pytest.raises(AttributeError, match="no attribute 'not_an_attr_'"):
+        model.not_an_attr_
+
+
+def test_feature_names_delegated_and_checked():
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = ParallelPredictor(LogisticRegression(), **FORCE).fit(frame, Y)
+    np.testing.assert_array_equal(model.feature_names_in_, frame.columns)
+    renamed = frame.rename(columns={"f0": "other"})
+    with pytest.raises(ValueError, match="feature names"):
+        model.predict(renamed)
+
+
+def test_tags_follow_the_estimator():
+    assert is_classifier(ParallelPredictor(LogisticRegression()))
+    assert is_regressor(ParallelPredictor(LinearRegression()))
+    assert not is_classifier(ParallelPredictor(StandardScaler()))
+    tags = ParallelPredictor(StandardScaler()).__sklearn_tags__()
+    assert tags.transformer_tags is not None
+
+
+def test_methods_only_where_the_estimator_has_them():
+    assert hasattr(ParallelPredictor(LogisticRegression()), "predict_proba")
+    assert not hasattr(ParallelPredictor(LinearRegression()), "predict_proba")
+    assert not hasattr(ParallelPredictor(LinearRegression()), "transform")
+    assert hasattr(ParallelPredictor(StandardScaler()), "transform")
+    assert not hasattr(ParallelPredictor(StandardScaler()), "predict")
+
+
+def test_score_uses_parallel_predictions():
+    clf = ParallelPredictor(LogisticRegression(), **FORCE).fit(X, Y)
+    assert clf.score(X, Y) == clf.estimator_.score(X, Y)
+    weights = np.linspace(0, 1, len(Y))
+    assert clf.score(X, Y, sample_weight=weights) == clf.estimator_.score(
+        X, Y, sample_weight=weights
+    )
+    reg = ParallelPredictor(LinearRegression(), **FORCE).fit(XR, YR)
+    assert reg.score(XR, YR) == pytest.approx(reg.estimator_.score(XR, YR), rel=1e-12)
+    # An estimator's own score is called as it is.
+    pca = ParallelPredictor(PCA(n_components=2)).fit(X)
+    assert pca.score(X) == pca.estimator_.score(X)
+
+
+def test_transformer_feature_names_and_set_output():
+    frame = pd.DataFrame(
+        X, columns=[f"f{i}" for i in range(X.shape[1])], index=np.arange(300) * 2
+    )
+    model = (
+        ParallelPredictor(StandardScaler(), **FORCE)
+        .set_output(transform="pandas")
+        .fit(frame)
+    )
+    np.testing.assert_array_equal(model.get_feature_names_out(), frame.columns)
+    out = model.transform(frame)
+    assert isinstance(out, pd.DataFrame)
+    assert_same_output(out, model.estimator_.transform(frame))
+
+
+def test_global_config_reaches_workers():
+    model = ParallelPredictor(StandardScaler(), **FORCE).fit(X)
+    with config_context(transform_output="pandas"):
+        out = model.transform(X)
+        expected = model.estimator_.transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert_same_output(out, expected)
+
+
+class _SeriesPredictor(BaseEstimator):
+    """Returns a pandas Series indexed like its input."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X):
+        return pd.Series(X.iloc[:, 0].to_numpy() * 2, index=X.index, name="twice")
+
+
+def test_series_output_keeps_index():
+    frame = pd.DataFrame(X, index=[f"row{i}" for i in range(len(X))])
+    model = ParallelPredictor(_SeriesPredictor(), **FORCE).fit(frame)
+    assert_same_output(model.predict(frame), model.estimator_.predict(frame))
+
+
+def test_batch_dependent_estimator_is_not_split():
+    # Random predictions depend on the batch: splitting would change them.
+    dummy = DummyClassifier(strategy="stratified", random_state=0).fit(X, Y)
+    model = ParallelPredictor(dummy, **FORCE)
+    assert_same_output(model.predict(X), dummy.predict(X))
+
+
+def test_pipeline_grid_search_and_cross_validate():
+    pipe = make_pipeline(
+        StandardScaler(), ParallelPredictor(LogisticRegression(), **FORCE)
+    )
+    search = GridSearchCV(pipe, {"parallelpredictor__estimator__C": [0.1, 1.0]}, cv=3)
+    search.fit(X, Y)
+    assert search.best_params_["parallelpredictor__estimator__C"] in (0.1, 1.0)
+    results = cross_validate(
+        ParallelPredictor(LogisticRegression(), **FORCE), X, Y, cv=3
+    )
+    serial = cross_validate(LogisticRegression(), X, Y, cv=3)
+    np.testing.assert_array_equal(results["test_score"], serial["test_score"])
+
+
+@pytest.mark.timeout(120)
+def test_nested_in_parallel_grid_search_does_not_deadlock():
+    model = ParallelPredictor(
+        RandomForestClassifier(n_estimators=5, random_state=0), n_jobs=-1, chunk_size=20
+    )
+    search = GridSearchCV(model, {"estimator__max_depth": [2, 4]}, cv=2, n_jobs=2)
+    search.fit(X, Y)
+    serial = GridSearchCV(
+        RandomForestClassifier(n_estimators=5, random_state=0),
+        {"max_depth": [2, 4]},
+        cv=2,
+    ).fit(X, Y)
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
+    )
+
+
+def test_clone_pickle_and_joblib_dump(tmp_path):
+    model = ParallelPredictor(
+        RandomForestClassifier(n_estimators=5, random_state=0), **FORCE
+    )
+    cloned = clone(model)
+    assert cloned.get_params()["estimator__n_estimators"] == 5
+    assert not hasattr(cloned, "estimator_")
+    model.fit(X, Y)
+    expected = model.predict_proba(X)
+    restored = pickle.loads(pickle.dumps(model))
+    assert_same_output(restored.predict_proba(X), expected)
+    joblib.dump(model, tmp_path / "model.joblib")
+    loaded = joblib.load(tmp_path / "model.joblib")
+    assert_same_output(loaded.predict_proba(X), expected)
+
+
+def test_html_repr_shows_the_estimator():
+    html = estimator_html_repr(
+        ParallelPredictor(make_pipeline(StandardScaler(), LogisticRegression()))
+    )
+    assert "ParallelPredictor" in html
+    assert "LogisticRegression" in html
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": "big"}, "chunk_size"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"n_jobs": 1.5}, "n_jobs"),
+        ({"backend": 3}, "backend"),
+    ],
+)
+def test_invalid_engine_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        ParallelPredictor(LogisticRegression(), **params).fit(X, Y)
+    with pytest.raises(ValueError, match=match):
+        ParallelPredictor(LogisticRegression().fit(X, Y), **params).predict(X)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="nope"):
+        ParallelPredictor(
+            LogisticRegression().fit(X, Y), backend="nope", chunk_size=10
+        ).predict(X)
+
+
+class _BatchSize(BaseEstimator):
+    """Predicts, for every row, the number of rows of the call it was in."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), len(X))
+
+
+def test_no_nested_fan_out_inside_joblib_workers():
+    from joblib import Parallel, delayed
+
+    model = ParallelPredictor(_BatchSize().fit(X), n_jobs=-1, chunk_size=10)
+    # At top level the rows are split...
+    assert model.predict(X).max() == 10
+    # ...inside a joblib worker they are not: the outer level owns the cores.
+    for backend in ("loky", "threading"):
+        outputs = Parallel(n_jobs=2, backend=backend)(
+            delayed(model.predict)(X) for _ in range(2)
+        )
+        for out in outputs:
+            np.testing.assert_array_equal(out, np.full(len(X), len(X)))
