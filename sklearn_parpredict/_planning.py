@@ -14,6 +14,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from sklearn_parpredict._chunking import split_bounds
+
 # First probe size; the second probe is PROBE_GROWTH times larger.
 PROBE_ROWS = 64
 PROBE_GROWTH = 4
@@ -121,46 +123,31 @@ def plan_chunks(
         first shipping of the models).
     """
     cores = os.cpu_count() or 1
-    dispatch = DISPATCH_S[kind]
     threads_per_worker = max(1, cores // n_workers)
-    serial_s = 0.0
-    work = []  # seconds of per-row work each job costs on one worker
-    for cost, (start, stop) in zip(costs, remaining):
-        rows = stop - start
-        if rows <= 0:
-            work.append(0.0)
-            continue
-        serial_s += cost.seconds(rows)
-        # An already-threaded estimator runs slower on a worker's share of
-        # the cores than it did serially on all of them.
-        slowdown = cost.threads / min(cost.threads, threads_per_worker)
-        work.append(cost.per_row * rows * slowdown)
+    rows = [stop - start for start, stop in remaining]
+    serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
+    # Seconds of per-row work each job costs on one worker. An estimator that
+    # is already threaded runs slower on a worker's share of the cores than
+    # it did serially on all of them.
+    work = [
+        c.per_row * n * c.threads / min(c.threads, threads_per_worker)
+        for c, n in zip(costs, rows)
+    ]
     total = sum(work)
     if total <= 0:
         return None
-    fixed = max(c.per_call for c in costs) + dispatch
-    task_s = max(
-        total / (n_workers * TASKS_PER_WORKER),
-        fixed / MAX_OVERHEAD_FRACTION,
-    )
+    fixed = max(c.per_call for c in costs) + DISPATCH_S[kind]
+    task_s = max(total / (n_workers * TASKS_PER_WORKER), fixed / MAX_OVERHEAD_FRACTION)
     task_s = min(task_s, total / n_workers)
-    n_tasks = 0
-    plan = []
-    for cost, (start, stop), w in zip(costs, remaining, work):
-        rows = stop - start
-        n = 0 if rows <= 0 else max(1, min(rows, round(w / task_s)))
-        plan.append(n)
-        n_tasks += n
-    waves = -(-n_tasks // n_workers)
-    parallel_s = (
-        cold_s + waves * fixed + max(total / n_workers, max(work) / max(1, max(plan)))
-    )
+    counts = [
+        max(1, min(n, round(w / task_s))) if n > 0 else 0 for w, n in zip(work, rows)
+    ]
+    waves = -(-sum(counts) // n_workers)
+    longest = max(w / k for w, k in zip(work, counts) if k)
+    parallel_s = cold_s + waves * fixed + max(total / n_workers, longest)
     if parallel_s * MIN_GAIN > serial_s:
         return None
-    return [_bounds(start, stop, n) for (start, stop), n in zip(remaining, plan)]
-
-
-def _bounds(start: int, stop: int, n: int) -> list[tuple[int, int]]:
-    from sklearn_parpredict._chunking import split_bounds
-
-    return split_bounds(start, stop, n) if n else []
+    return [
+        split_bounds(start, stop, k) if k else []
+        for (start, stop), k in zip(remaining, counts)
+    ]

@@ -97,7 +97,7 @@ def test_fitted_attributes_are_delegated(estimator, attrs):
         # Properties (feature_importances_) are computed anew on each access.
         assert value is inner or np.array_equal(value, inner)
     with pytest.raises(AttributeError, match="no attribute 'not_an_attr_'"):
-        model.not_an_attr_
+        model.not_an_attr_  # noqa: B018
 
 
 def test_feature_names_delegated_and_checked():
