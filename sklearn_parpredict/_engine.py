@@ -72,6 +72,9 @@ def _run_task(model, method, X, bounds, columns, params):
     return getattr(model, method)(X, **params)
 
 
+_n_workers: dict[tuple, int] = {}
+
+
 def _backend(n_jobs, backend):
     """The joblib backend instance a call would use, and its worker count.
 
@@ -84,11 +87,14 @@ def _backend(n_jobs, backend):
         joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext()
     )
     with config:
-        active, _ = get_active_backend()
-        n_workers = joblib.effective_n_jobs(n_jobs)
-    if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
-        n_workers = 1
-    return active, n_workers
+        active, default_n_jobs = get_active_backend()
+        if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
+            return active, 1
+        # Counting usable cores reads cgroup files: remember it per setting.
+        key = (type(active), n_jobs, default_n_jobs)
+        if key not in _n_workers:
+            _n_workers[key] = joblib.effective_n_jobs(n_jobs)
+        return active, _n_workers[key]
 
 
 def _deterministic(estimator) -> bool:
@@ -128,6 +134,16 @@ def run_jobs(
         getattr(job.estimator, job.method)
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
+    auto = chunk_size == "auto"
+    if (
+        auto
+        and max(sizes, default=0) <= _planning.PROBE_ROWS
+        and not any(
+            _planning.remembered_cost(job.estimator, job.method) for job in jobs
+        )
+    ):
+        # A batch this small is one probe: nothing to plan.
+        return [job.call() for job in jobs]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
     if n_workers <= 1 or not all(_deterministic(job.estimator) for job in jobs):
@@ -136,13 +152,13 @@ def run_jobs(
         return [job.call() for job in jobs]
 
     kind = "thread" if getattr(active, "uses_threads", False) else "process"
+    pool_key = (type(active).__name__, n_workers)
     # Outputs computed so far, per job, as (start, stop, output).
     done: list[list[tuple[int, int, Any]]] = [[] for _ in jobs]
     costs = None
-    if chunk_size == "auto":
+    if auto:
         probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
         costs = [cost for cost, _ in probed]
-        pool_key = (type(active).__name__, n_workers)
         cold_s = 0.0
         if kind == "process":
             idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
@@ -171,8 +187,15 @@ def run_jobs(
     else:
         _run_parallel(jobs, ranges, costs, done, n_workers, kind, backend, verbose)
         if kind == "process":
-            _pool_last_used[(type(active).__name__, n_workers)] = time.monotonic()
-    return [_chunking.concatenate([p[2] for p in sorted(pieces)]) for pieces in done]
+            _pool_last_used[pool_key] = time.monotonic()
+    return [
+        _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
+        for pieces in done
+    ]
+
+
+def _start(piece) -> int:
+    return piece[0]
 
 
 def _done_rows(pieces) -> int:
@@ -190,14 +213,18 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
         return cost, False
     samples = []
     start, size = 0, _planning.PROBE_ROWS
-    while start < n and len(samples) < 2:
+    while start < n:
         stop = min(n, start + size)
         with _planning.Timer() as timer:
             out = job.call(start, stop)
         pieces.append((start, stop, out))
         samples.append((stop - start, timer.wall, timer.cpu))
         start, size = stop, size * _planning.PROBE_GROWTH
-        if timer.wall >= _planning.PROBE_ENOUGH_S:
+        # Grow until a step is long enough to time reliably; stop at once
+        # when a step is already costly.
+        if timer.wall >= _planning.PROBE_ENOUGH_S or (
+            len(samples) >= 2 and timer.wall >= _planning.PROBE_MIN_S
+        ):
             break
     cost = _planning.fit_cost(samples)
     _planning.remember_cost(job.estimator, job.method, cost)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from copy import deepcopy
 
 from sklearn.base import (
@@ -14,6 +16,7 @@ from sklearn.base import (
 )
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
+from sklearn.utils._param_validation import validate_parameter_constraints
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
     MethodMapping,
@@ -37,18 +40,47 @@ PARALLEL_METHODS = (
 )
 
 
+# Estimators seen fitted: an estimator does not become unfitted, and checking
+# again on every call would cost more than predicting a few rows.
+_seen_fitted: weakref.WeakSet = weakref.WeakSet()
+# Engine settings already validated, so that repeated calls skip validation.
+_valid_settings: set = set()
+
+
 def is_fitted(estimator) -> bool:
     """Whether ``estimator`` can predict as it is.
 
     Objects without ``fit`` (plain predictors) count as fitted.
     """
-    if not hasattr(estimator, "fit"):
-        return True
     try:
-        check_is_fitted(estimator)
-    except NotFittedError:
-        return False
+        if estimator in _seen_fitted:
+            return True
+    except TypeError:  # not hashable
+        pass
+    if hasattr(estimator, "fit"):
+        try:
+            check_is_fitted(estimator)
+        except NotFittedError:
+            return False
+    with contextlib.suppress(TypeError):
+        _seen_fitted.add(estimator)
     return True
+
+
+def validate_engine_params(estimator) -> None:
+    """Check a wrapper's engine parameters (a fitted wrapper may skip fit)."""
+    settings = {name: getattr(estimator, name) for name in ENGINE_CONSTRAINTS}
+    key = tuple(settings.values())
+    try:
+        if key in _valid_settings:
+            return
+    except TypeError:  # a backend instance that is not hashable
+        key = None
+    validate_parameter_constraints(
+        ENGINE_CONSTRAINTS, settings, caller_name=type(estimator).__name__
+    )
+    if key is not None:
+        _valid_settings.add(key)
 
 
 def _estimator_has(attr):
@@ -262,9 +294,8 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         )
 
     def _run(self, method: str, X, params: dict):
-        check_is_fitted(self)
-        self._validate_params()
         estimator = self._fitted()
+        validate_engine_params(self)
         if _routing_enabled():
             params = getattr(process_routing(self, method, **params).estimator, method)
         job = Job(estimator, method, X, params=params)

@@ -16,18 +16,21 @@ from dataclasses import dataclass
 
 from sklearn_parpredict._chunking import split_bounds
 
-# First probe size; the second probe is PROBE_GROWTH times larger.
+# First probe size; each next probe is PROBE_GROWTH times larger. Probing
+# stops at the first step of PROBE_MIN_S (after at least two steps, to
+# separate the fixed cost of a call from its cost per row), or at once after a
+# step of PROBE_ENOUGH_S (the model is costly: no more serial work).
 PROBE_ROWS = 64
 PROBE_GROWTH = 4
-# A first probe slower than this is enough to tell that the model is costly.
-PROBE_ENOUGH_S = 0.2
+PROBE_MIN_S = 0.005
+PROBE_ENOUGH_S = 0.1
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Per task: pickling arguments and results and the round trip to a worker.
 DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 # Starting a process pool (interpreters importing numpy and scikit-learn), and
 # shipping a model to the workers for the first time.
-COLD_POOL_S = 1.0
+COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost.
@@ -67,12 +70,13 @@ class Timer:
 
 def fit_cost(samples: list[tuple[int, float, float]]) -> Cost:
     """A cost line through probe samples ``(rows, wall, cpu)``."""
-    rows = [s[0] for s in samples]
-    wall = [s[1] for s in samples]
-    threads = sum(s[2] for s in samples) / max(sum(wall), 1e-9)
+    # The last two samples are the largest: the least noisy.
+    rows = [s[0] for s in samples[-2:]]
+    wall = [s[1] for s in samples[-2:]]
+    threads = sum(s[2] for s in samples[-2:]) / max(sum(wall), 1e-9)
     threads = min(max(threads, 1.0), float(os.cpu_count() or 1))
-    if len(samples) >= 2 and rows[-1] > rows[0]:
-        per_row = max((wall[-1] - wall[0]) / (rows[-1] - rows[0]), 0.0)
+    if len(rows) == 2 and rows[1] > rows[0]:
+        per_row = max((wall[1] - wall[0]) / (rows[1] - rows[0]), 0.0)
         per_call = max(wall[0] - per_row * rows[0], 0.0)
         if per_row > 0:
             return Cost(per_call, per_row, threads)
