@@ -7,11 +7,13 @@ workers, or run several models on the same data with
 """
 
 from sklearn_parpredict._engine import parallel_predict
+from sklearn_parpredict._multi_model_predictor import MultiModelPredictor
 from sklearn_parpredict._parallel_predictor import ParallelPredictor
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "MultiModelPredictor",
     "ParallelPredictor",
     "parallel_predict",
     "__version__",
