@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -42,6 +43,7 @@ from sklearn_parpredict._sharing import (
 # (loky shuts idle workers down after 300 s).
 _POOL_IDLE_S = 250.0
 _pool_last_used: dict[tuple, float] = {}
+_warm_lock = threading.Lock()
 
 
 @dataclass
@@ -164,13 +166,20 @@ def run_jobs(
             idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
             cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
             cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
-        ranges = _planning.plan_chunks(
-            costs,
-            [(_done_rows(p), n) for p, n in zip(done, sizes)],
-            n_workers=n_workers,
-            kind=kind,
-            cold_s=cold_s,
-        )
+        remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
+
+        def plan(cold_s):
+            return _planning.plan_chunks(
+                costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
+            )
+
+        ranges = plan(cold_s)
+        if ranges is None and cold_s and plan(0.0) is not None:
+            # Only the one-off start of the workers stands in the way: start
+            # them in the background, for the next call, and finish this one
+            # in-process. Otherwise a pool that is never started would never
+            # become warm enough to start.
+            _warm_up(jobs, n_workers, backend, pool_key)
     else:
         ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
         if sum(map(len, ranges)) <= 1:
@@ -196,6 +205,42 @@ def run_jobs(
 
 def _start(piece) -> int:
     return piece[0]
+
+
+_warming: set = set()
+
+
+def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
+    """Start the workers and ship them the models, in a background thread."""
+    with _warm_lock:
+        if pool_key in _warming:
+            return
+        _warming.add(pool_key)
+    tasks = [
+        delayed(_run_task)(
+            ModelHandle(job.estimator),
+            job.method,
+            _chunking.row_slice(job.X, 0, 1),
+            None,
+            job.columns,
+            job.params,
+        )
+        for job in jobs
+    ]
+
+    def start():
+        try:
+            Parallel(n_jobs=n_workers, backend=backend)(tasks * n_workers)
+            _pool_last_used[pool_key] = time.monotonic()
+        except Exception:  # noqa: S110 - a failed warm-up only costs speed
+            pass
+        finally:
+            with _warm_lock:
+                _warming.discard(pool_key)
+
+    # Not a daemon: the interpreter waits for it rather than killing it while
+    # it talks to the workers.
+    threading.Thread(target=start, name="sklearn-parpredict-warm-up").start()
 
 
 def _done_rows(pieces) -> int:

@@ -219,3 +219,22 @@ def test_jobs_share_one_fan_out():
     out = run_jobs(jobs, n_jobs=2, backend="threading", chunk_size=30)
     assert_same_output(out[0], models[0].predict_proba(X))
     assert_same_output(out[1], models[1].predict(X[:, :2]))
+
+
+@pytest.mark.timeout(120)
+def test_cold_pool_is_started_in_the_background():
+    import threading
+
+    from sklearn_parpredict import _engine
+
+    model = LogisticRegression().fit(X, Y)
+    data = np.tile(X, (250, 1))  # 100k rows
+    # Parallel would pay once the pool runs, but not with its start-up.
+    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 1e-5))
+    _engine._pool_last_used.clear()
+    got = parallel_predict(model, data, n_jobs=2, backend="loky")
+    assert_same_output(got, model.predict(data))
+    for thread in threading.enumerate():
+        if thread.name == "sklearn-parpredict-warm-up":
+            thread.join(60)
+    assert any(key[1] == 2 for key in _engine._pool_last_used)
