@@ -118,11 +118,41 @@ def _demo_single_models(books, models, n_jobs) -> list[DemoResult]:
     return results
 
 
+def _demo_all_models(books, models, n_jobs) -> list[DemoResult]:
+    """The tutorial's several models on the same rows: a serial loop, model
+    by model, against one MultiModelPredictor call."""
+    import pandas as pd
+
+    from sklearn_parpredict import MultiModelPredictor
+
+    def serial():
+        return pd.DataFrame(
+            {
+                target: model.predict(books[features])
+                for model, features, target in models
+            },
+            index=books.index,
+        )
+
+    together = MultiModelPredictor(models, n_jobs=n_jobs)
+    return [
+        _measure(
+            "+".join(target for _, _, target in models),
+            "MultiModelPredictor",
+            len(books),
+            serial,
+            lambda: together.predict(books),
+        )
+    ]
+
+
 # The demo's sections, run in order; each gets the books, the trained
 # ``(model, features, target)`` tuples and n_jobs, and returns its table
-# lines. A MultiModelPredictor section (all models on the same rows at once)
-# goes here.
-DEMO_SECTIONS: list[Callable[..., list[DemoResult]]] = [_demo_single_models]
+# lines.
+DEMO_SECTIONS: list[Callable[..., list[DemoResult]]] = [
+    _demo_single_models,
+    _demo_all_models,
+]
 
 
 def _format_table(results: Sequence[DemoResult]) -> str:
