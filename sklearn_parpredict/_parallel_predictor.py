@@ -92,6 +92,34 @@ def _estimator_has(attr):
     return check
 
 
+def _parallel_method(name: str, summary: str, returns: str):
+    """One of the wrapper's parallel methods, present when the estimator has it.
+
+    The methods differ only in their name: one definition serves them all.
+    """
+
+    def method(self, X, **params):
+        return self._run(name, X, params)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"""{summary}, in parallel over row chunks.
+
+        Parameters
+        ----------
+        X : {{array-like, sparse matrix}} of shape (n_samples, n_features)
+            The input samples.
+
+        **params : dict
+            Parameters of the estimator's ``{name}``.
+
+        Returns
+        -------
+        {returns}
+            What ``estimator_.{name}(X)`` returns.
+        """
+    return available_if(_estimator_has(name))(method)
+
+
 class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     """Run an estimator's ``predict``, ``transform``, ... in parallel by rows.
 
@@ -307,119 +335,36 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             verbose=self.verbose,
         )[0]
 
-    @available_if(_estimator_has("predict"))
-    def predict(self, X, **params):
-        """Predict with the estimator, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``predict``.
-
-        Returns
-        -------
-        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
-            What ``estimator_.predict(X)`` returns.
-        """
-        return self._run("predict", X, params)
-
-    @available_if(_estimator_has("predict_proba"))
-    def predict_proba(self, X, **params):
-        """Class probabilities, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``predict_proba``.
-
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_classes) or list of such arrays
-            What ``estimator_.predict_proba(X)`` returns.
-        """
-        return self._run("predict_proba", X, params)
-
-    @available_if(_estimator_has("predict_log_proba"))
-    def predict_log_proba(self, X, **params):
-        """Class log-probabilities, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``predict_log_proba``.
-
-        Returns
-        -------
-        log_proba : ndarray of shape (n_samples, n_classes) or list of arrays
-            What ``estimator_.predict_log_proba(X)`` returns.
-        """
-        return self._run("predict_log_proba", X, params)
-
-    @available_if(_estimator_has("decision_function"))
-    def decision_function(self, X, **params):
-        """Decision function, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``decision_function``.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
-            What ``estimator_.decision_function(X)`` returns.
-        """
-        return self._run("decision_function", X, params)
-
-    @available_if(_estimator_has("transform"))
-    def transform(self, X, **params):
-        """Transform, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``transform``.
-
-        Returns
-        -------
-        X_new : {ndarray, sparse matrix, DataFrame} of shape (n_samples, ...)
-            What ``estimator_.transform(X)`` returns.
-        """
-        return self._run("transform", X, params)
-
-    @available_if(_estimator_has("score_samples"))
-    def score_samples(self, X, **params):
-        """Per-sample scores, in parallel over row chunks.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input samples.
-
-        **params : dict
-            Parameters of the estimator's ``score_samples``.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-            What ``estimator_.score_samples(X)`` returns.
-        """
-        return self._run("score_samples", X, params)
+    predict = _parallel_method(
+        "predict",
+        "Predict with the estimator",
+        "y : ndarray of shape (n_samples,) or (n_samples, n_outputs)",
+    )
+    predict_proba = _parallel_method(
+        "predict_proba",
+        "Class probabilities",
+        "proba : ndarray of shape (n_samples, n_classes) or list of such arrays",
+    )
+    predict_log_proba = _parallel_method(
+        "predict_log_proba",
+        "Class log-probabilities",
+        "log_proba : ndarray of shape (n_samples, n_classes) or list of arrays",
+    )
+    decision_function = _parallel_method(
+        "decision_function",
+        "Decision function",
+        "scores : ndarray of shape (n_samples,) or (n_samples, n_classes)",
+    )
+    transform = _parallel_method(
+        "transform",
+        "Transform",
+        "X_new : {ndarray, sparse matrix, DataFrame} of shape (n_samples, ...)",
+    )
+    score_samples = _parallel_method(
+        "score_samples",
+        "Per-sample scores",
+        "scores : ndarray of shape (n_samples,)",
+    )
 
     @available_if(_estimator_has("score"))
     def score(self, X, y=None, **params):
