@@ -32,13 +32,14 @@ def _check_table(text, rows=ROWS):
         "equal",
     ]
     table = {line.split()[0]: line.split() for line in lines[2:]}
-    assert set(table) == {"genre", "language"}
+    assert set(table) == {"genre", "language", "genre+language"}
     for _, _, n, serial, parallel, speedup, equal in table.values():
         assert n == f"{rows:,}"
         assert float(serial) >= 0 and float(parallel) >= 0
         assert speedup.endswith("x")
         assert equal == "yes"
     assert table["genre"][1] == "RandomForestClassifier"
+    assert table["genre+language"][1] == "MultiModelPredictor"
 
 
 def test_main_demo(capsys):
