@@ -20,6 +20,7 @@ from typing import Any
 import joblib
 import numpy as np
 from joblib.parallel import get_active_backend
+from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
@@ -99,6 +100,9 @@ def _backend(n_jobs, backend):
         return active, _n_workers[key]
 
 
+_declared_random: dict[type, bool] = {}
+
+
 def _deterministic(estimator) -> bool:
     """Whether the estimator's output for a row is independent of the batch.
 
@@ -111,10 +115,15 @@ def _deterministic(estimator) -> bool:
     steps = getattr(estimator, "steps", None)
     if isinstance(steps, list):
         return all(_deterministic(step) for _, step in steps)
-    try:
-        return not get_tags(estimator).non_deterministic
-    except Exception:  # not a scikit-learn estimator: nothing declared
-        return True
+    # Tags are costly to build on every call; they are a property of the
+    # class in practice.
+    cls = type(estimator)
+    if cls not in _declared_random:
+        try:
+            _declared_random[cls] = bool(get_tags(estimator).non_deterministic)
+        except Exception:  # not a scikit-learn estimator: nothing declared
+            _declared_random[cls] = False
+    return not _declared_random[cls]
 
 
 def run_jobs(
@@ -157,50 +166,139 @@ def run_jobs(
     pool_key = (type(active).__name__, n_workers)
     # Outputs computed so far, per job, as (start, stop, output).
     done: list[list[tuple[int, int, Any]]] = [[] for _ in jobs]
-    costs = None
+    costs, plan, cold_s = None, None, 0.0
     if auto:
-        probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
-        costs = [cost for cost, _ in probed]
-        cold_s = 0.0
-        if kind == "process":
-            idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
-            cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
-            cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
-        remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
-
-        def plan(cold_s):
-            return _planning.plan_chunks(
-                costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
-            )
-
-        ranges = plan(cold_s)
-        if ranges is None and cold_s and plan(0.0) is not None:
-            # Only the one-off start of the workers stands in the way: start
-            # them in the background, for the next call, and finish this one
-            # in-process. Otherwise a pool that is never started would never
-            # become warm enough to start.
-            _warm_up(jobs, n_workers, backend, pool_key)
+        costs, plan, cold_s = _auto_plan(
+            jobs, sizes, done, n_workers, kind, backend, pool_key
+        )
     else:
         ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
-        if sum(map(len, ranges)) <= 1:
-            ranges = None
+        if sum(map(len, ranges)) > 1:
+            plan = _planning.Plan(kind, ranges, 0.0, 1)
 
-    if ranges is None:
-        # Serial is faster: finish each job with one in-process call.
-        for job, n, pieces in zip(jobs, sizes, done):
+    if plan is None:
+        # Serial is faster: finish each job with one in-process call, timed
+        # to refine its cost.
+        for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
             start = _done_rows(pieces)
-            if not pieces:
-                pieces.append((0, n, job.call()))
-            elif start < n:
-                pieces.append((start, n, job.call(start, n)))
+            if pieces and start >= n:
+                continue
+            with _planning.Timer() as timer:
+                out = job.call(start, n) if pieces else job.call()
+            pieces.append((start, n, out))
+            if costs is not None:
+                costs[j].add(n - start, timer.wall, timer.cpu)
     else:
-        _run_parallel(jobs, ranges, costs, done, n_workers, kind, backend, verbose)
-        if kind == "process":
+        # A thread plan chosen for a backend left to us runs on threads.
+        run_backend = "threading" if plan.kind != kind else backend
+        with _planning.Timer() as timer:
+            _run_parallel(jobs, plan, costs, done, n_workers, run_backend, verbose)
+        if costs is not None and not cold_s:
+            _planning.learn_overhead(costs, plan, timer.wall)
+        if plan.kind == "process":
             _pool_last_used[pool_key] = time.monotonic()
     return [
         _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
         for pieces in done
     ]
+
+
+def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
+    """Probe the jobs' costs and choose a plan (None: finish in-process).
+
+    Returns the costs, the plan and the one-off start-up it pays.
+    """
+    probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
+    costs = [cost for cost, _ in probed]
+    cold_s = 0.0
+    if kind == "process":
+        idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
+        cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
+        cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
+
+    def plan(kind, cold_s=0.0):
+        remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
+        return _planning.plan_chunks(
+            costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
+        )
+
+    # Processes are joblib's default, but threads cost nothing to start and
+    # copy nothing: when the choice is ours, measure once how much of each
+    # estimator's work releases the GIL, and take whichever plan is faster.
+    try_threads = kind == "process" and backend is None and not _backend_configured()
+    if try_threads and any(c.thread_speedup is None for c in costs) and plan("thread"):
+        for job, cost, n, pieces in zip(jobs, costs, sizes, done):
+            if cost.thread_speedup is None:
+                _measure_threads(job, cost, n, pieces)
+    plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
+    if plans:
+        best = min(plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"))
+        return costs, best, cold_s * (best.kind == "process")
+    if cold_s and plan(kind):
+        # Only the one-off start of the workers stands in the way: start them
+        # in the background, for the next call, and finish this one
+        # in-process. Otherwise a pool that is never started would never
+        # become warm enough to start.
+        _warm_up(jobs, n_workers, backend, pool_key)
+    return costs, None, 0.0
+
+
+def _backend_configured() -> bool:
+    """Whether a ``joblib.parallel_config`` context names a backend."""
+    try:
+        from joblib.parallel import _backend as local
+        from joblib.parallel import default_parallel_config
+
+        config = getattr(local, "config", None)
+        return (
+            config is not None
+            and config["backend"] is not default_parallel_config["backend"]
+        )
+    except Exception:  # joblib internals moved: assume the user chose
+        return True
+
+
+def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> None:
+    """Time two chunks on two concurrent threads against the serial cost.
+
+    Their outputs are kept in ``pieces``; the speedup is remembered in
+    ``cost.thread_speedup``.
+    """
+    start = _done_rows(pieces)
+    rows = n - start
+    if cost.per_row > 0:
+        wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
+        rows = min(rows, int(wanted))
+    # Leave at least half of what remains for the plan itself.
+    rows = min(max(rows, 2), (n - start) // 2)
+    if rows < 2:
+        return
+    half = rows // 2
+    bounds = [(start, start + half), (start + half, start + rows)]
+    outputs: list = [None, None]
+    errors: list = []
+    config = get_config()
+
+    def run(i):
+        try:
+            # Threads do not inherit scikit-learn's thread-local config.
+            with config_context(**config):
+                outputs[i] = job.call(*bounds[i])
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2)):
+        with _planning.Timer() as timer:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    if errors:
+        raise errors[0]
+    pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
+    serial_s = cost.seconds(half) + cost.seconds(rows - half)
+    cost.thread_speedup = min(max(serial_s / max(timer.wall, 1e-9), 1.0), 2.0)
 
 
 def _start(piece) -> int:
@@ -256,29 +354,32 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
     cost = _planning.remembered_cost(job.estimator, job.method)
     if cost is not None:
         return cost, False
-    samples = []
+    cost = None
     start, size = 0, _planning.PROBE_ROWS
     while start < n:
         stop = min(n, start + size)
         with _planning.Timer() as timer:
             out = job.call(start, stop)
         pieces.append((start, stop, out))
-        samples.append((stop - start, timer.wall, timer.cpu))
+        if cost is None:
+            cost = _planning.fit_cost([(stop - start, timer.wall, timer.cpu)])
+        else:
+            cost.add(stop - start, timer.wall, timer.cpu)
         start, size = stop, size * _planning.PROBE_GROWTH
         # Grow until a step is long enough to time reliably; stop at once
         # when a step is already costly.
         if timer.wall >= _planning.PROBE_ENOUGH_S or (
-            len(samples) >= 2 and timer.wall >= _planning.PROBE_MIN_S
+            len(cost.samples) >= 2 and timer.wall >= _planning.PROBE_MIN_S
         ):
             break
-    cost = _planning.fit_cost(samples)
     _planning.remember_cost(job.estimator, job.method, cost)
     return cost, True
 
 
-def _run_parallel(jobs, ranges, costs, done, n_workers, kind, backend, verbose):
+def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
     """Run the planned row ranges on the backend and file their outputs."""
-    process = kind == "process"
+    ranges = plan.ranges
+    process = plan.kind == "process"
     shared: dict[int, SharedArray] = {}
     keys, tasks, weights = [], [], []
     for j, job in enumerate(jobs):

@@ -1,10 +1,12 @@
 """The cost model behind ``chunk_size="auto"``.
 
 The engine times the first rows of each job in-process (their output is kept,
-so the probe costs nothing), fits ``seconds = per_call + per_row * rows`` and
-asks this module whether the remaining rows are worth sending to workers, and
-in how many chunks. Costs are remembered per fitted model and method, so that
-repeated calls skip the probe.
+so probing computes nothing twice), fits ``seconds = per_call + per_row *
+rows`` and asks this module whether the remaining rows are worth sending to
+workers, on threads or processes, and in how many chunks. Costs are remembered
+per fitted model and method and refined by every later call: repeated calls
+skip the probe, and a plan that turned out slower than predicted teaches the
+model its real overhead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from sklearn_parpredict._chunking import split_bounds
 
@@ -24,6 +28,9 @@ PROBE_ROWS = 64
 PROBE_GROWTH = 4
 PROBE_MIN_S = 0.005
 PROBE_ENOUGH_S = 0.1
+# Rows timed on two concurrent threads, to learn how much of the estimator's
+# work releases the GIL, take about this long serially.
+THREAD_PROBE_S = 0.03
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Per task: pickling arguments and results and the round trip to a worker.
@@ -36,23 +43,50 @@ COLD_MODEL_S = 0.05
 # more tasks balance uneven workers, fewer pay less fixed cost.
 TASKS_PER_WORKER = 4
 MAX_OVERHEAD_FRACTION = 0.05
+# Timings kept per model and method.
+MAX_SAMPLES = 12
 
 
 @dataclass
 class Cost:
     """Seconds for one call on ``n`` rows: ``per_call + per_row * n``.
 
-    ``threads`` is how many cores the serial call kept busy on average
-    (process CPU time over wall time): an estimator that is already threaded
-    gains less from more workers.
+    Attributes
+    ----------
+    threads : float
+        Cores the serial call kept busy on average (process CPU time over wall
+        time): an estimator that is already threaded gains less from workers.
+    thread_speedup : float or None
+        Speedup of two concurrent threads over one, measured once; ``None``
+        until measured. Below 2 the estimator holds the GIL part of the time.
+    overhead : dict
+        Per kind of worker, seconds per task that past parallel runs took
+        beyond the prediction.
     """
 
     per_call: float
     per_row: float
     threads: float = 1.0
+    thread_speedup: float | None = None
+    overhead: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list, repr=False)
 
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
+
+    def add(self, rows: int, wall: float, cpu: float) -> None:
+        """Refine the cost with one more timed in-process call."""
+        self.samples = [*self.samples, (rows, wall, cpu)][-MAX_SAMPLES:]
+        self.per_call, self.per_row, self.threads = _fit(self.samples)
+
+    def speedup(self, kind: str, n_workers: int) -> float:
+        """Speedup of ``n_workers`` workers of ``kind`` over one."""
+        if kind == "process" or self.thread_speedup is None:
+            return float(n_workers)
+        # Amdahl: the share of the work that runs outside the GIL, from the
+        # two-thread measurement, scales; the rest does not.
+        free = min(max(2.0 * (1.0 - 1.0 / self.thread_speedup), 0.0), 1.0)
+        return 1.0 / ((1.0 - free) + free / n_workers)
 
 
 class Timer:
@@ -68,21 +102,31 @@ class Timer:
         self.cpu = time.process_time() - self._cpu
 
 
+def _fit(samples) -> tuple[float, float, float]:
+    rows = np.array([s[0] for s in samples], dtype=float)
+    wall = np.array([s[1] for s in samples])
+    cpu = np.array([s[2] for s in samples])
+    threads = float(np.clip(cpu.sum() / max(wall.sum(), 1e-9), 1, os.cpu_count() or 1))
+    if np.ptp(rows) == 0:
+        # One size only: charge it all to the rows, which errs towards
+        # parallel only for work that is already slow.
+        return 0.0, float(wall.mean() / max(rows[0], 1)), threads
+    per_row, per_call = np.polyfit(rows, wall, 1)
+    if per_row <= 0:
+        # Within noise, the rows cost nothing: the call's fixed cost is all.
+        return float(wall.mean()), 0.0, threads
+    if per_call < 0:
+        per_call, per_row = 0.0, float(wall.sum() / rows.sum())
+    return float(per_call), float(per_row), threads
+
+
 def fit_cost(samples: list[tuple[int, float, float]]) -> Cost:
-    """A cost line through probe samples ``(rows, wall, cpu)``."""
-    # The last two samples are the largest: the least noisy.
-    rows = [s[0] for s in samples[-2:]]
-    wall = [s[1] for s in samples[-2:]]
-    threads = sum(s[2] for s in samples[-2:]) / max(sum(wall), 1e-9)
-    threads = min(max(threads, 1.0), float(os.cpu_count() or 1))
-    if len(rows) == 2 and rows[1] > rows[0]:
-        per_row = max((wall[1] - wall[0]) / (rows[1] - rows[0]), 0.0)
-        per_call = max(wall[0] - per_row * rows[0], 0.0)
-        if per_row > 0:
-            return Cost(per_call, per_row, threads)
-    # One sample, or noise made the line fall: charge it all to the rows, which
-    # errs towards parallel only for work that is already slow.
-    return Cost(0.0, wall[-1] / max(rows[-1], 1), threads)
+    """A cost line through timed samples ``(rows, wall, cpu)``."""
+    cost = Cost(0.0, 0.0)
+    for sample in samples:
+        cost.samples.append(sample)
+    cost.per_call, cost.per_row, cost.threads = _fit(cost.samples)
+    return cost
 
 
 _costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -102,15 +146,25 @@ def remember_cost(model, method: str, cost: Cost) -> None:
         pass
 
 
+@dataclass
+class Plan:
+    """Row ranges per job for the workers and the predicted wall time."""
+
+    kind: str
+    ranges: list[list[tuple[int, int]]]
+    seconds: float
+    waves: int
+
+
 def plan_chunks(
     costs: list[Cost],
     remaining: list[tuple[int, int]],
     *,
     n_workers: int,
     kind: str,
-    cold_s: float,
-) -> list[list[tuple[int, int]]] | None:
-    """Row ranges per job for the workers, or None when serial is faster.
+    cold_s: float = 0.0,
+) -> Plan | None:
+    """How to cut the remaining rows into tasks, or None when serial is faster.
 
     Parameters
     ----------
@@ -122,7 +176,7 @@ def plan_chunks(
         Workers the backend will run.
     kind : {"process", "thread"}
         What the backend's workers are.
-    cold_s : float
+    cold_s : float, default=0.0
         One-off seconds to pay before the workers can start (pool start,
         first shipping of the models).
     """
@@ -130,17 +184,24 @@ def plan_chunks(
     threads_per_worker = max(1, cores // n_workers)
     rows = [stop - start for start, stop in remaining]
     serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
-    # Seconds of per-row work each job costs on one worker. An estimator that
-    # is already threaded runs slower on a worker's share of the cores than
-    # it did serially on all of them.
+    # Seconds of per-row work each job costs on one of n_workers workers,
+    # counted so that dividing the total by n_workers gives the wall time: an
+    # estimator that is already threaded runs slower on a worker's share of
+    # the cores, and threads that hold the GIL do not add up.
     work = [
-        c.per_row * n * c.threads / min(c.threads, threads_per_worker)
+        c.per_row
+        * n
+        * c.threads
+        / min(c.threads, threads_per_worker)
+        * n_workers
+        / c.speedup(kind, n_workers)
         for c, n in zip(costs, rows)
     ]
     total = sum(work)
     if total <= 0:
         return None
-    fixed = max(c.per_call for c in costs) + DISPATCH_S[kind]
+    fixed = max(c.per_call + c.overhead.get(kind, 0.0) for c in costs)
+    fixed += DISPATCH_S[kind]
     task_s = max(total / (n_workers * TASKS_PER_WORKER), fixed / MAX_OVERHEAD_FRACTION)
     task_s = min(task_s, total / n_workers)
     counts = [
@@ -148,10 +209,21 @@ def plan_chunks(
     ]
     waves = -(-sum(counts) // n_workers)
     longest = max(w / k for w, k in zip(work, counts) if k)
-    parallel_s = cold_s + waves * fixed + max(total / n_workers, longest)
-    if parallel_s * MIN_GAIN > serial_s:
+    parallel_s = waves * fixed + max(total / n_workers, longest)
+    if (cold_s + parallel_s) * MIN_GAIN > serial_s:
         return None
-    return [
+    ranges = [
         split_bounds(start, stop, k) if k else []
         for (start, stop), k in zip(remaining, counts)
     ]
+    return Plan(kind, ranges, parallel_s, waves)
+
+
+def learn_overhead(costs: list[Cost], plan: Plan, wall_s: float) -> None:
+    """Teach the costs what a warm parallel run took beyond its plan."""
+    excess = (wall_s - plan.seconds) / plan.waves
+    for cost in costs:
+        old = cost.overhead.get(plan.kind, 0.0)
+        # Half-way towards the observed overhead: one slow run (another
+        # process busy) does not swing the plan.
+        cost.overhead[plan.kind] = max(0.0, old + 0.5 * excess)

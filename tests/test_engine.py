@@ -182,7 +182,7 @@ def test_plan_covers_every_remaining_row_once(costs, n_workers, kind):
     )
     if plan is None:
         return
-    for (start, stop), ranges in zip(remaining, plan):
+    for (start, stop), ranges in zip(remaining, plan.ranges):
         rows = [i for a, b in ranges for i in range(a, b)]
         assert rows == list(range(start, stop))
 
@@ -238,3 +238,70 @@ def test_cold_pool_is_started_in_the_background():
         if thread.name == "sklearn-parpredict-warm-up":
             thread.join(60)
     assert any(key[1] == 2 for key in _engine._pool_last_used)
+
+
+class _Sleeper(BaseEstimator):
+    """Waits per row without holding the GIL; predicts its process id."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        import time
+
+        time.sleep(5e-5 * len(X))
+        return np.full(len(X), os.getpid())
+
+
+class _Spinner(_Sleeper):
+    """Works per row in pure Python, holding the GIL."""
+
+    def predict(self, X):
+        total = 0
+        for _ in range(len(X) * 400):
+            total += 1
+        return np.full(len(X), os.getpid())
+
+
+@pytest.mark.timeout(120)
+def test_threads_chosen_when_the_estimator_releases_the_gil():
+    data = np.zeros((8_000, 2))
+    sleeper = _Sleeper().fit(data)
+    out = parallel_predict(sleeper, data, n_jobs=2)
+    assert _planning.remembered_cost(sleeper, "predict").thread_speedup > 1.5
+    # Threads: every row was predicted in this process, and in parallel.
+    assert (out == os.getpid()).all()
+
+    spinner = _Spinner().fit(data)
+    out = parallel_predict(spinner, data, n_jobs=2)
+    cost = _planning.remembered_cost(spinner, "predict")
+    if cost.thread_speedup is not None:  # measured only if parallel could pay
+        assert cost.thread_speedup < 1.5
+
+
+def test_cost_refines_with_samples_and_learns_overhead():
+    cost = _planning.fit_cost([(100, 0.011, 0.011)])
+    for rows in (400, 1600, 6400):
+        cost.add(rows, 0.01 + rows * 1e-5, 0.01 + rows * 1e-5)
+    assert cost.per_call == pytest.approx(0.01, rel=1e-6)
+    assert cost.per_row == pytest.approx(1e-5, rel=1e-6)
+    # Noise that makes the rows look free: the fixed cost is all.
+    flat = _planning.fit_cost([(64, 0.006, 0.006), (256, 0.005, 0.005)])
+    assert flat.per_row == 0 and flat.per_call == pytest.approx(0.0055)
+
+    plan = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
+    _planning.learn_overhead([cost], plan, plan.seconds + 0.2 * plan.waves)
+    assert cost.overhead["process"] == pytest.approx(0.1)
+    slower = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
+    assert slower.seconds > plan.seconds
+
+
+def test_thread_speedup_extrapolates_by_amdahl():
+    cost = _planning.Cost(0.0, 1e-3, thread_speedup=2.0)
+    assert cost.speedup("thread", 16) == pytest.approx(16)
+    cost.thread_speedup = 1.0
+    assert cost.speedup("thread", 16) == pytest.approx(1)
+    cost.thread_speedup = 1.6  # three quarters of the work outside the GIL
+    assert cost.speedup("thread", 4) == pytest.approx(1 / (0.25 + 0.75 / 4))
+    assert cost.speedup("process", 4) == 4
