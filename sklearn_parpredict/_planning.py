@@ -30,7 +30,7 @@ PROBE_MIN_S = 0.005
 PROBE_ENOUGH_S = 0.1
 # Rows timed on two concurrent threads, to learn how much of the estimator's
 # work releases the GIL, take about this long serially.
-THREAD_PROBE_S = 0.03
+THREAD_PROBE_S = 0.1
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Per task: pickling arguments and results and the round trip to a worker.

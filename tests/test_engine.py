@@ -265,19 +265,30 @@ class _Spinner(_Sleeper):
 
 
 @pytest.mark.timeout(120)
-def test_threads_chosen_when_the_estimator_releases_the_gil():
-    data = np.zeros((8_000, 2))
+def test_thread_measurement_keeps_its_rows_and_bounds_the_speedup():
+    data = np.arange(16_000, dtype=float).reshape(-1, 2)
     sleeper = _Sleeper().fit(data)
     out = parallel_predict(sleeper, data, n_jobs=2)
-    assert _planning.remembered_cost(sleeper, "predict").thread_speedup > 1.5
-    # Threads: every row was predicted in this process, and in parallel.
-    assert (out == os.getpid()).all()
+    assert out.shape == (8_000,)
+    cost = _planning.remembered_cost(sleeper, "predict")
+    # Measured (the machine's load decides the value, not this test).
+    assert 1.0 <= cost.thread_speedup <= 2.0
 
-    spinner = _Spinner().fit(data)
-    out = parallel_predict(spinner, data, n_jobs=2)
-    cost = _planning.remembered_cost(spinner, "predict")
-    if cost.thread_speedup is not None:  # measured only if parallel could pay
-        assert cost.thread_speedup < 1.5
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("thread_speedup, on_threads", [(2.0, True), (1.0, False)])
+def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads):
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((4_000, 2))
+    model = _Spinner().fit(data)
+    # As measured: the GIL released all the time, or never.
+    cost = _planning.Cost(0.0, 1e-3, thread_speedup=thread_speedup)
+    _planning.remember_cost(model, "predict", cost)
+    parallel_predict(model, data[:100], n_jobs=2, backend="loky", chunk_size=50)
+    _engine._pool_last_used[("LokyBackend", 2)] = float("inf")  # warm
+    out = parallel_predict(model, data, n_jobs=2)
+    assert (out == os.getpid()).all() == on_threads
 
 
 def test_cost_refines_with_samples_and_learns_overhead():
@@ -293,7 +304,9 @@ def test_cost_refines_with_samples_and_learns_overhead():
     plan = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
     _planning.learn_overhead([cost], plan, plan.seconds + 0.2 * plan.waves)
     assert cost.overhead["process"] == pytest.approx(0.1)
-    slower = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
+    slower = _planning.plan_chunks(
+        [cost], [(0, 1_000_000)], n_workers=2, kind="process"
+    )
     assert slower.seconds > plan.seconds
 
 
