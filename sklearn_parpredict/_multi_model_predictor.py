@@ -14,11 +14,6 @@ from sklearn.base import (
 )
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import _safe_indexing, get_tags
-from sklearn.utils._indexing import (
-    _determine_key_type,
-    _get_column_indices,
-    _get_column_indices_for_bool_or_int,
-)
 from sklearn.utils.metaestimators import _BaseComposition, available_if
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import (
@@ -30,6 +25,14 @@ from sklearn.utils.validation import (
 )
 
 from sklearn_parpredict import _chunking
+from sklearn_parpredict._columns import (
+    assemble,
+    column_key,
+    column_positions,
+    is_frame,
+    is_target,
+    shorten,
+)
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Job, _backend, run_jobs
 from sklearn_parpredict._parallel_predictor import _Predicted, is_fitted
 
@@ -37,87 +40,6 @@ try:  # scikit-learn >= 1.7
     from sklearn.utils._repr_html.estimator import _VisualBlock
 except ImportError:  # pragma: no cover - scikit-learn 1.6
     from sklearn.utils._estimator_html_repr import _VisualBlock
-
-
-def _is_frame(X) -> bool:
-    """Whether ``X`` is a dataframe (columns selectable by name)."""
-    return hasattr(X, "columns") and hasattr(X, "shape") and not hasattr(X, "tocsr")
-
-
-def _is_target(target) -> bool:
-    return isinstance(target, str | Integral) and not isinstance(target, bool)
-
-
-def _shorten(items, limit: int = 10) -> str:
-    items = list(items)
-    text = ", ".join(repr(item) for item in items[:limit])
-    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-def _column_positions(X, features, target) -> list[int]:
-    """Positions in ``X`` of the columns that model ``target`` uses.
-
-    ``features`` is the model's selector: names, positions, a slice, a boolean
-    mask, a callable returning one of those, or ``None`` for all columns.
-    Every error names the model and the offending columns.
-    """
-    n_columns = X.shape[1]
-    key = features(X) if callable(features) else features
-    if key is None:
-        return list(range(n_columns))
-    if isinstance(key, str | Integral) and not isinstance(key, bool):
-        # One column: still give the model a 2-D input.
-        key = [key]
-    try:
-        if hasattr(key, "__array__"):  # arrays, pandas Index, Series
-            key = np.asarray(key).tolist()
-        elif not isinstance(key, slice):
-            key = [k.item() if isinstance(k, np.generic) else k for k in key]
-        kind = _determine_key_type(key)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"The features of model {target!r} must be column names, integer "
-            f"positions, a slice, a boolean mask, a callable returning one of "
-            f"those, or None; got {features!r}."
-        ) from exc
-    if kind is None:
-        raise ValueError(f"The features of model {target!r} select no columns.")
-    if kind == "str":
-        if not _is_frame(X):
-            shown = key if isinstance(key, slice) else _shorten(key)
-            raise ValueError(
-                f"Model {target!r} selects columns by name ({shown}), but X "
-                f"({type(X).__name__}) has no column names: pass a DataFrame, "
-                f"or select the columns by position."
-            )
-        columns = list(X.columns)
-        wanted = [key.start, key.stop] if isinstance(key, slice) else key
-        missing = [col for col in wanted if col is not None and col not in columns]
-        if missing:
-            raise ValueError(
-                f"Column(s) {_shorten(missing)} used by model {target!r} "
-                f"not found in X."
-            )
-        positions = _get_column_indices(X, key)
-    elif kind == "bool":
-        if isinstance(key, slice) or len(key) != n_columns:
-            raise ValueError(
-                f"The boolean mask of model {target!r} has {len(key)} entries, "
-                f"but X has {n_columns} columns."
-            )
-        positions = _get_column_indices_for_bool_or_int(key, n_columns)
-    else:
-        if not isinstance(key, slice):
-            bad = [pos for pos in key if not -n_columns <= pos < n_columns]
-            if bad:
-                raise ValueError(
-                    f"Column position(s) {_shorten(bad)} used by model "
-                    f"{target!r} out of range: X has {n_columns} columns."
-                )
-        positions = _get_column_indices_for_bool_or_int(key, n_columns)
-    if not positions:
-        raise ValueError(f"The features of model {target!r} select no columns.")
-    return [int(pos) for pos in positions]
 
 
 def _fit_one(estimator, X, y):
@@ -333,7 +255,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                 )
         estimators, _, targets = zip(*models)
         for target in targets:
-            if not _is_target(target):
+            if not is_target(target):
                 raise TypeError(
                     f"A target must be a string or an integer; got {target!r} "
                     f"of type {type(target).__name__}."
@@ -342,20 +264,20 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(
-                f"Targets must be unique; duplicated: {_shorten(duplicates)}."
+                f"Targets must be unique; duplicated: {shorten(duplicates)}."
             )
         clashes = sorted(set(names) & set(self.get_params(deep=False)))
         if clashes:
             raise ValueError(
                 f"Targets must not be names of MultiModelPredictor's parameters "
                 f"(they name the models in nested parameters); got "
-                f"{_shorten(clashes)}."
+                f"{shorten(clashes)}."
             )
         nested = [name for name in names if "__" in name]
         if nested:
             raise ValueError(
                 f"Targets must not contain '__' (it separates nested parameter "
-                f"names); got {_shorten(nested)}."
+                f"names); got {shorten(nested)}."
             )
         self._check_estimators_are_instances(estimators)
         for estimator, target in zip(estimators, targets):
@@ -369,7 +291,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     # -- inputs ------------------------------------------------------------
 
     def _check_X(self, X, *, reset: bool):
-        if _is_frame(X):
+        if is_frame(X):
             if len(X.shape) != 2:
                 raise ValueError(f"X must be 2-D; got shape {X.shape}.")
         else:
@@ -389,7 +311,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     def _target(self, X, y, i, target):
         """The values model ``i`` is fitted (or scored) against."""
         if y is None:
-            if _is_frame(X):
+            if is_frame(X):
                 if target not in list(X.columns):
                     raise ValueError(
                         f"Target column {target!r} not found in X (y is None, "
@@ -409,7 +331,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             if hasattr(column, "toarray"):
                 column = column.toarray()
             return np.ravel(column), position
-        if _is_frame(y):
+        if is_frame(y):
             columns = list(y.columns)
             if target in columns:
                 return y[target], None
@@ -417,7 +339,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                 return y.iloc[:, int(target)], None
             raise ValueError(
                 f"Target column {target!r} not found in y; y's columns are "
-                f"{_shorten(columns)}."
+                f"{shorten(columns)}."
             )
         if y.ndim == 1:
             return y, None
@@ -433,7 +355,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
 
     @staticmethod
     def _check_y(y, X):
-        if not _is_frame(y) and not hasattr(y, "iloc"):
+        if not is_frame(y) and not hasattr(y, "iloc"):
             y = np.asarray(y)
             if y.ndim not in (1, 2):
                 raise ValueError(f"y must be 1-D or 2-D; got shape {y.shape}.")
@@ -480,7 +402,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             y = self._check_y(y, X)
         positions, inputs, targets = [], [], []
         for i, (_, features, target) in enumerate(models):
-            columns = _column_positions(X, features, target)
+            columns = column_positions(X, features, target)
             y_i, from_X = self._target(X, y, i, target)
             if from_X is not None and from_X in columns:
                 raise ValueError(
@@ -489,7 +411,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                     f"features, or pass y."
                 )
             positions.append(columns)
-            inputs.append(_chunking.select_columns(X, _key(X, columns)))
+            inputs.append(_chunking.select_columns(X, column_key(X, columns)))
             targets.append(y_i)
         _, n_workers = _backend(self.n_jobs, self.backend)
         self.estimators_ = Parallel(
@@ -520,7 +442,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         if unfitted:
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet, and "
-                f"model(s) {_shorten(unfitted)} are not fitted either. Call "
+                f"model(s) {shorten(unfitted)} are not fitted either. Call "
                 f"'fit' with appropriate arguments, or give fitted models."
             )
         return [m[0] for m in models], [m[2] for m in models], models
@@ -556,7 +478,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         """
         if models is not None:
             return [
-                _key(X, _column_positions(X, features, target))
+                column_key(X, column_positions(X, features, target))
                 for _, features, target in models
             ]
         names = getattr(self, "feature_names_in_", None)
@@ -570,17 +492,17 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             missing = {target: cols for target, cols in missing.items() if cols}
             if missing:
                 detail = "; ".join(
-                    f"model {target!r} needs {_shorten(cols)}"
+                    f"model {target!r} needs {shorten(cols)}"
                     for target, cols in missing.items()
                 )
                 raise ValueError(f"Columns not found in X: {detail}.")
-            return [_key(X, cols) for cols in wanted]
+            return [column_key(X, cols) for cols in wanted]
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {X.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        return [_key(X, cols) for cols in self._positions]
+        return [column_key(X, cols) for cols in self._positions]
 
     def _run(self, method: str, X):
         """Every model's ``method`` on ``X``: one engine call for all."""
@@ -590,7 +512,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         columns = self._columns(X, models)
         jobs = []
         for estimator, cols in zip(estimators, columns):
-            if cols is not None and _is_frame(X):
+            if cols is not None and is_frame(X):
                 # Frames are pickled chunk by chunk: give each model's
                 # tasks only its columns rather than every column of X
                 # (measured: 1.45 s -> 0.85 s for 3 models on a 400k x 32
@@ -643,7 +565,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                     f"model. Give each output its own model."
                 )
             columns.append(column)
-        return _assemble(X, targets, columns)
+        return assemble(X, targets, columns)
 
     @available_if(
         lambda self: all(
@@ -760,35 +682,3 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             t.input_tags.allow_nan for t in inner
         )
         return tags
-
-
-def _key(X, cols):
-    """``cols`` (names or positions) as a key for :func:`select_columns`.
-
-    None when they are all of ``X``'s columns in order (no copy needed).
-    """
-    if cols and isinstance(cols[0], str):
-        return None if cols == list(X.columns) else cols
-    if cols == list(range(X.shape[1])):
-        return None
-    return np.asarray(cols, dtype=np.intp)
-
-
-def _assemble(X, targets, columns):
-    """One table of the models' predictions, as :meth:`predict` documents."""
-    if hasattr(X, "iloc"):
-        import pandas as pd
-
-        return pd.DataFrame(dict(zip(targets, columns)), index=X.index)
-    n_rows = _chunking.n_rows(X)
-    if not columns:
-        return np.empty((n_rows, 0))
-    kinds = {column.dtype.kind for column in columns}
-    if len({column.dtype for column in columns}) == 1 or (
-        len(kinds) == 1 and kinds <= set("biufcUS")
-    ):
-        return np.column_stack(columns)
-    out = np.empty((n_rows, len(columns)), dtype=object)
-    for j, column in enumerate(columns):
-        out[:, j] = column
-    return out

@@ -1,0 +1,132 @@
+"""Which columns each of several models reads, and one table of their outputs.
+
+The column logic of :class:`MultiModelPredictor`: a model's ``features``
+(names, positions, a slice, a mask, a callable or None) resolved to column
+positions with errors that name the model and the columns, and the models'
+predictions assembled as one DataFrame or array.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils._indexing import (
+    _determine_key_type,
+    _get_column_indices,
+    _get_column_indices_for_bool_or_int,
+)
+
+from sklearn_parpredict import _chunking
+
+
+def is_frame(X) -> bool:
+    """Whether ``X`` is a dataframe (columns selectable by name)."""
+    return hasattr(X, "columns") and hasattr(X, "shape") and not hasattr(X, "tocsr")
+
+
+def is_target(target) -> bool:
+    return isinstance(target, str | Integral) and not isinstance(target, bool)
+
+
+def shorten(items, limit: int = 10) -> str:
+    items = list(items)
+    text = ", ".join(repr(item) for item in items[:limit])
+    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def column_positions(X, features, target) -> list[int]:
+    """Positions in ``X`` of the columns that model ``target`` uses.
+
+    ``features`` is the model's selector: names, positions, a slice, a boolean
+    mask, a callable returning one of those, or ``None`` for all columns.
+    Every error names the model and the offending columns.
+    """
+    n_columns = X.shape[1]
+    key = features(X) if callable(features) else features
+    if key is None:
+        return list(range(n_columns))
+    if isinstance(key, str | Integral) and not isinstance(key, bool):
+        # One column: still give the model a 2-D input.
+        key = [key]
+    try:
+        if hasattr(key, "__array__"):  # arrays, pandas Index, Series
+            key = np.asarray(key).tolist()
+        elif not isinstance(key, slice):
+            key = [k.item() if isinstance(k, np.generic) else k for k in key]
+        kind = _determine_key_type(key)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The features of model {target!r} must be column names, integer "
+            f"positions, a slice, a boolean mask, a callable returning one of "
+            f"those, or None; got {features!r}."
+        ) from exc
+    if kind is None:
+        raise ValueError(f"The features of model {target!r} select no columns.")
+    if kind == "str":
+        if not is_frame(X):
+            shown = key if isinstance(key, slice) else shorten(key)
+            raise ValueError(
+                f"Model {target!r} selects columns by name ({shown}), but X "
+                f"({type(X).__name__}) has no column names: pass a DataFrame, "
+                f"or select the columns by position."
+            )
+        columns = list(X.columns)
+        wanted = [key.start, key.stop] if isinstance(key, slice) else key
+        missing = [col for col in wanted if col is not None and col not in columns]
+        if missing:
+            raise ValueError(
+                f"Column(s) {shorten(missing)} used by model {target!r} not found in X."
+            )
+        positions = _get_column_indices(X, key)
+    elif kind == "bool":
+        if isinstance(key, slice) or len(key) != n_columns:
+            raise ValueError(
+                f"The boolean mask of model {target!r} has {len(key)} entries, "
+                f"but X has {n_columns} columns."
+            )
+        positions = _get_column_indices_for_bool_or_int(key, n_columns)
+    else:
+        if not isinstance(key, slice):
+            bad = [pos for pos in key if not -n_columns <= pos < n_columns]
+            if bad:
+                raise ValueError(
+                    f"Column position(s) {shorten(bad)} used by model "
+                    f"{target!r} out of range: X has {n_columns} columns."
+                )
+        positions = _get_column_indices_for_bool_or_int(key, n_columns)
+    if not positions:
+        raise ValueError(f"The features of model {target!r} select no columns.")
+    return [int(pos) for pos in positions]
+
+
+def column_key(X, cols):
+    """``cols`` (names or positions) as a key for :func:`select_columns`.
+
+    None when they are all of ``X``'s columns in order (no copy needed).
+    """
+    if cols and isinstance(cols[0], str):
+        return None if cols == list(X.columns) else cols
+    if cols == list(range(X.shape[1])):
+        return None
+    return np.asarray(cols, dtype=np.intp)
+
+
+def assemble(X, targets, columns):
+    """One table of the models' predictions, as :meth:`predict` documents."""
+    if hasattr(X, "iloc"):
+        import pandas as pd
+
+        return pd.DataFrame(dict(zip(targets, columns)), index=X.index)
+    n_rows = _chunking.n_rows(X)
+    if not columns:
+        return np.empty((n_rows, 0))
+    kinds = {column.dtype.kind for column in columns}
+    if len({column.dtype for column in columns}) == 1 or (
+        len(kinds) == 1 and kinds <= set("biufcUS")
+    ):
+        return np.column_stack(columns)
+    out = np.empty((n_rows, len(columns)), dtype=object)
+    for j, column in enumerate(columns):
+        out[:, j] = column
+    return out
