@@ -146,14 +146,7 @@ def run_jobs(
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
-    if (
-        auto
-        and max(sizes, default=0) <= _planning.PROBE_ROWS
-        and not any(
-            _planning.remembered_cost(job.estimator, job.method) for job in jobs
-        )
-    ):
-        # A batch this small is one probe: nothing to plan.
+    if auto and _too_small(jobs, sizes):
         return [job.call() for job in jobs]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
@@ -201,6 +194,20 @@ def run_jobs(
         _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
         for pieces in done
     ]
+
+
+def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
+    """Whether the work is so small that even planning it costs too much.
+
+    True for a batch no larger than one probe of a model not seen yet, and for
+    work whose remembered cost is below what any fan-out could save.
+    """
+    costs = [_planning.remembered_cost(job.estimator, job.method) for job in jobs]
+    if not any(costs):
+        return max(sizes, default=0) <= _planning.PROBE_ROWS
+    if not all(costs):
+        return False
+    return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S
 
 
 def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):

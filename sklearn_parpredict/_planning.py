@@ -16,8 +16,6 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from sklearn_parpredict._chunking import split_bounds
 
 # First probe size; each next probe is PROBE_GROWTH times larger. Probing
@@ -33,6 +31,9 @@ PROBE_ENOUGH_S = 0.1
 THREAD_PROBE_S = 0.1
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
+# Work predicted to take less than this in-process is run in-process without
+# planning: no fan-out can save more than planning costs.
+FAST_SERIAL_S = 0.002
 # Per task: pickling arguments and results and the round trip to a worker.
 DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 # Starting a process pool (interpreters importing numpy and scikit-learn), and
@@ -41,8 +42,8 @@ COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost.
-TASKS_PER_WORKER = 4
-MAX_OVERHEAD_FRACTION = 0.05
+TASKS_PER_WORKER = 2
+MAX_OVERHEAD_FRACTION = 0.02
 # Timings kept per model and method.
 MAX_SAMPLES = 12
 
@@ -103,21 +104,29 @@ class Timer:
 
 
 def _fit(samples) -> tuple[float, float, float]:
-    rows = np.array([s[0] for s in samples], dtype=float)
-    wall = np.array([s[1] for s in samples])
-    cpu = np.array([s[2] for s in samples])
-    threads = float(np.clip(cpu.sum() / max(wall.sum(), 1e-9), 1, os.cpu_count() or 1))
-    if np.ptp(rows) == 0:
+    # Plain least squares: this runs after every in-process call, where
+    # numpy's polyfit would cost more than predicting a few rows.
+    n = len(samples)
+    rows = [float(s[0]) for s in samples]
+    wall = [s[1] for s in samples]
+    cores = float(os.cpu_count() or 1)
+    threads = min(max(sum(s[2] for s in samples) / max(sum(wall), 1e-9), 1.0), cores)
+    mean_rows, mean_wall = sum(rows) / n, sum(wall) / n
+    spread = sum((r - mean_rows) ** 2 for r in rows)
+    if spread == 0:
         # One size only: charge it all to the rows, which errs towards
         # parallel only for work that is already slow.
-        return 0.0, float(wall.mean() / max(rows[0], 1)), threads
-    per_row, per_call = np.polyfit(rows, wall, 1)
+        return 0.0, mean_wall / max(mean_rows, 1.0), threads
+    per_row = (
+        sum((r - mean_rows) * (w - mean_wall) for r, w in zip(rows, wall)) / spread
+    )
     if per_row <= 0:
         # Within noise, the rows cost nothing: the call's fixed cost is all.
-        return float(wall.mean()), 0.0, threads
+        return mean_wall, 0.0, threads
+    per_call = mean_wall - per_row * mean_rows
     if per_call < 0:
-        per_call, per_row = 0.0, float(wall.sum() / rows.sum())
-    return float(per_call), float(per_row), threads
+        return 0.0, sum(wall) / sum(rows), threads
+    return per_call, per_row, threads
 
 
 def fit_cost(samples: list[tuple[int, float, float]]) -> Cost:
@@ -202,10 +211,13 @@ def plan_chunks(
         return None
     fixed = max(c.per_call + c.overhead.get(kind, 0.0) for c in costs)
     fixed += DISPATCH_S[kind]
-    task_s = max(total / (n_workers * TASKS_PER_WORKER), fixed / MAX_OVERHEAD_FRACTION)
-    task_s = min(task_s, total / n_workers)
+    # Whole waves of equal tasks: as many per worker as the fixed cost per
+    # task allows, up to TASKS_PER_WORKER, shared among the jobs by work.
+    per_worker = int(total / n_workers / (fixed / MAX_OVERHEAD_FRACTION))
+    n_tasks = n_workers * min(max(per_worker, 1), TASKS_PER_WORKER)
     counts = [
-        max(1, min(n, round(w / task_s))) if n > 0 else 0 for w, n in zip(work, rows)
+        max(1, min(n, round(n_tasks * w / total))) if n > 0 else 0
+        for w, n in zip(work, rows)
     ]
     waves = -(-sum(counts) // n_workers)
     longest = max(w / k for w, k in zip(work, counts) if k)

@@ -37,6 +37,9 @@ _SAMPLE_PER_AXIS = 64
 # Dense inputs from this size on are written once to a memory-mapped file
 # rather than pickled chunk by chunk.
 SHARE_MIN_BYTES = 1 << 20
+# Lists of more estimators than this (ensemble members) are fingerprinted by
+# the members' identities rather than walked.
+_MEMBERS_WALKED = 16
 # Fitted models a worker keeps beyond those the parent still uses.
 _WORKER_CACHE_SIZE = 8
 
@@ -73,6 +76,16 @@ def _walk(obj, out: list, keep: list, depth: int) -> None:
     elif depth > 64:
         keep.append(obj)
         out.append(("o", id(obj)))
+    elif (
+        isinstance(obj, list | tuple)
+        and len(obj) > _MEMBERS_WALKED
+        and all(isinstance(item, BaseEstimator) for item in obj)
+    ):
+        # The members of an ensemble (a forest's trees) are identified, not
+        # walked: refitting the ensemble replaces them all, and walking
+        # hundreds of trees on every call would cost more than a small batch.
+        keep.extend(obj)
+        out.append(("m", len(obj), *map(id, obj)))
     elif isinstance(obj, list | tuple):
         out.append(("l", len(obj)))
         for item in obj:
