@@ -9,8 +9,13 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# The benchmarks' peers (dask-ml, ...) are heavy: installed only for them.
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $@
 
 demo: $(STAMP)
 	$(BIN)/python -m sklearn_parpredict demo
@@ -22,7 +27,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:

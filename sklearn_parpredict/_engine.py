@@ -369,7 +369,9 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
             out = job.call(start, stop)
         pieces.append((start, stop, out))
         if cost is None:
-            cost = _planning.fit_cost([(stop - start, timer.wall, timer.cpu)])
+            cost = _planning.fit_cost(
+                [(stop - start, timer.wall, timer.cpu)], job.estimator
+            )
         else:
             cost.add(stop - start, timer.wall, timer.cpu)
         start, size = stop, size * _planning.PROBE_GROWTH

@@ -71,6 +71,7 @@ class Cost:
     thread_speedup: float | None = None
     overhead: dict = field(default_factory=dict)
     samples: list = field(default_factory=list, repr=False)
+    min_threads: float = 1.0
 
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
@@ -78,7 +79,8 @@ class Cost:
     def add(self, rows: int, wall: float, cpu: float) -> None:
         """Refine the cost with one more timed in-process call."""
         self.samples = [*self.samples, (rows, wall, cpu)][-MAX_SAMPLES:]
-        self.per_call, self.per_row, self.threads = _fit(self.samples)
+        self.per_call, self.per_row, threads = _fit(self.samples)
+        self.threads = max(threads, self.min_threads)
 
     def speedup(self, kind: str, n_workers: int) -> float:
         """Speedup of ``n_workers`` workers of ``kind`` over one."""
@@ -129,12 +131,38 @@ def _fit(samples) -> tuple[float, float, float]:
     return per_call, per_row, threads
 
 
-def fit_cost(samples: list[tuple[int, float, float]]) -> Cost:
+# scikit-learn estimators whose predict already runs on every core through
+# OpenMP. Short probes can hide it (the threads have little to do), so they
+# are known to be threaded rather than measured: splitting their rows across
+# workers would only take cores from their own threads.
+_OPENMP_THREADED = (
+    "HistGradientBoosting",
+    "KNeighbors",
+    "RadiusNeighbors",
+    "KMeans",
+    "BisectingKMeans",
+    "MiniBatchKMeans",
+)
+
+
+def _openmp_threaded(estimator) -> bool:
+    name = type(estimator).__name__
+    if name.startswith(_OPENMP_THREADED):
+        return True
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        return any(_openmp_threaded(step) for _, step in steps)
+    inner = getattr(estimator, "estimator", None)
+    return inner is not None and inner is not estimator and _openmp_threaded(inner)
+
+
+def fit_cost(samples: list[tuple[int, float, float]], estimator=None) -> Cost:
     """A cost line through timed samples ``(rows, wall, cpu)``."""
     cost = Cost(0.0, 0.0)
+    if estimator is not None and _openmp_threaded(estimator):
+        cost.min_threads = float(os.cpu_count() or 1)
     for sample in samples:
-        cost.samples.append(sample)
-    cost.per_call, cost.per_row, cost.threads = _fit(cost.samples)
+        cost.add(*sample)
     return cost
 
 

@@ -347,3 +347,19 @@ def test_thread_speedup_extrapolates_by_amdahl():
     cost.thread_speedup = 1.6  # three quarters of the work outside the GIL
     assert cost.speedup("thread", 4) == pytest.approx(1 / (0.25 + 0.75 / 4))
     assert cost.speedup("process", 4) == 4
+
+
+def test_openmp_threaded_estimators_are_known_threaded():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cores = os.cpu_count() or 1
+    sample = [(100, 0.01, 0.01)]
+    for estimator in (
+        HistGradientBoostingRegressor(),
+        make_pipeline(StandardScaler(), KNeighborsClassifier()),
+    ):
+        assert _planning.fit_cost(sample, estimator).threads == cores
+    assert _planning.fit_cost(sample, LogisticRegression()).threads == 1
