@@ -1,0 +1,175 @@
+"""Measurements that need a fresh process: repeated calls and peak memory.
+
+A first call is only cold, and a process tree's memory only clean, in a
+process that has started no pool yet. The suite runs
+``python -m benchmarks._isolated KIND JSON_ARGS`` and reads the JSON result
+printed on the last line of its output.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import psutil
+
+from benchmarks._cases import Workload
+from benchmarks._measure import PeakRSS, assert_same, tree_rss
+from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
+
+
+def run_isolated(kind: str, **kwargs) -> dict:
+    """Run ``kind`` in a fresh interpreter; its result, or ``{"error": ...}``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._isolated", kind, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,  # where `benchmarks` imports
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"error": f"{kind} exited with {proc.returncode}: " + " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
+def _load(model_path: str, X_path: str) -> Workload:
+    from sklearn_parpredict import ParallelPredictor
+
+    model, X = joblib.load(model_path), joblib.load(X_path)
+    return Workload([(model, None)], X, ParallelPredictor(model, n_jobs=-1))
+
+
+def repeated(
+    model_path: str, X_path: str, calls: int, rows_per_call: int, methods: list[str]
+) -> dict:
+    """Per-call seconds of ``calls`` calls on consecutive batches.
+
+    Every method is built once and reused across calls (the same fitted
+    ``ParallelPredictor``; the ceiling's fork pool); the tutorial pickles the
+    model with every chunk of every call, as written. The first call of
+    ``parpredict`` in this fresh process (pool start, model shipping, cost
+    probe) is reported on its own as ``cold``.
+    """
+    work = _load(model_path, X_path)
+    bounds = [(i * rows_per_call, (i + 1) * rows_per_call) for i in range(calls)]
+    expected = [work.serial(rows(work.X, a, b)) for a, b in bounds]
+
+    start = time.perf_counter()
+    out = work.ours.predict(rows(work.X, *bounds[0]))
+    cold = time.perf_counter() - start
+    assert_same(expected[0], out)
+
+    built, errors = {}, {}
+    for name in methods:
+        try:
+            built[name] = METHODS[name](work)
+            # Warm-up, not timed.
+            assert_same(expected[0], built[name].bind(*bounds[0])())
+        except Exception as exc:  # a peer that is unavailable or wrong
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    methods = built
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+
+    def timed(name: str, i: int) -> None:
+        call = methods[name].bind(*bounds[i])
+        start = time.perf_counter()
+        out = call()
+        samples[name].append(time.perf_counter() - start)
+        try:
+            assert_same(expected[i], out)
+        except AssertionError as exc:
+            errors.setdefault(name, f"wrong output: {exc}")
+
+    # As in the suite: the others interleaved in a random order per call,
+    # then the tutorial's calls, whose forks would slow whatever came next.
+    rng = random.Random(0)
+    names = [n for n in methods if n not in errors and n != Tutorial.name]
+    for i in range(calls):
+        rng.shuffle(names)
+        for name in names:
+            timed(name, i)
+    if Tutorial.name in methods and Tutorial.name not in errors:
+        for i in range(calls):
+            timed(Tutorial.name, i)
+    for method in methods.values():
+        method.close()
+    return {
+        "calls": calls,
+        "rows": rows_per_call,
+        "cold": cold,
+        "median": {
+            name: (statistics.median(s) if name not in errors else None)
+            for name, s in samples.items()
+        },
+        "errors": errors,
+        "model_bytes": work.model_bytes,
+    }
+
+
+def load_sklearn() -> int:
+    # Run in a worker: import what unpickling the model will import.
+    import sklearn.ensemble  # noqa: F401
+
+    return 0
+
+
+def memory(model_path: str, X_path: str) -> dict:
+    """Peak resident memory, parent + workers, of serial and parpredict.
+
+    The ceiling and the tutorial are measured first for context (forked
+    workers count the pages they share with the parent, so resident sizes
+    overstate them). Then workers are started with scikit-learn imported but
+    no model, to tell the fixed price of any worker process from what a call
+    adds; then two ``parpredict`` calls: the first ships the model.
+    """
+    work = _load(model_path, X_path)
+    n = len(work.X)
+    gc.collect()
+    result: dict = {"rows": n, "n_workers": N_WORKERS, "model_bytes": work.model_bytes}
+    result["baseline"] = tree_rss()
+    with PeakRSS() as peak:
+        expected = work.serial(work.X)
+    result["serial"] = peak.peak
+
+    for cls in (Ceiling, Tutorial):
+        with PeakRSS() as peak:
+            method = cls(work)
+            out = method.bind(0, n)()
+            method.close()
+        assert_same(expected, out)
+        del out, method
+        gc.collect()
+        result[cls.name] = peak.peak
+
+    joblib.Parallel(n_jobs=N_WORKERS)(
+        joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)
+    )
+    time.sleep(0.5)  # let the workers settle after the imports
+    result["idle_workers"] = tree_rss() - psutil.Process().memory_info().rss
+    for label in ("parpredict_first", "parpredict_second"):
+        with PeakRSS() as peak:
+            out = work.ours.predict(work.X)
+        assert_same(expected, out)
+        del out
+        gc.collect()
+        result[label] = peak.peak
+    return result
+
+
+def main(argv: list[str]) -> None:
+    kind, kwargs = argv[0], json.loads(argv[1])
+    result = {"repeated": repeated, "memory": memory}[kind](**kwargs)
+    print(json.dumps(result, default=lambda o: o.item() if np.isscalar(o) else o))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,214 @@
+"""Timing with output checks, and peak memory of a process tree."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+
+# A timed sample runs the call this many times when one call is shorter than
+# MIN_SAMPLE_S, so that microsecond calls are not timer noise.
+MIN_SAMPLE_S = 0.05
+MAX_INNER = 200
+# Rows whose warm-up calls all together take less than CHEAP_ROW_S get at
+# least CHEAP_REPEATS timed samples: short timings are the noisiest.
+CHEAP_ROW_S = 1.0
+CHEAP_REPEATS = 7
+
+
+def assert_same(expected, actual) -> None:
+    """Raise AssertionError unless ``actual`` is the serial output.
+
+    Discrete outputs must be equal; floats equal to ``rtol=1e-9`` (BLAS may
+    block rows differently for different batch sizes).
+    """
+    if isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected)
+        for e, a in zip(expected, actual):
+            assert_same(e, a)
+        return
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    assert expected.shape == actual.shape, f"shape {actual.shape} != {expected.shape}"
+    if expected.dtype.kind in "fc":
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=0)
+    else:
+        np.testing.assert_array_equal(actual, expected)
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one method in one row: a sample per repeat."""
+
+    samples: list[float] = field(default_factory=list)
+    inner: int = 1
+    error: str | None = None
+
+    @property
+    def median(self) -> float:
+        if self.error or not self.samples:
+            return math.nan
+        return statistics.median(self.samples)
+
+
+def _check(timing: Timing, expected, out) -> None:
+    try:
+        assert_same(expected, out)
+    except AssertionError as exc:
+        first = str(exc).strip().splitlines()
+        timing.error = "wrong output: " + (first[0] if first else "mismatch")
+
+
+def measure(
+    calls: dict[str, Callable],
+    repeats: int,
+    *,
+    last: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, Timing]:
+    """Median-ready timings of ``calls``, each output checked against serial.
+
+    ``calls["serial"]`` gives the reference output. Every call runs once as
+    warm-up (not timed, but checked). Then ``repeats`` timed samples of each
+    are taken, interleaved in a fresh random order per repeat, so that drift
+    in the machine's state and the after-effects of one method on the next
+    favour no method; rows whose calls are all cheap get at least
+    ``CHEAP_REPEATS``. Methods named in ``last`` are timed after the others,
+    back to back: a method that forks this process on every call (the
+    tutorial's pool) makes the parent's BLAS re-create its threads, which then
+    spin and slow whatever runs next on a small machine. Every sample's output
+    is checked.
+    """
+    expected = calls["serial"]()
+    timings = {name: Timing() for name in calls}
+    warm_s = 0.0
+    for name, call in calls.items():
+        start = time.perf_counter()
+        try:
+            out = call()
+        except Exception as exc:  # a peer that cannot run this input
+            timings[name].error = f"{type(exc).__name__}: {exc}"
+            continue
+        elapsed = time.perf_counter() - start
+        warm_s += elapsed
+        _check(timings[name], expected, out)
+        timings[name].inner = min(MAX_INNER, max(1, math.ceil(MIN_SAMPLE_S / elapsed)))
+    if warm_s < CHEAP_ROW_S:
+        repeats = max(repeats, CHEAP_REPEATS)
+    rng = random.Random(seed)
+    interleaved = [name for name in calls if name not in last]
+    for _ in range(repeats):
+        rng.shuffle(interleaved)
+        for name in interleaved:
+            _sample(timings[name], calls[name], expected)
+    for name in last:
+        if name in calls:
+            for _ in range(repeats):
+                _sample(timings[name], calls[name], expected)
+    return timings
+
+
+def _sample(timing: Timing, call: Callable, expected) -> None:
+    if timing.error:
+        return
+    start = time.perf_counter()
+    for _ in range(timing.inner):
+        out = call()
+    timing.samples.append((time.perf_counter() - start) / timing.inner)
+    _check(timing, expected, out)
+
+
+def tree_rss(process: psutil.Process | None = None) -> int:
+    """Resident bytes of a process and all its descendants."""
+    process = process or psutil.Process()
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # a worker that exited while we looked
+            pass
+    return total
+
+
+class PeakRSS:
+    """Peak resident memory of this process and its children over a block.
+
+    A background thread samples every ``interval`` seconds; workers that
+    start and end inside the block are caught as long as they live for at
+    least a sample.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.peak = 0
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self._process))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._process = psutil.Process()
+        self.peak = tree_rss(self._process)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss(self._process))
+
+
+def _tree_cpu(process: psutil.Process) -> tuple[float, dict[int, float]]:
+    """CPU seconds of reaped children, and of each live process of the tree."""
+    own = process.cpu_times()
+    live = {}
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        live[p.pid] = times.user + times.system
+    return own.children_user + own.children_system, live
+
+
+def _machine_busy() -> float:
+    t = psutil.cpu_times()
+    # Steal is a core lost to other tenants of the host: other work too.
+    return sum(
+        getattr(t, name, 0.0)
+        for name in ("user", "nice", "system", "irq", "softirq", "steal")
+    )
+
+
+class OtherLoad:
+    """Cores kept busy by other work than this process tree, over a block.
+
+    The machine's busy CPU time minus this process tree's (live workers and
+    reaped children included), divided by the block's wall time: how much of
+    the machine other users took while we measured. On a 2-core machine a
+    value near 1 means parallel methods had one core, not two.
+    """
+
+    def __enter__(self):
+        self._process = psutil.Process()
+        self._wall = time.perf_counter()
+        self._busy = _machine_busy()
+        self._reaped, self._live = _tree_cpu(self._process)
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._wall
+        busy = _machine_busy() - self._busy
+        reaped, live = _tree_cpu(self._process)
+        ours = reaped - self._reaped
+        ours += sum(cpu - self._live.get(pid, 0.0) for pid, cpu in live.items())
+        self.cores = max(0.0, (busy - ours) / max(wall, 1e-9))

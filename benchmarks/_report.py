@@ -1,0 +1,502 @@
+"""Write a run's results as a markdown report and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on benchmark machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks._peers import PEERS  # noqa: E402
+
+COLUMNS = ("serial", "parpredict", "ceiling", *PEERS)
+STYLE = {
+    "parpredict": {"color": "C0", "lw": 2.5, "marker": "o"},
+    "ceiling": {"color": "black", "ls": "--", "marker": "."},
+    "tutorial": {"color": "C3", "marker": "s", "ms": 4},
+    "joblib": {"color": "C2", "marker": "^", "ms": 4},
+    "dask-ml": {"color": "C1", "marker": "v", "ms": 4},
+}
+MB = 1 << 20
+
+# The issue's targets.
+LARGE_CPU_BOUND = (("rf", 500_000), ("svc", 20_000))
+CEILING_SHARE = 0.95
+MIN_SPEEDUP = 0.95
+REPEATED_SLACK = 1.10
+PEER_MIN = 1.0
+TUTORIAL_GEOMEAN = 1.5
+MEMORY_SLACK = 1.10
+# Rows measured while other processes kept more cores than this busy are
+# flagged: parallel methods did not have the whole machine.
+BUSY_CORES = 0.3
+
+
+def _t(row, name) -> float:
+    value = row["times"].get(name)
+    return math.nan if value is None else value
+
+
+def _seconds(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3g}"
+
+
+def _ratio(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}x"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.0f}%"
+
+
+def ratios(row) -> dict[str, float]:
+    """Speedup vs serial, share of the ceiling's speedup, peer time / ours."""
+    ours = _t(row, "parpredict")
+    out = {
+        "speedup": _t(row, "serial") / ours,
+        "of_ceiling": _t(row, "ceiling") / ours,
+    }
+    for peer in PEERS:
+        out[peer] = _t(row, peer) / ours
+    return out
+
+
+def _geomean(values: list[float]) -> float:
+    values = [v for v in values if v > 0 and not math.isnan(v)]
+    if not values:
+        return math.nan
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("PASS" if ok else "**FAIL**")
+
+
+def targets(results: dict) -> list[tuple[str, str, str]]:
+    """Each target of the issue: (target, measured figure, verdict)."""
+    rows = [r for r in results["rows"] if not r.get("skipped")]
+    table = [(r, ratios(r)) for r in rows]
+    found = []
+
+    figures, oks = [], []
+    for case, n in LARGE_CPU_BOUND:
+        match = [q for r, q in table if r["case"] == case and r["rows"] == n]
+        if match and not math.isnan(match[0]["of_ceiling"]):
+            share = match[0]["of_ceiling"]
+            figures.append(f"{case} {n:,} rows: {_pct(share)}")
+            oks.append(share >= CEILING_SHARE)
+    found.append(
+        (
+            "Large CPU-bound work (RF 500k rows, SVC 20k rows) "
+            f">= {_pct(CEILING_SHARE)} of the ceiling's speedup",
+            "; ".join(figures) or "n/a",
+            _verdict(all(oks) if oks else None),
+        )
+    )
+
+    speedups = [(q["speedup"], r) for r, q in table]
+    measured = [(s, r) for s, r in speedups if not math.isnan(s)]
+    broken = [r for s, r in speedups if math.isnan(s)]
+    low = [(s, r) for s, r in measured if s < MIN_SPEEDUP]
+    worst = min(measured, key=lambda x: x[0], default=None)
+    figure = (
+        "n/a"
+        if worst is None
+        else (f"min {_ratio(worst[0])} ({worst[1]['case']}, {worst[1]['rows']:,} rows)")
+    )
+    if low:
+        figure += "; below: " + ", ".join(
+            f"{r['case']} {r['rows']:,} ({_ratio(s)})" for s, r in low
+        )
+    if broken:
+        figure += "; not measured: " + ", ".join(
+            f"{r['case']} {r['rows']:,}" for r in broken
+        )
+    found.append(
+        (
+            f"Every estimator and size >= {MIN_SPEEDUP}x of serial",
+            figure,
+            _verdict(None if worst is None else not low and not broken),
+        )
+    )
+
+    rep = results.get("repeated") or {}
+    med = rep.get("median", {})
+    if med.get("parpredict") and med.get("ceiling"):
+        share = med["parpredict"] / med["ceiling"]
+        found.append(
+            (
+                "Repeated calls: per-call time within "
+                f"{_pct(REPEATED_SLACK - 1)} of the ceiling",
+                f"{share:.2f}x the ceiling's per-call time",
+                _verdict(share <= REPEATED_SLACK),
+            )
+        )
+    else:
+        found.append(
+            ("Repeated calls within 10% of the ceiling", "n/a", "not measured")
+        )
+
+    peer_ratios = [(q[p], p, r) for r, q in table for p in PEERS]
+    peer_measured = [x for x in peer_ratios if not math.isnan(x[0])]
+    lowest = min(peer_measured, key=lambda x: x[0], default=None)
+    below = [x for x in peer_measured if x[0] < PEER_MIN]
+    figure = (
+        "n/a"
+        if lowest is None
+        else (
+            f"min {_ratio(lowest[0])} (vs {lowest[1]}, {lowest[2]['case']}, "
+            f"{lowest[2]['rows']:,} rows); {len(below)} of {len(peer_measured)} "
+            "below"
+        )
+    )
+    found.append(
+        (
+            f"At least {PEER_MIN}x of every peer in every row",
+            figure,
+            _verdict(None if lowest is None else not below),
+        )
+    )
+    tutorial = _geomean([q["tutorial"] for _, q in table])
+    found.append(
+        (
+            f"At least {TUTORIAL_GEOMEAN}x the tutorial's approach (geometric mean)",
+            _ratio(tutorial),
+            _verdict(None if math.isnan(tutorial) else tutorial >= TUTORIAL_GEOMEAN),
+        )
+    )
+
+    mem = results.get("memory") or {}
+    if "serial" in mem:
+        ours = max(mem["parpredict_first"], mem["parpredict_second"])
+        allowance = mem["n_workers"] * mem["model_bytes"]
+        limit = MEMORY_SLACK * (mem["serial"] + allowance)
+        found.append(
+            (
+                "Peak memory (parent + workers) <= (serial + one model per worker) "
+                f"+ {_pct(MEMORY_SLACK - 1)}",
+                f"{ours / MB:.0f} MiB vs limit {limit / MB:.0f} MiB",
+                _verdict(ours <= limit),
+            )
+        )
+        limit_idle = MEMORY_SLACK * (mem["serial"] + allowance + mem["idle_workers"])
+        found.append(
+            (
+                "The same, with the idle workers' interpreters "
+                f"({mem['idle_workers'] / MB:.0f} MiB) added to the allowance",
+                f"{ours / MB:.0f} MiB vs limit {limit_idle / MB:.0f} MiB",
+                _verdict(ours <= limit_idle),
+            )
+        )
+    else:
+        found.append(("Peak memory", "n/a", "not measured"))
+    busy = [
+        f"{r['case']} {r['rows']:,}"
+        for r in rows
+        if r.get("other_load", 0.0) > BUSY_CORES
+    ]
+    busy += [
+        f"{name} section"
+        for name in ("repeated", "memory")
+        if (results.get(name) or {}).get("other_load", 0.0) > BUSY_CORES
+    ]
+    if busy:
+        found.append(
+            (
+                "(Caveat) measured while other processes kept more than "
+                f"{BUSY_CORES} cores busy",
+                ", ".join(busy),
+                "unreliable: re-run on a quiet machine",
+            )
+        )
+    return found
+
+
+def _table(header: list[str], body: list[list[str]], align: str = "") -> list[str]:
+    align = align or "l" * len(header)
+    marks = {"l": "---", "r": "--:"}
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(marks[a] for a in align) + "|",
+        *("| " + " | ".join(cells) + " |" for cells in body),
+    ]
+
+
+def markdown(results: dict, plot_name: str) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# sklearn-parpredict benchmarks: {meta['date']}, {meta['cores']} cores",
+        "",
+        f"- Command: `{meta['command']}` ({meta['suite']} suite, "
+        f"{results['repeats']} timed repeats per row, warm-up excluded)",
+        f"- Machine: {meta['cores']} cores (`os.cpu_count()`; "
+        f"{meta['workers']} workers used), {meta['cpu']}, "
+        f"{meta['ram_gib']:.1f} GiB RAM",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- sklearn_parpredict revision: {meta.get('revision', 'unknown')}",
+    ]
+    if results.get("load"):
+        lines.append(
+            "- Load average (1 min, this benchmark included) at start / end: "
+            + " / ".join(f"{x:.2f}" for x in results["load"])
+            + "; see *other load* per row"
+        )
+    lines += [f"- Note: {note}" for note in meta.get("notes", [])]
+    lines += ["", "## Targets", ""]
+    lines += _table(
+        ["Target", "Measured", "Result"],
+        [list(t) for t in targets(results)],
+    )
+    lines += [
+        "",
+        "## Methods",
+        "",
+        "- **serial**: the estimator's own call.",
+        "- **parpredict**: `ParallelPredictor(model, n_jobs=-1)` "
+        '(`MultiModelPredictor` for `multi`), `chunk_size="auto"`; one wrapper '
+        "per case, reused across rows.",
+        "- **ceiling**: the reference. A fork pool (one worker per core) is "
+        "started after the model and data are globals of the parent, so workers "
+        "inherit both; only row bounds go out and results come back. Times "
+        "map + concatenate only.",
+        "- **tutorial**: `with multiprocessing.Pool(cores)`, `np.array_split` "
+        "into one chunk per core, `pool.map` with the model pickled into every "
+        "task, `np.concatenate`, all per call (`multi`: one model per core).",
+        "- **joblib**: `joblib.Parallel(n_jobs=cores)` (loky) over "
+        "`np.array_split` chunks.",
+        "- **dask-ml**: `dask_ml.wrappers.ParallelPostFit` over a dask array "
+        "(or dataframe) of one block per core, threaded scheduler.",
+        "",
+        "Every timed output is checked against serial (labels equal, floats "
+        "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "
+        "as many chunks as rows, and forked workers get `cores // workers` "
+        "BLAS/OpenMP threads (without that limit forked workers deadlock in "
+        "OpenMP once the parent has used it).",
+        "",
+        "## Cases",
+        "",
+    ]
+    body = []
+    for case in results["cases"]:
+        rows = ", ".join(f"{n:,}" for n in case["sizes"])
+        size = (
+            ""
+            if case.get("model_bytes") is None
+            else (f"{case['model_bytes'] / MB:.1f} MiB")
+        )
+        note = case.get("skipped") or ""
+        body.append(
+            [
+                f"`{case['name']}`",
+                case["description"],
+                rows,
+                f"{case['max_rows']:,}",
+                size,
+                note,
+            ]
+        )
+    lines += _table(
+        [
+            "case",
+            "estimator",
+            "rows measured",
+            "row limit (full)",
+            "pickled model",
+            "note",
+        ],
+        body,
+    )
+    lines += [
+        "",
+        "## Results",
+        "",
+        "Seconds per call (medians). *speedup*: serial / parpredict. "
+        "*of ceiling*: parpredict's speedup as a share of the ceiling's "
+        "(ceiling s / parpredict s). *vs peer*: peer s / parpredict s "
+        "(above 1.00x: parpredict is faster). *other load*: cores kept busy "
+        "by other processes on the machine while the row ran (machine CPU "
+        "time minus this benchmark's); rows above "
+        f"{BUSY_CORES} cores are marked † and their ratios are unreliable.",
+        "",
+    ]
+    header = [
+        "case",
+        "rows",
+        *(f"{c} s" for c in COLUMNS),
+        "speedup",
+        "of ceiling",
+        *(f"vs {p}" for p in PEERS),
+        "other load",
+    ]
+    body = []
+    for row in results["rows"]:
+        if row.get("skipped"):
+            body.append(
+                [row["case"], "", f"skipped: {row['skipped']}"]
+                + [""] * (len(header) - 3)
+            )
+            continue
+        q = ratios(row)
+        other = row.get("other_load", 0.0)
+        mark = " †" if other > BUSY_CORES else ""
+        cells = [row["case"], f"{row['rows']:,}{mark}"]
+        cells += [_seconds(_t(row, c)) for c in COLUMNS]
+        cells += [_ratio(q["speedup"]), _pct(q["of_ceiling"])]
+        cells += [_ratio(q[p]) for p in PEERS]
+        cells.append(f"{other:.2f}")
+        body.append(cells)
+    lines += _table(header, body, "lr" + "r" * (len(header) - 2))
+    errors = [
+        f"- {row['case']} {row['rows']:,} rows, {name}: {message}"
+        for row in results["rows"]
+        for name, message in row.get("errors", {}).items()
+    ]
+    if errors:
+        lines += ["", "Not measured:", "", *errors]
+
+    lines += ["", "## Repeated calls", ""]
+    rep = results.get("repeated")
+    if not rep:
+        lines.append("Not run.")
+    elif "error" in rep:
+        lines.append(f"Failed: {rep['error']}")
+    else:
+        med = rep["median"]
+        lines += [
+            f"{rep['calls']} calls of {rep['rows']:,} rows on "
+            "`RandomForestClassifier(n_estimators=300, n_jobs=1)` "
+            f"({rep['model_bytes'] / MB:.1f} MiB pickled), in a fresh process. "
+            "Per-call medians; each method is built once and reused (the "
+            "tutorial re-creates its pool and re-pickles the model every call). "
+            f"Other load during the run: {rep.get('other_load', 0.0):.2f} cores.",
+            "",
+        ]
+        body = []
+        for name in [c for c in COLUMNS if c in med]:
+            t = med.get(name)
+            t = math.nan if t is None else t
+            ours = med.get("parpredict") or math.nan
+            body.append(
+                [
+                    name,
+                    _seconds(t),
+                    _ratio(t / med["ceiling"]) if med.get("ceiling") else "n/a",
+                    _ratio(t / ours),
+                ]
+            )
+        body.append(
+            [
+                "parpredict, first call (cold: pool start, model shipping, probe)",
+                _seconds(rep["cold"]),
+                _ratio(rep["cold"] / med["ceiling"]) if med.get("ceiling") else "n/a",
+                "",
+            ]
+        )
+        lines += _table(
+            ["method", "s per call", "/ ceiling", "/ parpredict"], body, "lrrr"
+        )
+        lines += [f"- {k}: {v}" for k, v in rep.get("errors", {}).items()]
+
+    lines += ["", "## Peak memory", ""]
+    mem = results.get("memory")
+    if not mem:
+        lines.append("Not run.")
+    elif "error" in mem:
+        lines.append(f"Failed: {mem['error']}")
+    else:
+        lines += [
+            f"Peak resident memory of the parent and all its child processes "
+            f"(psutil, sampled every 5 ms) predicting {mem['rows']:,} rows with the "
+            f"300-tree forest ({mem['model_bytes'] / MB:.1f} MiB pickled, "
+            f"{mem['n_workers']} workers), in a fresh process. Resident sizes "
+            "count pages shared between processes once per process, which "
+            "overstates forked workers.",
+            "",
+        ]
+        body = [
+            ["process at rest, before predicting", mem["baseline"]],
+            ["serial", mem["serial"]],
+            ["ceiling (fork pool started inside the window)", mem["ceiling"]],
+            ["tutorial", mem["tutorial"]],
+            ["parpredict, first call (ships the model)", mem["parpredict_first"]],
+            ["parpredict, second call", mem["parpredict_second"]],
+        ]
+        body = [
+            [label, f"{v / MB:.0f}", f"{(v - mem['serial']) / MB:+.0f}"]
+            for label, v in body
+        ]
+        body.append(
+            [
+                "idle workers with scikit-learn imported, no model",
+                f"{mem['idle_workers'] / MB:.0f}",
+                "",
+            ]
+        )
+        lines += _table(["", "peak RSS MiB", "vs serial MiB"], body, "lrr")
+    lines += ["", "## Speedup vs rows", "", f"![speedup vs rows]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Speedup over serial against rows, one panel per case."""
+    by_case: dict[str, list] = {}
+    for row in results["rows"]:
+        if not row.get("skipped"):
+            by_case.setdefault(row["case"], []).append(row)
+    if not by_case:
+        return
+    ncols = min(4, len(by_case))
+    nrows = -(-len(by_case) // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.6 * ncols, 3.0 * nrows),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
+    cores = results["meta"]["workers"]
+    for ax, (case, rows) in zip(axes.flat, by_case.items()):
+        n = [r["rows"] for r in rows]
+        for name, style in STYLE.items():
+            speedup = [_t(r, "serial") / _t(r, name) for r in rows]
+            ax.plot(n, speedup, label=name, **style)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(cores, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(case)
+        ax.set_xlabel("rows")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes.flat[len(by_case) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("speedup vs serial")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    meta = results["meta"]
+    fig.suptitle(
+        f"sklearn-parpredict, {meta['suite']} suite, {meta['date']}, "
+        f"{meta['cores']} cores (dotted: cores; solid grey: serial)"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``<date>-<cores>cores.md`` and ``.png`` into ``out_dir``.
+
+    The raw results (every timed sample) go to a ``.json`` beside them.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = results["meta"]
+    stem = f"{meta['date']}-{meta['cores']}cores"
+    md_path, png_path = out_dir / f"{stem}.md", out_dir / f"{stem}.png"
+    plot(results, png_path)
+    md_path.write_text(markdown(results, png_path.name))
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    return md_path, png_path

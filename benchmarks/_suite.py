@@ -1,0 +1,178 @@
+"""Run the suite: the isolated measurements, then every case at every size."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import joblib
+
+from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
+from benchmarks._isolated import load_sklearn, run_isolated
+from benchmarks._measure import OtherLoad, measure
+from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
+from benchmarks._report import ratios
+
+# The repeated-call case of the issue, and the rows of the memory case.
+REPEATED_CALLS = 20
+REPEATED_ROWS = 10_000
+MEMORY_ROWS = {True: 200_000, False: 1_000_000}
+SECTIONS = ("repeated", "memory")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
+    """Time every method on ``case`` at each of its sizes.
+
+    Returns the case's description and one result row per size.
+    """
+    sizes = case.sizes(quick)
+    info = {
+        "name": case.name,
+        "description": case.description,
+        "max_rows": case.max_rows,
+        "sizes": sizes,
+    }
+    log(f"[{case.name}] fitting ({case.description})")
+    try:
+        work = case.build(max(sizes))
+    except CaseSkipped as exc:
+        info["skipped"] = str(exc)
+        log(f"[{case.name}] skipped: {exc}")
+        return info, [{"case": case.name, "skipped": str(exc)}]
+    info["model_bytes"] = work.model_bytes
+
+    methods, errors = {}, dict(unavailable)
+    for name, cls in METHODS.items():
+        if name in errors:
+            continue
+        try:
+            methods[name] = cls(work)
+        except Exception as exc:  # a peer that cannot take this workload
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    rows = []
+    try:
+        for n in sizes:
+            gc.collect()
+            with OtherLoad() as other:
+                timings = measure(
+                    {name: m.bind(0, n) for name, m in methods.items()},
+                    repeats,
+                    last=("tutorial",),
+                    seed=n,
+                )
+            row = {
+                "case": case.name,
+                "rows": n,
+                "other_load": other.cores,
+                "times": {name: t.median for name, t in timings.items()},
+                "samples": {name: t.samples for name, t in timings.items()},
+                "errors": {
+                    **errors,
+                    **{name: t.error for name, t in timings.items() if t.error},
+                },
+            }
+            row["times"] = {
+                k: (None if math.isnan(v) else v) for k, v in row["times"].items()
+            }
+            rows.append(row)
+            log(_summary(row))
+    finally:
+        for method in methods.values():
+            method.close()
+    return info, rows
+
+
+def _summary(row) -> str:
+    q = ratios(row)
+    t = row["times"]
+    peers = " ".join(f"{p} {q[p]:.2f}x" for p in PEERS)
+    return (
+        f"[{row['case']}] {row['rows']:>9,} rows: serial {t['serial']:.4g}s, "
+        f"parpredict {t.get('parpredict') or math.nan:.4g}s = "
+        f"{q['speedup']:.2f}x serial, {100 * q['of_ceiling']:.0f}% of ceiling; "
+        f"vs {peers}; other load {row['other_load']:.2f} cores"
+        + (f"; errors {row['errors']}" if row["errors"] else "")
+    )
+
+
+def run_isolated_sections(sections: Iterable[str], *, quick: bool) -> dict:
+    """The repeated-call and memory measurements, each in a fresh process."""
+    sections = list(sections)
+    if not sections:
+        return {}
+    n_rows = max(REPEATED_CALLS * REPEATED_ROWS, MEMORY_ROWS[quick])
+    log("[repeated/memory] fitting RandomForestClassifier(n_estimators=300)")
+    model, X = build_repeated_forest(n_rows)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="parpredict-bench-") as tmp:
+        paths = {
+            "model_path": str(Path(tmp, "model.joblib")),
+            "X_path": str(Path(tmp, "X.joblib")),
+        }
+        joblib.dump(model, paths["model_path"])
+        joblib.dump(X, paths["X_path"])
+        del model, X
+        if "repeated" in sections:
+            log(f"[repeated] {REPEATED_CALLS} calls of {REPEATED_ROWS:,} rows")
+            # The issue's four; the quick suite skips joblib and dask-ml here.
+            methods = ["serial", "parpredict", "ceiling", "tutorial"]
+            if not quick:
+                methods += [p for p in PEERS if p not in methods]
+            with OtherLoad() as other:
+                out["repeated"] = run_isolated(
+                    "repeated",
+                    **paths,
+                    calls=REPEATED_CALLS,
+                    rows_per_call=REPEATED_ROWS,
+                    methods=methods,
+                )
+            out["repeated"]["other_load"] = other.cores
+            log(f"[repeated] {out['repeated']}")
+        if "memory" in sections:
+            log(f"[memory] {n_rows:,} rows")
+            with OtherLoad() as other:
+                out["memory"] = run_isolated("memory", **paths)
+            out["memory"]["other_load"] = other.cores
+            log(f"[memory] {out['memory']}")
+    return out
+
+
+def run(selected: list[str], *, quick: bool, repeats: int) -> dict:
+    """Every selected case and section; the results a report is made from."""
+    unavailable = {}
+    reason = dask_ml_available()
+    if reason:
+        unavailable["dask-ml"] = reason
+    results = {"repeats": repeats, "cases": [], "rows": [], "load": [load()]}
+    # The isolated sections first, before this process starts any pool.
+    results.update(
+        run_isolated_sections([s for s in SECTIONS if s in selected], quick=quick)
+    )
+    # Start joblib's worker pool now, so that no case's warm-up pays for it.
+    joblib.Parallel(n_jobs=N_WORKERS)(
+        joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)
+    )
+    for name in selected:
+        if name in CASES:
+            info, rows = run_case(
+                CASES[name], quick=quick, repeats=repeats, unavailable=unavailable
+            )
+            results["cases"].append(info)
+            results["rows"].extend(rows)
+    results["notes"] = list(unavailable.values())
+    results["load"].append(load())
+    return results
+
+
+def load() -> float:
+    """The machine's 1-minute load average (other work skews timings)."""
+    return os.getloadavg()[0]
