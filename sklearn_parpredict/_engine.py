@@ -229,6 +229,9 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
             costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
         )
 
+    if plan("ideal") is None:
+        # Not even perfect scaling at the lowest dispatch cost would pay.
+        return costs, None, 0.0
     # Processes are joblib's default, but threads cost nothing to start and
     # copy nothing: when the choice is ours, measure once how much of each
     # estimator's work releases the GIL, and take whichever plan is faster.

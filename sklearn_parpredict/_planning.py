@@ -35,7 +35,9 @@ MIN_GAIN = 1.25
 # planning: no fan-out can save more than planning costs.
 FAST_SERIAL_S = 0.002
 # Per task: pickling arguments and results and the round trip to a worker.
-DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
+# "ideal" is the best any plan could do (threads' dispatch, perfect scaling):
+# when even it cannot pay, nothing else needs planning.
+DISPATCH_S = {"process": 2e-3, "thread": 2e-4, "ideal": 2e-4}
 # Starting a process pool (interpreters importing numpy and scikit-learn), and
 # shipping a model to the workers for the first time.
 COLD_POOL_S = 0.5
@@ -84,7 +86,7 @@ class Cost:
 
     def speedup(self, kind: str, n_workers: int) -> float:
         """Speedup of ``n_workers`` workers of ``kind`` over one."""
-        if kind == "process" or self.thread_speedup is None:
+        if kind in ("process", "ideal") or self.thread_speedup is None:
             return float(n_workers)
         # Amdahl: the share of the work that runs outside the GIL, from the
         # two-thread measurement, scales; the rest does not.
@@ -211,8 +213,8 @@ def plan_chunks(
         The rows of each job not computed yet.
     n_workers : int
         Workers the backend will run.
-    kind : {"process", "thread"}
-        What the backend's workers are.
+    kind : {"process", "thread", "ideal"}
+        What the backend's workers are; "ideal" gives a bound no plan beats.
     cold_s : float, default=0.0
         One-off seconds to pay before the workers can start (pool start,
         first shipping of the models).
