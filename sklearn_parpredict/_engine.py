@@ -229,7 +229,8 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
             costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
         )
 
-    if plan("ideal") is None:
+    remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
+    if not _planning.can_pay(costs, remaining, n_workers):
         # Not even perfect scaling at the lowest dispatch cost would pay.
         return costs, None, 0.0
     # Processes are joblib's default, but threads cost nothing to start and

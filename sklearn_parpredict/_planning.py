@@ -35,9 +35,7 @@ MIN_GAIN = 1.25
 # planning: no fan-out can save more than planning costs.
 FAST_SERIAL_S = 0.002
 # Per task: pickling arguments and results and the round trip to a worker.
-# "ideal" is the best any plan could do (threads' dispatch, perfect scaling):
-# when even it cannot pay, nothing else needs planning.
-DISPATCH_S = {"process": 2e-3, "thread": 2e-4, "ideal": 2e-4}
+DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 # Starting a process pool (interpreters importing numpy and scikit-learn), and
 # shipping a model to the workers for the first time.
 COLD_POOL_S = 0.5
@@ -86,7 +84,7 @@ class Cost:
 
     def speedup(self, kind: str, n_workers: int) -> float:
         """Speedup of ``n_workers`` workers of ``kind`` over one."""
-        if kind in ("process", "ideal") or self.thread_speedup is None:
+        if kind == "process" or self.thread_speedup is None:
             return float(n_workers)
         # Amdahl: the share of the work that runs outside the GIL, from the
         # two-thread measurement, scales; the rest does not.
@@ -195,6 +193,25 @@ class Plan:
     waves: int
 
 
+def can_pay(
+    costs: list[Cost], remaining: list[tuple[int, int]], n_workers: int
+) -> bool:
+    """Whether any plan could beat serial: a bound, cheaper than planning.
+
+    The bound is one wave of tasks at the cheapest dispatch, the per-row work
+    perfectly shared by the workers, and no start-up cost.
+    """
+    rows = [stop - start for start, stop in remaining]
+    serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
+    threads_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
+    work = sum(
+        c.per_row * n * c.threads / min(c.threads, threads_per_worker)
+        for c, n in zip(costs, rows)
+    )
+    fixed = min(c.per_call for c in costs) + min(DISPATCH_S.values())
+    return (fixed + work / n_workers) * MIN_GAIN <= serial_s and work > 0
+
+
 def plan_chunks(
     costs: list[Cost],
     remaining: list[tuple[int, int]],
@@ -213,8 +230,8 @@ def plan_chunks(
         The rows of each job not computed yet.
     n_workers : int
         Workers the backend will run.
-    kind : {"process", "thread", "ideal"}
-        What the backend's workers are; "ideal" gives a bound no plan beats.
+    kind : {"process", "thread"}
+        What the backend's workers are.
     cold_s : float, default=0.0
         One-off seconds to pay before the workers can start (pool start,
         first shipping of the models).

@@ -182,15 +182,10 @@ def test_plan_covers_every_remaining_row_once(costs, n_workers, kind):
     )
     if plan is None:
         return
-    # No plan beats the ideal one: where any plan pays, the ideal one does.
-    ideal = _planning.plan_chunks(
-        [_planning.Cost(c, r) for c, r, _, _ in costs],
-        remaining,
-        n_workers=n_workers,
-        kind="ideal",
-        cold_s=0,
+    # The bound that skips planning never rules out a plan that pays.
+    assert _planning.can_pay(
+        [_planning.Cost(c, r) for c, r, _, _ in costs], remaining, n_workers
     )
-    assert ideal is not None and ideal.seconds <= plan.seconds
     for (start, stop), ranges in zip(remaining, plan.ranges):
         rows = [i for a, b in ranges for i in range(a, b)]
         assert rows == list(range(start, stop))
