@@ -295,7 +295,157 @@ def _parser() -> argparse.ArgumentParser:
         help="number of workers, -1 for all cores (default: -1)",
     )
     demo.set_defaults(run=lambda args: run_demo(args.rows, args.n_jobs))
+    _add_predict(commands)
+    _add_bench(commands)
     return parser
+
+
+def _add_predict(commands) -> None:
+    from sklearn_parpredict._io import DEFAULT_BATCH_ROWS
+    from sklearn_parpredict._parallel_predictor import PARALLEL_METHODS
+
+    predict = commands.add_parser(
+        "predict",
+        help="score a Parquet, CSV or .npy file with a saved model",
+        description=(
+            "Read INPUT in batches of rows, predict each batch in parallel "
+            "with the model saved in MODEL, and write the predictions to "
+            "OUTPUT (Parquet or CSV) in the input's row order. Memory is "
+            "bounded by the batch size; OUTPUT is written only if every row "
+            "was scored."
+        ),
+    )
+    predict.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a .skops file (or .pkl/.joblib with --trust-pickle)",
+    )
+    predict.add_argument(
+        "input", metavar="INPUT", help="the rows to score: .parquet, .csv or .npy"
+    )
+    predict.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="where to write the predictions: .parquet or .csv",
+    )
+    predict.add_argument(
+        "--method",
+        choices=PARALLEL_METHODS,
+        default="predict",
+        metavar="METHOD",
+        help="the model's method to call: "
+        + ", ".join(PARALLEL_METHODS)
+        + " (default: predict)",
+    )
+    predict.add_argument(
+        "--n-jobs",
+        type=_n_jobs,
+        default=-1,
+        help="number of workers, -1 for all cores (default: -1)",
+    )
+    predict.add_argument(
+        "--backend",
+        default=None,
+        help="a joblib backend: loky, threading, multiprocessing, ... "
+        "(default: joblib's)",
+    )
+    predict.add_argument(
+        "--batch-rows",
+        type=_positive_int(1),
+        default=DEFAULT_BATCH_ROWS,
+        help=f"rows read and predicted at a time (default: {DEFAULT_BATCH_ROWS:,})",
+    )
+    predict.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="COL",
+        help="the feature columns, names or, for .npy, positions (default: the "
+        "model's feature_names_in_, else every column but the id column)",
+    )
+    predict.add_argument(
+        "--id-column",
+        metavar="COL",
+        help="an input column copied to the output, first, next to each prediction",
+    )
+    predict.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="a type the .skops file may contain beyond skops's defaults (repeatable)",
+    )
+    predict.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickle/joblib MODEL: this runs any code it holds",
+    )
+    predict.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar on stderr"
+    )
+    predict.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from sklearn_parpredict._io import predict_file
+    from sklearn_parpredict._loading import load_model
+
+    model = load_model(args.model, trusted=args.trust, trust_pickle=args.trust_pickle)
+    # "a,b c" and "a b c" both name three columns.
+    columns = None
+    if args.columns:
+        columns = [c for text in args.columns for c in text.split(",") if c]
+    n_rows = predict_file(
+        model,
+        args.input,
+        args.output,
+        method=args.method,
+        n_jobs=args.n_jobs,
+        backend=args.backend,
+        batch_rows=args.batch_rows,
+        columns=columns,
+        id_column=args.id_column,
+        quiet=args.quiet,
+    )
+    if not args.quiet:
+        print(f"wrote {n_rows:,} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _benchmarks_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("benchmarks") is not None
+
+
+def _add_bench(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmark suite (python -m benchmarks)",
+        description=(
+            "Run the benchmark suite of a source checkout; any further "
+            "arguments (--quick, --full, ...) are passed on to it."
+        ),
+    )
+    # Its options are the benchmarks' own: main() passes on what it does not
+    # know (argparse's REMAINDER would reject a leading "--quick").
+    bench.set_defaults(run=_run_bench, passthrough=True)
+
+
+def _run_bench(args) -> int:
+    import subprocess
+
+    from sklearn_parpredict._loading import CommandError
+
+    # The benchmarks are not part of the installed package: they live next
+    # to it in a source checkout.
+    if not _benchmarks_available():
+        raise CommandError(
+            "the benchmarks package is not importable: run this command from "
+            "a source checkout of sklearn-parpredict (or use `make bench`)"
+        )
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args.extra]).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,5 +462,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     status : int
         The exit status: 0 on success.
     """
-    args = _parser().parse_args(argv)
-    return args.run(args)
+    from sklearn_parpredict._loading import CommandError
+
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return args.run(args)
+    except CommandError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,446 @@
+"""Streaming batch scoring: read rows in batches, predict, write incrementally.
+
+Memory is bounded by the batch size, not by the file: inputs are read one batch
+at a time (Parquet row batches, CSV chunks, row ranges read from a ``.npy``)
+and each batch's predictions are appended to the output before the next batch
+is read. The output is written to a temporary file in the output's folder and
+renamed over the output only on success, so a failed run leaves nothing
+partial behind.
+
+pandas, pyarrow and tqdm are imported inside the functions: the core package
+does not need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from sklearn_parpredict._loading import CommandError
+
+INPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy"}
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+DEFAULT_BATCH_ROWS = 100_000
+
+
+def _format(path: Path, formats: dict, role: str) -> str:
+    try:
+        return formats[path.suffix.lower()]
+    except KeyError:
+        expected = ", ".join(sorted(set(formats)))
+        raise CommandError(
+            f"unknown {role} format {path.suffix or '(no suffix)'!r} for {path}: "
+            f"expected one of {expected}"
+        ) from None
+
+
+class _Reader:
+    """An input file read in batches of rows.
+
+    ``columns`` are the file's column names (``None`` for ``.npy``, whose
+    columns are positions); ``n_rows`` is the row count when the file's
+    metadata gives it cheaply, else ``None``.
+    """
+
+    columns: list | None = None
+    n_rows: int | None = None
+
+    def batches(self, columns: list | None, batch_rows: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class _ParquetReader(_Reader):
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        # A buffered stream, not pre-buffered: pyarrow otherwise reads whole
+        # column chunks of a row group at once, and pandas writes one row
+        # group per million rows, so memory would grow with the file.
+        self.file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        self.columns = list(self.file.schema_arrow.names)
+        self.n_rows = self.file.metadata.num_rows
+
+    def batches(self, columns, batch_rows):
+        # Only the columns needed are decoded.
+        for batch in self.file.iter_batches(batch_size=batch_rows, columns=columns):
+            yield batch.to_pandas()
+
+
+class _CSVReader(_Reader):
+    def __init__(self, path: Path):
+        import pandas as pd
+
+        self.path = path
+        # The header alone, to check the columns before any row is read.
+        self.columns = list(pd.read_csv(path, nrows=0).columns)
+
+    def batches(self, columns, batch_rows):
+        import pandas as pd
+
+        with pd.read_csv(self.path, usecols=columns, chunksize=batch_rows) as chunks:
+            for chunk in chunks:
+                # usecols keeps the file's order; the model wants its own.
+                yield chunk if columns is None else chunk[columns]
+
+
+class _NpyReader(_Reader):
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if dtype.hasobject:
+            raise CommandError(
+                f"{path} holds Python objects: loading them would unpickle, "
+                "which runs code; save a numeric array"
+            )
+        if len(shape) != 2:
+            raise CommandError(
+                f"{path} holds an array of shape {shape}: expected a 2-D "
+                "array (rows, features)"
+            )
+        self.shape, self.fortran, self.dtype = shape, fortran, dtype
+        self.n_rows = shape[0]
+
+    def batches(self, columns, batch_rows):
+        # Plain reads rather than a memory map: the pages of a map stay
+        # resident (and count in the process's memory) after their batch is
+        # done, so memory would grow with the file.
+        n_rows, n_columns = self.shape
+        itemsize = self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            for start in range(0, n_rows, batch_rows):
+                n = min(batch_rows, n_rows - start)
+                if not self.fortran:
+                    f.seek(self.offset + start * n_columns * itemsize)
+                    batch = np.empty((n, n_columns), dtype=self.dtype)
+                    self._read_into(f, batch)
+                    yield batch if columns is None else batch[:, columns]
+                    continue
+                # Column-major (what np.save writes for most DataFrames'
+                # to_numpy()): a batch of rows is one piece of each column.
+                wanted = range(n_columns) if columns is None else columns
+                batch = np.empty((n, len(wanted)), dtype=self.dtype, order="F")
+                for k, j in enumerate(wanted):
+                    f.seek(self.offset + ((j % n_columns) * n_rows + start) * itemsize)
+                    self._read_into(f, batch[:, k])
+                yield batch
+
+    def _read_into(self, f, out):
+        if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise CommandError(f"{self.path} is truncated")
+
+
+def open_input(path: str | Path) -> _Reader:
+    """Open a Parquet, CSV or ``.npy`` file for reading in batches."""
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"input file not found: {path}")
+    kind = _format(path, INPUT_FORMATS, "input")
+    reader = {"parquet": _ParquetReader, "csv": _CSVReader, "npy": _NpyReader}[kind]
+    try:
+        return reader(path)
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError(f"cannot read {path} as {kind}: {exc}") from exc
+
+
+class _Writer:
+    """Appends DataFrames to a Parquet or CSV file."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+        self._parquet = None
+        self._started = False
+
+    def write(self, frame) -> None:
+        if self.kind == "csv":
+            # The header once, then rows appended.
+            frame.to_csv(
+                self.path,
+                mode="a" if self._started else "w",
+                header=not self._started,
+                index=False,
+            )
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            elif table.schema != self._parquet.schema:
+                # CSV chunks may infer different dtypes (int, then float);
+                # the file keeps the first batch's schema.
+                table = table.cast(self._parquet.schema)
+            self._parquet.write_table(table)
+        self._started = True
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary file next to ``path``, renamed to ``path`` on success.
+
+    On any error, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise CommandError(f"output folder not found: {folder}")
+    # In the same folder, so that the rename is atomic (same file system).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        # mkstemp creates the file readable by its owner only; give the output
+        # the permissions any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _output_names(model, method: str, n_columns: int) -> list[str]:
+    """Column names of a 2-D output of ``method``."""
+    classes = getattr(model, "classes_", None)
+    prefix = {
+        "predict_proba": "proba",
+        "predict_log_proba": "log_proba",
+    }.get(method, method.removeprefix("predict_") if method != "predict" else "")
+    prefix = prefix or "prediction"
+    if (
+        classes is not None
+        and method in ("predict_proba", "predict_log_proba", "decision_function")
+        and np.ndim(classes) == 1
+        and len(classes) == n_columns
+    ):
+        return [f"{prefix}_{c}" for c in classes]
+    if method == "transform" and hasattr(model, "get_feature_names_out"):
+        with contextlib.suppress(Exception):
+            names = [str(n) for n in model.get_feature_names_out()]
+            if len(names) == n_columns:
+                return names
+    return [f"{prefix}_{i}" for i in range(n_columns)]
+
+
+def _output_frame(model, method: str, output, ids, id_column):
+    """The output rows of one batch as a DataFrame, the id column first."""
+    import pandas as pd
+
+    columns: dict[str, Any] = {}
+    if id_column is not None:
+        columns[id_column] = np.asarray(ids)
+    if hasattr(output, "toarray"):  # a sparse transform
+        output = output.toarray()
+    if isinstance(output, list):
+        # Multi-output predict_proba: one array per output, one column per
+        # class of that output.
+        classes = getattr(model, "classes_", None)
+        for k, out in enumerate(output):
+            labels = classes[k] if isinstance(classes, list) else range(out.shape[1])
+            prefix = "proba" if method == "predict_proba" else method
+            for label, values in zip(labels, np.asarray(out).T):
+                columns[f"{prefix}_{k}_{label}"] = values
+    else:
+        if isinstance(output, pd.DataFrame):
+            names, values = [str(c) for c in output.columns], output.to_numpy().T
+        else:
+            output = np.asarray(output)
+            if output.ndim == 1:
+                names = ["prediction" if method == "predict" else method]
+                values = [output]
+            else:
+                names = _output_names(model, method, output.shape[1])
+                values = output.T
+        for name, column in zip(names, values):
+            if name in columns:
+                raise CommandError(f"output column {name!r} clashes with the id column")
+            columns[name] = column
+    return pd.DataFrame(columns)
+
+
+def _select_columns(reader: _Reader, model, columns, id_column, path):
+    """The feature columns to read, checked against the input."""
+    if reader.columns is None:
+        # A .npy array: columns are positions, and there is no id column.
+        if id_column is not None:
+            raise CommandError("--id-column needs a Parquet or CSV input")
+        if columns is None:
+            return None
+        try:
+            positions = [int(c) for c in columns]
+        except ValueError:
+            raise CommandError(
+                f"{path} is a .npy array: --columns must be column positions"
+            ) from None
+        n = reader.shape[1]
+        bad = [p for p in positions if not -n <= p < n]
+        if bad:
+            raise CommandError(
+                f"column positions out of range for {n} columns: "
+                + ", ".join(map(str, bad))
+            )
+        return positions
+
+    if id_column is not None and id_column not in reader.columns:
+        raise CommandError(f"id column {id_column!r} is not in {path}")
+    source = "--columns"
+    if columns is None and hasattr(model, "feature_names_in_"):
+        columns, source = [str(c) for c in model.feature_names_in_], "the model"
+    if columns is None:
+        return [c for c in reader.columns if c != id_column]
+    missing = [c for c in columns if c not in reader.columns]
+    if missing:
+        raise CommandError(
+            f"{path} lacks {len(missing)} column{'s' if len(missing) > 1 else ''} "
+            f"needed by {source}: {', '.join(missing)}"
+        )
+    return list(columns)
+
+
+def progress_bar(total: int | None, *, quiet: bool = False, file: TextIO | None = None):
+    """A tqdm progress bar over rows, shown only on a terminal and not quiet."""
+    from tqdm.auto import tqdm
+
+    file = sys.stderr if file is None else file
+    disable = quiet or not (hasattr(file, "isatty") and file.isatty())
+    return tqdm(total=total, unit=" rows", unit_scale=True, file=file, disable=disable)
+
+
+def predict_file(
+    model,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    method: str = "predict",
+    n_jobs: int | None = -1,
+    backend: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    columns: Sequence | None = None,
+    id_column: str | None = None,
+    quiet: bool = False,
+) -> int:
+    """Score a file in batches and write the predictions, row order kept.
+
+    Parameters
+    ----------
+    model : estimator instance
+        A fitted model.
+
+    input_path : str or Path
+        A Parquet (``.parquet``, ``.pq``), CSV (``.csv``) or ``.npy`` file.
+
+    output_path : str or Path
+        A Parquet or CSV file, replaced only when every row was scored.
+
+    method : str, default="predict"
+        The model's method to call.
+
+    n_jobs, backend
+        As in :class:`~sklearn_parpredict.ParallelPredictor`.
+
+    batch_rows : int, default=DEFAULT_BATCH_ROWS
+        Rows read, predicted and written at a time: the memory bound.
+
+    columns : sequence of str or int, default=None
+        The feature columns (positions for ``.npy``). ``None`` uses the
+        model's ``feature_names_in_`` when it has them, else every column but
+        the id column.
+
+    id_column : str, default=None
+        An input column copied to the output, first, next to each prediction.
+
+    quiet : bool, default=False
+        Hide the progress bar (it is shown only when stderr is a terminal).
+
+    Returns
+    -------
+    n_rows : int
+        The number of rows scored.
+    """
+    from sklearn_parpredict import ParallelPredictor
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not callable(getattr(model, method, None)):
+        raise CommandError(f"the model ({type(model).__name__}) has no method {method}")
+    out_kind = _format(output_path, OUTPUT_FORMATS, "output")
+    reader = open_input(input_path)
+    features = _select_columns(reader, model, columns, id_column, input_path)
+    read = None
+    if features is not None and reader.columns is not None:
+        read = list(dict.fromkeys(features + ([id_column] if id_column else [])))
+    names = getattr(model, "feature_names_in_", None)
+
+    # One wrapper for the whole file: the model is shipped to the workers on
+    # the first batch and reused by every later one.
+    wrapped = ParallelPredictor(model, n_jobs=n_jobs, backend=backend)
+    predict = getattr(wrapped, method)
+    n_done = 0
+    with (
+        atomic_output(output_path) as tmp,
+        progress_bar(reader.n_rows, quiet=quiet) as bar,
+    ):
+        writer = _Writer(tmp, out_kind)
+        try:
+            for batch in reader.batches(read, batch_rows):
+                if reader.columns is None:
+                    X, ids = batch, None
+                    if names is not None and batch.shape[1] == len(names):
+                        # The model was fitted on named columns: give it them,
+                        # rather than a warning per batch.
+                        import pandas as pd
+
+                        X = pd.DataFrame(batch, columns=names, copy=False)
+                else:
+                    X = batch[features]
+                    if names is None:
+                        # Fitted without column names: named columns would
+                        # only draw a warning per batch.
+                        X = X.to_numpy()
+                    ids = batch[id_column] if id_column else None
+                try:
+                    output = predict(X)
+                except Exception as exc:
+                    raise CommandError(
+                        f"{type(model).__name__}.{method} failed on rows "
+                        f"{n_done}-{n_done + len(X) - 1}: {exc}"
+                    ) from exc
+                frame = _output_frame(model, method, output, ids, id_column)
+                try:
+                    writer.write(frame)
+                except (OSError, ValueError, TypeError) as exc:
+                    # pyarrow's errors derive from these (a later CSV chunk
+                    # whose id column cannot take the first chunk's type).
+                    raise CommandError(
+                        f"cannot write rows {n_done}-{n_done + len(X) - 1} to "
+                        f"{output_path}: {exc}"
+                    ) from exc
+                n_done += len(X)
+                bar.update(len(X))
+            if n_done == 0:
+                raise CommandError(f"{input_path} has no rows")
+        finally:
+            writer.close()
+    return n_done

@@ -1,0 +1,456 @@
+"""The ``predict`` and ``bench`` subcommands: streaming batch scoring."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+import sklearn_parpredict
+from sklearn_parpredict import _cli
+from sklearn_parpredict._cli import main
+from sklearn_parpredict._io import progress_bar
+from sklearn_parpredict.datasets import GENRE_FEATURES, make_books
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+sio = pytest.importorskip("skops.io")
+pytest.importorskip("tqdm")
+
+N_BOOKS = 3_000
+TREE = "sklearn.tree._tree.Tree"
+PACKAGE_ROOT = str(Path(sklearn_parpredict.__file__).parents[1])
+CONSOLE_SCRIPT = Path(sys.executable).with_name("sklearn-parpredict")
+
+
+def _env():
+    env = dict(os.environ)
+    # Find the package even when it is not installed.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return env
+
+
+def _run(*args, script=True):
+    """Run the real command line in a subprocess."""
+    if script:
+        if not CONSOLE_SCRIPT.exists():
+            pytest.skip("the sklearn-parpredict console script is not installed")
+        command = [str(CONSOLE_SCRIPT)]
+    else:
+        command = [sys.executable, "-m", "sklearn_parpredict"]
+    return subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def books_dir(tmp_path_factory):
+    """Books as Parquet, CSV and .npy, and a genre model as .skops and .joblib."""
+    folder = tmp_path_factory.mktemp("books")
+    books = make_books(N_BOOKS, random_state=0)
+    books.insert(0, "book_id", np.arange(N_BOOKS) * 10 + 7)
+    model = RandomForestClassifier(n_estimators=10, random_state=0)
+    model.fit(books[GENRE_FEATURES].iloc[:1_000], books["genre"].iloc[:1_000])
+    sio.dump(model, folder / "genre.skops")
+    joblib.dump(model, folder / "genre.joblib")
+    # Several row groups, so that batches cross row-group boundaries.
+    books.to_parquet(folder / "books.parquet", row_group_size=1_000)
+    books.to_csv(folder / "books.csv", index=False)
+    np.save(folder / "books.npy", books[GENRE_FEATURES].to_numpy(dtype=float))
+    return folder, books, model
+
+
+def _no_output_left(folder, name):
+    """Neither the output nor a temporary file of it is in the folder."""
+    return not any(
+        p.name == name or p.name.startswith(f".{name}.") for p in folder.iterdir()
+    )
+
+
+@pytest.mark.timeout(120)
+def test_predict_parquet_matches_serial(books_dir, tmp_path):
+    folder, books, model = books_dir
+    out = tmp_path / "genre.parquet"
+    completed = _run(
+        "predict", folder / "genre.skops", folder / "books.parquet", "-o", out,
+        "--trust", TREE, "--id-column", "book_id", "--batch-rows", 700,
+        "--n-jobs", 2,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    # stderr is not a terminal: no progress bar, only the summary.
+    assert completed.stderr == f"wrote {N_BOOKS:,} predictions to {out}\n"
+    result = pd.read_parquet(out)
+    assert list(result.columns) == ["book_id", "prediction"]
+    np.testing.assert_array_equal(result["book_id"], books["book_id"])
+    np.testing.assert_array_equal(
+        result["prediction"].astype(str), model.predict(books[GENRE_FEATURES])
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genre.parquet"]
+
+
+@pytest.mark.timeout(120)
+def test_predict_proba_csv_matches_serial(books_dir, tmp_path):
+    folder, books, model = books_dir
+    out = tmp_path / "proba.csv"
+    completed = _run(
+        "predict", folder / "genre.skops", folder / "books.csv", "-o", out,
+        "--trust", TREE, "--method", "predict_proba", "--id-column", "book_id",
+        "--batch-rows", 1_000, "--n-jobs", 1, "--quiet",
+        script=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    result = pd.read_csv(out)
+    assert list(result.columns) == ["book_id"] + [f"proba_{c}" for c in model.classes_]
+    np.testing.assert_array_equal(result["book_id"], books["book_id"])
+    expected = model.predict_proba(books[GENRE_FEATURES])
+    np.testing.assert_allclose(result.iloc[:, 1:].to_numpy(), expected, rtol=1e-9)
+
+
+def test_predict_npy_with_trusted_pickle(books_dir, tmp_path):
+    folder, books, model = books_dir
+    out = tmp_path / "genre.csv"
+    status = main(
+        ["predict", str(folder / "genre.joblib"), str(folder / "books.npy"),
+         "-o", str(out), "--trust-pickle", "--batch-rows", "512", "--n-jobs", "1",
+         "-q"]
+    )  # fmt: skip
+    assert status == 0
+    result = pd.read_csv(out)
+    assert list(result.columns) == ["prediction"]
+    np.testing.assert_array_equal(
+        result["prediction"], model.predict(books[GENRE_FEATURES])
+    )
+
+
+def test_predict_columns_option(books_dir, tmp_path):
+    """--columns picks the features of a model fitted without names."""
+    folder, books, _ = books_dir
+    X = books[["pages", "price"]].to_numpy()
+    model = LinearRegression().fit(X, books["rating"])
+    sio.dump(model, tmp_path / "rating.skops")
+    out = tmp_path / "rating.parquet"
+    args = ["predict", str(tmp_path / "rating.skops"), str(folder / "books.parquet")]
+    status = main([*args, "-o", str(out), "--columns", "pages,price", "-q"])
+    assert status == 0
+    result = pd.read_parquet(out)
+    np.testing.assert_allclose(result["prediction"], model.predict(X), rtol=1e-9)
+
+
+def _peak_rss_kib(*args):
+    """Peak resident memory of the command line run in a fresh process.
+
+    A small parent process runs the command and reads its children's peak:
+    RUSAGE_CHILDREN of this test process would be the largest of every child
+    it ever waited for.
+    """
+    code = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "assert done.returncode == 0, done.stderr\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    command = [sys.executable, "-m", "sklearn_parpredict", *map(str, args)]
+    completed = subprocess.run(
+        [sys.executable, "-c", code, *command],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return int(completed.stdout)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB on Linux")
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_memory_bounded_by_batch_not_file(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(24)]
+    train = pd.DataFrame(rng.standard_normal((1_000, len(names))), columns=names)
+    model = LogisticRegression().fit(train, train["x0"] > 0)
+    sio.dump(model, tmp_path / "model.skops")
+    small_rows, batch_rows = 150_000, 10_000
+    # The same random piece ten times: the values do not matter, only the size.
+    piece = pd.DataFrame(rng.standard_normal((small_rows, len(names))), columns=names)
+    paths = {}
+    for rows in (small_rows, 10 * small_rows):
+        path = paths[rows] = tmp_path / f"x{rows}{suffix}"
+        # Written piece by piece, so that the test itself stays small too.
+        if suffix == ".npy":
+            array = np.lib.format.open_memmap(path, "w+", float, (rows, len(names)))
+            for start in range(0, rows, small_rows):
+                array[start : start + small_rows] = piece.to_numpy()
+            array.flush()
+            del array
+        else:
+            table = pa.Table.from_pandas(piece)
+            # One row group for the whole file, as pandas writes up to a
+            # million rows; not compressed, to write it fast.
+            with pq.ParquetWriter(path, table.schema, compression="none") as writer:
+                for _ in range(rows // small_rows):
+                    writer.write_table(table, row_group_size=10 * small_rows)
+    peaks = {
+        rows: _peak_rss_kib(
+            "predict",
+            tmp_path / "model.skops",
+            path,
+            "-o",
+            tmp_path / "out.parquet",
+            "--n-jobs",
+            1,
+            "--batch-rows",
+            batch_rows,
+            "--quiet",
+        )  # fmt: skip
+        for rows, path in paths.items()
+    }
+    large_bytes = 10 * small_rows * len(names) * 8
+    # The test means something: holding the large file's values in memory
+    # once would already push the peak past the bound.
+    assert large_bytes / 1024 > 0.5 * peaks[small_rows]
+    assert peaks[10 * small_rows] < 1.5 * peaks[small_rows], peaks
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 10 * small_rows
+
+
+# Errors: a message, exit status 1 and no output file (nor temporary file).
+
+
+def _fails(capsys, args, out, message):
+    status = main([*map(str, args), "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("sklearn-parpredict: error: ")
+    assert message in err
+    assert _no_output_left(out.parent, out.name)
+    return err
+
+
+def test_error_missing_input(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    missing = tmp_path / "nope.parquet"
+    _fails(
+        capsys,
+        ["predict", folder / "genre.skops", missing, "--trust", TREE],
+        tmp_path / "out.csv",
+        f"input file not found: {missing}",
+    )
+
+
+def test_error_missing_model(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    _fails(
+        capsys,
+        ["predict", tmp_path / "nope.skops", folder / "books.csv"],
+        tmp_path / "out.csv",
+        "model file not found",
+    )
+
+
+def test_error_unknown_formats(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    text = tmp_path / "books.txt"
+    text.write_text("pages,price\n1,2\n")
+    model = ["predict", folder / "genre.skops"]
+    out = tmp_path / "out.csv"
+    _fails(capsys, [*model, text, "--trust", TREE], out, "unknown input format '.txt'")
+    _fails(
+        capsys,
+        [*model, folder / "books.csv", "--trust", TREE],
+        tmp_path / "out.json",
+        "unknown output format '.json'",
+    )
+    _fails(capsys, [*model[:1], text, text], out, "unknown model format '.txt'")
+
+
+def test_error_unreadable_input(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"this is not parquet")
+    _fails(
+        capsys,
+        ["predict", folder / "genre.skops", broken, "--trust", TREE],
+        tmp_path / "out.parquet",
+        f"cannot read {broken} as parquet",
+    )
+
+
+@pytest.mark.timeout(120)
+def test_error_missing_columns_subprocess(books_dir, tmp_path):
+    folder, books, _ = books_dir
+    partial = tmp_path / "partial.csv"
+    books.drop(columns=["price", "year"]).to_csv(partial, index=False)
+    out = tmp_path / "out.csv"
+    completed = _run(
+        "predict", folder / "genre.skops", partial, "-o", out, "--trust", TREE
+    )
+    assert completed.returncode == 1
+    assert completed.stderr == (
+        f"sklearn-parpredict: error: {partial} lacks 2 columns needed by the "
+        "model: price, year\n"
+    )
+    assert _no_output_left(tmp_path, out.name)
+
+
+def test_error_missing_id_column(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    _fails(
+        capsys,
+        ["predict", folder / "genre.skops", folder / "books.csv", "--trust", TREE,
+         "--id-column", "isbn"],
+        tmp_path / "out.csv",
+        "id column 'isbn' is not in",
+    )  # fmt: skip
+
+
+def test_error_model_without_method(books_dir, tmp_path, capsys):
+    folder, books, _ = books_dir
+    model = LinearRegression().fit(books[GENRE_FEATURES], books["rating"])
+    sio.dump(model, tmp_path / "rating.skops")
+    _fails(
+        capsys,
+        ["predict", tmp_path / "rating.skops", folder / "books.csv",
+         "--method", "predict_proba"],
+        tmp_path / "out.csv",
+        "the model (LinearRegression) has no method predict_proba",
+    )  # fmt: skip
+
+
+def test_error_untrusted_skops_types(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    err = _fails(
+        capsys,
+        ["predict", folder / "genre.skops", folder / "books.csv"],
+        tmp_path / "out.csv",
+        f"not trusted by default: {TREE}",
+    )
+    assert f"pass --trust {TREE}" in err
+
+
+def test_error_pickle_needs_trust(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    err = _fails(
+        capsys,
+        ["predict", folder / "genre.joblib", folder / "books.csv"],
+        tmp_path / "out.csv",
+        "refusing to load",
+    )
+    assert "--trust-pickle" in err
+
+
+def test_error_mid_file_leaves_nothing(books_dir, tmp_path, capsys):
+    """A batch that fails after others were written: the old output stays."""
+    folder, books, _ = books_dir
+    bad = books.copy()
+    bad["pages"] = bad["pages"].astype(object)
+    bad.loc[2_500, "pages"] = "many"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    out = tmp_path / "out.csv"
+    out.write_text("previous results\n")
+    status = main(
+        ["predict", str(folder / "genre.skops"), str(tmp_path / "bad.csv"),
+         "-o", str(out), "--trust", TREE, "--batch-rows", "1000", "-q"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "RandomForestClassifier.predict failed on rows 2000-2999" in err
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "out.csv"]
+
+
+def test_progress_bar_only_on_terminals():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, quiet, shown in [
+        (Terminal(), False, True),
+        (Terminal(), True, False),
+        (io.StringIO(), False, False),
+    ]:
+        with progress_bar(100, quiet=quiet, file=stream) as bar:
+            bar.update(100)
+        assert ("100/100" in stream.getvalue()) is shown
+
+
+def test_bench_runs_the_benchmarks(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_cli, "_benchmarks_available", lambda: True)
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda command: (
+            calls.append(command) or subprocess.CompletedProcess(command, 0)
+        ),
+    )
+    assert main(["bench", "--quick"]) == 0
+    assert calls == [[sys.executable, "-m", "benchmarks", "--quick"]]
+
+
+def test_bench_without_benchmarks(monkeypatch, capsys):
+    monkeypatch.setattr(_cli, "_benchmarks_available", lambda: False)
+    assert main(["bench"]) == 1
+    assert "the benchmarks package is not importable" in capsys.readouterr().err
+
+
+def test_core_import_does_not_import_io_packages():
+    code = (
+        "import sys, sklearn_parpredict, sklearn_parpredict._cli\n"
+        "heavy = {'pyarrow.parquet', 'skops', 'tqdm'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), timeout=60)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_bar_on_a_real_terminal(books_dir, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    folder, _, _ = books_dir
+    primary, secondary = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide: give it a real terminal's width.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    command = [sys.executable, "-m", "sklearn_parpredict", "predict"]
+    args = [folder / "genre.skops", folder / "books.parquet", "-o", tmp_path / "o.csv"]
+    try:
+        status = subprocess.run(
+            [*command, *map(str, args), "--trust", TREE, "--batch-rows", "1000"],
+            stdout=subprocess.DEVNULL,
+            stderr=secondary,
+            env=_env(),
+            timeout=120,
+        ).returncode
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed: everything was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    assert status == 0
+    err = b"".join(chunks).decode()
+    assert f"{N_BOOKS // 1000}.00k/{N_BOOKS // 1000}.00k" in err
+    assert f"wrote {N_BOOKS:,} predictions" in err
