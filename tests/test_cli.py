@@ -32,7 +32,7 @@ def _check_table(text, rows=ROWS):
         "equal",
     ]
     table = {line.split()[0]: line.split() for line in lines[2:]}
-    assert set(table) == {"genre", "language", "genre+language"}
+    assert set(table) == {"genre", "language", "genre+language", "genre.skops"}
     for _, _, n, serial, parallel, speedup, equal in table.values():
         assert n == f"{rows:,}"
         assert float(serial) >= 0 and float(parallel) >= 0
@@ -40,6 +40,7 @@ def _check_table(text, rows=ROWS):
         assert equal == "yes"
     assert table["genre"][1] == "RandomForestClassifier"
     assert table["genre+language"][1] == "MultiModelPredictor"
+    assert table["genre.skops"][1] == "predict_file"
 
 
 def test_main_demo(capsys):
