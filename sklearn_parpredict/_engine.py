@@ -78,6 +78,12 @@ def _run_task(model, method, X, bounds, columns, params):
 _n_workers: dict[tuple, int] = {}
 
 
+def _run_in_config(config, *task):
+    """A task on a thread, under the caller's scikit-learn config."""
+    with config_context(**config):
+        return _run_task(*task)
+
+
 def _backend(n_jobs, backend):
     """The joblib backend instance a call would use, and its worker count.
 
@@ -416,9 +422,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
             else:
                 args = (_chunking.row_slice(X, start, stop), None)
             keys.append((j, start, stop))
-            tasks.append(
-                delayed(_run_task)(model, job.method, *args, job.columns, job.params)
-            )
+            tasks.append((model, job.method, *args, job.columns, job.params))
             weights.append((stop - start) * (costs[j].per_row if costs else 1.0))
     # Longest tasks first, so that short ones fill the gaps at the end.
     order = sorted(range(len(tasks)), key=weights.__getitem__, reverse=True)
@@ -428,11 +432,24 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         # workers x threads within the cores.
         cores = os.cpu_count() or 1
         limits = threadpool_limits(limits=max(1, cores // n_workers))
+    if process:
+        # scikit-learn's Parallel carries the caller's config to the workers.
+        runner = Parallel(
+            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+        )
+        calls = (delayed(_run_task)(*tasks[i]) for i in order)
+    else:
+        # Threads get the config directly. scikit-learn's Parallel would also
+        # swap the process-wide warning filters in every task, which races
+        # between threads and can leave the caller's filters changed.
+        runner = joblib.Parallel(
+            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+        )
+        config = get_config()
+        calls = (joblib.delayed(_run_in_config)(config, *tasks[i]) for i in order)
     try:
         with limits:
-            outputs = Parallel(
-                n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
-            )(tasks[i] for i in order)
+            outputs = runner(calls)
     finally:
         for array in shared.values():
             array.close()

@@ -367,3 +367,26 @@ def test_openmp_threaded_estimators_are_known_threaded():
     ):
         assert _planning.fit_cost(sample, estimator).threads == cores
     assert _planning.fit_cost(sample, LogisticRegression()).threads == 1
+
+
+def test_threads_leave_the_callers_warning_filters_alone():
+    import warnings
+
+    from sklearn import config_context
+
+    model = LogisticRegression().fit(X, Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        before = list(warnings.filters)
+        for _ in range(20):
+            parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=5)
+        assert list(warnings.filters) == before
+    # ...while the scikit-learn config still reaches the threads.
+    with config_context(transform_output="pandas"):
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(X)
+        out = parallel_predict(
+            scaler, X, method="transform", n_jobs=2, backend="threading", chunk_size=50
+        )
+    assert hasattr(out, "iloc")
