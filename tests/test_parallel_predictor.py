@@ -290,3 +290,22 @@ def test_no_nested_fan_out_inside_joblib_workers():
         )
         for out in outputs:
             np.testing.assert_array_equal(out, np.full(len(X), len(X)))
+
+
+def test_verbose_reports_progress(capsys):
+    model = ParallelPredictor(
+        LogisticRegression().fit(X, Y),
+        n_jobs=2,
+        backend="threading",
+        chunk_size=30,
+        verbose=10,
+    )
+    model.predict(X)
+    captured = capsys.readouterr()
+    assert "Done" in captured.err + captured.out
+    quiet = ParallelPredictor(
+        model.estimator, n_jobs=2, backend="threading", chunk_size=30
+    )
+    quiet.predict(X)
+    captured = capsys.readouterr()
+    assert "Done" not in captured.err + captured.out
