@@ -201,15 +201,32 @@ def can_pay(
     The bound is one wave of tasks at the cheapest dispatch, the per-row work
     perfectly shared by the workers, and no start-up cost.
     """
+    _, serial_s, work = _serial_and_work(costs, remaining, n_workers, "process")
+    total = sum(work)
+    fixed = min(c.per_call for c in costs) + min(DISPATCH_S.values())
+    return (fixed + total / n_workers) * MIN_GAIN <= serial_s and total > 0
+
+
+def _serial_and_work(costs, remaining, n_workers: int, kind: str):
+    """Rows left per job, their serial seconds, and each job's parallel work.
+
+    A job's work is counted so that dividing the total by ``n_workers`` gives
+    the wall time: an estimator that is already threaded runs slower on a
+    worker's share of the cores, and threads that hold the GIL do not add up.
+    """
+    threads_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
     rows = [stop - start for start, stop in remaining]
     serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
-    threads_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
-    work = sum(
-        c.per_row * n * c.threads / min(c.threads, threads_per_worker)
+    work = [
+        c.per_row
+        * n
+        * c.threads
+        / min(c.threads, threads_per_worker)
+        * n_workers
+        / c.speedup(kind, n_workers)
         for c, n in zip(costs, rows)
-    )
-    fixed = min(c.per_call for c in costs) + min(DISPATCH_S.values())
-    return (fixed + work / n_workers) * MIN_GAIN <= serial_s and work > 0
+    ]
+    return rows, serial_s, work
 
 
 def plan_chunks(
@@ -236,23 +253,7 @@ def plan_chunks(
         One-off seconds to pay before the workers can start (pool start,
         first shipping of the models).
     """
-    cores = os.cpu_count() or 1
-    threads_per_worker = max(1, cores // n_workers)
-    rows = [stop - start for start, stop in remaining]
-    serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
-    # Seconds of per-row work each job costs on one of n_workers workers,
-    # counted so that dividing the total by n_workers gives the wall time: an
-    # estimator that is already threaded runs slower on a worker's share of
-    # the cores, and threads that hold the GIL do not add up.
-    work = [
-        c.per_row
-        * n
-        * c.threads
-        / min(c.threads, threads_per_worker)
-        * n_workers
-        / c.speedup(kind, n_workers)
-        for c, n in zip(costs, rows)
-    ]
+    rows, serial_s, work = _serial_and_work(costs, remaining, n_workers, kind)
     total = sum(work)
     if total <= 0:
         return None
