@@ -34,7 +34,11 @@ from sklearn_parpredict._columns import (
     shorten,
 )
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Job, _backend, run_jobs
-from sklearn_parpredict._parallel_predictor import _Predicted, is_fitted
+from sklearn_parpredict._parallel_predictor import (
+    _Predicted,
+    is_fitted,
+    validate_engine_params,
+)
 
 try:  # scikit-learn >= 1.7
     from sklearn.utils._repr_html.estimator import _VisualBlock
@@ -507,7 +511,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     def _run(self, method: str, X):
         """Every model's ``method`` on ``X``: one engine call for all."""
         estimators, targets, models = self._fitted()
-        self._validate_params()
+        validate_engine_params(self, self._parameter_constraints)
         X = self._check_X(X, reset=False)
         columns = self._columns(X, models)
         jobs = []

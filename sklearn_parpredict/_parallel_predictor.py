@@ -67,17 +67,18 @@ def is_fitted(estimator) -> bool:
     return True
 
 
-def validate_engine_params(estimator) -> None:
-    """Check a wrapper's engine parameters (a fitted wrapper may skip fit)."""
-    settings = {name: getattr(estimator, name) for name in ENGINE_CONSTRAINTS}
-    key = tuple(settings.values())
+def validate_engine_params(estimator, constraints=ENGINE_CONSTRAINTS) -> None:
+    """Check a wrapper's parameters at predict time (a fitted wrapper may skip
+    fit), without building its tags as ``_validate_params`` does."""
+    settings = {name: getattr(estimator, name) for name in constraints}
+    key = tuple(settings.items())
     try:
         if key in _valid_settings:
             return
-    except TypeError:  # a backend instance that is not hashable
+    except TypeError:  # unhashable values (a backend instance, a list)
         key = None
     validate_parameter_constraints(
-        ENGINE_CONSTRAINTS, settings, caller_name=type(estimator).__name__
+        constraints, settings, caller_name=type(estimator).__name__
     )
     if key is not None:
         _valid_settings.add(key)
