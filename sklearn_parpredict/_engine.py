@@ -10,6 +10,7 @@ serial call returns.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -40,6 +41,10 @@ from sklearn_parpredict._sharing import (
     resolve,
 )
 
+# Why each call ran as it did, for users asking why a call stayed in-process:
+# ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.
+logger = logging.getLogger("sklearn_parpredict")
+
 # Seconds after which a process pool that sat idle is assumed to be gone
 # (loky shuts idle workers down after 300 s).
 _POOL_IDLE_S = 250.0
@@ -60,18 +65,13 @@ class Job:
     def call(self, start: int | None = None, stop: int | None = None):
         """Run the method in this process, on all rows or on ``start:stop``."""
         X = self.X if start is None else _chunking.row_slice(self.X, start, stop)
-        return _run_task(
-            self.estimator, self.method, X, None, self.columns, self.params
-        )
+        return _run_task(self.estimator, self.method, X, self.columns, self.params)
 
 
-def _run_task(model, method, X, bounds, columns, params):
+def _run_task(model, method, X, columns, params):
     """The work of one task, in a worker or in-process."""
     model = resolve(model)
-    X = resolve(X)
-    if bounds is not None:
-        X = _chunking.row_slice(X, *bounds)
-    X = _chunking.select_columns(X, columns)
+    X = _chunking.select_columns(resolve(X), columns)
     return getattr(model, method)(X, **params)
 
 
@@ -153,12 +153,17 @@ def run_jobs(
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
     if auto and _too_small(jobs, sizes):
+        _log(jobs, sizes, "in-process: too little work to plan")
         return [job.call() for job in jobs]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
-    if n_workers <= 1 or not all(_deterministic(job.estimator) for job in jobs):
+    if n_workers <= 1:
+        _log(jobs, sizes, "in-process: one worker")
+        return [job.call() for job in jobs]
+    if not all(_deterministic(job.estimator) for job in jobs):
         # Estimators whose output depends on the batch (random predictions)
         # cannot be split without changing the result.
+        _log(jobs, sizes, "in-process: predictions depend on the batch")
         return [job.call() for job in jobs]
 
     kind = "thread" if getattr(active, "uses_threads", False) else "process"
@@ -178,6 +183,7 @@ def run_jobs(
     if plan is None:
         # Serial is faster: finish each job with one in-process call, timed
         # to refine its cost.
+        _log(jobs, sizes, "in-process: parallel work would not pay")
         for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
             start = _done_rows(pieces)
             if pieces and start >= n:
@@ -192,6 +198,13 @@ def run_jobs(
         run_backend = "threading" if plan.kind != kind else backend
         with _planning.Timer() as timer:
             _run_parallel(jobs, plan, costs, done, n_workers, run_backend, verbose)
+        _log(
+            jobs,
+            sizes,
+            f"{sum(map(len, plan.ranges))} tasks on {n_workers} {plan.kind} "
+            f"workers in {timer.wall:.3g} s"
+            + (f" (predicted {plan.seconds:.3g} s)" if auto else ""),
+        )
         if costs is not None and not cold_s:
             _planning.learn_overhead(costs, plan, timer.wall)
         if plan.kind == "process":
@@ -200,6 +213,15 @@ def run_jobs(
         _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
         for pieces in done
     ]
+
+
+def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        what = ", ".join(
+            f"{type(job.estimator).__name__}.{job.method}" for job in jobs[:3]
+        )
+        more = f" and {len(jobs) - 3} more" if len(jobs) > 3 else ""
+        logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
@@ -240,12 +262,16 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
         # Not even perfect scaling at the lowest dispatch cost would pay.
         return costs, None, 0.0
     # Processes are joblib's default, but threads cost nothing to start and
-    # copy nothing: when the choice is ours, measure once how much of each
-    # estimator's work releases the GIL, and take whichever plan is faster.
+    # copy nothing: when the choice is ours, measure how much of each
+    # estimator's work releases the GIL (again, a few times, while the
+    # measurement may have been spoilt by load), and take the faster plan.
     try_threads = kind == "process" and backend is None and not _backend_configured()
-    if try_threads and any(c.thread_speedup is None for c in costs) and plan("thread"):
-        for job, cost, n, pieces in zip(jobs, costs, sizes, done):
-            if cost.thread_speedup is None:
+    # A measurement is worth it when threads as good as they could be, or
+    # processes, would pay.
+    measure = [c.wants_thread_measurement() for c in costs]
+    if try_threads and any(measure) and (plan("thread") or plan(kind)):
+        for job, cost, n, pieces, wanted in zip(jobs, costs, sizes, done, measure):
+            if wanted:
                 _measure_threads(job, cost, n, pieces)
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
     if plans:
@@ -278,8 +304,8 @@ def _backend_configured() -> bool:
 def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> None:
     """Time two chunks on two concurrent threads against the serial cost.
 
-    Their outputs are kept in ``pieces``; the speedup is remembered in
-    ``cost.thread_speedup``.
+    Their outputs are kept in ``pieces``; the speedup is added to ``cost``,
+    which keeps the best of its measurements.
     """
     start = _done_rows(pieces)
     rows = n - start
@@ -315,7 +341,7 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
         raise errors[0]
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = cost.seconds(half) + cost.seconds(rows - half)
-    cost.thread_speedup = min(max(serial_s / max(timer.wall, 1e-9), 1.0), 2.0)
+    cost.add_thread_speedup(serial_s / max(timer.wall, 1e-9))
 
 
 def _start(piece) -> int:
@@ -336,7 +362,6 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
             ModelHandle(job.estimator),
             job.method,
             _chunking.row_slice(job.X, 0, 1),
-            None,
             job.columns,
             job.params,
         )
@@ -417,12 +442,11 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
         for start, stop in ranges[j]:
-            if share:
-                args = (ref, (start, stop))
-            else:
-                args = (_chunking.row_slice(X, start, stop), None)
+            rows = (
+                ref.rows(start, stop) if share else _chunking.row_slice(X, start, stop)
+            )
             keys.append((j, start, stop))
-            tasks.append((model, job.method, *args, job.columns, job.params))
+            tasks.append((model, job.method, rows, job.columns, job.params))
             weights.append((stop - start) * (costs[j].per_row if costs else 1.0))
     # Longest tasks first, so that short ones fill the gaps at the end.
     order = sorted(range(len(tasks)), key=weights.__getitem__, reverse=True)

@@ -29,6 +29,11 @@ PROBE_ENOUGH_S = 0.1
 # Rows timed on two concurrent threads, to learn how much of the estimator's
 # work releases the GIL, take about this long serially.
 THREAD_PROBE_S = 0.1
+# Another process busy on a core makes threads look as if they held the GIL,
+# never the opposite: a speedup below THREAD_TRUSTED is measured again, on
+# later calls, up to THREAD_MEASUREMENTS times, and the best one is kept.
+THREAD_TRUSTED = 1.8
+THREAD_MEASUREMENTS = 3
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Work predicted to take less than this in-process is run in-process without
@@ -58,8 +63,11 @@ class Cost:
         Cores the serial call kept busy on average (process CPU time over wall
         time): an estimator that is already threaded gains less from workers.
     thread_speedup : float or None
-        Speedup of two concurrent threads over one, measured once; ``None``
-        until measured. Below 2 the estimator holds the GIL part of the time.
+        Speedup of two concurrent threads over one, the best of up to
+        ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
+        the estimator holds the GIL part of the time.
+    thread_measurements : int
+        How many times the thread speedup was measured.
     overhead : dict
         Per kind of worker, seconds per task that past parallel runs took
         beyond the prediction.
@@ -69,6 +77,7 @@ class Cost:
     per_row: float
     threads: float = 1.0
     thread_speedup: float | None = None
+    thread_measurements: int = 0
     overhead: dict = field(default_factory=dict)
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
@@ -81,6 +90,19 @@ class Cost:
         self.samples = [*self.samples, (rows, wall, cpu)][-MAX_SAMPLES:]
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
+
+    def wants_thread_measurement(self) -> bool:
+        """Whether the thread speedup is unknown or may have been hidden by load."""
+        return self.thread_speedup is None or (
+            self.thread_speedup < THREAD_TRUSTED
+            and self.thread_measurements < THREAD_MEASUREMENTS
+        )
+
+    def add_thread_speedup(self, speedup: float) -> None:
+        """Keep the best measured thread speedup, bounded to ``[1, 2]``."""
+        speedup = min(max(speedup, 1.0), 2.0)
+        self.thread_speedup = max(self.thread_speedup or 1.0, speedup)
+        self.thread_measurements += 1
 
     def speedup(self, kind: str, n_workers: int) -> float:
         """Speedup of ``n_workers`` workers of ``kind`` over one."""

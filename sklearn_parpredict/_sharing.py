@@ -250,34 +250,103 @@ def worker_cache_tokens() -> list[str]:
 
 
 class SharedArray:
-    """A dense array written once per call and memory-mapped by workers."""
+    """A dense array that workers memory-map, written as tasks need its rows.
+
+    The file is created at the array's full size (unwritten rows cost no
+    memory on tmpfs) and each row range is written the first time a task
+    that reads it is pickled. Pickling happens as tasks are sent, so the
+    first workers start on their rows while later rows are still being
+    written, instead of all waiting for one write of the whole array.
+    """
 
     def __init__(self, array: np.ndarray):
         self.array = array
         self._path: str | None = None
+        self._offset = 0
+        # Sorted, disjoint row ranges already in the file.
+        self._written: list[tuple[int, int]] = []
 
-    def __reduce__(self):
+    def rows(self, start: int, stop: int) -> SharedRows:
+        """A handle on rows ``start:stop`` for one task."""
+        return SharedRows(self, start, stop)
+
+    def _write(self, start: int, stop: int) -> str:
         with _lock:
             if self._path is None:
-                path = os.path.join(_temp_folder(), f"data-{uuid.uuid4().hex}.npy")
-                np.save(path, self.array, allow_pickle=False)
-                self._path = path
-        return _load_array, (self._path,)
+                self._create()
+            row_bytes = self.array.itemsize * int(np.prod(self.array.shape[1:]))
+            with open(self._path, "r+b") as file:
+                for a, b in _missing(self._written, start, stop):
+                    # C order, as a pickled chunk would be.
+                    chunk = np.ascontiguousarray(self.array[a:b])
+                    file.seek(self._offset + a * row_bytes)
+                    file.write(chunk.reshape(-1).view(np.uint8))
+            self._written = _merge([*self._written, (start, stop)])
+            return self._path
+
+    def _create(self) -> None:
+        path = os.path.join(_temp_folder(), f"data-{uuid.uuid4().hex}.npy")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.array.dtype),
+            "fortran_order": False,
+            "shape": self.array.shape,
+        }
+        with open(path, "wb") as file:
+            np.lib.format.write_array_header_1_0(file, header)
+            self._offset = file.tell()
+            file.truncate(self._offset + self.array.nbytes)
+        self._path = path
 
     def close(self) -> None:
         # Workers that still map the file keep its pages; the name goes now.
         _unlink(self._path)
         self._path = None
+        self._written = []
 
 
-def _load_array(path: str) -> np.ndarray:
-    return np.load(path, mmap_mode="c", allow_pickle=False)
+def _missing(written: list[tuple[int, int]], start: int, stop: int):
+    """The parts of ``[start, stop)`` not covered by ``written``."""
+    for a, b in written:
+        if b <= start or a >= stop:
+            continue
+        if a > start:
+            yield start, a
+        start = max(start, b)
+    if start < stop:
+        yield start, stop
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+class SharedRows:
+    """Rows ``start:stop`` of a :class:`SharedArray`, as one task reads them."""
+
+    def __init__(self, shared: SharedArray, start: int, stop: int):
+        self.shared = shared
+        self.start = start
+        self.stop = stop
+
+    def __reduce__(self):
+        path = self.shared._write(self.start, self.stop)
+        return _load_rows, (path, self.start, self.stop)
+
+
+def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
+    return np.load(path, mmap_mode="c", allow_pickle=False)[start:stop]
 
 
 def resolve(obj):
     """The object behind a handle that was not pickled (same process)."""
     if isinstance(obj, ModelHandle):
         return obj.model
-    if isinstance(obj, SharedArray):
-        return obj.array
+    if isinstance(obj, SharedRows):
+        return obj.shared.array[obj.start : obj.stop]
     return obj

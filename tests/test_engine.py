@@ -1,5 +1,6 @@
 """The engine: models shipped once, never stale; data shared; auto plans."""
 
+import logging
 import os
 
 import numpy as np
@@ -315,8 +316,14 @@ def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads
 
     data = np.zeros((4_000, 2))
     model = _Spinner().fit(data)
-    # As measured: the GIL released all the time, or never.
-    cost = _planning.Cost(0.0, 1e-3, thread_speedup=thread_speedup)
+    # As measured, as often as the engine measures: the GIL released all
+    # the time, or never.
+    cost = _planning.Cost(
+        0.0,
+        1e-3,
+        thread_speedup=thread_speedup,
+        thread_measurements=_planning.THREAD_MEASUREMENTS,
+    )
     _planning.remember_cost(model, "predict", cost)
     parallel_predict(model, data[:100], n_jobs=2, backend="loky", chunk_size=50)
     _engine._pool_last_used[("LokyBackend", 2)] = float("inf")  # warm
@@ -390,3 +397,60 @@ def test_threads_leave_the_callers_warning_filters_alone():
             scaler, X, method="transform", n_jobs=2, backend="threading", chunk_size=50
         )
     assert hasattr(out, "iloc")
+
+
+def test_thread_speedup_spoilt_by_load_is_measured_again_and_the_best_kept():
+    cost = _planning.Cost(0.0, 1e-3)
+    assert cost.wants_thread_measurement()
+    cost.add_thread_speedup(1.1)  # the other core was busy
+    assert cost.thread_speedup == 1.1 and cost.wants_thread_measurement()
+    cost.add_thread_speedup(1.95)
+    cost.add_thread_speedup(1.3)  # load again: the best measurement stays
+    assert cost.thread_speedup == 1.95 and not cost.wants_thread_measurement()
+    held = _planning.Cost(0.0, 1e-3)
+    for _ in range(_planning.THREAD_MEASUREMENTS):
+        held.add_thread_speedup(0.9)
+    # Really holds the GIL: measured often enough, and bounded.
+    assert held.thread_speedup == 1.0 and not held.wants_thread_measurement()
+
+
+@pytest.mark.timeout(120)
+def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((4_000, 2))
+    model = _Spinner().fit(data)
+    cost = _planning.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
+    _planning.remember_cost(model, "predict", cost)
+    measured = []
+    real = _engine._measure_threads
+
+    def spy(job, cost, n, pieces):
+        measured.append(n)
+        real(job, cost, n, pieces)
+
+    monkeypatch.setattr(_engine, "_measure_threads", spy)
+    out = parallel_predict(model, data, n_jobs=2)
+    assert measured == [len(data)] and cost.thread_measurements == 2
+    assert_same_output(out, model.predict(data))
+    trusted = _Spinner().fit(data)
+    _planning.remember_cost(
+        trusted, "predict", _planning.Cost(0.0, 1e-3, thread_speedup=2.0)
+    )
+    parallel_predict(trusted, data, n_jobs=2)
+    assert measured == [len(data)]
+
+
+def test_debug_log_says_how_each_call_ran(caplog):
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
+        parallel_predict(model, X, n_jobs=1)
+        parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=50)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == (
+        f"DecisionTreeClassifier.predict on {len(X)} rows: in-process: one worker"
+    )
+    assert messages[1].startswith(
+        f"DecisionTreeClassifier.predict on {len(X)} rows: "
+        f"{-(-len(X) // 50)} tasks on 2 thread workers in "
+    )
