@@ -24,6 +24,7 @@ import psutil
 from benchmarks._cases import Workload
 from benchmarks._measure import PeakRSS, assert_same, tree_rss
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
+from sklearn_parpredict import ParallelPredictor
 
 
 def run_isolated(kind: str, **kwargs) -> dict:
@@ -42,8 +43,6 @@ def run_isolated(kind: str, **kwargs) -> dict:
 
 
 def _load(model_path: str, X_path: str) -> Workload:
-    from sklearn_parpredict import ParallelPredictor
-
     model, X = joblib.load(model_path), joblib.load(X_path)
     return Workload([(model, None)], X, ParallelPredictor(model, n_jobs=-1))
 
@@ -129,7 +128,8 @@ def memory(model_path: str, X_path: str) -> dict:
     workers count the pages they share with the parent, so resident sizes
     overstate them). Then workers are started with scikit-learn imported but
     no model, to tell the fixed price of any worker process from what a call
-    adds; then two ``parpredict`` calls: the first ships the model.
+    adds; then two ``parpredict`` calls: the first ships the model. Before
+    any worker process exists, ``parpredict`` on threads is measured too.
     """
     work = _load(model_path, X_path)
     n = len(work.X)
@@ -149,6 +149,16 @@ def memory(model_path: str, X_path: str) -> dict:
         del out, method
         gc.collect()
         result[cls.name] = peak.peak
+
+    # Threads before any worker process exists: what a user who needs the
+    # memory back gets with backend="threading".
+    threads = ParallelPredictor(work.models[0][0], n_jobs=-1, backend="threading")
+    with PeakRSS() as peak:
+        out = threads.predict(work.X)
+    assert_same(expected, out)
+    del out, threads
+    gc.collect()
+    result["parpredict_threads"] = peak.peak
 
     joblib.Parallel(n_jobs=N_WORKERS)(
         joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)

@@ -192,6 +192,15 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 _verdict(ours <= limit_idle),
             )
         )
+        if "parpredict_threads" in mem:
+            threads = mem["parpredict_threads"]
+            found.append(
+                (
+                    'The first, with `backend="threading"`',
+                    f"{threads / MB:.0f} MiB vs limit {limit / MB:.0f} MiB",
+                    _verdict(threads <= limit),
+                )
+            )
     else:
         found.append(("Peak memory", "n/a", "not measured"))
     busy = [
@@ -425,6 +434,8 @@ def markdown(results: dict, plot_name: str) -> str:
             ["parpredict, first call (ships the model)", mem["parpredict_first"]],
             ["parpredict, second call", mem["parpredict_second"]],
         ]
+        if "parpredict_threads" in mem:
+            body.append(['parpredict, backend="threading"', mem["parpredict_threads"]])
         body = [
             [label, f"{v / MB:.0f}", f"{(v - mem['serial']) / MB:+.0f}"]
             for label, v in body
