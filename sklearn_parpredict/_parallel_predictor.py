@@ -146,8 +146,9 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     backend : str, default=None
         A joblib backend name (``"loky"``, ``"threading"``,
         ``"multiprocessing"``, ``"dask"``, ...). ``None`` uses the backend of
-        an active :func:`joblib.parallel_config`, else joblib's default
-        (``"loky"``).
+        an active :func:`joblib.parallel_config`; without one, threads when
+        ``chunk_size="auto"`` measures them faster for the estimator, else
+        joblib's default (``"loky"``).
 
     chunk_size : int or "auto", default="auto"
         Rows per task. ``"auto"`` times the first rows in-process (their
@@ -170,7 +171,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when ``X`` had string column names.
 
     See Also

@@ -1,0 +1,77 @@
+"""Sphinx configuration of the sklearn-parpredict documentation.
+
+Built by ``make docs`` with warnings as errors. The build must work without
+network access beyond PyPI, so no extension may fetch anything at build time
+(no intersphinx inventories).
+"""
+
+import sklearn_parpredict
+
+project = "sklearn-parpredict"
+author = "the sklearn-parpredict developers"
+copyright = "the sklearn-parpredict developers"  # noqa: A001 - Sphinx's name
+release = sklearn_parpredict.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "numpydoc",
+    "sphinxarg.ext",
+    "myst_parser",
+]
+
+# CHANGELOG.md is the one source of the changelog page; only the Markdown
+# included there is parsed by MyST, every page is reStructuredText.
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+root_doc = "index"
+
+autosummary_generate = True
+autodoc_default_options = {"members": True, "inherited-members": True}
+# The signatures already say it; type hints in the text would repeat the
+# numpydoc "Parameters" section.
+autodoc_typehints = "none"
+
+# autosummary lists the members; numpydoc listing them again in every class
+# page would duplicate them (and warn about the inherited ones).
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+# Check the public docstrings against the numpydoc format at build time, so
+# that a malformed section fails `make docs`.
+numpydoc_validation_checks = {"GL08", "PR01", "PR02", "RT01", "SS01"}
+# Private and special members are not on the pages, but autodoc hands their
+# docstrings to numpydoc while it decides which members to show.
+numpydoc_validation_exclude = {r"\._\w*$"}
+# Terms such as ``:term:`Glossary <random_state>``` point into
+# scikit-learn's glossary, which is not part of this site.
+numpydoc_xref_param_type = False
+
+# Headings of the included CHANGELOG.md become anchors, so that links to a
+# release work.
+myst_heading_anchors = 2
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"sklearn-parpredict {release}"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+html_sidebars = {"changelog": [], "quick_start": [], "cli": []}
+html_static_path: list[str] = []
+html_show_sourcelink = False
+
+
+def _skip_metadata_requests(app, what, name, obj, skip, options):
+    """Leave out the ``set_*_request`` and ``get_metadata_routing`` methods
+    that scikit-learn's base classes generate: their docstrings point into
+    scikit-learn's own documentation, and they behave as everywhere else."""
+    if getattr(obj, "__module__", None) == "sklearn.utils._metadata_requests":
+        return True
+    return skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_requests)
