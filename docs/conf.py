@@ -50,6 +50,10 @@ numpydoc_validation_exclude = {r"\._\w*$"}
 # scikit-learn's glossary, which is not part of this site.
 numpydoc_xref_param_type = False
 
+# Option names such as ``--trust-pickle`` appear in plain text (the command's
+# help): keep their double hyphens rather than turning them into dashes.
+smartquotes_action = "qe"
+
 # Headings of the included CHANGELOG.md become anchors, so that links to a
 # release work.
 myst_heading_anchors = 2

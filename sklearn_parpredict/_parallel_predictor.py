@@ -122,13 +122,16 @@ def _parallel_method(name: str, summary: str, returns: str):
 
 
 class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
-    """Run an estimator's ``predict``, ``transform``, ... in parallel by rows.
+    """Run any estimator's batch methods in parallel over chunks of rows.
 
-    The rows of ``X`` are split into chunks that a pool of workers predicts
-    concurrently; the outputs are joined into exactly what the serial call
-    returns. The model is shipped to each worker once per fitted state, and
-    ``chunk_size="auto"`` stays in-process when parallelism cannot pay for
-    itself (small batches, cheap models, one core).
+    The methods are ``predict``, ``predict_proba``, ``predict_log_proba``,
+    ``decision_function``, ``transform`` and ``score_samples``, each present
+    when the wrapped estimator has it. The rows of ``X`` are split into
+    chunks that a pool of workers predicts concurrently; the outputs are
+    joined into exactly what the serial call returns. The model is shipped
+    to each worker once per fitted state, and ``chunk_size="auto"`` stays
+    in-process when parallelism cannot pay for itself (small batches, cheap
+    models, one core).
 
     Parameters
     ----------
