@@ -66,7 +66,10 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"changelog": [], "quick_start": [], "cli": []}
+# Only the API reference has pages below it to list in the left sidebar.
+html_sidebars = {
+    page: [] for page in ("index", "quick_start", "user_guide", "cli", "changelog")
+}
 html_static_path: list[str] = []
 html_show_sourcelink = False
 
