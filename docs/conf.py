@@ -25,6 +25,7 @@ extensions = [
 # included there is parsed by MyST, every page is reStructuredText.
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
+templates_path = ["_templates"]
 root_doc = "index"
 
 autosummary_generate = True
@@ -43,16 +44,16 @@ numpydoc_class_members_toctree = False
 # the docstrings name their return values as scikit-learn's do, and GL02
 # because the data constants are documented with ``#:`` comments.
 numpydoc_validation_checks = {"all", "ES01", "EX01", "SA01", "RT02", "GL02"}
-# Private and special members are not on the pages, but autodoc hands their
-# docstrings to numpydoc while it decides which members to show.
-numpydoc_validation_exclude = {r"\._\w*$"}
 # Terms such as ``:term:`Glossary <random_state>``` point into
 # scikit-learn's glossary, which is not part of this site.
 numpydoc_xref_param_type = False
 
 # Option names such as ``--trust-pickle`` appear in plain text (the command's
-# help): keep their double hyphens rather than turning them into dashes.
-smartquotes_action = "qe"
+# help), and quoted values such as ``"auto"`` in the docstrings' types: keep
+# them as typed rather than turning them into dashes and curly quotes.
+smartquotes = False
+# The page's table of contents names methods without their class.
+toc_object_entries_show_parents = "hide"
 
 # Headings of the included CHANGELOG.md become anchors, so that links to a
 # release work.
@@ -80,7 +81,9 @@ def _skip_metadata_requests(app, what, name, obj, skip, options):
     scikit-learn's own documentation, and they behave as everywhere else."""
     if getattr(obj, "__module__", None) == "sklearn.utils._metadata_requests":
         return True
-    return skip
+    # No opinion otherwise: returning ``skip`` would override autosummary's
+    # own choice, which leaves out private members.
+    return None
 
 
 def setup(app):
