@@ -21,8 +21,8 @@ extensions = [
     "myst_parser",
 ]
 
-# CHANGELOG.md is the one source of the changelog page; only the Markdown
-# included there is parsed by MyST, every page is reStructuredText.
+# MyST parses CHANGELOG.md, which the changelog page includes so that the
+# changelog has one source; the pages themselves are reStructuredText.
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 templates_path = ["_templates"]
@@ -34,8 +34,8 @@ autodoc_default_options = {"members": True, "inherited-members": True}
 # numpydoc "Parameters" section.
 autodoc_typehints = "none"
 
-# autosummary lists the members; numpydoc listing them again in every class
-# page would duplicate them (and warn about the inherited ones).
+# The class template lists the methods already; numpydoc would list them a
+# second time.
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 # Check the public docstrings against the numpydoc format at build time, so
@@ -44,8 +44,8 @@ numpydoc_class_members_toctree = False
 # the docstrings name their return values as scikit-learn's do, and GL02
 # because the data constants are documented with ``#:`` comments.
 numpydoc_validation_checks = {"all", "ES01", "EX01", "SA01", "RT02", "GL02"}
-# Terms such as ``:term:`Glossary <random_state>``` point into
-# scikit-learn's glossary, which is not part of this site.
+# Parameter types stay plain text: without intersphinx, links to numpy's or
+# scikit-learn's types could not resolve.
 numpydoc_xref_param_type = False
 
 # Option names such as ``--trust-pickle`` appear in plain text (the command's
