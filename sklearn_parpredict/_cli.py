@@ -400,7 +400,7 @@ def _add_predict(commands) -> None:
         "--backend",
         default=None,
         help="a joblib backend: loky, threading, multiprocessing, ... "
-        "(default: joblib's)",
+        "(default: threads or loky processes, whichever is measured faster)",
     )
     predict.add_argument(
         "--batch-rows",
@@ -413,7 +413,7 @@ def _add_predict(commands) -> None:
         nargs="+",
         metavar="COL",
         help="the feature columns, names or, for .npy, positions (default: the "
-        "model's feature_names_in_, else every column but the id column)",
+        "model's feature names, else every column but the id column)",
     )
     predict.add_argument(
         "--id-column",

@@ -536,7 +536,8 @@ def parallel_predict(
         context.
     backend : str, default=None
         A joblib backend name; ``None`` uses the active
-        ``joblib.parallel_config`` or joblib's default.
+        ``joblib.parallel_config``, else threads when ``chunk_size="auto"``
+        measures them faster for the estimator, else joblib's default.
     chunk_size : int or "auto", default="auto"
         Rows per task. ``"auto"`` times the first rows and picks the chunk
         count, or stays in-process when parallelism cannot pay for itself.

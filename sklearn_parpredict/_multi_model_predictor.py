@@ -95,8 +95,9 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     backend : str, default=None
         A joblib backend name (``"loky"``, ``"threading"``,
         ``"multiprocessing"``, ``"dask"``, ...). ``None`` uses the backend of
-        an active :func:`joblib.parallel_config`, else joblib's default
-        (``"loky"``).
+        an active :func:`joblib.parallel_config`; without one, threads when
+        ``chunk_size="auto"`` measures them faster for the estimator, else
+        joblib's default (``"loky"``).
 
     chunk_size : int or "auto", default="auto"
         Rows per prediction task. ``"auto"`` times the first rows of each
@@ -120,7 +121,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         Number of columns of the ``X`` seen during :meth:`fit` (target columns
         included when the targets were taken from ``X``).
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the columns of the ``X`` seen during :meth:`fit`, when it
         had string column names.
 

@@ -122,13 +122,16 @@ def _parallel_method(name: str, summary: str, returns: str):
 
 
 class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
-    """Run an estimator's ``predict``, ``transform``, ... in parallel by rows.
+    """Run any estimator's batch methods in parallel over chunks of rows.
 
-    The rows of ``X`` are split into chunks that a pool of workers predicts
-    concurrently; the outputs are joined into exactly what the serial call
-    returns. The model is shipped to each worker once per fitted state, and
-    ``chunk_size="auto"`` stays in-process when parallelism cannot pay for
-    itself (small batches, cheap models, one core).
+    The methods are ``predict``, ``predict_proba``, ``predict_log_proba``,
+    ``decision_function``, ``transform`` and ``score_samples``, each present
+    when the wrapped estimator has it. The rows of ``X`` are split into
+    chunks that a pool of workers predicts concurrently; the outputs are
+    joined into exactly what the serial call returns. The model is shipped
+    to each worker once per fitted state, and ``chunk_size="auto"`` stays
+    in-process when parallelism cannot pay for itself (small batches, cheap
+    models, one core).
 
     Parameters
     ----------
@@ -146,8 +149,9 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     backend : str, default=None
         A joblib backend name (``"loky"``, ``"threading"``,
         ``"multiprocessing"``, ``"dask"``, ...). ``None`` uses the backend of
-        an active :func:`joblib.parallel_config`, else joblib's default
-        (``"loky"``).
+        an active :func:`joblib.parallel_config`; without one, threads when
+        ``chunk_size="auto"`` measures them faster for the estimator, else
+        joblib's default (``"loky"``).
 
     chunk_size : int or "auto", default="auto"
         Rows per task. ``"auto"`` times the first rows in-process (their
@@ -170,7 +174,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when ``X`` had string column names.
 
     See Also

@@ -24,16 +24,20 @@ __all__ = [
     "make_books",
 ]
 
+#: The values of the ``genre`` target.
 GENRES = ("children", "fantasy", "mystery", "romance", "science")
+#: The values of the ``language`` target.
 LANGUAGES = ("english", "french", "german", "spanish")
 
 #: Numeric columns driven by the genre.
 GENRE_FEATURES = ["pages", "price", "year", "rating", "n_reviews", "illustrations"]
 #: Numeric columns driven by the language.
 LANGUAGE_FEATURES = ["word_length", "sentence_length", "accent_rate"]
+#: Every numeric column: the genre's, then the language's.
 NUMERIC_FEATURES = GENRE_FEATURES + LANGUAGE_FEATURES
 #: String columns, stored with the pandas ``category`` dtype.
 CATEGORICAL_FEATURES = ["publisher", "cover", "country"]
+#: The two target columns.
 TARGETS = ["genre", "language"]
 
 # Fraction of rows whose recorded label is redrawn at random, so that no model
@@ -172,7 +176,7 @@ def make_books(n_rows: int = 10_000, *, random_state=None):
 
     random_state : int, RandomState instance, Generator or None, default=None
         Determines the random numbers. Pass an int for the same table across
-        calls. See :term:`Glossary <random_state>`.
+        calls. See ``random_state`` in the scikit-learn glossary.
 
     Returns
     -------
