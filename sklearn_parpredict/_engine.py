@@ -78,10 +78,22 @@ def _run_task(model, method, X, columns, params):
 _n_workers: dict[tuple, int] = {}
 
 
+def _run_timed(*task):
+    """A task on a worker, and the seconds it took there.
+
+    Every task of a plan is also a timing of the estimator on a known number
+    of rows: the cost model learns from it as from an in-process call, so a
+    cost misjudged by a short probe does not mislead every later plan.
+    """
+    start = time.perf_counter()
+    out = _run_task(*task)
+    return out, time.perf_counter() - start
+
+
 def _run_in_config(config, *task):
-    """A task on a thread, under the caller's scikit-learn config."""
+    """A timed task on a thread, under the caller's scikit-learn config."""
     with config_context(**config):
-        return _run_task(*task)
+        return _run_timed(*task)
 
 
 def _backend(n_jobs, backend):
@@ -461,7 +473,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         runner = Parallel(
             n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
         )
-        calls = (delayed(_run_task)(*tasks[i]) for i in order)
+        calls = (delayed(_run_timed)(*tasks[i]) for i in order)
     else:
         # Threads get the config directly. scikit-learn's Parallel would also
         # swap the process-wide warning filters in every task, which races
@@ -477,9 +489,13 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
     finally:
         for array in shared.values():
             array.close()
-    for i, out in zip(order, outputs):
+    for i, (out, wall) in zip(order, outputs):
         j, start, stop = keys[i]
         done[j].append((start, stop, out))
+        if costs is not None:
+            # Workers are limited to their share of the cores: keep the
+            # serial call's measure of how many cores it uses.
+            costs[j].add(stop - start, wall, wall * costs[j].threads)
 
 
 # Constraints of the engine's parameters, shared by the wrappers.

@@ -11,6 +11,7 @@ model its real overhead.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import weakref
@@ -49,7 +50,7 @@ COLD_MODEL_S = 0.05
 # more tasks balance uneven workers, fewer pay less fixed cost.
 TASKS_PER_WORKER = 2
 MAX_OVERHEAD_FRACTION = 0.02
-# Timings kept per model and method.
+# Timings kept per model and method, one per band of batch sizes.
 MAX_SAMPLES = 12
 
 
@@ -86,8 +87,23 @@ class Cost:
         return self.per_call + self.per_row * rows
 
     def add(self, rows: int, wall: float, cpu: float) -> None:
-        """Refine the cost with one more timed in-process call."""
-        self.samples = [*self.samples, (rows, wall, cpu)][-MAX_SAMPLES:]
+        """Refine the cost with one more timing: a call in-process or a task."""
+        # One sample per band of batch sizes, averaged with the earlier
+        # timings in the band (the mean of points on a line is on the line):
+        # the near-equal tasks of repeated calls must neither crowd out the
+        # other sizes that separate the fixed cost of a call from its cost
+        # per row, nor fit a slope to the noise between 2,499 and 2,501 rows.
+        band = _band(rows)
+        same = [s for s in self.samples if _band(s[0]) == band]
+        if same:
+            old_rows, old_wall, old_cpu = same[0]
+            rows, wall, cpu = (
+                (old_rows + rows) / 2,
+                (old_wall + wall) / 2,
+                (old_cpu + cpu) / 2,
+            )
+        others = [s for s in self.samples if _band(s[0]) != band]
+        self.samples = [*others, (rows, wall, cpu)][-MAX_SAMPLES:]
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
 
@@ -112,6 +128,11 @@ class Cost:
         # two-thread measurement, scales; the rest does not.
         free = min(max(2.0 * (1.0 - 1.0 / self.thread_speedup), 0.0), 1.0)
         return 1.0 / ((1.0 - free) + free / n_workers)
+
+
+def _band(rows: float) -> int:
+    # Bands about 41% wide: sizes within a band time alike.
+    return round(2 * math.log2(max(rows, 1.0)))
 
 
 class Timer:

@@ -454,3 +454,31 @@ def test_debug_log_says_how_each_call_ran(caplog):
         f"DecisionTreeClassifier.predict on {len(X)} rows: "
         f"{-(-len(X) // 50)} tasks on 2 thread workers in "
     )
+
+
+def test_cost_keeps_one_sample_per_size_averaging_repeats():
+    cost = _planning.fit_cost([(64, 0.011, 0.011), (256, 0.012, 0.012)])
+    for rows, wall in ((2_000, 0.030), (2_001, 0.034), (1_999, 0.032)):
+        cost.add(rows, wall, wall)
+    # The probe sizes stay beside the tasks' near-equal sizes, which make one
+    # averaged sample: the fixed cost of a call is still told apart from its
+    # cost per row, and no slope is fitted between 1,999 and 2,001 rows.
+    assert [round(rows) for rows, _, _ in cost.samples] == [64, 256, 2_000]
+    assert cost.samples[-1][1] == pytest.approx((0.032 + (0.030 + 0.034) / 2) / 2)
+    assert cost.per_call > 0.005 and cost.per_row > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_parallel_tasks_refine_a_misjudged_cost(backend):
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    data = np.tile(X, (25, 1))  # 10,000 rows
+    # A probe spoilt by load: one second a row, a thousand times too slow.
+    wrong = _planning.fit_cost([(64, 64.0, 64.0), (256, 256.0, 256.0)])
+    wrong.thread_measurements = _planning.THREAD_MEASUREMENTS
+    _planning.remember_cost(model, "predict", wrong)
+    out = parallel_predict(model, data, n_jobs=2, backend=backend)
+    assert_same_output(out, model.predict(data))
+    # Each task was timed where it ran and taught the cost its real speed.
+    assert len(wrong.samples) > 2
+    assert wrong.per_row < 0.1
