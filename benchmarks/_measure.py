@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
+from sklearn.base import BaseEstimator
 
 # A timed sample runs the call this many times when one call is shorter than
 # MIN_SAMPLE_S, so that microsecond calls are not timer noise.
@@ -212,3 +213,40 @@ class OtherLoad:
         ours = reaped - self._reaped
         ours += sum(cpu - self._live.get(pid, 0.0) for pid, cpu in live.items())
         self.cores = max(0.0, (busy - ours) / max(wall, 1e-9))
+
+
+class _Identity(BaseEstimator):
+    """A fitted predictor that costs next to nothing: all that remains of a
+    wrapped call is the wrapper's own fixed cost."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        return X
+
+
+def wrapper_overhead(calls: int = 20_000, repeats: int = 7) -> float:
+    """Seconds a ``ParallelPredictor`` call adds to an in-process call.
+
+    The best of ``repeats`` loops of ``calls`` calls, wrapped and bare, on
+    one row of a model that does nothing: the floor of what any call that
+    stays in-process pays, whatever the estimator.
+    """
+    from sklearn_parpredict import ParallelPredictor
+
+    model = _Identity().fit(None)
+    wrapped = ParallelPredictor(model, n_jobs=-1)
+    X = np.zeros((1, 4))
+    best = {}
+    for name, call in (("bare", model.predict), ("wrapped", wrapped.predict)):
+        call(X)
+        loops = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                call(X)
+            loops.append((time.perf_counter() - start) / calls)
+        best[name] = min(loops)
+    return best["wrapped"] - best["bare"]

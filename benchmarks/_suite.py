@@ -14,7 +14,7 @@ import joblib
 
 from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
 from benchmarks._isolated import load_sklearn, run_isolated
-from benchmarks._measure import OtherLoad, measure
+from benchmarks._measure import OtherLoad, measure, wrapper_overhead
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
 from benchmarks._report import ratios
 
@@ -153,6 +153,8 @@ def run(selected: list[str], *, quick: bool, repeats: int) -> dict:
     if reason:
         unavailable["dask-ml"] = reason
     results = {"repeats": repeats, "cases": [], "rows": [], "load": [load()]}
+    results["overhead_s"] = wrapper_overhead()
+    log(f"wrapper's fixed cost per in-process call: {results['overhead_s']:.2e} s")
     # The isolated sections first, before this process starts any pool.
     results.update(
         run_isolated_sections([s for s in SECTIONS if s in selected], quick=quick)

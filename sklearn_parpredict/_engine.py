@@ -65,13 +65,16 @@ class Job:
     def call(self, start: int | None = None, stop: int | None = None):
         """Run the method in this process, on all rows or on ``start:stop``."""
         X = self.X if start is None else _chunking.row_slice(self.X, start, stop)
-        return _run_task(self.estimator, self.method, X, self.columns, self.params)
+        return _call(self.estimator, self.method, X, self.columns, self.params)
 
 
 def _run_task(model, method, X, columns, params):
     """The work of one task, in a worker or in-process."""
-    model = resolve(model)
-    X = _chunking.select_columns(resolve(X), columns)
+    return _call(resolve(model), method, resolve(X), columns, params)
+
+
+def _call(model, method, X, columns, params):
+    X = _chunking.select_columns(X, columns)
     return getattr(model, method)(X, **params)
 
 

@@ -70,13 +70,14 @@ def is_fitted(estimator) -> bool:
 def validate_engine_params(estimator, constraints=ENGINE_CONSTRAINTS) -> None:
     """Check a wrapper's parameters at predict time (a fitted wrapper may skip
     fit), without building its tags as ``_validate_params`` does."""
-    settings = {name: getattr(estimator, name) for name in constraints}
-    key = tuple(settings.items())
+    # The key is built on every call: a tuple of values, not a dict.
+    key = (*constraints, *[getattr(estimator, name) for name in constraints])
     try:
         if key in _valid_settings:
             return
     except TypeError:  # unhashable values (a backend instance, a list)
         key = None
+    settings = {name: getattr(estimator, name) for name in constraints}
     validate_parameter_constraints(
         constraints, settings, caller_name=type(estimator).__name__
     )
