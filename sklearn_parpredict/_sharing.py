@@ -262,6 +262,7 @@ class SharedArray:
     def __init__(self, array: np.ndarray):
         self.array = array
         self._path: str | None = None
+        self._closed = False
         self._offset = 0
         # Sorted, disjoint row ranges already in the file.
         self._written: list[tuple[int, int]] = []
@@ -272,6 +273,10 @@ class SharedArray:
 
     def _write(self, start: int, stop: int) -> str:
         with _lock:
+            if self._closed:
+                # A task still being sent after its call failed: no file may
+                # be created that nothing would remove.
+                raise RuntimeError("the call that shared this input has ended")
             if self._path is None:
                 self._create()
             row_bytes = self.array.itemsize * int(np.prod(self.array.shape[1:]))
@@ -299,9 +304,11 @@ class SharedArray:
 
     def close(self) -> None:
         # Workers that still map the file keep its pages; the name goes now.
-        _unlink(self._path)
-        self._path = None
-        self._written = []
+        with _lock:
+            self._closed = True
+            _unlink(self._path)
+            self._path = None
+            self._written = []
 
 
 def _missing(written: list[tuple[int, int]], start: int, stop: int):

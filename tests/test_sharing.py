@@ -82,3 +82,12 @@ def test_missing_is_what_the_written_ranges_do_not_cover(written, query):
     assert {i for a, b in missing for i in range(a, b)} == (
         set(range(start, stop)) - covered
     )
+
+
+def test_rows_of_a_closed_input_are_not_written_again():
+    shared = SharedArray(np.ones((10, 2)))
+    pickle.dumps(shared.rows(0, 5))
+    shared.close()
+    with pytest.raises(RuntimeError, match="has ended"):
+        pickle.dumps(shared.rows(5, 10))
+    assert shared._path is None
