@@ -20,6 +20,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+from joblib._parallel_backends import ThreadingBackend
 from joblib.parallel import get_active_backend
 from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
@@ -33,7 +34,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from sklearn_parpredict import _chunking, _planning
+from sklearn_parpredict import _chunking, _planning, _threads
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
     ModelHandle,
@@ -112,7 +113,8 @@ def _backend(n_jobs, backend):
     )
     with config:
         active, default_n_jobs = get_active_backend()
-        if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
+        nested = (getattr(active, "nesting_level", None) or 0) > 0
+        if backend is None and (nested or _threads.in_worker()):
             return active, 1
         # Counting usable cores reads cgroup files: remember it per setting.
         key = (type(active), n_jobs, default_n_jobs)
@@ -209,10 +211,17 @@ def run_jobs(
             if costs is not None:
                 costs[j].add(n - start, timer.wall, timer.cpu)
     else:
-        # A thread plan chosen for a backend left to us runs on threads.
+        # A thread plan chosen for a backend left to us, or for joblib's
+        # threading backend, runs on the package's own threads (joblib's
+        # progress report, verbose, needs joblib's).
+        own_threads = (
+            plan.kind != kind or isinstance(active, ThreadingBackend)
+        ) and not verbose
         run_backend = "threading" if plan.kind != kind else backend
         with _planning.Timer() as timer:
-            _run_parallel(jobs, plan, costs, done, n_workers, run_backend, verbose)
+            _run_parallel(
+                jobs, plan, costs, done, n_workers, run_backend, verbose, own_threads
+            )
         _log(
             jobs,
             sizes,
@@ -435,7 +444,7 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
     return cost, True
 
 
-def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
+def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, own_threads):
     """Run the planned row ranges on the backend and file their outputs."""
     ranges = plan.ranges
     process = plan.kind == "process"
@@ -471,7 +480,13 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         # workers x threads within the cores.
         cores = os.cpu_count() or 1
         limits = threadpool_limits(limits=max(1, cores // n_workers))
-    if process:
+    if own_threads:
+
+        def runner(calls):
+            return _threads.run(_run_timed, calls, n_workers)
+
+        calls = (tasks[i] for i in order)
+    elif process:
         # scikit-learn's Parallel carries the caller's config to the workers.
         runner = Parallel(
             n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
