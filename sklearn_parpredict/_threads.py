@@ -9,6 +9,7 @@ the process, and the caller wakes as soon as the last task is done.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -18,6 +19,17 @@ from sklearn import config_context, get_config
 _pools: dict[int, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 _local = threading.local()
+
+
+def _forget_pools() -> None:
+    # A forked child inherits the pools but none of their threads: tasks
+    # given to them would wait forever. The child starts its own.
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def in_worker() -> bool:

@@ -87,3 +87,26 @@ def test_a_wrapper_inside_a_wrapper_on_threads_stays_in_its_thread(caplog):
     how = [record.getMessage().split(": ", 1)[1] for record in caplog.records]
     assert how[-1].startswith("8 tasks on 2 thread workers")
     assert how[:-1] == ["in-process: one worker"] * 8
+
+
+def _in_forked_child(queue):
+    inherited = len(_threads._pools)
+    queue.put((inherited, _threads.run(lambda i: i + 1, [(1,), (2,)], 2)))
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_gets_threads_of_its_own():
+    import multiprocessing
+
+    _threads.run(lambda i: i, [(1,), (2,)], 2)  # the parent's pool exists
+    time.sleep(0.2)  # and its threads are idle, waiting for work
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_in_forked_child, args=(queue,))
+    child.start()
+    # The parent's pools, whose threads the child does not have, are not the
+    # child's: it starts its own (an idle inherited pool would never run a
+    # task).
+    assert queue.get(timeout=10) == (0, [2, 3])
+    child.join(timeout=30)
+    assert child.exitcode == 0
