@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 
 import joblib
 import numpy as np
+from joblib._parallel_backends import MultiprocessingBackend
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 from joblib.parallel import get_active_backend
 from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
@@ -78,10 +81,130 @@ def _run_task(model, method, X, bounds, columns, params):
 _n_workers: dict[tuple, int] = {}
 
 
-def _run_in_config(config, *task):
+def _call_in_config(config, function, *args):
     """A task on a thread, under the caller's scikit-learn config."""
     with config_context(**config):
-        return _run_task(*task)
+        return function(*args)
+
+
+def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
+    """``[function(*task) for task in tasks]`` on a joblib backend, in order.
+
+    The one place where the package hands work to a backend: prediction
+    chunks, the warm-up of a pool and :class:`MultiModelPredictor`'s fits.
+
+    Parameters
+    ----------
+    function : callable
+        Called once per task.
+    tasks : iterable of tuple
+        The arguments of each call.
+    n_workers : int
+        Workers to use; at most one runs the tasks in this thread.
+    backend : str, backend instance or None
+        As joblib's ``Parallel`` takes it; None honours an active
+        ``joblib.parallel_config``.
+    verbose : int
+        Verbosity of joblib's ``Parallel``.
+
+    Returns
+    -------
+    outputs : list
+        The calls' outputs, in task order. The first task's exception, or the
+        error of a worker that died, is raised as is.
+    """
+    tasks = list(tasks)
+    if n_workers <= 1 or len(tasks) <= 1:
+        return [function(*task) for task in tasks]
+    active, _ = _active_backend(backend)
+    if getattr(active, "uses_threads", False):
+        # Threads get the config directly. scikit-learn's Parallel would also
+        # swap the process-wide warning filters in every task, which races
+        # between threads and can leave the caller's filters changed.
+        config = get_config()
+        runner = joblib.Parallel(
+            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+        )
+        return runner(
+            joblib.delayed(_call_in_config)(config, function, *task) for task in tasks
+        )
+    if type(active) is MultiprocessingBackend:
+        backend = _WatchedMultiprocessingBackend(
+            nesting_level=active.nesting_level,
+            inner_max_num_threads=active.inner_max_num_threads,
+        )
+    # scikit-learn's Parallel carries the caller's config to the workers.
+    runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
+    return runner(delayed(function)(*task) for task in tasks)
+
+
+# Seconds between two looks at a multiprocessing pool's workers.
+_WATCH_S = 0.05
+
+
+class _WatchedMultiprocessingBackend(MultiprocessingBackend):
+    """joblib's ``multiprocessing`` backend, failing where it would hang.
+
+    A ``multiprocessing.Pool`` replaces a worker that died (``os._exit``, a
+    signal, the kernel's out-of-memory killer) but never completes the task
+    the worker was running, so the caller would wait for it forever (CPython
+    issue 22393). While the pool runs, a watcher fails every pending task
+    with loky's ``TerminatedWorkerError`` as soon as a worker dies, as the
+    loky backend does.
+    """
+
+    def configure(self, *args, **kwargs):
+        n_jobs = super().configure(*args, **kwargs)
+        self._stop_watch = threading.Event()
+        # Seen now, before any task: a worker can die and be replaced before
+        # the watcher's first look.
+        workers = {worker.pid: worker for worker in self._pool._pool}
+        threading.Thread(
+            target=_watch_pool,
+            args=(self._pool, workers, self._stop_watch),
+            name="sklearn-parpredict-pool-watch",
+            daemon=True,
+        ).start()
+        return n_jobs
+
+    def terminate(self):
+        stop = getattr(self, "_stop_watch", None)
+        if stop is not None:
+            # The pool's own shutdown ends its workers: not a failure.
+            stop.set()
+        super().terminate()
+
+
+def _watch_pool(pool, workers: dict, stop: threading.Event) -> None:
+    while not stop.wait(_WATCH_S):
+        # Workers only end with the pool (no maxtasksperchild): a worker that
+        # exited, or a new one replacing it, means one died.
+        current = list(pool._pool)
+        replaced = any(worker.pid not in workers for worker in current)
+        for worker in current:
+            workers.setdefault(worker.pid, worker)
+        codes = sorted({w.exitcode for w in workers.values() if w.exitcode is not None})
+        if (codes or replaced) and not stop.is_set():
+            names = ", ".join(map(_exit_name, codes))
+            error = TerminatedWorkerError(
+                "A worker process of the multiprocessing pool was unexpectedly "
+                "terminated. This could be caused by a segmentation fault, a "
+                "call to os._exit, or an excessive memory usage causing the "
+                f"operating system to kill the worker.\nThe exit codes of the "
+                f"workers are {{{names}}}"
+            )
+            for result in list(pool._cache.values()):
+                # A result that arrives meanwhile has already removed itself.
+                with contextlib.suppress(KeyError):
+                    result._set(0, (False, error))
+            return
+
+
+def _exit_name(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{signal.Signals(-code).name}({code})"
+    return f"EXIT({code})"
 
 
 def _backend(n_jobs, backend):
@@ -92,18 +215,29 @@ def _backend(n_jobs, backend):
     out again would only oversubscribe them, so the call stays in-process
     unless a backend was named explicitly.
     """
-    config = (
-        joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext()
-    )
-    with config:
-        active, default_n_jobs = get_active_backend()
-        if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
-            return active, 1
-        # Counting usable cores reads cgroup files: remember it per setting.
-        key = (type(active), n_jobs, default_n_jobs)
-        if key not in _n_workers:
+    active, default_n_jobs = _active_backend(backend)
+    if backend is None and (getattr(active, "nesting_level", None) or 0) > 0:
+        return active, 1
+    # Counting usable cores reads cgroup files: remember it per setting.
+    key = (type(active), n_jobs, default_n_jobs)
+    if key not in _n_workers:
+        with _parallel_config(backend):
             _n_workers[key] = joblib.effective_n_jobs(n_jobs)
-        return active, _n_workers[key]
+    return active, _n_workers[key]
+
+
+def _parallel_config(backend):
+    """The joblib context in which ``backend`` (None: the active one) is used."""
+    if backend is None:
+        return contextlib.nullcontext()
+    return joblib.parallel_config(backend=backend)
+
+
+def _active_backend(backend):
+    """The backend instance ``Parallel(backend=backend)`` runs on, and the
+    default ``n_jobs`` of its context."""
+    with _parallel_config(backend):
+        return get_active_backend()
 
 
 _declared_random: dict[type, bool] = {}
@@ -332,7 +466,7 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
             return
         _warming.add(pool_key)
     tasks = [
-        delayed(_run_task)(
+        (
             ModelHandle(job.estimator),
             job.method,
             _chunking.row_slice(job.X, 0, 1),
@@ -345,7 +479,7 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
 
     def start():
         try:
-            Parallel(n_jobs=n_workers, backend=backend)(tasks * n_workers)
+            fan_out(_run_task, tasks * n_workers, n_workers=n_workers, backend=backend)
             _pool_last_used[pool_key] = time.monotonic()
         except Exception:  # noqa: S110 - a failed warm-up only costs speed
             pass
@@ -432,24 +566,15 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         # workers x threads within the cores.
         cores = os.cpu_count() or 1
         limits = threadpool_limits(limits=max(1, cores // n_workers))
-    if process:
-        # scikit-learn's Parallel carries the caller's config to the workers.
-        runner = Parallel(
-            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
-        )
-        calls = (delayed(_run_task)(*tasks[i]) for i in order)
-    else:
-        # Threads get the config directly. scikit-learn's Parallel would also
-        # swap the process-wide warning filters in every task, which races
-        # between threads and can leave the caller's filters changed.
-        runner = joblib.Parallel(
-            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
-        )
-        config = get_config()
-        calls = (joblib.delayed(_run_in_config)(config, *tasks[i]) for i in order)
     try:
         with limits:
-            outputs = runner(calls)
+            outputs = fan_out(
+                _run_task,
+                [tasks[i] for i in order],
+                n_workers=n_workers,
+                backend=backend,
+                verbose=verbose,
+            )
     finally:
         for array in shared.values():
             array.close()
