@@ -13,7 +13,10 @@ the stdlib ``multiprocessing`` backend with plain pickle.
 import os
 import resource
 import signal
+import threading
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -47,14 +50,23 @@ class Faulty(BaseEstimator):
         sleeps ``seconds`` (a long call, to interrupt).
     seconds : float
         How long ``"sleep"`` sleeps.
+    log_dir : str, default=None
+        Where ``"sleep"`` records each call it delays (see :func:`calls`).
+
+    Notes
+    -----
+    The fault is injected in ``fit`` too, so that fitting on marked rows
+    fails as predicting them does.
     """
 
-    def __init__(self, estimator, fault="raise", seconds=30.0):
+    def __init__(self, estimator, fault="raise", seconds=30.0, log_dir=None):
         self.estimator = estimator
         self.fault = fault
         self.seconds = seconds
+        self.log_dir = log_dir
 
     def fit(self, X, y=None):
+        self._inject(X)
         self.estimator_ = clone(self.estimator).fit(X, y)
         return self
 
@@ -83,6 +95,12 @@ class Faulty(BaseEstimator):
         self._inject(X)
         return self.estimator_.predict(X)
 
+    def score(self, X, y=None):
+        # Found without fitting, unlike the methods reached via __getattr__:
+        # model selection looks for it on unfitted clones.
+        self._inject(X)
+        return self.estimator_.score(X, y)
+
     def _inject(self, X):
         if self.fault == "none" or not _marked(X):
             return
@@ -95,7 +113,20 @@ class Faulty(BaseEstimator):
         if self.fault == "memory":
             exhaust_memory()
         if self.fault == "sleep":
+            self._sleep()
+
+    def _sleep(self):
+        if self.log_dir is None:
             time.sleep(self.seconds)
+            return
+        # A call is a file, named while it runs by its process and thread,
+        # and once done by when it started and ended.
+        who = f"{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex}"
+        running = Path(self.log_dir, f"{who}.run")
+        start = time.monotonic()
+        running.touch()
+        time.sleep(self.seconds)
+        running.rename(Path(self.log_dir, f"{start}_{time.monotonic()}_{who}.done"))
 
 
 def _marked(X) -> bool:
@@ -119,3 +150,31 @@ def exhaust_memory():
         np.ones(_OVER_LIMIT, dtype=np.uint8)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def inject(fitted, fault, **params):
+    """A :class:`Faulty` around an estimator that is already fitted."""
+    faulty = Faulty(fitted, fault, **params)
+    faulty.estimator_ = fitted
+    return faulty
+
+
+def running_calls(log_dir) -> list[int]:
+    """The process ids of the delayed calls still running."""
+    return [int(p.name.split("-")[0]) for p in Path(log_dir).glob("*.run")]
+
+
+def done_calls(log_dir) -> list[tuple[float, float]]:
+    """(start, end) of each delayed call that finished, monotonic seconds."""
+    spans = [p.name.split("_")[:2] for p in Path(log_dir).glob("*.done")]
+    return [(float(a), float(b)) for a, b in spans]
+
+
+def max_overlap(spans) -> int:
+    """The most calls that ran at the same time."""
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
