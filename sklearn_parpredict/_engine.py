@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any
@@ -135,7 +137,50 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         )
     # scikit-learn's Parallel carries the caller's config to the workers.
     runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
-    return runner(delayed(function)(*task) for task in tasks)
+    results = runner(delayed(_recording_warnings)(function, *task) for task in tasks)
+    _warn_again(caught for _, caught in results)
+    return [out for out, _ in results]
+
+
+def _recording_warnings(function, *args):
+    """A task in a worker process, and the warnings it raised.
+
+    A worker's warnings are printed on its stderr, out of the reach of the
+    caller's filters, ``pytest.warns`` or ``logging.captureWarnings``: they
+    are sent back with the output and raised again in the caller.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = function(*args)
+    return out, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+# Per source file, the registry that lets the "default" action show a warning
+# raised again once per location, as the serial call's module registry does.
+_warning_registries: dict[str, dict] = {}
+
+
+def _warn_again(caught) -> None:
+    """Raise the workers' warnings in the caller, each distinct one once."""
+    for message, category, filename, lineno in dict.fromkeys(
+        warning for task in caught for warning in task
+    ):
+        warnings.warn_explicit(
+            message,
+            category,
+            filename,
+            lineno,
+            module=_module_name(filename),
+            registry=_warning_registries.setdefault(filename, {}),
+        )
+
+
+def _module_name(filename: str) -> str | None:
+    """The name of the loaded module of that file (filters match on it)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return None
 
 
 # Seconds between two looks at a multiprocessing pool's workers.
@@ -226,6 +271,20 @@ def _backend(n_jobs, backend):
     return active, _n_workers[key]
 
 
+_valid_backends: set[str] = set()
+
+
+def _check_backend(backend) -> None:
+    """Raise joblib's error for a backend name it does not know.
+
+    Checked on every call, so that a wrong name fails even when the call
+    stays in-process.
+    """
+    if isinstance(backend, str) and backend not in _valid_backends:
+        _active_backend(backend)
+        _valid_backends.add(backend)
+
+
 def _parallel_config(backend):
     """The joblib context in which ``backend`` (None: the active one) is used."""
     if backend is None:
@@ -280,6 +339,7 @@ def run_jobs(
     ``getattr(job.estimator, job.method)(X, **job.params)`` returns, where
     ``X`` is ``job.X`` restricted to ``job.columns``.
     """
+    _check_backend(backend)
     for job in jobs:
         # Fail as the serial call does when the method is missing.
         getattr(job.estimator, job.method)
