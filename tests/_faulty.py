@@ -130,9 +130,12 @@ class Faulty(BaseEstimator):
 
 
 def _marked(X) -> bool:
-    first = X.iloc[:, 0] if hasattr(X, "iloc") else X[:, 0]
-    if hasattr(first, "toarray"):
-        first = first.toarray()
+    if hasattr(X, "iloc"):
+        first = X.iloc[:, 0]
+    elif hasattr(X, "tocsc"):
+        first = X.tocsc()[:, [0]].toarray()
+    else:
+        first = np.asarray(X)[:, 0]
     return bool((np.asarray(first, dtype=float) == MARK).any())
 
 

@@ -8,6 +8,7 @@ test instead of stalling the suite.
 
 import _thread
 import contextlib
+import functools
 import subprocess
 import sys
 import textwrap
@@ -24,17 +25,28 @@ from _faulty import (
     ChunkError,
     Faulty,
     done_calls,
+    inject,
     max_overlap,
     running_calls,
 )
 from _helpers import assert_same_output
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from test_parallel_predictor_properties import (
+    FAMILIES,
+    METHODS,
+    N_FEATURES,
+    fitted,
+    make_input,
+    serial_or_error,
+)
 
-from sklearn_parpredict import MultiModelPredictor, ParallelPredictor
+from sklearn_parpredict import MultiModelPredictor, ParallelPredictor, parallel_predict
 
 BACKENDS = ["loky", "threading", "multiprocessing"]
 PROCESS_BACKENDS = ["loky", "multiprocessing"]
@@ -328,3 +340,63 @@ def test_concurrent_calls_from_threads(wrapper, backend, chunk_size):
         outputs = list(threads.map(model.predict, batches))
     for batch, out in zip(batches, outputs):
         assert_same_output(out, serial.predict(batch))
+
+
+# ---------------------------------------------------------------------------
+# Chaos: random estimator, input, backend, chunking and fault
+# ---------------------------------------------------------------------------
+
+
+@st.composite
+def chaos(draw):
+    name = draw(st.sampled_from(sorted(FAMILIES)))
+    kind = FAMILIES[name][3]
+    containers = {
+        "dense": ["C", "F", "float32", "list", "frame"],
+        "sparse": ["csr", "csc", "coo"],
+    }.get(kind, [None])
+    n_rows = draw(st.integers(0, 120))
+    X = np.random.default_rng(draw(st.integers(0, 2**16))).normal(
+        size=(n_rows, N_FEATURES)
+    )
+    # Text has no numeric column to carry the marker.
+    faults = ["none"] if kind == "text" or not n_rows else ["none", "raise"]
+    fault = draw(st.sampled_from(faults))
+    if fault != "none":
+        X[draw(st.integers(0, n_rows - 1)), 0] = MARK
+    return {
+        "estimator": inject(fitted(name), fault),
+        "X": make_input(kind, X, draw(st.sampled_from(containers))),
+        "entry": draw(st.sampled_from(["ParallelPredictor", "parallel_predict"])),
+        # Processes, threads, and rarely (slow to start) stdlib pools.
+        "backend": draw(
+            st.sampled_from(["loky", "threading"] * 2 + ["multiprocessing"])
+        ),
+        # Mostly small chunks on two workers, so that the rows really are
+        # split: one worker, or "auto" on small inputs, stays in-process.
+        "n_jobs": 2,
+        "chunk_size": draw(st.integers(0, 30).map(lambda n: n or "auto")),
+    }
+
+
+@pytest.mark.timeout(240)
+@given(chaos())
+def test_chaos_equals_serial_or_raises_its_error(scenario):
+    estimator, X = scenario["estimator"], scenario["X"]
+    engine = {k: scenario[k] for k in ("n_jobs", "backend", "chunk_size")}
+    for method in [m for m in METHODS if hasattr(estimator, m)]:
+        expected, error = serial_or_error(estimator, method, X)
+        if scenario["entry"] == "ParallelPredictor":
+            call = getattr(ParallelPredictor(estimator, **engine), method)
+        else:
+            call = functools.partial(
+                parallel_predict, estimator, method=method, **engine
+            )
+        if error is None:
+            assert_same_output(call(X), expected)
+        else:
+            # The injected error carries the failing chunk's size: match its
+            # type and the rest of its message.
+            match = "injected failure" if isinstance(error, ChunkError) else None
+            with pytest.raises(type(error), match=match):
+                call(X)
