@@ -3,14 +3,29 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The oldest supported versions of the dependencies, pinned in a constraints
+# file; the pins have wheels for CPython 3.11, which this environment uses.
+OLDEST_PYTHON ?= python3.11
+OLDEST ?= .venv-oldest
+OLDEST_BIN := $(OLDEST)/bin
+OLDEST_PINS := .ci/constraints-oldest.txt
+# Never compile a pinned library from source: a missing wheel is an error.
+OLDEST_WHEELS := numpy,scipy,pandas,scikit-learn,pyarrow
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-oldest lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+$(OLDEST)/.installed: pyproject.toml $(OLDEST_PINS)
+	$(OLDEST_PYTHON) -m venv $(OLDEST)
+	$(OLDEST_BIN)/python -m pip install --quiet --upgrade pip
+	$(OLDEST_BIN)/python -m pip install --quiet --only-binary $(OLDEST_WHEELS) \
+		-c $(OLDEST_PINS) -e ".[test]"
+	touch $@
 
 # The benchmarks' peers (dask-ml, ...) are heavy: installed only for them.
 $(VENV)/.installed-bench: $(STAMP)
@@ -24,11 +39,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The whole suite on the current releases, then on the oldest supported ones.
 test: lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-oldest
+
+# The declared minimum versions, proven: the suite less scikit-learn's
+# estimator checks (they test scikit-learn's API, which the current
+# environment covers) on the pins of $(OLDEST_PINS).
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST_BIN)/python -m pytest -q -m "not estimator_checks"
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OLDEST) build *.egg-info

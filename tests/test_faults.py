@@ -38,9 +38,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from test_parallel_predictor_properties import (
-    FAMILIES,
     METHODS,
-    N_FEATURES,
+    family_rows,
     fitted,
     make_input,
     serial_or_error,
@@ -349,16 +348,8 @@ def test_concurrent_calls_from_threads(wrapper, backend, chunk_size):
 
 @st.composite
 def chaos(draw):
-    name = draw(st.sampled_from(sorted(FAMILIES)))
-    kind = FAMILIES[name][3]
-    containers = {
-        "dense": ["C", "F", "float32", "list", "frame"],
-        "sparse": ["csr", "csc", "coo"],
-    }.get(kind, [None])
-    n_rows = draw(st.integers(0, 120))
-    X = np.random.default_rng(draw(st.integers(0, 2**16))).normal(
-        size=(n_rows, N_FEATURES)
-    )
+    name, kind, X, container = draw(family_rows(max_rows=120))
+    n_rows = len(X)
     # Text has no numeric column to carry the marker.
     faults = ["none"] if kind == "text" or not n_rows else ["none", "raise"]
     fault = draw(st.sampled_from(faults))
@@ -366,7 +357,7 @@ def chaos(draw):
         X[draw(st.integers(0, n_rows - 1)), 0] = MARK
     return {
         "estimator": inject(fitted(name), fault),
-        "X": make_input(kind, X, draw(st.sampled_from(containers))),
+        "X": make_input(kind, X, container),
         "entry": draw(st.sampled_from(["ParallelPredictor", "parallel_predict"])),
         # Processes, threads, and rarely (slow to start) stdlib pools.
         "backend": draw(
