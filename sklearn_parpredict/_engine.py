@@ -196,9 +196,15 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
     issue 22393). While the pool runs, a watcher fails every pending task
     with loky's ``TerminatedWorkerError`` as soon as a worker dies, as the
     loky backend does.
+
+    The workers are forked from the caller: if the caller had started GNU
+    OpenMP's threads (HistGradientBoosting, KMeans, ... predicting
+    in-process), a worker's first parallel region waits forever for threads
+    that were not forked. The workers run OpenMP on one thread instead.
     """
 
     def configure(self, *args, **kwargs):
+        kwargs.setdefault("initializer", _one_openmp_thread)
         n_jobs = super().configure(*args, **kwargs)
         self._stop_watch = threading.Event()
         # Seen now, before any task: a worker can die and be replaced before
@@ -218,6 +224,10 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
             # The pool's own shutdown ends its workers: not a failure.
             stop.set()
         super().terminate()
+
+
+def _one_openmp_thread() -> None:
+    threadpool_limits(limits=1, user_api="openmp")
 
 
 def _watch_pool(pool, workers: dict, stop: threading.Event) -> None:

@@ -33,6 +33,7 @@ from _helpers import assert_same_output
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -143,6 +144,17 @@ def test_dead_worker_is_a_prompt_error_and_the_next_call_works(
         model.predict(_marked())
     assert time.monotonic() - start < PROMPT_S
     _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+def test_forked_workers_survive_the_callers_openmp_threads():
+    # The caller runs OpenMP (GNU libgomp) threads, then the multiprocessing
+    # backend forks workers that use OpenMP too: without care, they wait
+    # forever for threads that were not forked.
+    model = HistGradientBoostingClassifier(max_iter=5).fit(X, Y)
+    expected = model.predict(X)
+    wrapped = ParallelPredictor(model, backend="multiprocessing", **ENGINE)
+    assert_same_output(wrapped.predict(X), expected)
 
 
 # ---------------------------------------------------------------------------
