@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from pickle import PicklingError
 
 import numpy as np
 import pytest
@@ -244,7 +245,7 @@ def test_unpicklable_estimator_is_a_clear_error_or_runs_on_threads(wrapper, back
     if backend == "threading":
         _assert_works(model, wrapper)
         return
-    with pytest.raises(Exception, match="_thread.lock(.|\n)*backend='threading'"):
+    with pytest.raises(PicklingError, match="_thread.lock(.|\n)*backend='threading'"):
         model.predict(X)
 
 
