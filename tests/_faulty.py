@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils.metaestimators import available_if
 
 # A value no generated feature takes.
 MARK = -7777.0
@@ -91,13 +92,16 @@ class Faulty(BaseEstimator):
 
         return faulty
 
+    # predict and score are found without fitting, unlike the methods
+    # reached via __getattr__: model selection looks for them on unfitted
+    # clones.
+    @available_if(lambda self: hasattr(self.estimator, "predict"))
     def predict(self, X):
         self._inject(X)
         return self.estimator_.predict(X)
 
+    @available_if(lambda self: hasattr(self.estimator, "score"))
     def score(self, X, y=None):
-        # Found without fitting, unlike the methods reached via __getattr__:
-        # model selection looks for it on unfitted clones.
         self._inject(X)
         return self.estimator_.score(X, y)
 
