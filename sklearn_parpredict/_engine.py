@@ -20,8 +20,6 @@ from typing import Any
 
 import joblib
 import numpy as np
-from joblib._parallel_backends import ThreadingBackend
-from joblib.parallel import get_active_backend
 from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
@@ -31,10 +29,10 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_params,
 )
-from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from sklearn_parpredict import _chunking, _planning, _threads
+from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
     ModelHandle,
@@ -94,12 +92,6 @@ def _run_timed(*task):
     return out, time.perf_counter() - start
 
 
-def _run_in_config(config, *task):
-    """A timed task on a thread, under the caller's scikit-learn config."""
-    with config_context(**config):
-        return _run_timed(*task)
-
-
 def _backend(n_jobs, backend):
     """The joblib backend instance a call would use, and its worker count.
 
@@ -108,19 +100,30 @@ def _backend(n_jobs, backend):
     out again would only oversubscribe them, so the call stays in-process
     unless a backend was named explicitly.
     """
-    config = (
-        joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext()
-    )
-    with config:
-        active, default_n_jobs = get_active_backend()
-        nested = (getattr(active, "nesting_level", None) or 0) > 0
-        if backend is None and (nested or _threads.in_worker()):
-            return active, 1
-        # Counting usable cores reads cgroup files: remember it per setting.
-        key = (type(active), n_jobs, default_n_jobs)
-        if key not in _n_workers:
+    active, default_n_jobs = active_backend(backend)
+    nested = (getattr(active, "nesting_level", None) or 0) > 0
+    if backend is None and (nested or _threads.in_worker()):
+        return active, 1
+    # Counting usable cores reads cgroup files: remember it per setting.
+    key = (type(active), n_jobs, default_n_jobs)
+    if key not in _n_workers:
+        with parallel_config(backend):
             _n_workers[key] = joblib.effective_n_jobs(n_jobs)
-        return active, _n_workers[key]
+    return active, _n_workers[key]
+
+
+_valid_backends: set[str] = set()
+
+
+def _check_backend(backend) -> None:
+    """Raise joblib's error for a backend name it does not know.
+
+    Checked on every call, so that a wrong name fails even when the call
+    stays in-process.
+    """
+    if isinstance(backend, str) and backend not in _valid_backends:
+        active_backend(backend)
+        _valid_backends.add(backend)
 
 
 _declared_random: dict[type, bool] = {}
@@ -163,6 +166,7 @@ def run_jobs(
     ``getattr(job.estimator, job.method)(X, **job.params)`` returns, where
     ``X`` is ``job.X`` restricted to ``job.columns``.
     """
+    _check_backend(backend)
     for job in jobs:
         # Fail as the serial call does when the method is missing.
         getattr(job.estimator, job.method)
@@ -211,17 +215,10 @@ def run_jobs(
             if costs is not None:
                 costs[j].add(n - start, timer.wall, timer.cpu)
     else:
-        # A thread plan chosen for a backend left to us, or for joblib's
-        # threading backend, runs on the package's own threads (joblib's
-        # progress report, verbose, needs joblib's).
-        own_threads = (
-            plan.kind != kind or isinstance(active, ThreadingBackend)
-        ) and not verbose
+        # A thread plan chosen for a backend left to us runs on threads.
         run_backend = "threading" if plan.kind != kind else backend
         with _planning.Timer() as timer:
-            _run_parallel(
-                jobs, plan, costs, done, n_workers, run_backend, verbose, own_threads
-            )
+            _run_parallel(jobs, plan, costs, done, n_workers, run_backend, verbose)
         _log(
             jobs,
             sizes,
@@ -382,7 +379,7 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
             return
         _warming.add(pool_key)
     tasks = [
-        delayed(_run_task)(
+        (
             ModelHandle(job.estimator),
             job.method,
             _chunking.row_slice(job.X, 0, 1),
@@ -394,7 +391,7 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
 
     def start():
         try:
-            Parallel(n_jobs=n_workers, backend=backend)(tasks * n_workers)
+            fan_out(_run_task, tasks * n_workers, n_workers=n_workers, backend=backend)
             _pool_last_used[pool_key] = time.monotonic()
         except Exception:  # noqa: S110 - a failed warm-up only costs speed
             pass
@@ -444,7 +441,7 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
     return cost, True
 
 
-def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, own_threads):
+def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
     """Run the planned row ranges on the backend and file their outputs."""
     ranges = plan.ranges
     process = plan.kind == "process"
@@ -480,30 +477,15 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, own_thre
         # workers x threads within the cores.
         cores = os.cpu_count() or 1
         limits = threadpool_limits(limits=max(1, cores // n_workers))
-    if own_threads:
-
-        def runner(calls):
-            return _threads.run(_run_timed, calls, n_workers)
-
-        calls = (tasks[i] for i in order)
-    elif process:
-        # scikit-learn's Parallel carries the caller's config to the workers.
-        runner = Parallel(
-            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
-        )
-        calls = (delayed(_run_timed)(*tasks[i]) for i in order)
-    else:
-        # Threads get the config directly. scikit-learn's Parallel would also
-        # swap the process-wide warning filters in every task, which races
-        # between threads and can leave the caller's filters changed.
-        runner = joblib.Parallel(
-            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
-        )
-        config = get_config()
-        calls = (joblib.delayed(_run_in_config)(config, *tasks[i]) for i in order)
     try:
         with limits:
-            outputs = runner(calls)
+            outputs = fan_out(
+                _run_timed,
+                [tasks[i] for i in order],
+                n_workers=n_workers,
+                backend=backend,
+                verbose=verbose,
+            )
     finally:
         for array in shared.values():
             array.close()

@@ -15,7 +15,6 @@ from sklearn.base import (
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import _safe_indexing, get_tags
 from sklearn.utils.metaestimators import _BaseComposition, available_if
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_n_features,
@@ -34,6 +33,7 @@ from sklearn_parpredict._columns import (
     shorten,
 )
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Job, _backend, run_jobs
+from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._parallel_predictor import (
     _Predicted,
     is_fitted,
@@ -284,8 +284,14 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                 f"Targets must not contain '__' (it separates nested parameter "
                 f"names); got {shorten(nested)}."
             )
-        self._check_estimators_are_instances(estimators)
         for estimator, target in zip(estimators, targets):
+            # scikit-learn's own check (_check_estimators_are_instances) is
+            # missing from 1.6.
+            if isinstance(estimator, type):
+                raise TypeError(
+                    f"Expected an estimator instance ({estimator.__name__}()), "
+                    f"got estimator class instead ({estimator.__name__})."
+                )
             if not hasattr(estimator, "predict"):
                 raise TypeError(
                     f"The estimator of model {target!r} has no 'predict' "
@@ -419,13 +425,15 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             inputs.append(_chunking.select_columns(X, column_key(X, columns)))
             targets.append(y_i)
         _, n_workers = _backend(self.n_jobs, self.backend)
-        self.estimators_ = Parallel(
-            n_jobs=max(1, min(n_workers, len(models))),
+        self.estimators_ = fan_out(
+            _fit_one,
+            [
+                (clone(estimator), X_i, y_i)
+                for (estimator, _, _), X_i, y_i in zip(models, inputs, targets)
+            ],
+            n_workers=min(n_workers, len(models)),
             backend=self.backend,
             verbose=self.verbose,
-        )(
-            delayed(_fit_one)(clone(estimator), X_i, y_i)
-            for (estimator, _, _), X_i, y_i in zip(models, inputs, targets)
         )
         self.targets_ = [target for _, _, target in models]
         self._positions = positions

@@ -18,16 +18,24 @@ import atexit
 import hashlib
 import itertools
 import os
+import pickle
 import shutil
 import tempfile
 import threading
+import types
 import uuid
 import weakref
 from collections import OrderedDict
 
 import joblib
 import numpy as np
+from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
+
+try:
+    import cloudpickle
+except ImportError:  # pragma: no cover - joblib < 1.5 vendors it
+    from joblib.externals import cloudpickle
 
 _SCALARS = (str, bytes, int, float, complex, bool, type(None), np.generic)
 # Arrays up to this size are fingerprinted by content; larger ones by identity,
@@ -165,7 +173,7 @@ class _Entry:
         with _lock:
             if self.path is None:
                 path = os.path.join(_temp_folder(), f"model-{self.token}.pkl")
-                joblib.dump(model, path)
+                _dump_model(model, path)
                 self.path = path
             return self.path
 
@@ -190,8 +198,59 @@ def live_tokens() -> frozenset[str]:
         return frozenset(entry.token for entry in _entries.values())
 
 
+class _ByValue(Exception):
+    """The model names a class or function another process cannot import."""
+
+
+class _ModelPickler(NumpyPickler):
+    """joblib's pickler, refusing references that only this process resolves.
+
+    A class or function defined in ``__main__`` (a script, a notebook) or
+    inside a function pickles by name here, yet a fresh worker process cannot
+    import that name.
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, type | types.FunctionType) and (
+            getattr(obj, "__module__", None) == "__main__"
+            or "<" in getattr(obj, "__qualname__", "")
+        ):
+            raise _ByValue(obj)
+        return NotImplemented
+
+
+def _dump_model(model, path: str) -> None:
+    """Write ``model`` for the workers to ``joblib.load``.
+
+    joblib's format lets workers memory-map large fitted arrays. Models that
+    need their classes or functions pickled by value (as joblib's own process
+    backends do with cloudpickle) are written by cloudpickle instead.
+    """
+    try:
+        with open(path, "wb") as file:
+            _ModelPickler(file).dump(model)
+        return
+    except Exception:  # unpicklable by name: try by value
+        pass
+    try:
+        with open(path, "wb") as file:
+            cloudpickle.dump(model, file)
+    except Exception as exc:
+        _unlink(path)
+        raise pickle.PicklingError(
+            f"The {type(model).__name__} cannot be sent to worker processes: "
+            f"pickling it failed with {type(exc).__name__}: {exc}. Use "
+            f"backend='threading' to predict on threads, which need no "
+            f"pickling, or make the estimator picklable."
+        ) from exc
+
+
 class ModelHandle:
-    """A fitted model that pickles to a reference loaded once per worker."""
+    """A fitted model that pickles to a reference loaded once per worker.
+
+    The model is written when the handle is made, so that a model that cannot
+    be pickled fails in the caller, naming the cause, before any task is sent.
+    """
 
     def __init__(self, model):
         self.model = model
@@ -215,6 +274,7 @@ class ModelHandle:
                 _entries[key] = entry
         self.token = entry.token
         self._entry = entry
+        entry.dump(model)
 
     def __reduce__(self):
         return _load_model, (self.token, self._entry.dump(self.model), live_tokens())

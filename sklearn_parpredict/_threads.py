@@ -16,6 +16,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from sklearn import config_context, get_config
 
+# Longest wait before an interrupt of the caller is seen.
+_WAKE_S = 0.1
+
 _pools: dict[int, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 _local = threading.local()
@@ -51,12 +54,19 @@ def _pool(n_workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def in_config(config: dict, function: Callable, *args):
+    """``function(*args)`` on a thread, under the caller's scikit-learn config.
+
+    Threads do not inherit scikit-learn's thread-local configuration.
+    """
+    with config_context(**config):
+        return function(*args)
+
+
 def _run(config: dict, function: Callable, task: tuple):
-    # Threads do not inherit scikit-learn's thread-local configuration.
     _local.working = True
     try:
-        with config_context(**config):
-            return function(*task)
+        return in_config(config, function, *task)
     finally:
         _local.working = False
 
@@ -75,8 +85,14 @@ def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
     config = get_config()
     futures = [pool.submit(_run, config, function, task) for task in tasks]
     try:
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f in done and f.exception() is not None]
+        # Woken at once when the tasks are done; the timeout only bounds how
+        # long an interrupt of the caller (Ctrl-C) waits to be seen.
+        pending = futures
+        while pending:
+            done, pending = wait(pending, _WAKE_S, FIRST_EXCEPTION)
+            if any(future.exception() is not None for future in done):
+                break
+        failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             raise failed[0].exception()
         return [future.result() for future in futures]

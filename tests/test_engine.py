@@ -376,17 +376,29 @@ def test_openmp_threaded_estimators_are_known_threaded():
     assert _planning.fit_cost(sample, LogisticRegression()).threads == 1
 
 
-def test_threads_leave_the_callers_warning_filters_alone():
+def _predict_on_threads():
+    model = LogisticRegression().fit(X, Y)
+    parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=5)
+
+
+def _fit_on_threads():
+    from sklearn_parpredict import MultiModelPredictor
+
+    models = [(LogisticRegression(C=c), None, f"c{c}") for c in (0.5, 1.0, 2.0)]
+    MultiModelPredictor(models, n_jobs=2, backend="threading").fit(X, Y)
+
+
+@pytest.mark.parametrize("run", [_predict_on_threads, _fit_on_threads])
+def test_threads_leave_the_callers_warning_filters_alone(run):
     import warnings
 
     from sklearn import config_context
 
-    model = LogisticRegression().fit(X, Y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         before = list(warnings.filters)
         for _ in range(20):
-            parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=5)
+            run()
         assert list(warnings.filters) == before
     # ...while the scikit-learn config still reaches the threads.
     with config_context(transform_output="pandas"):

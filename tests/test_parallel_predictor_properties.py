@@ -143,21 +143,28 @@ def serial_or_error(estimator, method, X):
 
 
 @st.composite
-def scenarios(draw):
+def family_rows(draw, max_rows=60):
+    """A family, its input kind, rows for it, and a container to give them in."""
     name = draw(st.sampled_from(sorted(FAMILIES)))
     kind = FAMILIES[name][3]
     containers = {
         "dense": ["C", "F", "float32", "list", "frame"],
         "sparse": ["csr", "csc", "coo"],
     }.get(kind, [None])
-    n_rows = draw(st.integers(0, 60))
+    n_rows = draw(st.integers(0, max_rows))
     seed = draw(st.integers(0, 2**16))
     X = np.random.default_rng(seed).normal(size=(n_rows, N_FEATURES))
     if name in ("forest-multioutput", "knn"):
         X = X.round(1)  # ties are part of the tested space
+    return name, kind, X, draw(st.sampled_from(containers))
+
+
+@st.composite
+def scenarios(draw):
+    name, kind, X, container = draw(family_rows())
     return {
         "name": name,
-        "X": make_input(kind, X, draw(st.sampled_from(containers))),
+        "X": make_input(kind, X, container),
         "chunk_size": draw(st.one_of(st.integers(1, 70), st.just("auto"))),
         "n_jobs": draw(st.sampled_from([1, 2, -1])),
         "backend": draw(st.sampled_from(["loky", "threading"])),

@@ -1,0 +1,220 @@
+"""Hand tasks to a joblib backend: the one place where work leaves the caller.
+
+Prediction chunks, the warm-up of a pool and :class:`MultiModelPredictor`'s
+fits all go through :func:`fan_out`. It adds to joblib what the package
+promises its users: the caller's scikit-learn configuration in every task,
+the workers' warnings raised again in the caller, a dead ``multiprocessing``
+worker that fails the call instead of hanging it, and, on joblib's threading
+backend, the package's own threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import warnings
+
+import joblib
+from joblib._parallel_backends import MultiprocessingBackend, ThreadingBackend
+from joblib.externals.loky.process_executor import TerminatedWorkerError
+from joblib.parallel import get_active_backend
+from sklearn import get_config
+from sklearn.utils.parallel import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from sklearn_parpredict import _threads
+
+
+def parallel_config(backend):
+    """The joblib context in which ``backend`` (None: the active one) is used."""
+    if backend is None:
+        return contextlib.nullcontext()
+    return joblib.parallel_config(backend=backend)
+
+
+def active_backend(backend):
+    """The backend instance ``Parallel(backend=backend)`` runs on, and the
+    default ``n_jobs`` of its context."""
+    with parallel_config(backend):
+        return get_active_backend()
+
+
+def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
+    """``[function(*task) for task in tasks]`` on a joblib backend, in order.
+
+    The one place where the package hands work to a backend: prediction
+    chunks, the warm-up of a pool and :class:`MultiModelPredictor`'s fits.
+
+    Parameters
+    ----------
+    function : callable
+        Called once per task.
+    tasks : iterable of tuple
+        The arguments of each call.
+    n_workers : int
+        Workers to use; at most one runs the tasks in this thread.
+    backend : str, backend instance or None
+        As joblib's ``Parallel`` takes it; None honours an active
+        ``joblib.parallel_config``.
+    verbose : int
+        Verbosity of joblib's ``Parallel``.
+
+    Returns
+    -------
+    outputs : list
+        The calls' outputs, in task order. The first task's exception, or the
+        error of a worker that died, is raised as is.
+    """
+    tasks = list(tasks)
+    if n_workers <= 1 or len(tasks) <= 1:
+        return [function(*task) for task in tasks]
+    active, _ = active_backend(backend)
+    if isinstance(active, ThreadingBackend) and not verbose:
+        # joblib's threads start anew and are polled every 10 ms on every
+        # call; the package's own are kept and waited on. (joblib's progress
+        # report, verbose, needs joblib's.)
+        return _threads.run(function, tasks, n_workers)
+    if getattr(active, "uses_threads", False):
+        # Threads get the config directly. scikit-learn's Parallel would also
+        # swap the process-wide warning filters in every task, which races
+        # between threads and can leave the caller's filters changed.
+        config = get_config()
+        runner = joblib.Parallel(
+            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+        )
+        return runner(
+            joblib.delayed(_threads.in_config)(config, function, *task)
+            for task in tasks
+        )
+    if type(active) is MultiprocessingBackend:
+        backend = _WatchedMultiprocessingBackend(
+            nesting_level=active.nesting_level,
+            inner_max_num_threads=active.inner_max_num_threads,
+        )
+    # scikit-learn's Parallel carries the caller's config to the workers.
+    runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
+    results = runner(delayed(_recording_warnings)(function, *task) for task in tasks)
+    _warn_again(caught for _, caught in results)
+    return [out for out, _ in results]
+
+
+def _recording_warnings(function, *args):
+    """A task in a worker process, and the warnings it raised.
+
+    A worker's warnings are printed on its stderr, out of the reach of the
+    caller's filters, ``pytest.warns`` or ``logging.captureWarnings``: they
+    are sent back with the output and raised again in the caller.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = function(*args)
+    return out, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+# Per source file, the registry that lets the "default" action show a warning
+# raised again once per location, as the serial call's module registry does.
+_warning_registries: dict[str, dict] = {}
+
+
+def _warn_again(caught) -> None:
+    """Raise the workers' warnings in the caller, each distinct one once."""
+    for message, category, filename, lineno in dict.fromkeys(
+        warning for task in caught for warning in task
+    ):
+        warnings.warn_explicit(
+            message,
+            category,
+            filename,
+            lineno,
+            module=_module_name(filename),
+            registry=_warning_registries.setdefault(filename, {}),
+        )
+
+
+def _module_name(filename: str) -> str | None:
+    """The name of the loaded module of that file (filters match on it)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return None
+
+
+# Seconds between two looks at a multiprocessing pool's workers.
+_WATCH_S = 0.05
+
+
+class _WatchedMultiprocessingBackend(MultiprocessingBackend):
+    """joblib's ``multiprocessing`` backend, failing where it would hang.
+
+    A ``multiprocessing.Pool`` replaces a worker that died (``os._exit``, a
+    signal, the kernel's out-of-memory killer) but never completes the task
+    the worker was running, so the caller would wait for it forever (CPython
+    issue 22393). While the pool runs, a watcher fails every pending task
+    with loky's ``TerminatedWorkerError`` as soon as a worker dies, as the
+    loky backend does.
+
+    The workers are forked from the caller: if the caller had started GNU
+    OpenMP's threads (HistGradientBoosting, KMeans, ... predicting
+    in-process), a worker's first parallel region waits forever for threads
+    that were not forked. The workers run OpenMP on one thread instead.
+    """
+
+    def configure(self, *args, **kwargs):
+        kwargs.setdefault("initializer", _one_openmp_thread)
+        n_jobs = super().configure(*args, **kwargs)
+        self._stop_watch = threading.Event()
+        # Seen now, before any task: a worker can die and be replaced before
+        # the watcher's first look.
+        workers = {worker.pid: worker for worker in self._pool._pool}
+        threading.Thread(
+            target=_watch_pool,
+            args=(self._pool, workers, self._stop_watch),
+            name="sklearn-parpredict-pool-watch",
+            daemon=True,
+        ).start()
+        return n_jobs
+
+    def terminate(self):
+        stop = getattr(self, "_stop_watch", None)
+        if stop is not None:
+            # The pool's own shutdown ends its workers: not a failure.
+            stop.set()
+        super().terminate()
+
+
+def _one_openmp_thread() -> None:
+    threadpool_limits(limits=1, user_api="openmp")
+
+
+def _watch_pool(pool, workers: dict, stop: threading.Event) -> None:
+    while not stop.wait(_WATCH_S):
+        # Workers only end with the pool (no maxtasksperchild): a worker that
+        # exited, or a new one replacing it, means one died.
+        current = list(pool._pool)
+        replaced = any(worker.pid not in workers for worker in current)
+        for worker in current:
+            workers.setdefault(worker.pid, worker)
+        codes = sorted({w.exitcode for w in workers.values() if w.exitcode is not None})
+        if (codes or replaced) and not stop.is_set():
+            names = ", ".join(map(_exit_name, codes))
+            error = TerminatedWorkerError(
+                "A worker process of the multiprocessing pool was unexpectedly "
+                "terminated. This could be caused by a segmentation fault, a "
+                "call to os._exit, or an excessive memory usage causing the "
+                f"operating system to kill the worker.\nThe exit codes of the "
+                f"workers are {{{names}}}"
+            )
+            for result in list(pool._cache.values()):
+                # A result that arrives meanwhile has already removed itself.
+                with contextlib.suppress(KeyError):
+                    result._set(0, (False, error))
+            return
+
+
+def _exit_name(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{signal.Signals(-code).name}({code})"
+    return f"EXIT({code})"

@@ -1,0 +1,167 @@
+"""Bad input: each case fails as the serial call does, or returns what it does.
+
+Every case of the catalogue goes through both wrappers on processes and on
+threads, in about six chunks so that the rows really are split
+(:func:`parallel_predict` is the same engine call as
+:class:`ParallelPredictor`; its own parameter checks are tested below). The
+reference is the serial call: the estimator's own ``predict``, or a
+``MultiModelPredictor`` with ``n_jobs=1``.
+"""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import assert_same_output
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from sklearn_parpredict import MultiModelPredictor, ParallelPredictor, parallel_predict
+
+X, Y = make_classification(n_samples=240, n_features=5, random_state=0)
+COLUMNS = [f"f{i}" for i in range(5)]
+FRAME = pd.DataFrame(X, columns=COLUMNS)
+FITTED = {
+    "array": LogisticRegression().fit(X, Y),
+    "frame": LogisticRegression().fit(FRAME, Y),
+    "nan-tolerant": HistGradientBoostingClassifier(max_iter=5).fit(X, Y),
+}
+
+
+def _with(value, row=100, column=2):
+    bad = X.copy()
+    bad[row, column] = value
+    return bad
+
+
+def _with_string():
+    bad = X.astype(object)
+    bad[100, 1] = "abc"
+    return bad
+
+
+def _read_only(array):
+    array = array.copy()
+    array.setflags(write=False)
+    return array
+
+
+def _mixed_dtypes():
+    frame = FRAME.copy()
+    frame["f1"] = frame["f1"].astype(np.float32)
+    frame["f2"] = (frame["f2"] > 0).astype(int)
+    return frame
+
+
+def _string_column():
+    frame = FRAME.copy()
+    frame["f3"] = np.where(frame["f3"] > 0, "up", "down")
+    return frame
+
+
+# name -> (fitted estimator, input maker)
+CATALOGUE = {
+    "wrong-feature-count": ("array", lambda: np.hstack([X, X])),
+    "renamed-columns": ("frame", lambda: FRAME.rename(columns={"f0": "other"})),
+    "reordered-columns": ("frame", lambda: FRAME[COLUMNS[::-1]]),
+    "missing-column": ("frame", lambda: FRAME.drop(columns="f0")),
+    "missing-names": ("frame", lambda: X),
+    "unexpected-names": ("array", lambda: FRAME),
+    "nan-rejected": ("array", lambda: _with(np.nan)),
+    "inf-rejected": ("array", lambda: _with(np.inf)),
+    "nan-accepted": ("nan-tolerant", lambda: _with(np.nan)),
+    "object-numbers": ("array", lambda: X.astype(object)),
+    "object-strings": ("array", _with_string),
+    "mixed-dtypes-frame": ("frame", _mixed_dtypes),
+    "string-column-frame": ("frame", _string_column),
+    "empty": ("array", lambda: X[:0]),
+    "empty-frame": ("frame", lambda: FRAME.iloc[:0]),
+    "one-dimensional": ("array", lambda: X[:, 0]),
+    "fortran-order": ("array", lambda: np.asfortranarray(X)),
+    "strided-rows": ("array", lambda: np.repeat(X, 2, axis=0)[::2]),
+    "strided-columns": ("array", lambda: np.repeat(X, 2, axis=1)[:, ::2]),
+    "read-only": ("array", lambda: _read_only(X)),
+    # Large enough to be memory-mapped into the workers rather than pickled.
+    "read-only-shared": ("array", lambda: _read_only(np.tile(X, (120, 1)))),
+    "list-of-lists": ("array", lambda: X.tolist()),
+}
+
+
+def _run(entry, estimator, X, **engine):
+    if entry == "ParallelPredictor":
+        return ParallelPredictor(estimator, **engine).predict(X)
+    if entry == "parallel_predict":
+        return parallel_predict(estimator, X, **engine)
+    return MultiModelPredictor([(estimator, None, "y")], **engine).predict(X)
+
+
+def _serial(entry, estimator, X):
+    """The serial call's output or exception, and its warnings' categories."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if entry == "MultiModelPredictor":
+                out = _run(entry, estimator, X, n_jobs=1)
+            else:
+                out = estimator.predict(X)
+        except Exception as exc:
+            out = exc
+    return out, {w.category for w in caught}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("entry", ["ParallelPredictor", "MultiModelPredictor"])
+@pytest.mark.parametrize("case", sorted(CATALOGUE))
+def test_bad_input_fails_or_equals_the_serial_call(case, entry, backend):
+    name, make_input = CATALOGUE[case]
+    estimator, X_bad = FITTED[name], make_input()
+    expected, expected_warnings = _serial(entry, estimator, X_bad)
+    n_rows = len(X_bad)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": max(1, -(-n_rows // 6))}
+    if isinstance(expected, Exception):
+        with pytest.raises(type(expected)):
+            _run(entry, estimator, X_bad, **engine)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _run(entry, estimator, X_bad, **engine)
+    assert_same_output(out, expected)
+    # The serial call's warnings reach the caller too.
+    assert {w.category for w in caught} >= expected_warnings
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunk_size", [10**12, 241, 240])
+def test_chunks_larger_than_the_input(chunk_size):
+    estimator = FITTED["array"]
+    for entry in ("ParallelPredictor", "parallel_predict"):
+        out = _run(entry, estimator, X, n_jobs=2, chunk_size=chunk_size)
+        assert_same_output(out, estimator.predict(X))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "setting, match",
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": -5}, "chunk_size"),
+        ({"chunk_size": 2.5}, "chunk_size"),
+        ({"chunk_size": "big"}, "chunk_size"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"n_jobs": 1.5}, "n_jobs"),
+        ({"n_jobs": "2"}, "n_jobs"),
+        ({"backend": 3}, "backend"),
+        ({"backend": "nope"}, "nope"),
+    ],
+)
+@pytest.mark.parametrize(
+    "entry", ["ParallelPredictor", "parallel_predict", "MultiModelPredictor"]
+)
+def test_invalid_settings_are_refused_even_for_a_small_batch(entry, setting, match):
+    # Ten rows stay in-process under chunk_size="auto": the settings are
+    # still checked.
+    with pytest.raises(ValueError, match=match):
+        _run(entry, FITTED["array"], X[:10], **setting)

@@ -1,0 +1,406 @@
+"""Fault injection: errors, dead workers, interrupts, pickling, nesting, threads.
+
+Every fault is injected where the work really runs in workers (two workers,
+small explicit chunks), for both wrappers and the loky, threading and
+multiprocessing backends. Every test has its own timeout: a hang fails the
+test instead of stalling the suite.
+"""
+
+import _thread
+import contextlib
+import functools
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from pickle import PicklingError
+
+import numpy as np
+import pytest
+from _faulty import (
+    MARK,
+    ChunkError,
+    Faulty,
+    done_calls,
+    inject,
+    max_overlap,
+    running_calls,
+)
+from _helpers import assert_same_output
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from test_parallel_predictor_properties import (
+    METHODS,
+    family_rows,
+    fitted,
+    make_input,
+    serial_or_error,
+)
+
+from sklearn_parpredict import MultiModelPredictor, ParallelPredictor, parallel_predict
+
+BACKENDS = ["loky", "threading", "multiprocessing"]
+PROCESS_BACKENDS = ["loky", "multiprocessing"]
+WRAPPERS = ["ParallelPredictor", "MultiModelPredictor"]
+X, Y = make_classification(n_samples=240, n_features=5, random_state=0)
+ENGINE = {"n_jobs": 2, "chunk_size": 20}
+# A failure must reach the caller within this many seconds.
+PROMPT_S = 10
+_BYSTANDER = LogisticRegression().fit(X, Y)
+
+
+def _marked(rows=(150,)):
+    """X with the marker in ``rows``: the chunks holding them fail."""
+    X_marked = X.copy()
+    X_marked[list(rows), 0] = MARK
+    return X_marked
+
+
+def _wrap(wrapper, estimator, **engine):
+    """``estimator`` in ``wrapper``; a MultiModelPredictor gets a bystander
+    model, so that the faulty model's tasks run among healthy ones."""
+    engine = {**ENGINE, **engine}
+    if wrapper == "ParallelPredictor":
+        return ParallelPredictor(estimator, **engine)
+    return MultiModelPredictor(
+        [(estimator, None, "faulty"), (_BYSTANDER, None, "bystander")], **engine
+    )
+
+
+def _assert_works(model, wrapper):
+    """The wrapper predicts X exactly as its serial run does."""
+    serial = _wrap(wrapper, model.get_params()[_estimator_param(wrapper)], n_jobs=1)
+    assert_same_output(model.predict(X), serial.predict(X))
+
+
+def _estimator_param(wrapper):
+    return "estimator" if wrapper == "ParallelPredictor" else "faulty"
+
+
+# ---------------------------------------------------------------------------
+# An exception in one chunk
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
+    model = _wrap(wrapper, Faulty(LogisticRegression()).fit(X, Y), backend=backend)
+    with pytest.raises(ChunkError, match="^injected failure in a chunk of 20 rows$"):
+        model.predict(_marked())
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exception_in_one_fit_reaches_the_caller(backend):
+    # MultiModelPredictor fits its models in parallel too.
+    model = MultiModelPredictor(
+        [(Faulty(LogisticRegression()), None, "a"), (LogisticRegression(), None, "b")],
+        n_jobs=2,
+        backend=backend,
+    )
+    with pytest.raises(ChunkError, match="injected failure"):
+        model.fit(_marked(), Y)
+    assert_same_output(
+        model.fit(X, Y).predict(X), model.set_params(n_jobs=1).fit(X, Y).predict(X)
+    )
+
+
+# ---------------------------------------------------------------------------
+# A worker process that dies
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "fault, error, match",
+    [
+        ("exit", BrokenProcessPool, r"terminated(.|\n)*EXIT\(3\)"),
+        ("kill", BrokenProcessPool, r"terminated(.|\n)*SIGKILL"),
+        ("memory", MemoryError, "allocate"),
+    ],
+)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_dead_worker_is_a_prompt_error_and_the_next_call_works(
+    wrapper, backend, fault, error, match
+):
+    model = _wrap(
+        wrapper, Faulty(LogisticRegression(), fault).fit(X, Y), backend=backend
+    )
+    start = time.monotonic()
+    with pytest.raises(error, match=match):
+        model.predict(_marked())
+    assert time.monotonic() - start < PROMPT_S
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+def test_forked_workers_survive_the_callers_openmp_threads():
+    # The caller runs OpenMP (GNU libgomp) threads, then the multiprocessing
+    # backend forks workers that use OpenMP too: without care, they wait
+    # forever for threads that were not forked.
+    model = HistGradientBoostingClassifier(max_iter=5).fit(X, Y)
+    expected = model.predict(X)
+    wrapped = ParallelPredictor(model, backend="multiprocessing", **ENGINE)
+    assert_same_output(wrapped.predict(X), expected)
+
+
+# ---------------------------------------------------------------------------
+# KeyboardInterrupt during a long call
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _interrupt_when_running(log_dir):
+    """Interrupt the main thread as soon as a delayed call runs in the block."""
+    leaving = threading.Event()
+
+    def watch():
+        while not running_calls(log_dir):
+            if leaving.wait(0.01):
+                return
+        _thread.interrupt_main()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        leaving.set()
+        thread.join()
+
+
+def _alive(pid):
+    """Whether a process runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
+
+
+def _wait_for(condition, timeout=PROMPT_S):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_keyboard_interrupt_stops_the_work(wrapper, backend, tmp_path):
+    # Every chunk sleeps 2 s: the whole call would take 12 s on two workers.
+    slow = Faulty(LogisticRegression(), "sleep", seconds=2.0, log_dir=str(tmp_path))
+    model = _wrap(wrapper, slow.fit(X, Y), backend=backend)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), _interrupt_when_running(tmp_path):
+        model.predict(_marked(range(len(X))))
+    assert time.monotonic() - start < PROMPT_S
+    interrupted = running_calls(tmp_path)
+    n_started = len(interrupted) + len(done_calls(tmp_path))
+    if backend == "threading":
+        # A thread cannot be killed: the chunks the threads run finish...
+        assert _wait_for(lambda: not running_calls(tmp_path))
+    else:
+        # The worker processes that ran the interrupted chunks are gone...
+        assert _wait_for(lambda: not any(map(_alive, interrupted))), interrupted
+    # ...and no other chunk starts.
+    time.sleep(0.5)
+    assert len(running_calls(tmp_path)) + len(done_calls(tmp_path)) == n_started
+    _assert_works(model, wrapper)
+
+
+# ---------------------------------------------------------------------------
+# Estimators that cannot be pickled
+# ---------------------------------------------------------------------------
+
+
+def _locked():
+    model = LogisticRegression().fit(X, Y)
+    model.lock_ = threading.Lock()
+    return model
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_unpicklable_estimator_is_a_clear_error_or_runs_on_threads(wrapper, backend):
+    model = _wrap(wrapper, _locked(), backend=backend)
+    if backend == "threading":
+        _assert_works(model, wrapper)
+        return
+    with pytest.raises(PicklingError, match="_thread.lock(.|\n)*backend='threading'"):
+        model.predict(X)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_functions_without_an_importable_name_reach_the_workers(backend):
+    # A lambda pickles by value, as joblib's own process backends send it.
+    model = make_pipeline(FunctionTransformer(lambda a: a * 2), LogisticRegression())
+    wrapped = _wrap("ParallelPredictor", model.fit(X, Y), backend=backend)
+    _assert_works(wrapped, "ParallelPredictor")
+
+
+@pytest.mark.timeout(60)
+def test_estimator_defined_in_a_script_reaches_loky_workers(tmp_path):
+    # Classes of a script's (or a notebook's) __main__ cannot be imported by a
+    # fresh worker process: they must travel by value.
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from sklearn.base import BaseEstimator
+            from sklearn_parpredict import parallel_predict
+
+            class Doubler(BaseEstimator):
+                def fit(self, X, y=None):
+                    self.fitted_ = True
+                    return self
+
+                def predict(self, X):
+                    return 2 * X[:, 0]
+
+            if __name__ == "__main__":
+                X = np.arange(200.0).reshape(100, 2)
+                out = parallel_predict(
+                    Doubler().fit(X), X, n_jobs=2, backend="loky", chunk_size=10
+                )
+                assert (out == 2 * X[:, 0]).all()
+                print("ok")
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+    )
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# Nested use
+# ---------------------------------------------------------------------------
+
+
+def _logged(log_dir, seconds=0.05):
+    """A classifier whose every call on marked rows sleeps and is logged."""
+    return Faulty(LogisticRegression(), "sleep", seconds=seconds, log_dir=str(log_dir))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_nested_in_parallel_grid_search(wrapper, tmp_path):
+    X_all = _marked(range(len(X)))
+    model = _wrap(wrapper, _logged(tmp_path), n_jobs=-1, backend=None)
+    grid = {f"{_estimator_param(wrapper)}__seconds": [0.02, 0.05]}
+    search = GridSearchCV(model, grid, cv=2, n_jobs=2).fit(X_all, Y)
+    serial = GridSearchCV(model.set_params(n_jobs=1), grid, cv=2).fit(X_all, Y)
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
+    )
+    # Two search workers, each predicting in-process: never more than two
+    # calls at once on two workers.
+    assert 1 <= max_overlap(done_calls(tmp_path)) <= 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("outer", WRAPPERS)
+def test_wrapper_inside_a_wrapper(outer, tmp_path):
+    inner = _wrap("ParallelPredictor", _logged(tmp_path).fit(X, Y), n_jobs=-1)
+    model = _wrap(outer, inner, n_jobs=2, backend="loky")
+    out = model.predict(_marked(range(len(X))))
+    serial = _wrap(outer, inner, n_jobs=1).predict(_marked(range(len(X))))
+    assert_same_output(out, serial)
+    # Twelve chunks on two workers: the inner wrapper does not fan out again.
+    assert 1 <= max_overlap(done_calls(tmp_path)) <= 2
+
+
+# ---------------------------------------------------------------------------
+# Concurrent calls from several threads
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "backend, chunk_size",
+    [("loky", 20), ("loky", "auto"), ("threading", 20), ("multiprocessing", 20)],
+)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_concurrent_calls_from_threads(wrapper, backend, chunk_size):
+    model = _wrap(wrapper, _BYSTANDER, backend=backend, chunk_size=chunk_size)
+    serial = _wrap(wrapper, _BYSTANDER, n_jobs=1)
+    # Each thread predicts its own rows, so that mixed-up outputs show.
+    batches = [X[i::4] for i in range(4)] * 2
+    with ThreadPoolExecutor(4) as threads:
+        outputs = list(threads.map(model.predict, batches))
+    for batch, out in zip(batches, outputs):
+        assert_same_output(out, serial.predict(batch))
+
+
+# ---------------------------------------------------------------------------
+# Chaos: random estimator, input, backend, chunking and fault
+# ---------------------------------------------------------------------------
+
+
+@st.composite
+def chaos(draw):
+    name, kind, X, container = draw(family_rows(max_rows=120))
+    n_rows = len(X)
+    # Text has no numeric column to carry the marker.
+    faults = ["none"] if kind == "text" or not n_rows else ["none", "raise"]
+    fault = draw(st.sampled_from(faults))
+    if fault != "none":
+        X[draw(st.integers(0, n_rows - 1)), 0] = MARK
+    return {
+        "estimator": inject(fitted(name), fault),
+        "X": make_input(kind, X, container),
+        "entry": draw(st.sampled_from(["ParallelPredictor", "parallel_predict"])),
+        # Processes, threads, and rarely (slow to start) stdlib pools.
+        "backend": draw(
+            st.sampled_from(["loky", "threading"] * 2 + ["multiprocessing"])
+        ),
+        # Mostly small chunks on two workers, so that the rows really are
+        # split: one worker, or "auto" on small inputs, stays in-process.
+        "n_jobs": 2,
+        "chunk_size": draw(st.integers(0, 30).map(lambda n: n or "auto")),
+    }
+
+
+@pytest.mark.timeout(240)
+@given(chaos())
+def test_chaos_equals_serial_or_raises_its_error(scenario):
+    estimator, X = scenario["estimator"], scenario["X"]
+    engine = {k: scenario[k] for k in ("n_jobs", "backend", "chunk_size")}
+    for method in [m for m in METHODS if hasattr(estimator, m)]:
+        expected, error = serial_or_error(estimator, method, X)
+        if scenario["entry"] == "ParallelPredictor":
+            call = getattr(ParallelPredictor(estimator, **engine), method)
+        else:
+            call = functools.partial(
+                parallel_predict, estimator, method=method, **engine
+            )
+        if error is None:
+            assert_same_output(call(X), expected)
+        else:
+            # The injected error carries the failing chunk's size: match its
+            # type and the rest of its message.
+            match = "injected failure" if isinstance(error, ChunkError) else None
+            with pytest.raises(type(error), match=match):
+                call(X)
