@@ -61,6 +61,16 @@ def cluster_for(backend):
     return None
 
 
+def parallel_backend(backend, active):
+    """What to give ``joblib.Parallel`` for the ``backend`` setting.
+
+    The backend instance already made (``active``) on a cluster: joblib 1.6
+    makes the Dask backend from its name with a stray ``nesting_level``
+    keyword that it then passes to every task, which fails.
+    """
+    return active if cluster_for(active) is not None else backend
+
+
 class _Rows:
     """Row chunk carried inside its task.
 

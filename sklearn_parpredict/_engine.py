@@ -198,13 +198,12 @@ def run_jobs(
             if costs is not None:
                 costs[j].add(n - start, timer.wall, timer.cpu)
     else:
-        # A thread plan chosen for a backend left to us runs on threads. A
-        # cluster runs on the backend instance already made: joblib 1.6
-        # passes the Dask backend made from its name a stray keyword that
-        # every task then fails on.
-        run_backend = "threading" if plan.kind != kind else backend
-        if cluster is not None:
-            run_backend = active
+        # A thread plan chosen for a backend left to us runs on threads.
+        run_backend = (
+            "threading"
+            if plan.kind != kind
+            else _distributed.parallel_backend(backend, active)
+        )
         with _planning.Timer() as timer:
             _run_parallel(
                 jobs, plan, costs, done, n_workers, run_backend, verbose, cluster
