@@ -3,16 +3,16 @@
 On a process pool the engine ships models and large inputs through files on
 local shared memory (:mod:`~sklearn_parpredict._sharing`), which a worker on
 another machine cannot open. On a cluster backend a fitted model is instead
-put into the cluster once per fitted state and client, and every task refers
-to it:
+put into the cluster once per fitted state, and tasks carry a small handle
+that each worker process resolves once and caches:
 
-- Dask: the model is scattered to every worker (``broadcast=True``) and tasks
-  take its future; each worker deserialises it once and keeps it in its data
-  store, and the scheduler holds only the key, however many chunks and calls
-  use it.
+- Dask: the model is scattered to every worker (``broadcast=True``); a
+  worker takes it from its own data store, or fetches it from a peer when it
+  has none (a worker that joined later, or whose extra replica Dask's active
+  memory manager dropped). The handle names the key without depending on it,
+  so the scheduler holds only the key, however many chunks and calls use it.
 - Ray: the model is put in the object store once; each pool worker loads it
-  once per call of the backend (joblib's Ray backend starts its actors per
-  call).
+  once (joblib's Ray backend starts its workers on every call).
 
 Row chunks travel inside their task: the scheduler keeps a task's data only
 until the task is done, and a task whose worker dies is run again elsewhere
@@ -71,6 +71,10 @@ def parallel_backend(backend, active):
     return active if cluster_for(active) is not None else backend
 
 
+class ModelLost(RuntimeError):
+    """Every copy of a model in the cluster went with its lost workers."""
+
+
 class _Rows:
     """Row chunk carried inside its task.
 
@@ -85,8 +89,9 @@ class _Rows:
 
 
 def run_carried(task, model, method, rows, *args):
-    """Worker side of a cluster task: ``task`` with the chunk unwrapped."""
-    return task(model, method, rows.rows if isinstance(rows, _Rows) else rows, *args)
+    """Worker side of a cluster task: ``task`` on the model and rows."""
+    rows = rows.rows if isinstance(rows, _Rows) else rows
+    return task(resolve(model), method, rows, *args)
 
 
 class _Shipped:
@@ -118,6 +123,10 @@ class _Shipped:
         with self._lock:
             return key in self._refs
 
+    def forget(self, key: tuple) -> None:
+        with self._lock:
+            self._refs.pop(key, None)
+
 
 _shipped = _Shipped()
 
@@ -131,8 +140,8 @@ class DaskCluster:
     def _key(self, estimator) -> tuple:
         return ("dask", id(self.client), ModelHandle(estimator).token)
 
-    def model(self, estimator):
-        """A future of ``estimator`` that every worker holds."""
+    def model(self, estimator) -> ClusterModel:
+        """A handle of ``estimator``, scattered to every worker."""
 
         def valid(future):
             # A future is lost when every worker that held it died, and
@@ -142,13 +151,38 @@ class DaskCluster:
         def ship():
             return self.client.scatter(estimator, broadcast=True, hash=False)
 
-        return _shipped.get(self._key(estimator), valid, ship)
+        key = self._key(estimator)
+        future = _shipped.get(key, valid, ship)
+        return ClusterModel(key[-1], _fetch_dask, future.key, keep=future)
+
+    def future(self, estimator):
+        """The future of ``estimator`` on the cluster, for Dask graphs.
+
+        A graph that takes the future depends on it: Dask fetches it for
+        every worker that runs a block, and fails the blocks clearly if it
+        is lost.
+        """
+        return self.model(estimator).keep
 
     def shipped(self, estimator) -> bool:
         return self._key(estimator) in _shipped
 
     def rows(self, chunk):
         return _Rows(chunk)
+
+    def run(self, attempt, estimators):
+        """``attempt()``, once more when a lost worker took a model with it.
+
+        Dask runs a lost worker's tasks again by itself, but not a model
+        whose every copy was on lost workers: the tasks that need it fail.
+        The models are then shipped anew for the second attempt.
+        """
+        try:
+            return attempt()
+        except ModelLost:
+            for estimator in estimators:
+                _shipped.forget(self._key(estimator))
+            return attempt()
 
     def warm_up(self, estimators) -> None:
         """Ship the models in the background, for the next call."""
@@ -173,19 +207,22 @@ class RayCluster:
         session = ray.get_runtime_context().get_job_id()
         return ("ray", session, ModelHandle(estimator).token)
 
-    def model(self, estimator):
-        """A handle that pickles to the model's object reference."""
+    def model(self, estimator) -> ClusterModel:
+        """A handle of ``estimator``, put in the object store."""
         import ray
 
         key = self._key(estimator)
         ref = _shipped.get(key, lambda ref: True, lambda: ray.put(estimator))
-        return _RayModel(key[-1], ref)
+        return ClusterModel(key[-1], _fetch_ray, ref)
 
     def shipped(self, estimator) -> bool:
         return self._key(estimator) in _shipped
 
     def rows(self, chunk):
         return chunk
+
+    def run(self, attempt, estimators):
+        return attempt()
 
     def warm_up(self, estimators) -> None:
         # Putting a model in the object store is all there is to warm: Ray's
@@ -194,29 +231,72 @@ class RayCluster:
             self.model(estimator)
 
 
-class _RayModel:
-    """A model in Ray's object store, loaded once per worker process."""
-
-    def __init__(self, token: str, ref):
-        self.token = token
-        self.ref = ref
-
-    def __reduce__(self):
-        return _load_ray_model, (self.token, self.ref)
-
+# -- worker side ---------------------------------------------------------------
 
 _worker_models: OrderedDict[str, object] = OrderedDict()
 _worker_lock = threading.Lock()
 
 
-def _load_ray_model(token: str, ref):
+class ClusterModel:
+    """A model in a cluster, pickled as its token and address.
+
+    A task resolves it (:func:`resolve`) on the worker's task thread, not
+    when the task is unpickled (on the worker's event loop, where waiting
+    for a peer would deadlock). Each worker process resolves a fitted state
+    once: later tasks find it in the worker's cache, whatever the cluster did
+    with its copies meanwhile.
+    """
+
+    def __init__(self, token: str, fetch, address, keep=None):
+        self.token = token
+        self.fetch = fetch
+        self.address = address
+        # What keeps the model alive in the cluster (a Dask future); never
+        # pickled, so that tasks do not depend on it.
+        self.keep = keep
+
+    def __reduce__(self):
+        return ClusterModel, (self.token, self.fetch, self.address)
+
+    def __dask_tokenize__(self):
+        return self.token
+
+
+def _load_model(token: str, fetch, address):
+    """The model under ``token`` in this process, fetched the first time."""
     with _worker_lock:
         model = _worker_models.get(token)
         if model is None:
-            import ray
-
-            model = _worker_models[token] = ray.get(ref)
+            model = _worker_models[token] = fetch(address)
         _worker_models.move_to_end(token)
         while len(_worker_models) > _WORKER_CACHE_SIZE:
             _worker_models.popitem(last=False)
         return model
+
+
+def resolve(model):
+    """The model behind a handle that reached the worker unpickled."""
+    if isinstance(model, ClusterModel):
+        return _load_model(model.token, model.fetch, model.address)
+    return model
+
+
+def _fetch_dask(key):
+    import distributed
+
+    worker = distributed.get_worker()
+    if key in worker.data:  # the replica the scatter broadcast
+        return worker.data[key]
+    client = distributed.get_client()
+    if client.who_has([key]).get(key):
+        return client.gather(distributed.Future(key, client))
+    raise ModelLost(
+        "The fitted model is no longer on the Dask cluster: every worker that "
+        "held it was lost."
+    )
+
+
+def _fetch_ray(ref):
+    import ray
+
+    return ray.get(ref)

@@ -10,6 +10,7 @@ serial call returns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -205,9 +206,14 @@ def run_jobs(
             else _distributed.parallel_backend(backend, active)
         )
         with _planning.Timer() as timer:
-            _run_parallel(
-                jobs, plan, costs, done, n_workers, run_backend, verbose, cluster
+            run = functools.partial(
+                _run_parallel,
+                *(jobs, plan, costs, done, n_workers, run_backend, verbose, cluster),
             )
+            if cluster is None:
+                run()
+            else:
+                cluster.run(run, [job.estimator for job in jobs])
         if costs is not None and not cold_s:
             _planning.learn_overhead(costs, plan, timer.wall)
         if plan.kind == "process":

@@ -39,7 +39,8 @@ def _call_block(block, model, method, columns, params, empty):
         if hasattr(empty, "iloc"):
             return empty.set_axis(block.index[:0], axis=0)
         return empty
-    return getattr(model, method)(_chunking.select_columns(block, columns), **params)
+    X = _chunking.select_columns(block, columns)
+    return getattr(model, method)(X, **params)
 
 
 def _model_ref(estimator):
@@ -47,8 +48,9 @@ def _model_ref(estimator):
 
     With a ``distributed`` client as Dask's scheduler, the model is the
     future that :class:`~sklearn_parpredict._distributed.DaskCluster` keeps,
-    so it is sent to each worker once per fitted state. Otherwise it is one
-    key of the graph, sent once per computation.
+    scattered once per fitted state to every worker, which Dask moves to a
+    worker that lacks it. Otherwise it is one key of the graph, sent once per
+    computation.
     """
     import dask
 
@@ -60,7 +62,7 @@ def _model_ref(estimator):
         except ValueError:  # no client: Dask's local schedulers
             client = None
         if client is not None:
-            return DaskCluster(client).model(estimator)
+            return DaskCluster(client).future(estimator)
     token = ModelHandle(estimator).token
     return dask.delayed(estimator, name=f"sklearn-parpredict-model-{token}")
 

@@ -160,16 +160,16 @@ def test_model_sent_once_per_worker_per_fitted_model(client):
     per_worker = client.run(ce.loads)
     assert len(per_worker) == 2
     # One deserialisation per worker and fitted model: not per chunk or call.
-    assert all(
-        counts == {"m0": 1, "m1": 1} for counts in per_worker.values()
-    ), per_worker
+    assert all(counts == {"m0": 1, "m1": 1} for counts in per_worker.values()), (
+        per_worker
+    )
     # A refitted model is a new fitted state, sent once more.
     models[0].fit(X[:, ::-1], Y)
     ParallelPredictor(models[0], backend="dask", chunk_size=25).predict(X)
     per_worker = client.run(ce.loads)
-    assert all(
-        counts == {"m0": 2, "m1": 1} for counts in per_worker.values()
-    ), per_worker
+    assert all(counts == {"m0": 2, "m1": 1} for counts in per_worker.values()), (
+        per_worker
+    )
 
 
 def test_no_local_shared_memory_files_on_a_cluster(client, monkeypatch):
