@@ -31,7 +31,7 @@ from collections import OrderedDict
 
 from sklearn_parpredict._sharing import ModelHandle, live_tokens
 
-# Fitted models a Ray worker keeps between tasks.
+# Fitted models a worker process keeps between tasks.
 _WORKER_CACHE_SIZE = 8
 
 
