@@ -89,34 +89,25 @@ def _predict(model, X):
 
 
 def _scheduler_memory(client, scheduler, model, X, expected) -> dict:
-    """How much the scheduler's resident memory grew during one call.
-
-    Per chunk count: the peak over the call minus the size just before it.
-    """
+    """The scheduler's peak resident bytes over one call, per chunk count."""
     from sklearn_parpredict import ParallelPredictor
 
     n = len(X)
     out = {"at_rest": scheduler.memory_info().rss, "parpredict": {}, "naive": {}}
-
-    def growth(call) -> int:
-        before = scheduler.memory_info().rss
-        with PeakRSS(process=scheduler) as peak:
-            assert_same(expected, call())
-        return peak.peak - before
-
     for chunks in CHUNKS:
         wrapper = ParallelPredictor(model, backend="dask", chunk_size=-(-n // chunks))
-        out["parpredict"][chunks] = growth(functools.partial(wrapper.predict, X))
+        with PeakRSS(process=scheduler) as peak:
+            assert_same(expected, wrapper.predict(X))
+        out["parpredict"][chunks] = peak.peak
     for chunks in NAIVE_CHUNKS:
         # The usual recipe: the model is an argument of every task.
         size = -(-n // chunks)
         parts = [X[i : i + size] for i in range(0, n, size)]
-
-        def naive(parts=parts):
+        with PeakRSS(process=scheduler) as peak:
             futures = client.map(_predict, [model] * len(parts), parts, pure=False)
-            return np.concatenate(client.gather(futures))
-
-        out["naive"][chunks] = growth(naive)
+            assert_same(expected, np.concatenate(client.gather(futures)))
+            del futures
+        out["naive"][chunks] = peak.peak
     return out
 
 

@@ -462,28 +462,30 @@ def _dask_lines(dask: dict | None) -> list[str]:
     body = [[name, _seconds(t), _ratio(sec["serial"] / t)] for name, t in sec.items()]
     lines += _table(["method", "s per call", "speedup vs serial"], body, "lrr")
     sched = dask["scheduler"]
+    rest = sched["at_rest"]
     lines += [
         "",
-        "Growth of the scheduler's resident memory during one call (peak over "
-        "the call minus the size before it; "
-        f"{sched['at_rest'] / MB:.0f} MiB at rest), by chunks per call. "
-        "parpredict sends the model to each worker once; the usual recipe "
-        "(`client.map(predict, [model] * n, chunks)`) puts it in every task.",
+        "Scheduler's peak resident memory during one call, by chunks per call "
+        f"(at rest: {rest / MB:.0f} MiB). parpredict sends the model to each "
+        "worker once; the usual recipe (`client.map(predict, [model] * n, "
+        "chunks)`) puts it in every task.",
         "",
     ]
     body = [
-        [f"{chunks}", f"{grown / MB:+.0f}", _naive(sched, chunks)]
-        for chunks, grown in sched["parpredict"].items()
+        [f"{chunks}", f"{(peak - rest) / MB:+.0f}", _naive(sched, chunks, rest)]
+        for chunks, peak in sched["parpredict"].items()
     ]
     lines += _table(
-        ["chunks", "parpredict MiB", "model in every task MiB"], body, "rrr"
+        ["chunks", "parpredict MiB vs rest", "model in every task MiB vs rest"],
+        body,
+        "rrr",
     )
     return lines
 
 
-def _naive(sched: dict, chunks) -> str:
-    grown = sched["naive"].get(chunks)
-    return "not run" if grown is None else f"{grown / MB:+.0f}"
+def _naive(sched: dict, chunks, rest: int) -> str:
+    peak = sched["naive"].get(chunks)
+    return "not run" if peak is None else f"{(peak - rest) / MB:+.0f}"
 
 
 def plot(results: dict, path: Path) -> None:
