@@ -102,8 +102,9 @@ def _backend(n_jobs, backend):
         if backend is None and (nested or _distributed.in_worker()):
             return active, 1
         # Counting usable cores reads cgroup files: remember it per setting.
+        # A cluster's workers come and go: ask it every time.
         key = (type(active), n_jobs, default_n_jobs)
-        if key not in _n_workers:
+        if key not in _n_workers or _distributed.cluster_for(active):
             _n_workers[key] = joblib.effective_n_jobs(n_jobs)
         return active, _n_workers[key]
 

@@ -209,6 +209,9 @@ def test_nested_in_a_dask_task_stays_in_process(client):
         return _backend(-1, None)[1]
 
     assert client.submit(workers_seen, pure=False).result() == 1
+    # From the client, the cluster's cores: asked each time, as workers come
+    # and go.
+    assert _backend(-1, "dask")[1] == 2
 
 
 @pytest.mark.timeout(150)
