@@ -270,6 +270,19 @@ def test_dask_array_gives_lazy_array_with_right_chunks(client):
     )
 
 
+@settings(max_examples=8)
+@given(
+    sizes=st.lists(st.integers(0, 100), min_size=1, max_size=6).filter(any),
+    method=st.sampled_from(["predict", "predict_proba"]),
+)
+def test_any_row_chunks_of_a_dask_array_equal_serial(client, sizes, method):
+    n = sum(sizes)
+    dX = da.from_array(X[:n], chunks=(tuple(sizes), (X.shape[1],)))
+    lazy = getattr(ParallelPredictor(_FOREST), method)(dX)
+    assert lazy.chunks[0] == dX.chunks[0]
+    assert_same_output(lazy.compute(), getattr(_FOREST, method)(X[:n]))
+
+
 def test_dask_dataframe_gives_lazy_output_and_keeps_the_index(client):
     forest = _fitted(RandomForestClassifier(n_estimators=5, random_state=0), True)
     ddf = dd.from_pandas(FRAME, npartitions=4)
