@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from numbers import Integral
 
 import numpy as np
@@ -41,11 +42,17 @@ from sklearn_parpredict._parallel_predictor import (
     is_fitted,
     validate_engine_params,
 )
+from sklearn_parpredict._sharing import ModelHandle
 
 try:  # scikit-learn >= 1.7
     from sklearn.utils._repr_html.estimator import _VisualBlock
 except ImportError:  # pragma: no cover - scikit-learn 1.6
     from sklearn.utils._estimator_html_repr import _VisualBlock
+
+
+# Per predictor, its in-process copy for Dask inputs and the fitted state it
+# was made for.
+_in_process_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit_one(estimator, X, y):
@@ -542,6 +549,21 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
 
     # -- prediction ----------------------------------------------------------
 
+    def _in_process(self):
+        """This predictor running in-process, the same object per fitted state.
+
+        Each block of a Dask input is one task: the models run one after the
+        other in it. Keeping one copy per fitted state lets a cluster receive
+        it once, not once per call.
+        """
+        token = ModelHandle(self).token
+        cached = _in_process_copies.get(self)
+        if cached is None or cached[0] != token:
+            in_process = copy.copy(self)
+            in_process.n_jobs = 1
+            cached = _in_process_copies[self] = (token, in_process)
+        return cached[1]
+
     def predict(self, X):
         """Predict with every model, in parallel over models and row chunks.
 
@@ -566,11 +588,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         if _lazy.is_collection(X):
             self._fitted()
             validate_engine_params(self, self._parameter_constraints)
-            # Each block is one task of Dask's: the models run one after the
-            # other in it, in the worker.
-            in_process = copy.copy(self)
-            in_process.n_jobs = 1
-            return _lazy.call(in_process, "predict", X)
+            return _lazy.call(self._in_process(), "predict", X)
         X, _, targets, _, outputs = self._run("predict", X)
         columns = []
         for target, out in zip(targets, outputs):

@@ -312,6 +312,15 @@ def test_multi_model_predictor_with_dask_dataframe_is_lazy(client):
     assert isinstance(lazy, dd.DataFrame)
     assert list(lazy.columns) == ["genre", "language"]
     assert_same_output(lazy.compute(), model.predict(books))
+    # The models go to the cluster once per fitted state, not per call.
+    assert model._in_process() is model._in_process()
+    positional = MultiModelPredictor(
+        [(Ridge(), [0, 1], "a"), (DecisionTreeClassifier(), [2, 3], "b")]
+    ).fit(X, np.column_stack([X[:, 5], Y]))
+    dX = da.from_array(X, chunks=(250, 3))
+    lazy = positional.predict(dX)
+    assert lazy.chunks == ((250, 250, 100), (2,))
+    assert_same_output(lazy.compute(), positional.predict(X))
     probas = model.predict_proba(dd.from_pandas(books, npartitions=3))
     for lazy, serial in zip(probas, model.predict_proba(books)):
         assert isinstance(lazy, da.Array)
