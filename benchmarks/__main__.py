@@ -29,6 +29,7 @@ DISTRIBUTIONS = {
     "sklearn-parpredict": "sklearn-parpredict",
     "pandas": "pandas",
     "dask": "dask",
+    "distributed": "distributed",
     "dask-ml": "dask-ml",
 }
 

@@ -177,7 +177,9 @@ def memory(model_path: str, X_path: str) -> dict:
 
 def main(argv: list[str]) -> None:
     kind, kwargs = argv[0], json.loads(argv[1])
-    result = {"repeated": repeated, "memory": memory}[kind](**kwargs)
+    from benchmarks._dask import measure as dask
+
+    result = {"repeated": repeated, "memory": memory, "dask": dask}[kind](**kwargs)
     print(json.dumps(result, default=lambda o: o.item() if np.isscalar(o) else o))
 
 

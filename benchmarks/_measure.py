@@ -138,15 +138,17 @@ def tree_rss(process: psutil.Process | None = None) -> int:
 
 
 class PeakRSS:
-    """Peak resident memory of this process and its children over a block.
+    """Peak resident memory of a process and its children over a block.
 
-    A background thread samples every ``interval`` seconds; workers that
-    start and end inside the block are caught as long as they live for at
-    least a sample.
+    The process is this one unless given (a Dask scheduler, ...). A
+    background thread samples every ``interval`` seconds; workers that start
+    and end inside the block are caught as long as they live for at least a
+    sample.
     """
 
-    def __init__(self, interval: float = 0.005):
+    def __init__(self, interval: float = 0.005, process: psutil.Process | None = None):
         self.interval = interval
+        self.process = process
         self.peak = 0
 
     def _sample(self):
@@ -155,7 +157,7 @@ class PeakRSS:
             self._stop.wait(self.interval)
 
     def __enter__(self):
-        self._process = psutil.Process()
+        self._process = self.process or psutil.Process()
         self.peak = tree_rss(self._process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -22,7 +22,8 @@ from benchmarks._report import ratios
 REPEATED_CALLS = 20
 REPEATED_ROWS = 10_000
 MEMORY_ROWS = {True: 200_000, False: 1_000_000}
-SECTIONS = ("repeated", "memory")
+ISOLATED = ("repeated", "memory")
+SECTIONS = (*ISOLATED, "dask")
 
 
 def log(message: str) -> None:
@@ -157,8 +158,14 @@ def run(selected: list[str], *, quick: bool, repeats: int) -> dict:
     log(f"wrapper's fixed cost per in-process call: {results['overhead_s']:.2e} s")
     # The isolated sections first, before this process starts any pool.
     results.update(
-        run_isolated_sections([s for s in SECTIONS if s in selected], quick=quick)
+        run_isolated_sections([s for s in ISOLATED if s in selected], quick=quick)
     )
+    if "dask" in selected:
+        log("[dask] LocalCluster of 2 worker processes against loky")
+        with OtherLoad() as other:
+            results["dask"] = run_isolated("dask", quick=quick, repeats=repeats)
+        results["dask"]["other_load"] = other.cores
+        log(f"[dask] {results['dask']}")
     # Start joblib's worker pool now, so that no case's warm-up pays for it.
     joblib.Parallel(n_jobs=N_WORKERS)(
         joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)

@@ -10,6 +10,7 @@ serial call returns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -31,7 +32,7 @@ from sklearn.utils._param_validation import (
 )
 from threadpoolctl import threadpool_limits
 
-from sklearn_parpredict import _chunking, _planning, _threads
+from sklearn_parpredict import _chunking, _distributed, _lazy, _planning, _threads
 from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
@@ -96,17 +97,18 @@ def _backend(n_jobs, backend):
     """The joblib backend instance a call would use, and its worker count.
 
     Inside a joblib worker (the wrapper nested in ``GridSearchCV(n_jobs=2)``
-    or in another wrapper) the outer level already uses the cores: fanning
-    out again would only oversubscribe them, so the call stays in-process
-    unless a backend was named explicitly.
+    or in another wrapper) or a Dask worker's task, the outer level already
+    uses the cores: fanning out again would only oversubscribe them, so the
+    call stays in-process unless a backend was named explicitly.
     """
     active, default_n_jobs = active_backend(backend)
     nested = (getattr(active, "nesting_level", None) or 0) > 0
-    if backend is None and (nested or _threads.in_worker()):
+    if backend is None and (nested or _threads.in_worker() or _distributed.in_worker()):
         return active, 1
-    # Counting usable cores reads cgroup files: remember it per setting.
+    # Counting usable cores reads cgroup files: remember it per setting. A
+    # cluster's workers come and go: ask it every time.
     key = (type(active), n_jobs, default_n_jobs)
-    if key not in _n_workers:
+    if key not in _n_workers or _distributed.cluster_for(active):
         with parallel_config(backend):
             _n_workers[key] = joblib.effective_n_jobs(n_jobs)
     return active, _n_workers[key]
@@ -164,9 +166,15 @@ def run_jobs(
 
     The outputs are in job order; each is what
     ``getattr(job.estimator, job.method)(X, **job.params)`` returns, where
-    ``X`` is ``job.X`` restricted to ``job.columns``.
+    ``X`` is ``job.X`` restricted to ``job.columns``. Dask collections give
+    lazy Dask collections, computed block by block by Dask's scheduler.
     """
     _check_backend(backend)
+    if any(_lazy.is_collection(job.X) for job in jobs):
+        return [
+            _lazy.call(job.estimator, job.method, job.X, job.columns, job.params)
+            for job in jobs
+        ]
     for job in jobs:
         # Fail as the serial call does when the method is missing.
         getattr(job.estimator, job.method)
@@ -189,12 +197,15 @@ def run_jobs(
 
     kind = "thread" if getattr(active, "uses_threads", False) else "process"
     pool_key = (type(active).__name__, n_workers)
+    # Dask and Ray workers may be other machines: models and rows go through
+    # the cluster rather than local files.
+    cluster = _distributed.cluster_for(active)
     # Outputs computed so far, per job, as (start, stop, output).
     done: list[list[tuple[int, int, Any]]] = [[] for _ in jobs]
     costs, plan, cold_s = None, None, 0.0
     if auto:
         costs, plan, cold_s = _auto_plan(
-            jobs, sizes, done, n_workers, kind, backend, pool_key
+            jobs, sizes, done, n_workers, kind, backend, pool_key, cluster
         )
     else:
         ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
@@ -216,9 +227,20 @@ def run_jobs(
                 costs[j].add(n - start, timer.wall, timer.cpu)
     else:
         # A thread plan chosen for a backend left to us runs on threads.
-        run_backend = "threading" if plan.kind != kind else backend
+        run_backend = (
+            "threading"
+            if plan.kind != kind
+            else _distributed.parallel_backend(backend, active)
+        )
         with _planning.Timer() as timer:
-            _run_parallel(jobs, plan, costs, done, n_workers, run_backend, verbose)
+            run = functools.partial(
+                _run_parallel,
+                *(jobs, plan, costs, done, n_workers, run_backend, verbose, cluster),
+            )
+            if cluster is None:
+                run()
+            else:
+                cluster.run(run, [job.estimator for job in jobs])
         _log(
             jobs,
             sizes,
@@ -259,7 +281,7 @@ def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
     return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S
 
 
-def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
+def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=None):
     """Probe the jobs' costs and choose a plan (None: finish in-process).
 
     Returns the costs, the plan and the one-off start-up it pays.
@@ -271,6 +293,11 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
         idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
         cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
         cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
+    if cluster is not None:
+        # A cluster is running already; what a first call pays is shipping
+        # the models it does not hold yet.
+        unshipped = [j.estimator for j in jobs if not cluster.shipped(j.estimator)]
+        cold_s = _planning.COLD_MODEL_S * len(unshipped)
 
     def plan(kind, cold_s=0.0):
         remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
@@ -303,7 +330,10 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key):
         # in the background, for the next call, and finish this one
         # in-process. Otherwise a pool that is never started would never
         # become warm enough to start.
-        _warm_up(jobs, n_workers, backend, pool_key)
+        if cluster is not None:
+            cluster.warm_up(unshipped)
+        else:
+            _warm_up(jobs, n_workers, backend, pool_key)
     return costs, None, 0.0
 
 
@@ -441,7 +471,7 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
     return cost, True
 
 
-def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
+def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=None):
     """Run the planned row ranges on the backend and file their outputs."""
     ranges = plan.ranges
     process = plan.kind == "process"
@@ -451,11 +481,16 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         if not ranges[j]:
             continue
         # Processes get handles that ship the model once per worker and
-        # large dense input through a memory-mapped file.
-        model = ModelHandle(job.estimator) if process else job.estimator
+        # large dense input through a memory-mapped file; a cluster gets its
+        # own reference to the model, and the rows with each task.
+        if cluster is not None:
+            model = cluster.model(job.estimator)
+        else:
+            model = ModelHandle(job.estimator) if process else job.estimator
         X = job.X
         share = (
             process
+            and cluster is None
             and isinstance(X, np.ndarray)
             and not X.dtype.hasobject
             and X.nbytes >= SHARE_MIN_BYTES
@@ -463,9 +498,12 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
         for start, stop in ranges[j]:
-            rows = (
-                ref.rows(start, stop) if share else _chunking.row_slice(X, start, stop)
-            )
+            if share:
+                rows = ref.rows(start, stop)
+            elif cluster is not None:
+                rows = cluster.rows(_chunking.row_slice(X, start, stop))
+            else:
+                rows = _chunking.row_slice(X, start, stop)
             keys.append((j, start, stop))
             tasks.append((model, job.method, rows, job.columns, job.params))
             weights.append((stop - start) * (costs[j].per_row if costs else 1.0))
@@ -477,14 +515,15 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose):
         # workers x threads within the cores.
         cores = os.cpu_count() or 1
         limits = threadpool_limits(limits=max(1, cores // n_workers))
+    function, calls = _run_timed, [tasks[i] for i in order]
+    if cluster is not None:
+        # The worker finds the model behind its reference and the rows in
+        # their carrier.
+        function, calls = _distributed.run_carried, [(_run_timed, *c) for c in calls]
     try:
         with limits:
             outputs = fan_out(
-                _run_timed,
-                [tasks[i] for i in order],
-                n_workers=n_workers,
-                backend=backend,
-                verbose=verbose,
+                function, calls, n_workers=n_workers, backend=backend, verbose=verbose
             )
     finally:
         for array in shared.values():
