@@ -10,7 +10,6 @@ serial call returns.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
@@ -232,14 +231,17 @@ def run_jobs(
             if plan.kind != kind
             else _distributed.parallel_backend(backend, active)
         )
-        with _planning.Timer() as timer:
-            run = functools.partial(
-                _run_parallel,
-                *(jobs, plan, costs, done, n_workers, run_backend, verbose, cluster),
+
+        def run():
+            _run_parallel(
+                jobs, plan, costs, done, n_workers, run_backend, verbose, cluster
             )
+
+        with _planning.Timer() as timer:
             if cluster is None:
                 run()
             else:
+                # Once more, should a lost worker take a model with it.
                 cluster.run(run, [job.estimator for job in jobs])
         _log(
             jobs,
