@@ -17,7 +17,7 @@ OLDEST_WHEELS := numpy,scipy,pandas,scikit-learn,pyarrow
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dask]"
 	touch $(STAMP)
 
 $(OLDEST)/.installed: pyproject.toml $(OLDEST_PINS)
@@ -29,12 +29,12 @@ $(OLDEST)/.installed: pyproject.toml $(OLDEST_PINS)
 
 # The benchmarks' peers (dask-ml, ...) are heavy: installed only for them.
 $(VENV)/.installed-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dask,bench]"
 	touch $@
 
 # Sphinx and its extensions, for the documentation in docs/.
 $(VENV)/.installed-docs: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dask,docs]"
 	touch $@
 
 demo: $(STAMP)
