@@ -20,6 +20,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
@@ -354,40 +355,46 @@ def _backend_configured() -> bool:
 
 
 def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> None:
-    """Time one chunk alone, then two chunks as large on two threads at once.
+    """Time two chunks on two concurrent threads against the serial cost.
 
-    Timed back to back, the two measurements see the same machine, where a
-    comparison with the cost model would see the machine of its probe.
-    Every output is kept in ``pieces``; the speedup is added to ``cost``,
+    Their outputs are kept in ``pieces``; the speedup is added to ``cost``,
     which keeps the best of its measurements.
     """
     start = _done_rows(pieces)
     rows = n - start
     if cost.per_row > 0:
-        wanted = 1.5 * (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
+        wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
         rows = min(rows, int(wanted))
     # Leave at least half of what remains for the plan itself.
-    size = min(rows, (n - start) // 2) // 3
-    if size < 1:
+    rows = min(max(rows, 2), (n - start) // 2)
+    if rows < 2:
         return
-    bounds = [(start + i * size, start + (i + 1) * size) for i in range(3)]
+    half = rows // 2
+    bounds = [(start, start + half), (start + half, start + rows)]
+    outputs: list = [None, None]
+    errors: list = []
+    config = get_config()
+
+    def run(i):
+        try:
+            # Threads do not inherit scikit-learn's thread-local config.
+            with config_context(**config):
+                outputs[i] = job.call(*bounds[i])
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2)):
-        with _planning.Timer() as alone:
-            first = job.call(*bounds[0])
-        with _planning.Timer() as together:
-            rest = _threads.run(job.call, bounds[1:], 2)
-    pieces.extend((a, b, out) for (a, b), out in zip(bounds, [first, *rest]))
-    cost.add(size, alone.wall, alone.cpu)
-    speedup = 2 * alone.wall / max(together.wall, 1e-9)
-    cost.add_thread_speedup(speedup)
-    logger.debug(
-        "%s.%s: two threads ran %s rows each %.2fx as fast as one (best: %.2fx)",
-        type(job.estimator).__name__,
-        job.method,
-        size,
-        speedup,
-        cost.thread_speedup,
-    )
+        with _planning.Timer() as timer:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    if errors:
+        raise errors[0]
+    pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
+    serial_s = cost.seconds(half) + cost.seconds(rows - half)
+    cost.add_thread_speedup(serial_s / max(timer.wall, 1e-9))
 
 
 def _start(piece) -> int:
