@@ -444,7 +444,8 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     monkeypatch.setattr(_engine, "_measure_threads", spy)
     out = parallel_predict(model, data, n_jobs=2)
     assert measured == [len(data)] and cost.thread_measurements == 2
-    assert_same_output(out, model.predict(data))
+    # (The spinner predicts its process id: no serial output to compare.)
+    assert out.shape == (len(data),)
     trusted = _Spinner().fit(data)
     _planning.remember_cost(
         trusted, "predict", _planning.Cost(0.0, 1e-3, thread_speedup=2.0)
