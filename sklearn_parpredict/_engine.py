@@ -20,7 +20,6 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn import config_context, get_config
 from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
@@ -371,27 +370,9 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
         return
     half = rows // 2
     bounds = [(start, start + half), (start + half, start + rows)]
-    outputs: list = [None, None]
-    errors: list = []
-    config = get_config()
-
-    def run(i):
-        try:
-            # Threads do not inherit scikit-learn's thread-local config.
-            with config_context(**config):
-                outputs[i] = job.call(*bounds[i])
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2)):
         with _planning.Timer() as timer:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-    if errors:
-        raise errors[0]
+            outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = cost.seconds(half) + cost.seconds(rows - half)
     cost.add_thread_speedup(serial_s / max(timer.wall, 1e-9))
