@@ -168,6 +168,11 @@ def run_jobs(
     lazy Dask collections, computed block by block by Dask's scheduler.
     """
     _check_backend(backend)
+    if chunk_size == "auto" and len(jobs) == 1 and _known_cheap(jobs[0]):
+        # The common case of a small batch on a model seen before, decided
+        # before anything else: it should cost what the serial call costs.
+        _log(jobs, [len(jobs[0].X)], "in-process: too little work to plan")
+        return [jobs[0].call()]
     if any(_lazy.is_collection(job.X) for job in jobs):
         return [
             _lazy.call(job.estimator, job.method, job.X, job.columns, job.params)
@@ -268,6 +273,15 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
+def _known_cheap(job: Job) -> bool:
+    """Whether ``job`` is a NumPy batch that its remembered cost says is too
+    small to plan (:func:`_too_small`'s answer, in fewer steps)."""
+    if type(job.X) is not np.ndarray:
+        return False
+    cost = _planning.remembered_cost(job.estimator, job.method)
+    return cost is not None and cost.seconds(len(job.X)) < _planning.FAST_SERIAL_S
+
+
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
     """Whether the work is so small that even planning it costs too much.
 
@@ -357,8 +371,19 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     """Time two chunks on two concurrent threads against the serial cost.
 
     Their outputs are kept in ``pieces``; the speedup is added to ``cost``,
-    which keeps the best of its measurements.
+    which keeps the best of its measurements. A low speedup is measured again
+    at once while rows remain: the first tasks of new threads also pay for
+    their first touch of memory, and a busy moment of the machine seldom
+    lasts through two measurements.
     """
+    while cost.wants_thread_measurement() and _measure_threads_once(
+        job, cost, n, pieces
+    ):
+        pass
+
+
+def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:
+    """One measurement; False when too few rows remain to make one."""
     start = _done_rows(pieces)
     rows = n - start
     if cost.per_row > 0:
@@ -367,7 +392,7 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     # Leave at least half of what remains for the plan itself.
     rows = min(max(rows, 2), (n - start) // 2)
     if rows < 2:
-        return
+        return False
     half = rows // 2
     bounds = [(start, start + half), (start + half, start + rows)]
     with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2)):
@@ -376,6 +401,19 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = cost.seconds(half) + cost.seconds(rows - half)
     cost.add_thread_speedup(serial_s / max(timer.wall, 1e-9))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "%s.%s: %d rows on 2 threads took %.3g s against %.3g s serially "
+            "(%.2fx); thread speedup now %.2fx",
+            type(job.estimator).__name__,
+            job.method,
+            rows,
+            timer.wall,
+            serial_s,
+            serial_s / max(timer.wall, 1e-9),
+            cost.thread_speedup,
+        )
+    return True
 
 
 def _start(piece) -> int:

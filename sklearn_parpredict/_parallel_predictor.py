@@ -330,7 +330,9 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     def _run(self, method: str, X, params: dict):
         estimator = self._fitted()
         validate_engine_params(self)
-        if _routing_enabled():
+        # Without parameters there is nothing to route (and routing is costly
+        # next to predicting a few rows).
+        if params and _routing_enabled():
             params = getattr(process_routing(self, method, **params).estimator, method)
         job = Job(estimator, method, X, params=params)
         return run_jobs(

@@ -31,10 +31,11 @@ PROBE_ENOUGH_S = 0.1
 # work releases the GIL, take about this long serially.
 THREAD_PROBE_S = 0.1
 # Another process busy on a core makes threads look as if they held the GIL,
-# never the opposite: a speedup below THREAD_TRUSTED is measured again on a
-# later call, up to THREAD_MEASUREMENTS times in all, and the best is kept.
+# never the opposite: a speedup below THREAD_TRUSTED is measured again, at
+# once while rows remain and on later calls, up to THREAD_MEASUREMENTS times
+# in all, and the best is kept.
 THREAD_TRUSTED = 1.8
-THREAD_MEASUREMENTS = 2
+THREAD_MEASUREMENTS = 3
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Work predicted to take less than this in-process is run in-process without

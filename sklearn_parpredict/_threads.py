@@ -51,7 +51,18 @@ def _pool(n_workers: int) -> ThreadPoolExecutor:
             pool = _pools[n_workers] = ThreadPoolExecutor(
                 n_workers, thread_name_prefix="sklearn-parpredict"
             )
+            _start_threads(pool, n_workers)
         return pool
+
+
+def _start_threads(pool: ThreadPoolExecutor, n_workers: int) -> None:
+    # The executor starts a thread per task only while none is idle: all of
+    # them are started now, each held until all run, so that the first tasks
+    # (the engine's measurement of the speedup of threads) do not pay for
+    # starting threads while timed.
+    everyone = threading.Barrier(n_workers)
+    started = [pool.submit(everyone.wait, _WAKE_S * 10) for _ in range(n_workers)]
+    wait(started)
 
 
 def in_config(config: dict, function: Callable, *args):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -495,3 +496,64 @@ def test_parallel_tasks_refine_a_misjudged_cost(backend):
     # Each task was timed where it ran and taught the cost its real speed.
     assert len(wrong.samples) > 2
     assert wrong.per_row < 0.1
+
+
+class _SlowStart(_Sleeper):
+    """Runs its first two calls from other threads one at a time (as work
+    holding the GIL would), and in parallel afterwards."""
+
+    threaded_calls: list = []
+    one_at_a_time = threading.Lock()
+
+    def predict(self, X):
+        import time
+
+        seconds = 5e-5 * len(X)
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(seconds)
+            return np.asarray(X)[:, 0] * 2
+        self.threaded_calls.append(len(X))
+        if len(self.threaded_calls) <= 2:
+            with self.one_at_a_time:
+                time.sleep(seconds)
+        else:
+            time.sleep(seconds)
+        return np.asarray(X)[:, 0] * 2
+
+
+@pytest.mark.timeout(60)
+def test_a_spoilt_thread_measurement_is_taken_again_in_the_same_call():
+    from sklearn_parpredict import _engine
+
+    _SlowStart.threaded_calls = []
+    data = np.arange(8_000, dtype=float).reshape(-1, 2)
+    model = _SlowStart().fit(data)
+    cost = _planning.Cost(0.0, 5e-5)
+    pieces = []
+    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    # The first two-thread run held the GIL; the second, at once, did not.
+    assert cost.thread_measurements == 2
+    assert cost.thread_speedup > 1.4
+    bounds = sorted((a, b) for a, b, _ in pieces)
+    assert bounds[0][0] == 0 and all(
+        b == c for (_, b), (c, _) in zip(bounds, bounds[1:])
+    )
+    for a, b, out in pieces:
+        np.testing.assert_array_equal(out, data[a:b, 0] * 2)
+    # Half of what remained was left to the plan each time.
+    assert bounds[-1][1] <= 3 * len(data) // 4
+
+
+def test_a_small_numpy_batch_of_a_known_cheap_model_skips_planning():
+    from sklearn_parpredict import _engine
+
+    model = LogisticRegression().fit(X, Y)
+    assert not _engine._known_cheap(Job(model, "predict", X))  # not seen yet
+    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    assert _engine._known_cheap(Job(model, "predict", X))
+    assert not _engine._known_cheap(Job(model, "predict", list(X)))
+    assert not _engine._known_cheap(Job(model, "predict_proba", X))
+    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-3))
+    assert not _engine._known_cheap(Job(model, "predict", X))  # 0.4 s of work
+    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    assert_same_output(parallel_predict(model, X, n_jobs=2), model.predict(X))

@@ -110,3 +110,10 @@ def test_a_forked_child_gets_threads_of_its_own():
     assert queue.get(timeout=10) == (0, [2, 3])
     child.join(timeout=30)
     assert child.exitcode == 0
+
+
+def test_a_new_pool_starts_all_its_threads_at_once():
+    # Measured tasks must not pay for starting threads.
+    pool = _threads._pool(3)
+    assert len(pool._threads) == 3
+    assert _threads._pool(3) is pool
