@@ -5,6 +5,9 @@ would in a user's process) and then *bound* to a row range, giving a
 zero-argument call that is what gets timed:
 
 ``serial``      the estimator's own call in this process.
+``serial again`` the same, timed as another method: the A/A control, whose
+                ratio to ``serial`` shows how far two medians of one call
+                land apart in a row.
 ``parpredict``  ``ParallelPredictor(model, n_jobs=-1)`` (``MultiModelPredictor``
                 for several models), default ``chunk_size="auto"``.
 ``ceiling``     the reference: a fork pool started once *after* the model and
@@ -95,6 +98,13 @@ class Serial(Method):
     def bind(self, start, stop):
         X = rows(self.work.X, start, stop)
         return lambda: self.work.serial(X)
+
+
+class SerialAgain(Serial):
+    """The serial call once more, timed as a method of its own: the A/A
+    control. Its ratio to ``serial`` is the noise of a ratio in this row."""
+
+    name = "serial again"
 
 
 class ParPredict(Method):
@@ -243,6 +253,6 @@ class DaskML(Method):
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (Serial, ParPredict, Ceiling, Tutorial, JoblibSplit, DaskML)
+    for cls in (Serial, SerialAgain, ParPredict, Ceiling, Tutorial, JoblibSplit, DaskML)
 }
 PEERS = ("tutorial", "joblib", "dask-ml")

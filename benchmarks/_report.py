@@ -58,6 +58,8 @@ def ratios(row) -> dict[str, float]:
     ours = _t(row, "parpredict")
     out = {
         "speedup": _t(row, "serial") / ours,
+        # Two medians of the same call: the noise floor of every ratio.
+        "aa": _t(row, "serial") / _t(row, "serial again"),
         "of_ceiling": _t(row, "ceiling") / ours,
     }
     for peer in PEERS:
@@ -137,6 +139,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                     for r in capped
                 )
             )
+    controls = [q["aa"] for _, q in table if not math.isnan(q["aa"])]
+    if controls:
+        figure += (
+            f"; A/A control (the serial call against itself, same rows): "
+            f"{_ratio(min(controls))} to {_ratio(max(controls))}"
+        )
     found.append(
         (
             f"Every estimator and size >= {MIN_SPEEDUP}x of serial",
@@ -292,6 +300,8 @@ def markdown(results: dict, plot_name: str) -> str:
         "## Methods",
         "",
         "- **serial**: the estimator's own call.",
+        "- **serial again**: the same call, timed as a seventh method (the A/A "
+        "control): how far apart two medians of one call land in a row.",
         "- **parpredict**: `ParallelPredictor(model, n_jobs=-1)` "
         '(`MultiModelPredictor` for `multi`), `chunk_size="auto"`; one wrapper '
         "per case, reused across rows.",
@@ -351,6 +361,9 @@ def markdown(results: dict, plot_name: str) -> str:
         "## Results",
         "",
         "Seconds per call (medians). *speedup*: serial / parpredict. "
+        "*A/A*: serial / the same serial call timed as another method in the "
+        "same interleaved samples; its distance from 1.00x is the noise of "
+        "the row's ratios. "
         "*of ceiling*: parpredict's speedup as a share of the ceiling's "
         "(ceiling s / parpredict s). *vs peer*: peer s / parpredict s "
         "(above 1.00x: parpredict is faster). *other load*: cores kept busy "
@@ -364,6 +377,7 @@ def markdown(results: dict, plot_name: str) -> str:
         "rows",
         *(f"{c} s" for c in COLUMNS),
         "speedup",
+        "A/A",
         "of ceiling",
         *(f"vs {p}" for p in PEERS),
         "other load",
@@ -381,7 +395,7 @@ def markdown(results: dict, plot_name: str) -> str:
         mark = " †" if other > BUSY_CORES else ""
         cells = [row["case"], f"{row['rows']:,}{mark}"]
         cells += [_seconds(_t(row, c)) for c in COLUMNS]
-        cells += [_ratio(q["speedup"]), _pct(q["of_ceiling"])]
+        cells += [_ratio(q["speedup"]), _ratio(q["aa"]), _pct(q["of_ceiling"])]
         cells += [_ratio(q[p]) for p in PEERS]
         cells.append(f"{other:.2f}")
         body.append(cells)
