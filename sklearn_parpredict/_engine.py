@@ -400,19 +400,19 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
             outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = cost.seconds(half) + cost.seconds(rows - half)
-    cost.add_thread_speedup(serial_s / max(timer.wall, 1e-9))
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug(
-            "%s.%s: %d rows on 2 threads took %.3g s against %.3g s serially "
-            "(%.2fx); thread speedup now %.2fx",
-            type(job.estimator).__name__,
-            job.method,
-            rows,
-            timer.wall,
-            serial_s,
-            serial_s / max(timer.wall, 1e-9),
-            cost.thread_speedup,
-        )
+    speedup = serial_s / max(timer.wall, 1e-9)
+    cost.add_thread_speedup(speedup)
+    logger.debug(
+        "%s.%s: %d rows on 2 threads took %.3g s against %.3g s serially "
+        "(%.2fx); thread speedup now %.2fx",
+        type(job.estimator).__name__,
+        job.method,
+        rows,
+        timer.wall,
+        serial_s,
+        speedup,
+        cost.thread_speedup,
+    )
     return True
 
 
