@@ -186,15 +186,29 @@ _entries: dict[int, _Entry] = {}
 _strong: OrderedDict[int, object] = OrderedDict()
 
 
-def _forget(key: int) -> None:
+# Entries of models the garbage collector has taken. A weakref callback runs
+# inside whatever allocation set off the collection, even one in a loop over
+# ``_entries`` that holds the (reentrant) lock, so it only queues the entry.
+_collected: list[tuple[int, _Entry]] = []
+
+
+def _forget(key: int, entry: _Entry | None = None) -> None:
     with _lock:
-        entry = _entries.pop(key, None)
+        if entry is None or _entries.get(key) is entry:
+            entry = _entries.pop(key, None)
         if entry is not None:
             entry.close()
 
 
+def _forget_collected() -> None:
+    with _lock:
+        while _collected:
+            _forget(*_collected.pop())
+
+
 def live_tokens() -> frozenset[str]:
     with _lock:
+        _forget_collected()
         return frozenset(entry.token for entry in _entries.values())
 
 
@@ -257,6 +271,7 @@ class ModelHandle:
         fp, keep = fingerprint(model)
         key = id(model)
         with _lock:
+            _forget_collected()
             entry = _entries.get(key)
             alive = entry is not None and (entry.ref is None or entry.ref() is model)
             if not (alive and entry.fp == fp):
@@ -264,7 +279,10 @@ class ModelHandle:
                     entry.close()
                 entry = _Entry(fp, keep)
                 try:
-                    entry.ref = weakref.ref(model, lambda _, key=key: _forget(key))
+                    entry.ref = weakref.ref(
+                        model,
+                        lambda _, key=key, entry=entry: _collected.append((key, entry)),
+                    )
                 except TypeError:
                     # Not weak-referenceable: keep it alive, and bound how
                     # many such models are kept.

@@ -1,13 +1,24 @@
 """Shared arrays: each task's rows written once, as the task is sent."""
 
+import gc
+import os
 import pickle
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sklearn.base import BaseEstimator
 
-from sklearn_parpredict._sharing import SharedArray, _merge, _missing, resolve
+from sklearn_parpredict import _sharing
+from sklearn_parpredict._sharing import (
+    ModelHandle,
+    SharedArray,
+    _merge,
+    _missing,
+    live_tokens,
+    resolve,
+)
 
 
 @pytest.mark.parametrize(
@@ -91,3 +102,54 @@ def test_rows_of_a_closed_input_are_not_written_again():
     with pytest.raises(RuntimeError, match="has ended"):
         pickle.dumps(shared.rows(5, 10))
     assert shared._path is None
+
+
+class _Bare(BaseEstimator):
+    """A stand-in for a fitted model."""
+
+
+def test_a_model_collected_while_the_live_tokens_are_listed_is_forgotten_later():
+    # loky pickles tasks on a feeder thread: a garbage collection set off
+    # there, inside the loop over the entries, runs the weakref callbacks of
+    # dead models in the middle of that loop.
+    doomed = [_Bare()]
+    doomed_handle = ModelHandle(doomed[0])
+    token, path = doomed_handle.token, doomed_handle._entry.path
+    del doomed_handle  # the list holds the model's last reference
+    kept = _Bare()
+    kept_handle = ModelHandle(kept)
+
+    class _DiesOnRead(_sharing._Entry):
+        @property
+        def token(self):
+            doomed.clear()  # the model's weakref callback runs here
+            return self.__dict__["token"]
+
+    entry = kept_handle._entry
+    entry.__class__ = _DiesOnRead
+    try:
+        assert kept_handle.token in live_tokens()
+    finally:
+        entry.__class__ = _sharing._Entry
+    gc.collect()
+    # The next call drops the dead model's entry and its file.
+    assert live_tokens() >= {kept_handle.token}
+    assert token not in live_tokens()
+    assert not os.path.exists(path)
+
+
+def test_a_stale_collection_notice_does_not_forget_a_newer_model_at_that_id():
+    first = _Bare()
+    key = id(first)
+    old = ModelHandle(first)._entry
+    # A collected model's id can be reused before the queue is drained.
+    _sharing._collected.append((key, old))
+    second = _Bare()
+    _sharing._entries[key] = new = _sharing._Entry(None, None)
+    try:
+        _sharing._forget_collected()
+        assert _sharing._entries.get(key) is new
+        assert old.path is None
+    finally:
+        _sharing._forget(key)
+        del first, second
