@@ -274,12 +274,10 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
 
 
 def _known_cheap(job: Job) -> bool:
-    """Whether ``job`` is a NumPy batch that its remembered cost says is too
-    small to plan (:func:`_too_small`'s answer, in fewer steps)."""
-    if type(job.X) is not np.ndarray:
-        return False
-    cost = _planning.remembered_cost(job.estimator, job.method)
-    return cost is not None and cost.seconds(len(job.X)) < _planning.FAST_SERIAL_S
+    """Whether ``job`` is a NumPy batch too small to plan, answered before
+    any other step (the common case of small batches called in a loop)."""
+    X = job.X
+    return type(X) is np.ndarray and X.ndim > 0 and _too_small([job], [len(X)])
 
 
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
