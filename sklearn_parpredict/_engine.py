@@ -337,6 +337,11 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
     if plans:
         best = min(plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"))
+        warm = cold_s and best.kind != kind and plan(kind)
+        if warm and warm.seconds < best.seconds * (1 - _planning.WARM_UP_GAIN):
+            # Threads win only while the workers are cold: start them in the
+            # background, so that later calls can take the faster plan.
+            _warm_up(jobs, n_workers, backend, pool_key)
         return costs, best, cold_s * (best.kind == "process")
     if cold_s and plan(kind):
         # Only the one-off start of the workers stands in the way: start them

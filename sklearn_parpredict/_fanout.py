@@ -17,14 +17,18 @@ import threading
 import warnings
 
 import joblib
-from joblib._parallel_backends import MultiprocessingBackend, ThreadingBackend
+from joblib._parallel_backends import (
+    LokyBackend,
+    MultiprocessingBackend,
+    ThreadingBackend,
+)
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 from joblib.parallel import get_active_backend
 from sklearn import get_config
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from sklearn_parpredict import _threads
+from sklearn_parpredict import _loky, _threads
 
 
 def parallel_config(backend):
@@ -95,7 +99,18 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         )
     # scikit-learn's Parallel carries the caller's config to the workers.
     runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
-    results = runner(delayed(_recording_warnings)(function, *task) for task in tasks)
+    # On loky, the tasks go to the executor that joblib configures, and the
+    # caller waits on them rather than polling. (joblib's progress report,
+    # verbose, needs joblib's loop.)
+    direct = type(active) is LokyBackend and not verbose
+    with runner if direct else contextlib.nullcontext():
+        if direct and _loky.usable(runner):
+            tasks = [(function, *task) for task in tasks]
+            results = _loky.run(runner, _recording_warnings, tasks)
+        else:
+            results = runner(
+                delayed(_recording_warnings)(function, *task) for task in tasks
+            )
     _warn_again(caught for _, caught in results)
     return [out for out, _ in results]
 

@@ -9,10 +9,17 @@ the process, and the caller wakes as soon as the last task is done.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Future,
+    ThreadPoolExecutor,
+    wait,
+)
 
 from sklearn import config_context, get_config
 
@@ -94,19 +101,65 @@ def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
         return [function(*task) for task in tasks]
     pool = _pool(n_workers)
     config = get_config()
-    futures = [pool.submit(_run, config, function, task) for task in tasks]
+    return gather(lambda task: pool.submit(_run, config, function, task), tasks)
+
+
+def gather(
+    submit: Callable[[tuple], Future],
+    tasks: list[tuple],
+    *,
+    window: int | None = None,
+    abort: Callable[[list[Future]], None] | None = None,
+) -> list:
+    """Submit ``tasks`` and return their results in order, woken as soon as
+    they are all done.
+
+    Parameters
+    ----------
+    submit : callable
+        Hands one task to an executor and returns its future.
+    tasks : list of tuple
+        The tasks, in order.
+    window : int, default=None
+        Most tasks submitted and not finished at once; None submits them all
+        at once.
+    abort : callable, default=None
+        Called with the submitted futures when the call fails while some of
+        them are not finished; it must stop them all. Without it the futures
+        not started are cancelled and those started run to their end.
+
+    Returns
+    -------
+    results : list
+        The tasks' results. A task's exception is raised as it is (the first
+        in task order when several failed), as is an interrupt of the caller.
+    """
+    futures: list[Future] = []
+    queued = iter(tasks)
     try:
-        # Woken at once when the tasks are done; the timeout only bounds how
-        # long an interrupt of the caller (Ctrl-C) waits to be seen.
-        pending = futures
-        while pending:
-            done, pending = wait(pending, _WAKE_S, FIRST_EXCEPTION)
+        unfinished = set()
+        more = window or len(tasks)
+        while True:
+            for task in itertools.islice(queued, more):
+                futures.append(submit(task))
+                unfinished.add(futures[-1])
+            if not unfinished:
+                break
+            # The timeout only bounds how long an interrupt of the caller
+            # (Ctrl-C) waits to be seen.
+            idle = FIRST_COMPLETED if len(futures) < len(tasks) else FIRST_EXCEPTION
+            done, unfinished = wait(unfinished, _WAKE_S, idle)
             if any(future.exception() is not None for future in done):
                 break
+            more = len(done)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             raise failed[0].exception()
         return [future.result() for future in futures]
-    finally:
-        for future in futures:
-            future.cancel()
+    except BaseException:
+        if abort is not None and not all(future.done() for future in futures):
+            abort(futures)
+        else:
+            for future in futures:
+                future.cancel()
+        raise

@@ -332,6 +332,31 @@ def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads
     assert (out == os.getpid()).all() == on_threads
 
 
+@pytest.mark.timeout(120)
+def test_cold_workers_that_would_beat_threads_are_started_for_later_calls():
+    import threading
+
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((20_000, 2))  # about 0.2 s serially
+    model = _Spinner().fit(data)
+    # Threads pay (1.5x) but processes would do better (2x) once started.
+    cost = _planning.Cost(
+        0.0,
+        1e-5,
+        thread_speedup=1.5,
+        thread_measurements=_planning.THREAD_MEASUREMENTS,
+    )
+    _planning.remember_cost(model, "predict", cost)
+    _engine._pool_last_used.clear()
+    assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    for thread in threading.enumerate():
+        if thread.name == "sklearn-parpredict-warm-up":
+            thread.join(60)
+    assert ("LokyBackend", 2) in _engine._pool_last_used
+    assert (parallel_predict(model, data, n_jobs=2) != os.getpid()).all()
+
+
 def test_cost_refines_with_samples_and_learns_overhead():
     cost = _planning.fit_cost([(100, 0.011, 0.011)])
     for rows in (400, 1600, 6400):

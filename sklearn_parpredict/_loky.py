@@ -1,0 +1,112 @@
+"""Tasks on joblib's loky workers, waited on rather than polled.
+
+joblib's ``Parallel`` looks for finished tasks every 10 ms. Measured on 2
+cores with two 50 ms tasks on a warm pool, a call through ``Parallel`` added
+4.1 ms, against 1.3 ms when the same tasks went to the same executor and the
+caller waited on their futures: about 3 ms saved on every process call, 3% of
+a 100 ms call.
+
+The executor is the one ``Parallel`` configures for these settings, taken
+from inside its context: the same reused workers, the same environment
+(``inner_max_num_threads``), the same memory-mapping of large arrays in
+tasks, and the same nested backend inside the workers. What ``Parallel``
+would do when a call fails is done here too: the tasks not started are
+cancelled, and workers still busy with the failed call's tasks are stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+from joblib import parallel_config
+from joblib._parallel_backends import LokyBackend
+from sklearn import get_config
+
+from sklearn_parpredict import _threads
+
+# Longest wait for loky to take the tasks of a failed call before it aborts.
+_SETTLE_S = 1.0
+
+
+def usable(runner) -> bool:
+    """Whether the entered ``Parallel`` ``runner`` runs on a loky executor.
+
+    It does not when joblib fell back to running in the caller (one worker,
+    a daemon process, or a call below threads).
+    """
+    backend = runner._backend
+    return (
+        type(backend) is LokyBackend and getattr(backend, "_workers", None) is not None
+    )
+
+
+def run(runner, function: Callable, tasks: list[tuple]) -> list:
+    """``[function(*task) for task in tasks]`` on the workers of ``runner``.
+
+    ``runner`` is a ``joblib.Parallel`` entered as a context manager, for
+    which :func:`usable` is true. The outputs are in task order; the first
+    task's exception, or the error of a worker that died, is raised as is.
+    """
+    backend = runner._backend
+    executor = backend._workers
+    nested = backend.get_nested_backend()
+    config = get_config()
+
+    def set_context():
+        # Large arrays in a task are memory-mapped into this call's folder,
+        # which the context's end removes. Chosen as the task is pickled, as
+        # joblib does: concurrent calls share the executor.
+        executor._temp_folder_manager.set_current_context(runner._id)
+
+    # No more tasks in flight than loky's call queue holds (one per worker
+    # and one more): a task waits there, ready for the next free worker, and
+    # none waits in the queue in front of it, whose items loky's abort loses
+    # track of (a KeyError in its manager thread).
+    return _threads.gather(
+        lambda task: executor.submit(
+            _Task(set_context, config, nested, function, *task)
+        ),
+        tasks,
+        window=executor._max_workers + 1,
+        abort=lambda futures: _abort(backend, futures),
+    )
+
+
+def _abort(backend, futures) -> None:
+    """Stop the workers running the tasks of a failed call, as joblib does,
+    rather than leave them busy; the next call starts new ones."""
+    # The tasks just submitted are moved into the call queue at once (it has
+    # room for them): wait for that, since loky cannot abort them before.
+    deadline = time.monotonic() + _SETTLE_S
+    while time.monotonic() < deadline and any(
+        not (future.running() or future.done()) for future in futures
+    ):
+        time.sleep(0.001)
+    if not all(future.done() for future in futures):
+        backend.abort_everything(ensure_ready=False)
+
+
+class _Task:
+    """One task; it names its call's temporary folder when it is pickled."""
+
+    def __init__(self, set_context, config, nested, function, *args):
+        self._set_context = set_context
+        self._args = (config, nested, function, args)
+
+    def __call__(self):
+        return _in_worker(*self._args)
+
+    def __reduce__(self):
+        self._set_context()
+        return functools.partial, (_in_worker, *self._args)
+
+
+def _in_worker(config: dict, nested: tuple, function: Callable, task: tuple):
+    # What joblib's batches and scikit-learn's Parallel set around a task:
+    # the nested backend (so that a wrapper inside a worker does not fan out
+    # again) and the caller's scikit-learn configuration.
+    backend, n_jobs = nested
+    with parallel_config(backend=backend, n_jobs=n_jobs):
+        return _threads.in_config(config, function, *task)
