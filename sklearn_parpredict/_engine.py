@@ -338,9 +338,12 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
     if plans:
         best = min(plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"))
         warm = cold_s and best.kind != kind and plan(kind)
-        if warm and warm.seconds < best.seconds * (1 - _planning.WARM_UP_GAIN):
-            # Threads win only while the workers are cold: start them in the
-            # background, so that later calls can take the faster plan.
+        settled = not any(c.wants_thread_measurement() for c in costs)
+        gain = warm and best.seconds - warm.seconds
+        if settled and gain and gain * _planning.PAYBACK_CALLS > cold_s:
+            # Threads win only while the workers are cold, and the workers
+            # would pay for their start within a few calls: start them in
+            # the background, so that later calls can take the faster plan.
             _warm_up(jobs, n_workers, backend, pool_key)
         return costs, best, cold_s * (best.kind == "process")
     if cold_s and plan(kind):

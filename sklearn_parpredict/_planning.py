@@ -48,9 +48,10 @@ DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
 # A cold pool of worker processes is started in the background when, once
-# started, it would be predicted at least this much faster than the threads
-# the call takes meanwhile.
-WARM_UP_GAIN = 0.05
+# started, it would save its start-up within this many calls against the
+# threads a call takes meanwhile. (Starting it slows the calls that run
+# meanwhile: a pool that saves 5% of a call is not worth it.)
+PAYBACK_CALLS = 10
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost.
 TASKS_PER_WORKER = 2
