@@ -334,28 +334,29 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
         for job, cost, n, pieces, wanted in zip(jobs, costs, sizes, done, measure):
             if wanted:
                 _measure_threads(job, cost, n, pieces)
+    # Threads never measured (too few rows to measure them) are not guessed.
+    try_threads = try_threads and all(c.thread_speedup is not None for c in costs)
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
-    if plans:
-        best = min(plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"))
-        warm = cold_s and best.kind != kind and plan(kind)
-        settled = not any(c.wants_thread_measurement() for c in costs)
-        gain = warm and best.seconds - warm.seconds
-        if settled and gain and gain * _planning.PAYBACK_CALLS > cold_s:
-            # Threads win only while the workers are cold, and the workers
-            # would pay for their start within a few calls: start them in
-            # the background, so that later calls can take the faster plan.
-            _warm_up(jobs, n_workers, backend, pool_key)
-        return costs, best, cold_s * (best.kind == "process")
-    if cold_s and plan(kind):
-        # Only the one-off start of the workers stands in the way: start them
-        # in the background, for the next call, and finish this one
-        # in-process. Otherwise a pool that is never started would never
-        # become warm enough to start.
-        if cluster is not None:
-            cluster.warm_up(unshipped)
-        else:
-            _warm_up(jobs, n_workers, backend, pool_key)
-    return costs, None, 0.0
+    best = min(
+        plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"), default=None
+    )
+    warm = cold_s and (best is None or best.kind != kind) and plan(kind)
+    if warm:
+        # Only the one-off start of the workers (or the first shipping of
+        # the models) stands in the way of the faster plan. Start them in the
+        # background for the next calls, when they would pay for it within
+        # a few calls like this one: otherwise a pool that is never started
+        # would never become warm enough to start.
+        remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
+        now = best.seconds if best else _planning.serial_seconds(costs, remaining)
+        # (Threads measured low may yet be measured faster.)
+        settled = best is None or not any(c.wants_thread_measurement() for c in costs)
+        if settled and (now - warm.seconds) * _planning.PAYBACK_CALLS > cold_s:
+            if cluster is not None:
+                cluster.warm_up(unshipped)
+            else:
+                _warm_up(jobs, n_workers, backend, pool_key)
+    return costs, best, cold_s * (best is not None and best.kind == "process")
 
 
 def _backend_configured() -> bool:
@@ -397,7 +398,7 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         rows = min(rows, int(wanted))
     # Leave at least half of what remains for the plan itself.
     rows = min(max(rows, 2), (n - start) // 2)
-    if rows < 2:
+    if rows < max(2, 2 * _planning.thread_measurement_rows(cost)):
         return False
     half = rows // 2
     bounds = [(start, start + half), (start + half, start + rows)]

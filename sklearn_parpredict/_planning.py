@@ -36,6 +36,10 @@ THREAD_PROBE_S = 0.1
 # in all, and the best is kept.
 THREAD_TRUSTED = 1.8
 THREAD_MEASUREMENTS = 3
+# Each chunk of a thread measurement spends at least this share of its time
+# on its rows: the fixed cost of a call (a forest's Python loop over its
+# trees) often holds the GIL, and would pass for rows that hold it.
+THREAD_ROW_SHARE = 0.75
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Work predicted to take less than this in-process is run in-process without
@@ -48,9 +52,10 @@ DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
 # A cold pool of worker processes is started in the background when, once
-# started, it would save its start-up within this many calls against the
-# threads a call takes meanwhile. (Starting it slows the calls that run
-# meanwhile: a pool that saves 5% of a call is not worth it.)
+# started, it would save its start-up within this many calls like the one
+# that runs in-process or on threads meanwhile. (Starting it slows the calls
+# that run meanwhile: a pool that saves a few percent of a call is not worth
+# it, and its plan may be wrong by as much.)
 PAYBACK_CALLS = 10
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost.
@@ -134,6 +139,14 @@ class Cost:
         # two-thread measurement, scales; the rest does not.
         free = min(max(2.0 * (1.0 - 1.0 / self.thread_speedup), 0.0), 1.0)
         return 1.0 / ((1.0 - free) + free / n_workers)
+
+
+def thread_measurement_rows(cost: Cost) -> int:
+    """Fewest rows per chunk of a thread measurement of ``cost``."""
+    if cost.per_row <= 0:
+        return 1
+    share = THREAD_ROW_SHARE / (1.0 - THREAD_ROW_SHARE)
+    return max(1, math.ceil(share * cost.per_call / cost.per_row))
 
 
 def _band(rows: float) -> int:
@@ -256,6 +269,11 @@ def can_pay(
     return (fixed + total / n_workers) * MIN_GAIN <= serial_s and total > 0
 
 
+def serial_seconds(costs: list[Cost], remaining: list[tuple[int, int]]) -> float:
+    """Predicted seconds of the remaining rows in-process."""
+    return sum(c.seconds(b - a) for c, (a, b) in zip(costs, remaining) if b > a)
+
+
 def _serial_and_work(costs, remaining, n_workers: int, kind: str):
     """Rows left per job, their serial seconds, and each job's parallel work.
 
@@ -265,7 +283,7 @@ def _serial_and_work(costs, remaining, n_workers: int, kind: str):
     """
     threads_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
     rows = [stop - start for start, stop in remaining]
-    serial_s = sum(c.seconds(n) for c, n in zip(costs, rows) if n > 0)
+    serial_s = serial_seconds(costs, remaining)
     work = [
         c.per_row
         * n

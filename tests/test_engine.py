@@ -228,14 +228,17 @@ def test_jobs_share_one_fan_out():
 
 
 @pytest.mark.timeout(120)
-def test_cold_pool_is_started_in_the_background():
+@pytest.mark.parametrize("n_rows, started", [(100_000, True), (8_000, False)])
+def test_cold_pool_is_started_in_the_background_when_it_would_soon_pay(n_rows, started):
     import threading
 
     from sklearn_parpredict import _engine
 
     model = LogisticRegression().fit(X, Y)
-    data = np.tile(X, (250, 1))  # 100k rows
-    # Parallel would pay once the pool runs, but not with its start-up.
+    data = np.tile(X, (n_rows // len(X), 1))
+    # Parallel would pay once the pool runs, but not with its start-up; it
+    # would save that start-up within a few calls of 100k rows (1 s each),
+    # not of 8k rows (0.08 s each).
     _planning.remember_cost(model, "predict", _planning.Cost(0.0, 1e-5))
     _engine._pool_last_used.clear()
     got = parallel_predict(model, data, n_jobs=2, backend="loky")
@@ -243,7 +246,7 @@ def test_cold_pool_is_started_in_the_background():
     for thread in threading.enumerate():
         if thread.name == "sklearn-parpredict-warm-up":
             thread.join(60)
-    assert any(key[1] == 2 for key in _engine._pool_last_used)
+    assert any(key[1] == 2 for key in _engine._pool_last_used) == started
 
 
 class _Sleeper(BaseEstimator):
@@ -572,6 +575,30 @@ def test_a_spoilt_thread_measurement_is_taken_again_in_the_same_call():
         np.testing.assert_array_equal(out, data[a:b, 0] * 2)
     # Half of what remained was left to the plan each time.
     assert bounds[-1][1] <= 3 * len(data) // 4
+
+
+def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch):
+    from sklearn_parpredict import _engine, _threads
+
+    data = np.zeros((4_000, 2))
+    model = _Sleeper().fit(data)
+    # Each call costs 0.5 s before its rows (a forest's loop over its trees,
+    # which may hold the GIL): 4,000 rows cannot make chunks that measure
+    # how the rows run on threads.
+    costly_calls = _planning.Cost(0.5, 1e-4)
+    pieces = []
+    _engine._measure_threads(Job(model, "predict", data), costly_calls, 4_000, pieces)
+    assert costly_calls.thread_measurements == 0 and not pieces
+    cheap_calls = _planning.Cost(0.0, 1e-4)
+    _engine._measure_threads(Job(model, "predict", data), cheap_calls, 4_000, pieces)
+    assert cheap_calls.thread_measurements >= 1 and pieces
+    # Threads that could not be measured are not guessed: the call never
+    # goes to threads.
+    used = []
+    monkeypatch.setattr(_threads, "run", lambda *args: used.append(args))
+    _planning.remember_cost(model, "predict", _planning.Cost(0.5, 1e-4))
+    out = parallel_predict(model, data, n_jobs=2)
+    assert out.shape == (len(data),) and not used
 
 
 def test_a_small_numpy_batch_of_a_known_cheap_model_skips_planning():
