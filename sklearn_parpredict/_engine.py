@@ -343,15 +343,15 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
     if warm:
         # Only the one-off start of the workers (or the first shipping of
-        # the models) stands in the way of the faster plan. Start them in the
-        # background for the next calls, when they would pay for it within
-        # a few calls like this one: otherwise a pool that is never started
-        # would never become warm enough to start.
+        # the models) stands in the way of a plan clearly faster than this
+        # call's: start them in the background, for the next calls.
+        # Otherwise a pool that is never started would never become warm
+        # enough to start.
         remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
         now = best.seconds if best else _planning.serial_seconds(costs, remaining)
         # (Threads measured low may yet be measured faster.)
         settled = best is None or not any(c.wants_thread_measurement() for c in costs)
-        if settled and (now - warm.seconds) * _planning.PAYBACK_CALLS > cold_s:
+        if settled and now >= warm.seconds * _planning.MIN_GAIN:
             if cluster is not None:
                 cluster.warm_up(unshipped)
             else:
@@ -383,10 +383,12 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     their first touch of memory, and a busy moment of the machine seldom
     lasts through two measurements.
     """
-    while cost.wants_thread_measurement() and _measure_threads_once(
-        job, cost, n, pieces
-    ):
-        pass
+    for _ in range(_planning.THREAD_MEASUREMENTS_PER_CALL):
+        if not (
+            cost.wants_thread_measurement()
+            and _measure_threads_once(job, cost, n, pieces)
+        ):
+            return
 
 
 def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:

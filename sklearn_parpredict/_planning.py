@@ -33,9 +33,13 @@ THREAD_PROBE_S = 0.1
 # Another process busy on a core makes threads look as if they held the GIL,
 # never the opposite: a speedup below THREAD_TRUSTED is measured again, at
 # once while rows remain and on later calls, up to THREAD_MEASUREMENTS times
-# in all, and the best is kept.
+# in all and THREAD_MEASUREMENTS_PER_CALL per call, and the best is kept.
+# (On the 2-core machine, about one short two-thread run of SVC in four came
+# out near 1x, at random, and spells of several in a row: measurements are
+# spread over calls.)
 THREAD_TRUSTED = 1.8
-THREAD_MEASUREMENTS = 3
+THREAD_MEASUREMENTS = 5
+THREAD_MEASUREMENTS_PER_CALL = 2
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.
@@ -51,12 +55,6 @@ DISPATCH_S = {"process": 2e-3, "thread": 2e-4}
 # shipping a model to the workers for the first time.
 COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
-# A cold pool of worker processes is started in the background when, once
-# started, it would save its start-up within this many calls like the one
-# that runs in-process or on threads meanwhile. (Starting it slows the calls
-# that run meanwhile: a pool that saves a few percent of a call is not worth
-# it, and its plan may be wrong by as much.)
-PAYBACK_CALLS = 10
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost.
 TASKS_PER_WORKER = 2
