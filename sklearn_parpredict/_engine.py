@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -404,7 +403,7 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         return False
     half = rows // 2
     bounds = [(start, start + half), (start + half, start + rows)]
-    with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2)):
+    with threadpool_limits(limits=max(1, _planning.CORES // 2)):
         with _planning.Timer() as timer:
             outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
@@ -543,7 +542,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
     if not process:
         # Threads share the process's BLAS/OpenMP pools: keep
         # workers x threads within the cores.
-        cores = os.cpu_count() or 1
+        cores = _planning.CORES
         limits = threadpool_limits(limits=max(1, cores // n_workers))
     function, calls = _run_timed, [tasks[i] for i in order]
     if cluster is not None:

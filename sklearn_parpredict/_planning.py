@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 from sklearn_parpredict._chunking import split_bounds
 
+# The machine's cores, read once: os.cpu_count() costs microseconds, and the
+# planner asks on every call.
+CORES = os.cpu_count() or 1
 # First probe size; each next probe is PROBE_GROWTH times larger. Probing
 # stops at the first step of PROBE_MIN_S (after at least two steps, to
 # separate the fixed cost of a call from its cost per row), or at once after a
@@ -171,7 +174,7 @@ def _fit(samples) -> tuple[float, float, float]:
     n = len(samples)
     rows = [float(s[0]) for s in samples]
     wall = [s[1] for s in samples]
-    cores = float(os.cpu_count() or 1)
+    cores = float(CORES)
     threads = min(max(sum(s[2] for s in samples) / max(sum(wall), 1e-9), 1.0), cores)
     mean_rows, mean_wall = sum(rows) / n, sum(wall) / n
     spread = sum((r - mean_rows) ** 2 for r in rows)
@@ -220,7 +223,7 @@ def fit_cost(samples: list[tuple[int, float, float]], estimator=None) -> Cost:
     """A cost line through timed samples ``(rows, wall, cpu)``."""
     cost = Cost(0.0, 0.0)
     if estimator is not None and _openmp_threaded(estimator):
-        cost.min_threads = float(os.cpu_count() or 1)
+        cost.min_threads = float(CORES)
     for sample in samples:
         cost.add(*sample)
     return cost
@@ -279,7 +282,7 @@ def _serial_and_work(costs, remaining, n_workers: int, kind: str):
     the wall time: an estimator that is already threaded runs slower on a
     worker's share of the cores, and threads that hold the GIL do not add up.
     """
-    threads_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
+    threads_per_worker = max(1, CORES // n_workers)
     rows = [stop - start for start, stop in remaining]
     serial_s = serial_seconds(costs, remaining)
     work = [
