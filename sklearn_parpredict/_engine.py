@@ -382,12 +382,10 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     their first touch of memory, and a busy moment of the machine seldom
     lasts through two measurements.
     """
-    for _ in range(_planning.THREAD_MEASUREMENTS_PER_CALL):
-        if not (
-            cost.wants_thread_measurement()
-            and _measure_threads_once(job, cost, n, pieces)
-        ):
-            return
+    while cost.wants_thread_measurement() and _measure_threads_once(
+        job, cost, n, pieces
+    ):
+        pass
 
 
 def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:

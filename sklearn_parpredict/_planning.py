@@ -36,13 +36,9 @@ THREAD_PROBE_S = 0.1
 # Another process busy on a core makes threads look as if they held the GIL,
 # never the opposite: a speedup below THREAD_TRUSTED is measured again, at
 # once while rows remain and on later calls, up to THREAD_MEASUREMENTS times
-# in all and THREAD_MEASUREMENTS_PER_CALL per call, and the best is kept.
-# (On the 2-core machine, about one short two-thread run of SVC in four came
-# out near 1x, at random, and spells of several in a row: measurements are
-# spread over calls.)
+# in all, and the best is kept.
 THREAD_TRUSTED = 1.8
-THREAD_MEASUREMENTS = 5
-THREAD_MEASUREMENTS_PER_CALL = 2
+THREAD_MEASUREMENTS = 3
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.

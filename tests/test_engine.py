@@ -598,21 +598,6 @@ def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch
     assert out.shape == (len(data),) and not used
 
 
-def test_a_low_thread_speedup_is_measured_at_most_twice_per_call():
-    from sklearn_parpredict import _engine
-
-    data = np.zeros((4_000, 2))
-    model = _Spinner().fit(data)  # holds the GIL: always measured low
-    cost = _planning.Cost(0.0, 1e-5)
-    counts = []
-    for _ in range(3):
-        _engine._measure_threads(Job(model, "predict", data), cost, len(data), [])
-        counts.append(cost.thread_measurements)
-    per_call = _planning.THREAD_MEASUREMENTS_PER_CALL
-    assert counts == [per_call, 2 * per_call, _planning.THREAD_MEASUREMENTS]
-    assert cost.thread_speedup < _planning.THREAD_TRUSTED
-
-
 def test_a_small_numpy_batch_of_a_known_cheap_model_skips_planning():
     from sklearn_parpredict import _engine
 
