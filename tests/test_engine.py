@@ -310,22 +310,28 @@ def test_thread_measurement_keeps_its_rows_and_bounds_the_speedup():
     assert 1.0 <= float(result.stdout) <= 2.0
 
 
+def _measured_spinner(data, per_row: float, thread_speedup: float):
+    """A fitted spinner whose cost and thread speedup are known, as measured
+    as often as the engine measures."""
+    model = _Spinner().fit(data)
+    cost = _planning.Cost(
+        0.0,
+        per_row,
+        thread_speedup=thread_speedup,
+        thread_measurements=_planning.THREAD_MEASUREMENTS,
+    )
+    _planning.remember_cost(model, "predict", cost)
+    return model
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("thread_speedup, on_threads", [(2.0, True), (1.0, False)])
 def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads):
     from sklearn_parpredict import _engine
 
     data = np.zeros((4_000, 2))
-    model = _Spinner().fit(data)
-    # As measured, as often as the engine measures: the GIL released all
-    # the time, or never.
-    cost = _planning.Cost(
-        0.0,
-        1e-3,
-        thread_speedup=thread_speedup,
-        thread_measurements=_planning.THREAD_MEASUREMENTS,
-    )
-    _planning.remember_cost(model, "predict", cost)
+    # The GIL released all the time, or never.
+    model = _measured_spinner(data, 1e-3, thread_speedup)
     parallel_predict(model, data[:100], n_jobs=2, backend="loky", chunk_size=50)
     _engine._pool_last_used[("LokyBackend", 2)] = float("inf")  # warm
     out = parallel_predict(model, data, n_jobs=2)
@@ -342,16 +348,9 @@ def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
     from sklearn_parpredict import _engine
 
     data = np.zeros((20_000, 2))
-    model = _Spinner().fit(data)
     # Threads pay; processes (2x) would be clearly faster than 1.4x threads,
     # not than 1.9x threads.
-    cost = _planning.Cost(
-        0.0,
-        2e-5,
-        thread_speedup=thread_speedup,
-        thread_measurements=_planning.THREAD_MEASUREMENTS,
-    )
-    _planning.remember_cost(model, "predict", cost)
+    model = _measured_spinner(data, 2e-5, thread_speedup)
     _engine._pool_last_used.clear()
     assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     for thread in threading.enumerate():
