@@ -22,6 +22,10 @@ def n_rows(X) -> int:
     shape = getattr(X, "shape", None)
     if shape is not None and len(shape) >= 1 and shape[0] is not None:
         return int(shape[0])
+    if shape == ():
+        # A scalar has no rows to split: the estimator's own call, in-process,
+        # raises what the serial call raises.
+        return 0
     return len(X)
 
 

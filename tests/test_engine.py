@@ -610,3 +610,16 @@ def test_a_small_numpy_batch_of_a_known_cheap_model_skips_planning():
     assert not _engine._known_cheap(Job(model, "predict", X))  # 0.4 s of work
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
     assert_same_output(parallel_predict(model, X, n_jobs=2), model.predict(X))
+
+
+@pytest.mark.parametrize("chunk_size", ["auto", 3])
+def test_a_scalar_fails_as_the_serial_call(chunk_size):
+    model = LogisticRegression().fit(X, Y)
+    # Known and cheap: the first path a small NumPy batch may take.
+    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    scalar = np.array(1.0)
+    with pytest.raises(ValueError) as serial:
+        model.predict(scalar)
+    with pytest.raises(ValueError, match="2D array"):
+        parallel_predict(model, scalar, n_jobs=2, chunk_size=chunk_size)
+    assert "2D array" in str(serial.value)
