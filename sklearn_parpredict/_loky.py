@@ -89,14 +89,15 @@ def _abort(backend, futures) -> None:
 
 
 class _Task:
-    """One task; it names its call's temporary folder when it is pickled."""
+    """One task; it names its call's temporary folder when it is pickled.
+
+    loky pickles every task it sends, and the worker unpickles it as the
+    call of :func:`_in_worker` that it runs.
+    """
 
     def __init__(self, set_context, config, nested, function, *args):
         self._set_context = set_context
         self._args = (config, nested, function, args)
-
-    def __call__(self):
-        return _in_worker(*self._args)
 
     def __reduce__(self):
         self._set_context()
