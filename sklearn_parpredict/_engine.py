@@ -46,6 +46,7 @@ logger = logging.getLogger("sklearn_parpredict")
 # (loky shuts idle workers down after 300 s).
 _POOL_IDLE_S = 250.0
 _pool_last_used: dict[tuple, float] = {}
+_TOO_LITTLE = "in-process: too little work to plan"
 _warm_lock = threading.Lock()
 
 
@@ -151,6 +152,33 @@ def _deterministic(estimator) -> bool:
     return not _declared_random[cls]
 
 
+def run_one(
+    estimator,
+    method: str,
+    X,
+    params: dict,
+    *,
+    n_jobs: int | None = -1,
+    backend: str | None = None,
+    chunk_size: int | str = "auto",
+    verbose: int = 0,
+):
+    """Run one method of one estimator: :func:`run_jobs` on a single job.
+
+    A small batch is decided first, before any job is built: it should cost
+    what the serial call costs.
+    """
+    if chunk_size == "auto" and _plainly_small(estimator, method, X):
+        _check_backend(backend)
+        if logger.isEnabledFor(logging.DEBUG):
+            _log([Job(estimator, method, X)], [len(X)], _TOO_LITTLE)
+        return getattr(estimator, method)(X, **params)
+    job = Job(estimator, method, X, params=params)
+    return run_jobs(
+        [job], n_jobs=n_jobs, backend=backend, chunk_size=chunk_size, verbose=verbose
+    )[0]
+
+
 def run_jobs(
     jobs: list[Job],
     *,
@@ -167,11 +195,6 @@ def run_jobs(
     lazy Dask collections, computed block by block by Dask's scheduler.
     """
     _check_backend(backend)
-    if chunk_size == "auto" and len(jobs) == 1 and _known_cheap(jobs[0]):
-        # The common case of a small batch on a model seen before, decided
-        # before anything else: it should cost what the serial call costs.
-        _log(jobs, [len(jobs[0].X)], "in-process: too little work to plan")
-        return [jobs[0].call()]
     if any(_lazy.is_collection(job.X) for job in jobs):
         return [
             _lazy.call(job.estimator, job.method, job.X, job.columns, job.params)
@@ -184,7 +207,7 @@ def run_jobs(
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
     if auto and _too_small(jobs, sizes):
-        _log(jobs, sizes, "in-process: too little work to plan")
+        _log(jobs, sizes, _TOO_LITTLE)
         return [job.call() for job in jobs]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
@@ -272,15 +295,16 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
-def _known_cheap(job: Job) -> bool:
-    """Whether ``job`` is a NumPy batch that its remembered cost says is too
-    small to plan: :func:`_too_small`'s answer for one known model, in the
-    fewest steps, since it is asked first on every call (asking
-    :func:`_too_small` itself added 3 µs to a 90 µs call)."""
-    if type(job.X) is not np.ndarray or not job.X.ndim:
+def _plainly_small(estimator, method: str, X) -> bool:
+    """Whether a NumPy batch is too small to plan: :func:`_too_small`'s answer
+    for one job, in the fewest steps, since :func:`run_one` asks it first on
+    every call and a call on a few rows takes less than 100 µs."""
+    if type(X) is not np.ndarray or not X.ndim:
         return False
-    cost = _planning.remembered_cost(job.estimator, job.method)
-    return cost is not None and cost.seconds(len(job.X)) < _planning.FAST_SERIAL_S
+    cost = _planning.remembered_cost(estimator, method)
+    if cost is None:
+        return len(X) <= _planning.PROBE_ROWS
+    return cost.seconds(len(X)) < _planning.FAST_SERIAL_S
 
 
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
@@ -652,5 +676,12 @@ def parallel_predict(
     >>> bool((proba == forest.predict_proba(X)).all())
     True
     """
-    job = Job(estimator, method, X, params=params or {})
-    return run_jobs([job], n_jobs=n_jobs, backend=backend, chunk_size=chunk_size)[0]
+    return run_one(
+        estimator,
+        method,
+        X,
+        params or {},
+        n_jobs=n_jobs,
+        backend=backend,
+        chunk_size=chunk_size,
+    )

@@ -11,6 +11,7 @@ model its real overhead.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -225,21 +226,38 @@ def fit_cost(samples: list[tuple[int, float, float]], estimator=None) -> Cost:
     return cost
 
 
-_costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Remembered costs, by the id of the fitted model: (a weak reference to the
+# model, {method: Cost}). Asked on every call: a dict lookup by id costs a
+# third of a WeakKeyDictionary's, and the reference tells the model from a
+# later object given the same id.
+_costs: dict[int, tuple[weakref.ref, dict[str, Cost]]] = {}
 
 
 def remembered_cost(model, method: str) -> Cost | None:
-    try:
-        return _costs.get(model, {}).get(method)
-    except TypeError:  # not weak-referenceable or not hashable
+    entry = _costs.get(id(model))
+    if entry is None or entry[0]() is not model:
         return None
+    return entry[1].get(method)
 
 
 def remember_cost(model, method: str, cost: Cost) -> None:
-    try:
-        _costs.setdefault(model, {})[method] = cost
-    except TypeError:
-        pass
+    key = id(model)
+    entry = _costs.get(key)
+    if entry is None or entry[0]() is not model:
+        try:
+            ref = weakref.ref(model, functools.partial(_forget_cost, key))
+        except TypeError:  # not weak-referenceable: nothing is remembered
+            return
+        entry = _costs[key] = (ref, {})
+    entry[1][method] = cost
+
+
+def _forget_cost(key: int, ref: weakref.ref) -> None:
+    # Only the collected model's own entry: a later model with the same id
+    # may already have replaced it.
+    entry = _costs.get(key)
+    if entry is not None and entry[0] is ref:
+        del _costs[key]
 
 
 @dataclass

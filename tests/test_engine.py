@@ -1,8 +1,10 @@
 """The engine: models shipped once, never stale; data shared; auto plans."""
 
+import gc
 import logging
 import os
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -597,19 +599,48 @@ def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch
     assert out.shape == (len(data),) and not used
 
 
-def test_a_small_numpy_batch_of_a_known_cheap_model_skips_planning():
+def test_a_small_numpy_batch_skips_planning(monkeypatch):
     from sklearn_parpredict import _engine
 
     model = LogisticRegression().fit(X, Y)
-    assert not _engine._known_cheap(Job(model, "predict", X))  # not seen yet
+    # Not seen yet: no larger than one probe.
+    assert _engine._plainly_small(model, "predict", X[: _planning.PROBE_ROWS])
+    assert not _engine._plainly_small(model, "predict", X[: _planning.PROBE_ROWS + 1])
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
-    assert _engine._known_cheap(Job(model, "predict", X))
-    assert not _engine._known_cheap(Job(model, "predict", list(X)))
-    assert not _engine._known_cheap(Job(model, "predict_proba", X))
+    assert _engine._plainly_small(model, "predict", X)
+    assert not _engine._plainly_small(model, "predict", list(X))
+    assert not _engine._plainly_small(model, "predict", X[0, 0])
+    assert not _engine._plainly_small(model, "predict_proba", X)
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-3))
-    assert not _engine._known_cheap(Job(model, "predict", X))  # 0.4 s of work
+    assert not _engine._plainly_small(model, "predict", X)  # 0.4 s of work
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    # Decided before any job is built or planned.
+    monkeypatch.setattr(_engine, "run_jobs", None)
     assert_same_output(parallel_predict(model, X, n_jobs=2), model.predict(X))
+    with pytest.raises(ValueError, match="nonsense"):
+        parallel_predict(model, X, n_jobs=2, backend="nonsense")
+
+
+def test_costs_are_forgotten_with_their_model():
+    class Unhashable(LogisticRegression):
+        __hash__ = None
+
+    model = Unhashable().fit(X, Y)
+    cost = _planning.Cost(1e-4, 1e-7)
+    _planning.remember_cost(model, "predict", cost)
+    assert _planning.remembered_cost(model, "predict") is cost
+    key = id(model)
+    assert key in _planning._costs
+    del model
+    gc.collect()
+    assert key not in _planning._costs
+    # A stale entry (its model gone, its notice not yet run) serves no other
+    # object that is given the same id.
+    other = LogisticRegression()
+    _planning._costs[id(other)] = (weakref.ref(LogisticRegression()), {"predict": cost})
+    assert _planning.remembered_cost(other, "predict") is None
+    _planning.remember_cost(other, "predict", cost)
+    assert _planning.remembered_cost(other, "predict") is cost
 
 
 @pytest.mark.parametrize("chunk_size", ["auto", 3])

@@ -123,6 +123,11 @@ def test_methods_only_where_the_estimator_has_them():
     assert not hasattr(ParallelPredictor(LinearRegression()), "transform")
     assert hasattr(ParallelPredictor(StandardScaler()), "transform")
     assert not hasattr(ParallelPredictor(StandardScaler()), "predict")
+    with pytest.raises(AttributeError, match="no attribute 'predict'"):
+        ParallelPredictor(StandardScaler()).predict  # noqa: B018
+    # On the class: the documented method.
+    assert ParallelPredictor.predict.__name__ == "predict"
+    assert "in parallel over row chunks" in ParallelPredictor.predict.__doc__
 
 
 def test_score_uses_parallel_predictions():
