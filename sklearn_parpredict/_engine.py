@@ -587,9 +587,11 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         j, start, stop = keys[i]
         done[j].append((start, stop, out))
         if costs is not None:
+            cost = costs[j]
+            serial_s = _planning.serial_equivalent(cost, plan.kind, n_workers, wall)
             # Workers are limited to their share of the cores: keep the
             # serial call's measure of how many cores it uses.
-            costs[j].add(stop - start, wall, wall * costs[j].threads)
+            cost.add(stop - start, serial_s, serial_s * cost.threads)
 
 
 # Constraints of the engine's parameters, shared by the wrappers.

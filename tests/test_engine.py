@@ -529,6 +529,39 @@ def test_parallel_tasks_refine_a_misjudged_cost(backend):
     assert wrong.per_row < 0.1
 
 
+def test_tasks_teach_the_cost_their_serial_time(monkeypatch):
+    monkeypatch.setattr(_planning, "CORES", 2)
+    cost = _planning.Cost(0.01, 1e-4)
+    # A single-threaded estimator on a process: its own speed.
+    assert _planning.serial_equivalent(cost, "process", 2, 0.11) == pytest.approx(0.11)
+    # Two threads that hold the GIL a quarter of the time wait for each
+    # other: 2 / 1.6 = 1.25 times slower per row than serially.
+    cost.thread_speedup = 1.6
+    assert _planning.serial_equivalent(cost, "thread", 2, 0.135) == pytest.approx(
+        0.01 + 0.125 / 1.25
+    )
+    # An estimator that keeps both cores busy, on one core per process.
+    threaded = _planning.Cost(0.0, 1e-4, threads=2.0)
+    assert _planning.serial_equivalent(threaded, "process", 2, 0.2) == pytest.approx(
+        0.1
+    )
+    # Wired in: what a thread plan's tasks teach goes through it.
+    seen = []
+    real = _planning.serial_equivalent
+
+    def spy(cost, kind, n_workers, wall):
+        seen.append((kind, n_workers))
+        return real(cost, kind, n_workers, wall)
+
+    monkeypatch.setattr(_planning, "serial_equivalent", spy)
+    model = DecisionTreeClassifier(random_state=0).fit(X, Y)
+    known = _planning.Cost(0.0, 1e-3, thread_speedup=1.6, thread_measurements=3)
+    _planning.remember_cost(model, "predict", known)
+    out = parallel_predict(model, X, n_jobs=2, backend="threading")
+    assert_same_output(out, model.predict(X))
+    assert seen and set(seen) == {("thread", 2)}
+
+
 class _SlowStart(_Sleeper):
     """Runs its first two calls from other threads one at a time (as work
     holding the GIL would), and in parallel afterwards."""
