@@ -345,15 +345,16 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
             costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
         )
 
-    remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
-    if not _planning.can_pay(costs, remaining, n_workers):
-        # Not even perfect scaling at the lowest dispatch cost would pay.
-        return costs, None, 0.0
     # Processes are joblib's default, but threads cost nothing to start and
     # copy nothing: when the choice is ours, measure how much of each
     # estimator's work releases the GIL (again, a few times, while the
     # measurement may have been spoilt by load), and take the faster plan.
     try_threads = kind == "process" and backend is None and not _backend_configured()
+    remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
+    kinds = (kind, "thread") if try_threads else (kind,)
+    if not _planning.can_pay(costs, remaining, n_workers, kinds):
+        # Not even a perfect share of the rows among warm workers would pay.
+        return costs, None, 0.0
     # A measurement is worth it when threads as good as they could be, or
     # processes, would pay.
     measure = [c.wants_thread_measurement() for c in costs]

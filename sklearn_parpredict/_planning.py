@@ -271,17 +271,26 @@ class Plan:
 
 
 def can_pay(
-    costs: list[Cost], remaining: list[tuple[int, int]], n_workers: int
+    costs: list[Cost],
+    remaining: list[tuple[int, int]],
+    n_workers: int,
+    kinds: tuple[str, ...] = ("process", "thread"),
 ) -> bool:
-    """Whether any plan could beat serial: a bound, cheaper than planning.
+    """Whether any plan on workers of ``kinds`` could beat serial: a bound of
+    :func:`plan_chunks`, cheaper than planning.
 
-    The bound is one wave of tasks at the cheapest dispatch, the per-row work
-    perfectly shared by the workers, and no start-up cost.
+    The bound is one wave of tasks, each kind at its own fixed cost and its
+    own speed (threads that hold the GIL do not add up), the per-row work
+    shared perfectly by the workers, and no start-up cost.
     """
-    _, serial_s, work = _serial_and_work(costs, remaining, n_workers, "process")
-    total = sum(work)
-    fixed = min(c.per_call for c in costs) + min(DISPATCH_S.values())
-    return (fixed + total / n_workers) * MIN_GAIN <= serial_s and total > 0
+    for kind in kinds:
+        _, serial_s, work = _serial_and_work(costs, remaining, n_workers, kind)
+        total = sum(work)
+        fixed = max(c.per_call + c.overhead.get(kind, 0.0) for c in costs)
+        fixed += DISPATCH_S[kind]
+        if total > 0 and (fixed + total / n_workers) * MIN_GAIN <= serial_s:
+            return True
+    return False
 
 
 def serial_seconds(costs: list[Cost], remaining: list[tuple[int, int]]) -> float:

@@ -168,31 +168,49 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
             st.floats(1e-7, 1e-2),
             st.integers(0, 5000),
             st.integers(0, 5000),
+            st.one_of(st.none(), st.floats(1.0, 2.0)),
+            st.floats(1.0, 4.0),
+            st.floats(0, 0.01),
         ),
         min_size=1,
         max_size=5,
     ),
     n_workers=st.integers(2, 16),
     kind=st.sampled_from(["process", "thread"]),
+    cold_s=st.sampled_from([0.0, 0.5]),
 )
-def test_plan_covers_every_remaining_row_once(costs, n_workers, kind):
-    remaining = [(min(a, b), max(a, b)) for _, _, a, b in costs]
+def test_plan_covers_every_remaining_row_once(costs, n_workers, kind, cold_s):
+    remaining = [(min(a, b), max(a, b)) for _, _, a, b, _, _, _ in costs]
+    models = [
+        _planning.Cost(c, r, threads=t, thread_speedup=s, overhead={kind: o})
+        for c, r, _, _, s, t, o in costs
+    ]
     plan = _planning.plan_chunks(
-        [_planning.Cost(c, r) for c, r, _, _ in costs],
-        remaining,
-        n_workers=n_workers,
-        kind=kind,
-        cold_s=0,
+        models, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
     )
     if plan is None:
         return
     # The bound that skips planning never rules out a plan that pays.
-    assert _planning.can_pay(
-        [_planning.Cost(c, r) for c, r, _, _ in costs], remaining, n_workers
-    )
+    assert _planning.can_pay(models, remaining, n_workers, (kind,))
+    assert _planning.can_pay(models, remaining, n_workers)
     for (start, stop), ranges in zip(remaining, plan.ranges):
         rows = [i for a, b in ranges for i in range(a, b)]
         assert rows == list(range(start, stop))
+
+
+def test_the_bound_knows_what_threads_holding_the_gil_and_processes_cost():
+    # 3 ms of work on 1,000 rows, a third of it the call's fixed cost.
+    cost = _planning.Cost(per_call=1e-3, per_row=2e-6)
+    # Unmeasured threads might scale: worth planning (and measuring).
+    assert _planning.can_pay([cost], [(0, 1000)], 2)
+    # Measured: two threads are 1.2x one. Neither they nor processes, at
+    # 2 ms a task, can save a quarter of 3 ms.
+    cost.thread_speedup = 1.2
+    assert not _planning.can_pay([cost], [(0, 1000)], 2)
+    # Threads that scale could.
+    cost.thread_speedup = 2.0
+    assert _planning.can_pay([cost], [(0, 1000)], 2)
+    assert not _planning.can_pay([cost], [(0, 1000)], 2, ("process",))
 
 
 @given(n_rows=st.integers(0, 700), backend=st.sampled_from(["loky", "threading"]))
