@@ -46,6 +46,8 @@ logger = logging.getLogger("sklearn_parpredict")
 # (loky shuts idle workers down after 300 s).
 _POOL_IDLE_S = 250.0
 _pool_last_used: dict[tuple, float] = {}
+# Per pool not started yet: seconds that calls have lost without it.
+_time_lost: dict[tuple, float] = {}
 _TOO_LITTLE = "in-process: too little work to plan"
 _warm_lock = threading.Lock()
 
@@ -280,6 +282,7 @@ def run_jobs(
             _planning.learn_overhead(costs, plan, timer.wall)
         if plan.kind == "process":
             _pool_last_used[pool_key] = time.monotonic()
+            _time_lost.pop(pool_key, None)
     return [
         _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
         for pieces in done
@@ -372,18 +375,27 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
     if warm:
         # Only the one-off start of the workers (or the first shipping of
         # the models) stands in the way of a plan clearly faster than this
-        # call's: start them in the background, for the next calls.
-        # Otherwise a pool that is never started would never become warm
-        # enough to start.
+        # call's. Otherwise a pool that is never started would never become
+        # warm enough to start, so start it in the background, for the next
+        # calls, once the time lost without it reaches what starting it
+        # costs: whether the calls stop there or go on, that never loses
+        # more than twice what the best choice in hindsight would (the
+        # rule of renting skis until the rent paid reaches their price).
+        # Starting it at once would slow every call for the seconds it takes
+        # to start, and a few calls may never win that back.
         remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
         now = best.seconds if best else _planning.serial_seconds(costs, remaining)
         # (Threads measured low may yet be measured faster.)
         settled = best is None or not any(c.wants_thread_measurement() for c in costs)
         if settled and now >= warm.seconds * _planning.MIN_GAIN:
-            if cluster is not None:
-                cluster.warm_up(unshipped)
-            else:
-                _warm_up(jobs, n_workers, backend, pool_key)
+            lost = _time_lost.get(pool_key, 0.0) + now - warm.seconds
+            _time_lost[pool_key] = lost
+            if lost >= cold_s:
+                del _time_lost[pool_key]
+                if cluster is not None:
+                    cluster.warm_up(unshipped)
+                else:
+                    _warm_up(jobs, n_workers, backend, pool_key)
     return costs, best, cold_s * (best is not None and best.kind == "process")
 
 

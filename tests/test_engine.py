@@ -248,22 +248,10 @@ def test_jobs_share_one_fan_out():
 
 
 @pytest.mark.timeout(120)
-def test_cold_pool_is_started_in_the_background():
-    import threading
-
-    from sklearn_parpredict import _engine
-
-    model = LogisticRegression().fit(X, Y)
-    data = np.tile(X, (250, 1))  # 100k rows
-    # Parallel would pay once the pool runs, but not with its start-up.
-    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 1e-5))
-    _engine._pool_last_used.clear()
-    got = parallel_predict(model, data, n_jobs=2, backend="loky")
-    assert_same_output(got, model.predict(data))
+def _join_warm_ups():
     for thread in threading.enumerate():
         if thread.name == "sklearn-parpredict-warm-up":
             thread.join(60)
-    assert any(key[1] == 2 for key in _engine._pool_last_used)
 
 
 class _Sleeper(BaseEstimator):
@@ -288,6 +276,34 @@ class _Spinner(_Sleeper):
         for _ in range(len(X) * 400):
             total += 1
         return np.full(len(X), os.getpid())
+
+
+def test_cold_pool_is_started_once_calls_lost_its_start_up():
+    from sklearn_parpredict import _engine
+
+    # 0.8 s a call in-process; 0.4 s once the pool runs, but not with its
+    # start-up (0.5 s).
+    data = np.zeros((16_000, 2))
+    model = _Sleeper().fit(data)
+    _engine._pool_last_used.clear()
+    _engine._time_lost.clear()
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
+    ).all()
+    _join_warm_ups()
+    # One call lost 0.4 s: less than the start-up, which a single call
+    # would never win back.
+    assert not _engine._pool_last_used
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
+    ).all()
+    _join_warm_ups()
+    # Two calls lost 0.8 s: the pool is started for the next calls.
+    assert ("LokyBackend", 2) in _engine._pool_last_used
+    assert not _engine._time_lost
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
+    ).all()
 
 
 _SLEEPER_SCRIPT = """
@@ -363,7 +379,6 @@ def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads
 def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
     thread_speedup, started
 ):
-    import threading
 
     from sklearn_parpredict import _engine
 
@@ -372,10 +387,10 @@ def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
     # not than 1.9x threads.
     model = _measured_spinner(data, 2e-5, thread_speedup)
     _engine._pool_last_used.clear()
+    # As if earlier calls had lost more than the pool's start-up.
+    _engine._time_lost[("LokyBackend", 2)] = 10.0
     assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
-    for thread in threading.enumerate():
-        if thread.name == "sklearn-parpredict-warm-up":
-            thread.join(60)
+    _join_warm_ups()
     assert (("LokyBackend", 2) in _engine._pool_last_used) == started
     out = parallel_predict(model, data, n_jobs=2)
     assert (out != os.getpid()).all() == started
