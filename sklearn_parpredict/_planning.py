@@ -44,6 +44,9 @@ THREAD_MEASUREMENTS = 3
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.
 THREAD_ROW_SHARE = 0.75
+# A serial call that keeps this many cores busy on average runs its own
+# threads (BLAS, OpenMP).
+THREADED = 1.25
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.25
 # Work predicted to take less than this in-process is run in-process without

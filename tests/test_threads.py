@@ -33,20 +33,23 @@ def test_outputs_in_task_order_on_threads_kept_between_calls():
 
 
 @pytest.mark.timeout(30)
-def test_a_failed_task_raises_as_is_and_cancels_the_rest():
-    started = []
+def test_a_failed_task_raises_as_is_cancels_the_rest_and_waits_for_the_started():
+    started, finished = [], []
 
     def task(i):
         started.append(i)
         if i == 0:
             raise KeyError("chunk 0")
         time.sleep(0.05)
+        finished.append(i)
         return i
 
     with pytest.raises(KeyError, match="chunk 0"):
         _threads.run(task, [(i,) for i in range(20)], 2)
+    # The tasks that had started ended before the call did.
+    assert sorted(finished) == sorted(started)[1:]
     time.sleep(0.2)
-    assert len(started) < 20
+    assert len(started) < 20 and len(finished) == len(started) - 1
     # The pool still works.
     assert _threads.run(lambda i: i * 2, [(1,), (2,)], 2) == [2, 4]
 
@@ -117,3 +120,83 @@ def test_a_new_pool_starts_all_its_threads_at_once():
     pool = _threads._pool(3)
     assert len(pool._threads) == 3
     assert _threads._pool(3) is pool
+
+
+def _threads_of(user_api: str | None = None) -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(
+        (
+            i["num_threads"]
+            for i in threadpool_info()
+            if user_api in (None, i["user_api"])
+        ),
+        default=0,
+    )
+
+
+def test_blas_limits_keep_one_controller_until_new_modules(monkeypatch):
+    import sys
+    import types
+
+    before = _threads_of("blas")
+    with _threads.limit_blas(1):
+        assert _threads_of("blas") in (0, 1)
+    assert _threads_of("blas") == before
+    first = _threads._controller
+    with _threads.limit_blas(1):
+        pass
+    assert _threads._controller is first
+    # A new import may bring a new native thread pool: the libraries are
+    # listed again.
+    monkeypatch.setitem(sys.modules, "_parpredict_new", types.ModuleType("_new"))
+    with _threads.limit_blas(1):
+        pass
+    assert _threads._controller is not first
+
+
+def test_overlapping_blas_limits_restore_the_setting_once_all_left():
+    before = _threads_of("blas")
+    first, second = _threads.limit_blas(1), _threads.limit_blas(1)
+    # Two calls from two threads, the first leaving while the second runs.
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert _threads_of("blas") in (0, 1)
+    second.__exit__(None, None, None)
+    assert _threads_of("blas") == before
+
+
+class _InnerThreads(DecisionTreeClassifier):
+    """Predicts, for each row, how many threads BLAS (tens) and OpenMP
+    (units) may use in this call."""
+
+    def predict(self, X):
+        return np.full(len(X), 10 * _threads_of("blas") + _threads_of("openmp"))
+
+
+def test_thread_plans_keep_workers_x_inner_threads_within_the_cores():
+    from sklearn_parpredict import _planning
+
+    blas, openmp = _threads_of("blas"), _threads_of("openmp")
+    share = max(1, _planning.CORES // 2)
+    if blas <= share or openmp <= share:
+        pytest.skip(
+            f"BLAS ({blas}) and OpenMP ({openmp}) use no more than a worker's share"
+        )
+    model = _InnerThreads().fit(X, Y)
+    # Cost unknown (an integer chunk size): both limited to a worker's share.
+    out = parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=100)
+    assert (out == 10 * share + share).all()
+    # Known to keep one core busy: BLAS is left alone, for telling OpenBLAS
+    # its number of threads may start them spinning; OpenMP's limit is the
+    # package threads' own, set once.
+    _planning.remember_cost(
+        model,
+        "predict",
+        _planning.Cost(0.0, 1e-2, thread_speedup=2.0, thread_measurements=3),
+    )
+    out = parallel_predict(model, X, n_jobs=2, backend="threading")
+    assert (out == 10 * blas + share).all()
+    # The caller's own settings are as they were.
+    assert (_threads_of("blas"), _threads_of("openmp")) == (blas, openmp)
