@@ -67,12 +67,6 @@ def _inner_controller() -> ThreadpoolController:
     return _controller
 
 
-def limit_openmp_here(limits: int) -> None:
-    """Limit OpenMP to ``limits`` threads in the calling thread, for good
-    (OpenMP's number of threads is a setting of each thread)."""
-    _inner_controller().limit(limits=limits, user_api="openmp")
-
-
 @contextlib.contextmanager
 def limit_blas(limits: int):
     """A context in which BLAS uses at most ``limits`` threads.
@@ -130,17 +124,23 @@ def _start_threads(pool: ThreadPoolExecutor, n_workers: int) -> None:
     # starting threads while timed.
     everyone = threading.Barrier(n_workers)
     share = max(1, CORES // n_workers)
-    started = [pool.submit(_start, everyone, share) for _ in range(n_workers)]
+    # The libraries are listed once, here, not by every thread at once.
+    controller = _inner_controller()
+    started = [
+        pool.submit(_start, everyone, controller, share) for _ in range(n_workers)
+    ]
     wait(started)
     for future in started:
         future.result()
 
 
-def _start(everyone: threading.Barrier, share: int) -> None:
+def _start(
+    everyone: threading.Barrier, controller: ThreadpoolController, share: int
+) -> None:
     # OpenMP's number of threads is set per calling thread: set once for
     # the life of each of the pool's threads, so that workers x their
     # OpenMP threads stay within the cores.
-    limit_openmp_here(share)
+    controller.limit(limits=share, user_api="openmp")
     everyone.wait(_WAKE_S * 10)
 
 
