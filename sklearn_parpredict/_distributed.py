@@ -6,11 +6,12 @@ another machine cannot open. On a cluster backend a fitted model is instead
 put into the cluster once per fitted state, and tasks carry a small handle
 that each worker process resolves once and caches:
 
-- Dask: the model is scattered to every worker (``broadcast=True``); a
-  worker takes it from its own data store, or fetches it from a peer when it
-  has none (a worker that joined later, or whose extra replica Dask's active
-  memory manager dropped). The handle names the key without depending on it,
-  so the scheduler holds only the key, however many chunks and calls use it.
+- Dask: the model is scattered to one worker; every other worker fetches
+  it from a peer at its first task that needs it. It is not broadcast: Dask's
+  active memory manager drops the extra replicas of a broadcast a moment
+  later, and a worker that had received one would then receive the model a
+  second time. The handle names the key without depending on it, so the
+  scheduler holds only the key, however many chunks and calls use it.
 - Ray: the model is put in the object store once; each pool worker loads it
   once (joblib's Ray backend starts its workers on every call).
 
@@ -141,7 +142,7 @@ class DaskCluster:
         return ("dask", id(self.client), ModelHandle(estimator).token)
 
     def model(self, estimator) -> ClusterModel:
-        """A handle of ``estimator``, scattered to every worker."""
+        """A handle of ``estimator``, scattered to the cluster."""
 
         def valid(future):
             # A future is lost when every worker that held it died, and
@@ -149,7 +150,7 @@ class DaskCluster:
             return future.status == "finished" and future.client is self.client
 
         def ship():
-            return self.client.scatter(estimator, broadcast=True, hash=False)
+            return self.client.scatter(estimator, hash=False)
 
         key = self._key(estimator)
         future = _shipped.get(key, valid, ship)
@@ -285,11 +286,15 @@ def _fetch_dask(key):
     import distributed
 
     worker = distributed.get_worker()
-    if key in worker.data:  # the replica the scatter broadcast
+    if key in worker.data:  # the worker the model was scattered to
         return worker.data[key]
     client = distributed.get_client()
-    if client.who_has([key]).get(key):
-        return client.gather(distributed.Future(key, client))
+    # Known to be in memory: a future made here is told of nothing by the
+    # scheduler, and gathering one still "pending" would wait forever.
+    future = distributed.Future(key, client, state="memory")
+    # ``who_has`` takes futures: given keys, it asks for none.
+    if client.who_has([future]).get(key):
+        return client.gather(future)
     raise ModelLost(
         "The fitted model is no longer on the Dask cluster: every worker that "
         "held it was lost."

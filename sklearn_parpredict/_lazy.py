@@ -48,8 +48,8 @@ def _model_ref(estimator):
 
     With a ``distributed`` client as Dask's scheduler, the model is the
     future that :class:`~sklearn_parpredict._distributed.DaskCluster` keeps,
-    scattered once per fitted state to every worker, which Dask moves to a
-    worker that lacks it. Otherwise it is one key of the graph, sent once per
+    scattered once per fitted state, which Dask moves to each worker that
+    needs it. Otherwise it is one key of the graph, sent once per
     computation.
     """
     import dask

@@ -49,6 +49,12 @@ FRAME = pd.DataFrame(X, columns=COLUMNS, index=np.arange(len(X)) * 3 + 7)
 @pytest.fixture(scope="module")
 def client():
     with (
+        # Dask's active memory manager drops extra copies of data every 2 s:
+        # at every few ms, a model copied to more than one worker is dropped
+        # from all but one before the next task.
+        dask.config.set(
+            {"distributed.scheduler.active-memory-manager.interval": "5ms"}
+        ),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
