@@ -170,7 +170,8 @@ def run_one(
     what the serial call costs.
     """
     if chunk_size == "auto" and _plainly_small(estimator, method, X):
-        _check_backend(backend)
+        if backend is not None:
+            _check_backend(backend)
         if logger.isEnabledFor(logging.DEBUG):
             _log([Job(estimator, method, X)], [len(X)], _TOO_LITTLE)
         return getattr(estimator, method)(X, **params)
@@ -306,7 +307,7 @@ def _plainly_small(estimator, method: str, X) -> bool:
     cost = _planning.remembered_cost(estimator, method)
     if cost is None:
         return len(X) <= _planning.PROBE_ROWS
-    return cost.seconds(len(X)) < _planning.FAST_SERIAL_S
+    return cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
 
 
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:

@@ -43,9 +43,11 @@ PARALLEL_METHODS = (
 )
 
 
-# Estimators seen fitted: an estimator does not become unfitted, and checking
-# again on every call would cost more than predicting a few rows.
-_seen_fitted: weakref.WeakSet = weakref.WeakSet()
+# Estimators seen fitted, by id, each with a weak reference that tells a live
+# one from a later object at the same address: an estimator does not become
+# unfitted, and checking again on every call would cost more than predicting
+# a few rows (a WeakSet's look-up alone is a Python call and a new weakref).
+_seen_fitted: dict[int, weakref.ref] = {}
 # Engine settings already validated, so that repeated calls skip validation.
 _valid_settings: set = set()
 _settings_of: dict[type, attrgetter] = {}
@@ -56,18 +58,19 @@ def is_fitted(estimator) -> bool:
 
     Objects without ``fit`` (plain predictors) count as fitted.
     """
-    try:
-        if estimator in _seen_fitted:
-            return True
-    except TypeError:  # not hashable
-        pass
+    seen = _seen_fitted.get(id(estimator))
+    if seen is not None and seen() is estimator:
+        return True
     if hasattr(estimator, "fit"):
         try:
             check_is_fitted(estimator)
         except NotFittedError:
             return False
-    with contextlib.suppress(TypeError):
-        _seen_fitted.add(estimator)
+    key = id(estimator)
+    with contextlib.suppress(TypeError):  # not weak-referenceable
+        _seen_fitted[key] = weakref.ref(
+            estimator, lambda _, key=key: _seen_fitted.pop(key, None)
+        )
     return True
 
 

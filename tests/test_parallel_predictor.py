@@ -1,5 +1,6 @@
 """ParallelPredictor as a scikit-learn citizen: fitting, delegation, tools."""
 
+import gc
 import pickle
 import re
 
@@ -66,6 +67,22 @@ def test_unfitted_raises_not_fitted():
         model.predict(X)
     assert not hasattr(model, "classes_")
     assert not hasattr(model, "estimator_")
+
+
+def test_fitted_estimators_are_remembered_only_while_they_live():
+    from sklearn_parpredict import _parallel_predictor as pp
+
+    trained = LogisticRegression().fit(X, Y)
+    assert pp.is_fitted(trained)
+    key = id(trained)
+    assert pp._seen_fitted[key]() is trained
+    del trained
+    gc.collect()
+    # A later estimator at the same address must be checked anew.
+    assert key not in pp._seen_fitted
+    unfitted = LogisticRegression()
+    assert not pp.is_fitted(unfitted)
+    assert id(unfitted) not in pp._seen_fitted
 
 
 def test_wrong_feature_count_same_error_as_serial():
