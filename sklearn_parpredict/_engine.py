@@ -29,6 +29,11 @@ from sklearn.utils._param_validation import (
 )
 
 from sklearn_parpredict import _chunking, _distributed, _lazy, _planning, _threads
+
+try:  # joblib's thread-local configuration, set by ``parallel_config``
+    from joblib.parallel import _backend as _joblib_local
+except ImportError:  # pragma: no cover - joblib internals moved
+    _joblib_local = None
 from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
@@ -48,6 +53,7 @@ _pool_last_used: dict[tuple, float] = {}
 # Per pool not started yet: seconds that calls have lost without it.
 _time_lost: dict[tuple, float] = {}
 _TOO_LITTLE = "in-process: too little work to plan"
+_NO_GAIN = "in-process: parallel work would not pay"
 _warm_lock = threading.Lock()
 
 
@@ -169,15 +175,24 @@ def run_one(
     A small batch is decided first, before any job is built: it should cost
     what the serial call costs.
     """
-    if chunk_size == "auto" and _plainly_small(estimator, method, X):
-        if backend is not None:
-            _check_backend(backend)
-        if logger.isEnabledFor(logging.DEBUG):
-            _log([Job(estimator, method, X)], [len(X)], _TOO_LITTLE)
-        return getattr(estimator, method)(X, **params)
+    if chunk_size == "auto":
+        how = _plainly_small(estimator, method, X) or _known_no_gain(
+            estimator, method, X, n_jobs, backend
+        )
+        if how:
+            if backend is not None:
+                _check_backend(backend)
+            if logger.isEnabledFor(logging.DEBUG):
+                _log([Job(estimator, method, X)], [_chunking.n_rows(X)], how)
+            return getattr(estimator, method)(X, **params)
     job = Job(estimator, method, X, params=params)
     return run_jobs(
-        [job], n_jobs=n_jobs, backend=backend, chunk_size=chunk_size, verbose=verbose
+        [job],
+        n_jobs=n_jobs,
+        backend=backend,
+        chunk_size=chunk_size,
+        verbose=verbose,
+        _settings=(n_jobs, backend),
     )[0]
 
 
@@ -188,6 +203,7 @@ def run_jobs(
     backend: str | None = None,
     chunk_size: int | str = "auto",
     verbose: int = 0,
+    _settings: tuple | None = None,
 ) -> list:
     """Run every job and return their outputs, each as the serial call's.
 
@@ -232,7 +248,7 @@ def run_jobs(
     costs, plan, cold_s = None, None, 0.0
     if auto:
         costs, plan, cold_s = _auto_plan(
-            jobs, sizes, done, n_workers, kind, backend, pool_key, cluster
+            jobs, sizes, done, n_workers, kind, backend, pool_key, cluster, _settings
         )
     else:
         ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
@@ -242,7 +258,7 @@ def run_jobs(
     if plan is None:
         # Serial is faster: finish each job with one in-process call, timed
         # to refine its cost.
-        _log(jobs, sizes, "in-process: parallel work would not pay")
+        _log(jobs, sizes, _NO_GAIN)
         for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
             start = _done_rows(pieces)
             if pieces and start >= n:
@@ -298,16 +314,52 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
-def _plainly_small(estimator, method: str, X) -> bool:
+def _plainly_small(estimator, method: str, X) -> str | None:
     """Whether a NumPy batch is too small to plan: :func:`_too_small`'s answer
     for one job, in the fewest steps, since :func:`run_one` asks it first on
     every call and a call on a few rows takes less than 100 µs."""
     if type(X) is not np.ndarray or not X.ndim:
-        return False
+        return None
     cost = _planning.remembered_cost(estimator, method)
     if cost is None:
-        return len(X) <= _planning.PROBE_ROWS
-    return cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
+        small = len(X) <= _planning.PROBE_ROWS
+    else:
+        small = cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
+    return _TOO_LITTLE if small else None
+
+
+def _settings_key(settings: tuple) -> tuple:
+    # What decides the workers a call gets: its own settings and the
+    # joblib configuration in force (a ``parallel_config`` context is a new
+    # object; a stale key only costs a plan, never changes an output).
+    return (*settings, id(getattr(_joblib_local, "config", None)))
+
+
+def _remember_no_gain(cost: _planning.Cost, settings: tuple, rows: int) -> None:
+    with contextlib.suppress(TypeError):  # an unhashable backend instance
+        key = _settings_key(settings)
+        known = cost.no_gain.get(key)
+        if known is None or rows >= known[0]:
+            cost.no_gain[key] = (rows, cost.seconds(rows))
+
+
+def _known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
+    """Whether no plan could pay for as many rows or more, with the same cost
+    and settings: decided again without planning (30 µs with a DataFrame,
+    a few percent of a call of a few milliseconds)."""
+    cost = _planning.remembered_cost(estimator, method)
+    if cost is None or not cost.no_gain or _lazy.is_collection(X):
+        return None
+    try:
+        known = cost.no_gain.get(_settings_key((n_jobs, backend)))
+    except TypeError:
+        return None
+    if known is None or _chunking.n_rows(X) > known[0]:
+        return None
+    rows, seconds = known
+    if cost.seconds(rows) > seconds * _planning.NO_GAIN_DRIFT:
+        return None
+    return _NO_GAIN
 
 
 def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
@@ -324,10 +376,14 @@ def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
     return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S
 
 
-def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=None):
+def _auto_plan(
+    jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=None, settings=None
+):
     """Probe the jobs' costs and choose a plan (None: finish in-process).
 
-    Returns the costs, the plan and the one-off start-up it pays.
+    Returns the costs, the plan and the one-off start-up it pays. When no
+    plan can pay for all the rows of a single job, that is remembered under
+    its call's ``settings`` (see :func:`_known_no_gain`).
     """
     probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
     costs = [cost for cost, _ in probed]
@@ -357,6 +413,8 @@ def _auto_plan(jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=No
     kinds = (kind, "thread") if try_threads else (kind,)
     if not _planning.can_pay(costs, remaining, n_workers, kinds):
         # Not even a perfect share of the rows among warm workers would pay.
+        if settings is not None and len(jobs) == 1 and not done[0]:
+            _remember_no_gain(costs[0], settings, sizes[0])
         return costs, None, 0.0
     # A measurement is worth it when threads as good as they could be, or
     # processes, would pay.
@@ -430,24 +488,36 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
 
 
 def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:
-    """One measurement; False when too few rows remain to make one."""
+    """One measurement; False when too few rows remain to make one.
+
+    One chunk is timed in-process, then two more of the same size on two
+    threads at once: the speedup is against the serial time just measured,
+    not against the cost's prediction, which a slow first call (cold caches,
+    another process busy) may have inflated; a thread speedup measured
+    against it would pass for perfect, and the planner would then keep the
+    threads, and learn from their slowed tasks a cost as inflated.
+    """
     start = _done_rows(pieces)
     rows = n - start
     if cost.per_row > 0:
         wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
         rows = min(rows, int(wanted))
     # Leave at least half of what remains for the plan itself.
-    rows = min(max(rows, 2), (n - start) // 2)
-    if rows < max(2, 2 * _planning.thread_measurement_rows(cost)):
+    rows = min(max(rows, 3), (n - start) // 2)
+    size = rows // 3
+    if size < max(1, _planning.thread_measurement_rows(cost)):
         return False
-    half = rows // 2
-    bounds = [(start, start + half), (start + half, start + rows)]
+    with _planning.Timer() as alone:
+        out = job.call(start, start + size)
+    pieces.append((start, start + size, out))
+    cost.add(size, alone.wall, alone.cpu)
+    bounds = [(start + size, start + 2 * size), (start + 2 * size, start + 3 * size)]
     _threads.start(2)
     with _limit_inner_threads([cost], 2):
         with _planning.Timer() as timer:
             outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
-    serial_s = cost.seconds(half) + cost.seconds(rows - half)
+    serial_s = 2 * alone.wall
     speedup = serial_s / max(timer.wall, 1e-9)
     cost.add_thread_speedup(speedup)
     logger.debug(
@@ -455,7 +525,7 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         "(%.2fx); thread speedup now %.2fx",
         type(job.estimator).__name__,
         job.method,
-        rows,
+        2 * size,
         timer.wall,
         serial_s,
         speedup,

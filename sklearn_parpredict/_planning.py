@@ -64,6 +64,9 @@ TASKS_PER_WORKER = 2
 MAX_OVERHEAD_FRACTION = 0.02
 # Timings kept per model and method, one per band of batch sizes.
 MAX_SAMPLES = 12
+# How far a cost's prediction may grow before a remembered "no plan pays"
+# (Cost.no_gain) is planned again.
+NO_GAIN_DRIFT = 1.2
 
 
 @dataclass
@@ -84,6 +87,12 @@ class Cost:
     overhead : dict
         Per kind of worker, seconds per task that past parallel runs took
         beyond the prediction.
+    no_gain : dict
+        Per setting of the workers, the most rows for which no plan could
+        pay (see :func:`can_pay`) and the seconds they were predicted to
+        take: a call on as many rows or fewer is decided without planning
+        while that prediction holds (within ``NO_GAIN_DRIFT``) and the
+        speed of the workers was not learnt anew.
     """
 
     per_call: float
@@ -94,6 +103,7 @@ class Cost:
     overhead: dict = field(default_factory=dict)
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
+    no_gain: dict = field(default_factory=dict, repr=False)
 
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
@@ -131,6 +141,7 @@ class Cost:
         speedup = min(max(speedup, 1.0), 2.0)
         self.thread_speedup = max(self.thread_speedup or 1.0, speedup)
         self.thread_measurements += 1
+        self.no_gain.clear()
 
     def speedup(self, kind: str, n_workers: int) -> float:
         """Speedup of ``n_workers`` workers of ``kind`` over one."""
@@ -398,3 +409,4 @@ def learn_overhead(costs: list[Cost], plan: Plan, wall_s: float) -> None:
         # Half-way towards the observed overhead: one slow run (another
         # process busy) does not swing the plan.
         cost.overhead[plan.kind] = max(0.0, old + 0.5 * excess)
+        cost.no_gain.clear()

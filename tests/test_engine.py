@@ -278,6 +278,46 @@ class _Spinner(_Sleeper):
         return np.full(len(X), os.getpid())
 
 
+class _FixedCost(_Sleeper):
+    """Waits 5 ms a call whatever its rows: no split of them can pay."""
+
+    def predict(self, X):
+        import time
+
+        time.sleep(0.005)
+        return np.full(len(X), os.getpid())
+
+
+def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((1_000, 2))
+    model = _FixedCost().fit(data)
+    planned = []
+    real = _engine.run_jobs
+
+    def spy(*args, **kwargs):
+        planned.append(len(args[0][0].X))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "run_jobs", spy)
+    # The first call probes; the second plans with the known cost, finds
+    # that no plan pays, and remembers it; later ones are not planned.
+    for _ in range(4):
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    assert planned == [1_000, 1_000]
+    parallel_predict(model, data[:500], n_jobs=2)  # fewer rows pay even less
+    assert len(planned) == 2
+    # Planned again: more rows, other settings, a cost that grew.
+    parallel_predict(model, np.zeros((2_000, 2)), n_jobs=2)
+    parallel_predict(model, data, n_jobs=2, backend="threading")
+    assert len(planned) == 4
+    cost = _planning.remembered_cost(model, "predict")
+    cost.per_call *= 2 * _planning.NO_GAIN_DRIFT
+    parallel_predict(model, data, n_jobs=2)
+    assert len(planned) == 5
+
+
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
     from sklearn_parpredict import _engine
 
@@ -492,6 +532,26 @@ def test_thread_speedup_spoilt_by_load_is_measured_again_and_the_best_kept():
 
 
 @pytest.mark.timeout(120)
+def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
+    monkeypatch,
+):
+    # A cost inflated 1,000-fold (as a slow first call leaves it): measured
+    # against it, threads that hold the GIL would pass for twice as fast,
+    # be trusted, and be used from then on at half the serial speed. (One
+    # measurement: the best of several would let a busy moment through.)
+    monkeypatch.setattr(_planning, "THREAD_MEASUREMENTS", 1)
+    data = np.zeros((4_000, 2))
+    model = _Spinner().fit(data)
+    cost = _planning.Cost(0.0, 1e-3)
+    _planning.remember_cost(model, "predict", cost)
+    parallel_predict(model, data, n_jobs=2)
+    assert cost.thread_speedup is not None
+    assert cost.thread_speedup < _planning.THREAD_TRUSTED
+    # The row timed in-process to compare with corrected the cost at once.
+    assert cost.per_row < 1e-4
+
+
+@pytest.mark.timeout(120)
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     from sklearn_parpredict import _engine
 
@@ -508,7 +568,11 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
 
     monkeypatch.setattr(_engine, "_measure_threads", spy)
     out = parallel_predict(model, data, n_jobs=2)
-    assert measured == [len(data)] and cost.thread_measurements == 2
+    # Measured again at once while rows remain, up to the limit: the spinner
+    # holds the GIL, and every measurement says so.
+    assert measured == [len(data)]
+    assert cost.thread_measurements == _planning.THREAD_MEASUREMENTS
+    assert cost.thread_speedup < _planning.THREAD_TRUSTED
     # (The spinner predicts its process id: no serial output to compare.)
     assert out.shape == (len(data),)
     trusted = _Spinner().fit(data)
