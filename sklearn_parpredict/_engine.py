@@ -29,11 +29,6 @@ from sklearn.utils._param_validation import (
 )
 
 from sklearn_parpredict import _chunking, _distributed, _lazy, _planning, _threads
-
-try:  # joblib's thread-local configuration, set by ``parallel_config``
-    from joblib.parallel import _backend as _joblib_local
-except ImportError:  # pragma: no cover - joblib internals moved
-    _joblib_local = None
 from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
@@ -41,6 +36,12 @@ from sklearn_parpredict._sharing import (
     SharedArray,
     resolve,
 )
+
+try:  # joblib's thread-local configuration, set by ``parallel_config``
+    from joblib.parallel import _backend as _joblib_local
+    from joblib.parallel import default_parallel_config as _joblib_defaults
+except ImportError:  # pragma: no cover - joblib internals moved
+    _joblib_local = _joblib_defaults = None
 
 # Why each call ran as it did, for users asking why a call stayed in-process:
 # ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.
@@ -460,13 +461,9 @@ def _auto_plan(
 def _backend_configured() -> bool:
     """Whether a ``joblib.parallel_config`` context names a backend."""
     try:
-        from joblib.parallel import _backend as local
-        from joblib.parallel import default_parallel_config
-
-        config = getattr(local, "config", None)
+        config = getattr(_joblib_local, "config", None)
         return (
-            config is not None
-            and config["backend"] is not default_parallel_config["backend"]
+            config is not None and config["backend"] is not _joblib_defaults["backend"]
         )
     except Exception:  # joblib internals moved: assume the user chose
         return True
