@@ -470,7 +470,7 @@ def _backend_configured() -> bool:
 
 
 def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> None:
-    """Time two chunks on two concurrent threads against the serial cost.
+    """Time two chunks on two concurrent threads against one timed in-process.
 
     Their outputs are kept in ``pieces``; the speedup is added to ``cost``,
     which keeps the best of its measurements. A low speedup is measured again
@@ -487,12 +487,14 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
 def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:
     """One measurement; False when too few rows remain to make one.
 
-    One chunk is timed in-process, then two more of the same size on two
+    A chunk is timed in-process, then two more of the same size on two
     threads at once: the speedup is against the serial time just measured,
     not against the cost's prediction, which a slow first call (cold caches,
     another process busy) may have inflated; a thread speedup measured
     against it would pass for perfect, and the planner would then keep the
-    threads, and learn from their slowed tasks a cost as inflated.
+    threads, and learn from their slowed tasks a cost as inflated. The
+    in-process chunk grows until it takes ``THREAD_CHUNK_S``, which a short
+    pause of the machine cannot double.
     """
     start = _done_rows(pieces)
     rows = n - start
@@ -504,11 +506,22 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     size = rows // 3
     if size < max(1, _planning.thread_measurement_rows(cost)):
         return False
-    with _planning.Timer() as alone:
-        out = job.call(start, start + size)
-    pieces.append((start, start + size, out))
-    cost.add(size, alone.wall, alone.cpu)
-    bounds = [(start + size, start + 2 * size), (start + 2 * size, start + 3 * size)]
+    while True:
+        with _planning.Timer() as alone:
+            out = job.call(start, start + size)
+        pieces.append((start, start + size, out))
+        cost.add(size, alone.wall, alone.cpu)
+        start += size
+        if alone.wall >= _planning.THREAD_CHUNK_S:
+            break
+        # The next chunk leaves room for two more of its size.
+        grown = min(size * _planning.PROBE_GROWTH, (n - start) // 3)
+        if grown <= size:
+            if 2 * size > n - start:
+                return False  # the rows done stay done; no measurement
+            break
+        size = grown
+    bounds = [(start, start + size), (start + size, start + 2 * size)]
     _threads.start(2)
     with _limit_inner_threads([cost], 2):
         with _planning.Timer() as timer:

@@ -34,6 +34,9 @@ PROBE_ENOUGH_S = 0.1
 # Rows timed on two concurrent threads, to learn how much of the estimator's
 # work releases the GIL, take about this long serially.
 THREAD_PROBE_S = 0.1
+# Least in-process time of the chunk that a thread measurement compares with:
+# a pause of the machine of a millisecond or two must not pass for a speedup.
+THREAD_CHUNK_S = 0.01
 # Another process busy on a core makes threads look as if they held the GIL,
 # never the opposite: a speedup below THREAD_TRUSTED is measured again, at
 # once while rows remain and on later calls, up to THREAD_MEASUREMENTS times

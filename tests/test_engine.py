@@ -555,7 +555,7 @@ def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     from sklearn_parpredict import _engine
 
-    data = np.zeros((4_000, 2))
+    data = np.zeros((12_000, 2))
     model = _Spinner().fit(data)
     cost = _planning.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
     _planning.remember_cost(model, "predict", cost)
