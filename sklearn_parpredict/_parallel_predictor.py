@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import weakref
 from copy import deepcopy
 from functools import update_wrapper
 from operator import attrgetter
@@ -30,6 +28,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
+from sklearn_parpredict._planning import keep_by_id
 
 # The methods the wrapper runs in parallel, each present when the wrapped
 # estimator has it.
@@ -47,7 +46,7 @@ PARALLEL_METHODS = (
 # one from a later object at the same address: an estimator does not become
 # unfitted, and checking again on every call would cost more than predicting
 # a few rows (a WeakSet's look-up alone is a Python call and a new weakref).
-_seen_fitted: dict[int, weakref.ref] = {}
+_seen_fitted: dict[int, tuple] = {}
 # Engine settings already validated, so that repeated calls skip validation.
 _valid_settings: set = set()
 _settings_of: dict[type, attrgetter] = {}
@@ -59,18 +58,14 @@ def is_fitted(estimator) -> bool:
     Objects without ``fit`` (plain predictors) count as fitted.
     """
     seen = _seen_fitted.get(id(estimator))
-    if seen is not None and seen() is estimator:
+    if seen is not None and seen[0]() is estimator:
         return True
     if hasattr(estimator, "fit"):
         try:
             check_is_fitted(estimator)
         except NotFittedError:
             return False
-    key = id(estimator)
-    with contextlib.suppress(TypeError):  # not weak-referenceable
-        _seen_fitted[key] = weakref.ref(
-            estimator, lambda _, key=key: _seen_fitted.pop(key, None)
-        )
+    keep_by_id(_seen_fitted, estimator, True)
     return True
 
 

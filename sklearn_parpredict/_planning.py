@@ -258,23 +258,36 @@ def remembered_cost(model, method: str) -> Cost | None:
 
 
 def remember_cost(model, method: str, cost: Cost) -> None:
-    key = id(model)
-    entry = _costs.get(key)
+    entry = _costs.get(id(model))
     if entry is None or entry[0]() is not model:
-        try:
-            ref = weakref.ref(model, functools.partial(_forget_cost, key))
-        except TypeError:  # not weak-referenceable: nothing is remembered
+        entry = keep_by_id(_costs, model, {})
+        if entry is None:  # not weak-referenceable: nothing is remembered
             return
-        entry = _costs[key] = (ref, {})
     entry[1][method] = cost
 
 
-def _forget_cost(key: int, ref: weakref.ref) -> None:
-    # Only the collected model's own entry: a later model with the same id
+def keep_by_id(table: dict, obj, value) -> tuple | None:
+    """``table[id(obj)] = (weak reference to obj, value)``, until ``obj`` is
+    collected; None (and nothing kept) when it cannot be weakly referenced.
+
+    Keyed by id rather than by the object: a look-up is one dict access and
+    ``entry[0]() is obj``, for objects that need not be hashable.
+    """
+    key = id(obj)
+    try:
+        ref = weakref.ref(obj, functools.partial(_drop_by_id, table, key))
+    except TypeError:
+        return None
+    entry = table[key] = (ref, value)
+    return entry
+
+
+def _drop_by_id(table: dict, key: int, ref: weakref.ref) -> None:
+    # Only the collected object's own entry: a later object with the same id
     # may already have replaced it.
-    entry = _costs.get(key)
+    entry = table.get(key)
     if entry is not None and entry[0] is ref:
-        del _costs[key]
+        del table[key]
 
 
 @dataclass

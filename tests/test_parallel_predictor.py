@@ -75,7 +75,7 @@ def test_fitted_estimators_are_remembered_only_while_they_live():
     trained = LogisticRegression().fit(X, Y)
     assert pp.is_fitted(trained)
     key = id(trained)
-    assert pp._seen_fitted[key]() is trained
+    assert pp._seen_fitted[key][0]() is trained
     del trained
     gc.collect()
     # A later estimator at the same address must be checked anew.
