@@ -28,7 +28,14 @@ from sklearn.utils._param_validation import (
     validate_params,
 )
 
-from sklearn_parpredict import _chunking, _distributed, _lazy, _planning, _threads
+from sklearn_parpredict import (
+    _chunking,
+    _distributed,
+    _lazy,
+    _loky,
+    _planning,
+    _threads,
+)
 from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
@@ -48,7 +55,7 @@ except ImportError:  # pragma: no cover - joblib internals moved
 logger = logging.getLogger("sklearn_parpredict")
 
 # Seconds after which a process pool that sat idle is assumed to be gone
-# (loky shuts idle workers down after 300 s).
+# (loky's workers, which shut down after 300 s idle, are looked at instead).
 _POOL_IDLE_S = 250.0
 _pool_last_used: dict[tuple, float] = {}
 # Per pool not started yet: seconds that calls have lost without it.
@@ -390,8 +397,7 @@ def _auto_plan(
     costs = [cost for cost, _ in probed]
     cold_s = 0.0
     if kind == "process":
-        idle = time.monotonic() - _pool_last_used.get(pool_key, -np.inf)
-        cold_s = _planning.COLD_POOL_S * (idle > _POOL_IDLE_S)
+        cold_s = _planning.COLD_POOL_S * (not _pool_warm(pool_key, n_workers))
         cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
     if cluster is not None:
         # A cluster is running already; what a first call pays is shipping
@@ -412,9 +418,11 @@ def _auto_plan(
     try_threads = kind == "process" and backend is None and not _backend_configured()
     remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
     kinds = (kind, "thread") if try_threads else (kind,)
+    # Remembered for the next calls on as many rows or fewer: no plan pays.
+    remember = settings is not None and len(jobs) == 1 and not done[0]
     if not _planning.can_pay(costs, remaining, n_workers, kinds):
         # Not even a perfect share of the rows among warm workers would pay.
-        if settings is not None and len(jobs) == 1 and not done[0]:
+        if remember:
             _remember_no_gain(costs[0], settings, sizes[0])
         return costs, None, 0.0
     # A measurement is worth it when threads as good as they could be, or
@@ -431,6 +439,11 @@ def _auto_plan(
         plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"), default=None
     )
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
+    if best is None and not warm and remember and not done[0]:
+        # Not even warm workers would pay, and threads were not measured:
+        # too few rows to measure them with (a forest's loop over its
+        # trees), which fewer rows will not change.
+        _remember_no_gain(costs[0], settings, sizes[0])
     if warm:
         # Only the one-off start of the workers (or the first shipping of
         # the models) stands in the way of a plan clearly faster than this
@@ -456,6 +469,22 @@ def _auto_plan(
                 else:
                     _warm_up(jobs, n_workers, backend, pool_key)
     return costs, best, cold_s * (best is not None and best.kind == "process")
+
+
+def _pool_warm(pool_key: tuple, n_workers: int) -> bool:
+    """Whether the backend's workers are running already.
+
+    loky's are looked at: whoever started them, they are what a call would
+    run on. Other pools are taken as warm for a while after our last call
+    on them. Workers that our warm-up is starting are not warm yet: they
+    are still importing scikit-learn, or receiving the models.
+    """
+    if pool_key in _warming:
+        return False
+    live = _loky.live_workers() if pool_key[0] == "LokyBackend" else None
+    if live is not None:
+        return live >= n_workers
+    return time.monotonic() - _pool_last_used.get(pool_key, -np.inf) <= _POOL_IDLE_S
 
 
 def _backend_configured() -> bool:

@@ -42,6 +42,24 @@ def usable(runner) -> bool:
     )
 
 
+def live_workers() -> int | None:
+    """Workers alive in joblib's reused loky executor (None: unknown).
+
+    Any ``Parallel`` call on loky in this process, ours or another library's
+    (a grid search, a forest fitted with ``n_jobs``), starts and reuses that
+    executor: its workers, once started, cost nothing more to start.
+    """
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+        if executor is None or executor._flags.broken or executor._flags.shutdown:
+            return 0
+        return sum(process.is_alive() for process in list(executor._processes.values()))
+    except Exception:  # loky's internals moved: the caller keeps its own count
+        return None
+
+
 def run(runner, function: Callable, tasks: list[tuple]) -> list:
     """``[function(*task) for task in tasks]`` on the workers of ``runner``.
 

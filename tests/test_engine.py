@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -318,6 +319,55 @@ def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
     assert len(planned) == 5
 
 
+def _stop_pools():
+    """Stop loky's reused workers and forget our calls on any pool."""
+    from joblib.externals.loky import reusable_executor
+
+    from sklearn_parpredict import _engine
+
+    _join_warm_ups()
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True)
+    _engine._pool_last_used.clear()
+    _engine._time_lost.clear()
+
+
+class _CallHeavy(_Sleeper):
+    """5 ms a call and 5 µs a row: threads would pay only on rows enough
+    to measure them."""
+
+    def predict(self, X):
+        import time
+
+        time.sleep(0.005 + 5e-6 * len(X))
+        return np.full(len(X), os.getpid())
+
+
+def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((1_000, 2))
+    model = _CallHeavy().fit(data)
+    cost = _planning.Cost(0.005, 5e-6)
+    _planning.remember_cost(model, "predict", cost)
+    # Threads as fast as they could be would pay: planning cannot rule
+    # them out without measuring them, and 1,000 rows are too few to.
+    assert _planning.can_pay([cost], [(0, 1_000)], 2, ("thread",))
+    assert _planning.thread_measurement_rows(cost) > 1_000 // 3
+    planned = []
+    real = _engine.run_jobs
+
+    def spy(*args, **kwargs):
+        planned.append(len(args[0][0].X))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "run_jobs", spy)
+    for _ in range(4):
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    assert planned == [1_000]
+    assert cost.thread_speedup is None
+
+
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
     from sklearn_parpredict import _engine
 
@@ -325,8 +375,7 @@ def test_cold_pool_is_started_once_calls_lost_its_start_up():
     # start-up (0.5 s).
     data = np.zeros((16_000, 2))
     model = _Sleeper().fit(data)
-    _engine._pool_last_used.clear()
-    _engine._time_lost.clear()
+    _stop_pools()
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
     ).all()
@@ -344,6 +393,45 @@ def test_cold_pool_is_started_once_calls_lost_its_start_up():
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
     ).all()
+
+
+@pytest.mark.timeout(120)
+def test_loky_workers_are_warm_whoever_started_them():
+    from joblib import Parallel, delayed
+
+    from sklearn_parpredict import _loky
+
+    data = np.zeros((16_000, 2))
+    model = _Sleeper().fit(data)
+    _stop_pools()
+    assert _loky.live_workers() == 0
+
+    def where():
+        return parallel_predict(model, data, n_jobs=2, backend="loky")
+
+    assert (where() == os.getpid()).all()  # cold: one call would not pay
+    # Another library's joblib call leaves loky's workers running: they
+    # are the ones the next call runs on, with nothing to start.
+    Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
+    assert _loky.live_workers() == 2
+    assert (where() != os.getpid()).all()
+    # Workers gone (shut down, or idle past loky's timeout) are cold again,
+    # however recently our calls used them.
+    _stop_pools()
+    assert (where() == os.getpid()).all()
+
+
+def test_pool_warmth_falls_back_to_our_last_use_when_loky_cannot_tell(monkeypatch):
+    from joblib.externals.loky import reusable_executor
+
+    from sklearn_parpredict import _engine, _loky
+
+    monkeypatch.setattr(reusable_executor, "_executor", object())
+    assert _loky.live_workers() is None
+    monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), time.monotonic())
+    assert _engine._pool_warm(("LokyBackend", 2), 2)
+    monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), -np.inf)
+    assert not _engine._pool_warm(("LokyBackend", 2), 2)
 
 
 _SLEEPER_SCRIPT = """
@@ -403,13 +491,12 @@ def _measured_spinner(data, per_row: float, thread_speedup: float):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("thread_speedup, on_threads", [(2.0, True), (1.0, False)])
 def test_threads_or_processes_by_measured_gil_release(thread_speedup, on_threads):
-    from sklearn_parpredict import _engine
 
     data = np.zeros((4_000, 2))
     # The GIL released all the time, or never.
     model = _measured_spinner(data, 1e-3, thread_speedup)
+    # Starts loky's workers: the next call finds them warm.
     parallel_predict(model, data[:100], n_jobs=2, backend="loky", chunk_size=50)
-    _engine._pool_last_used[("LokyBackend", 2)] = float("inf")  # warm
     out = parallel_predict(model, data, n_jobs=2)
     assert (out == os.getpid()).all() == on_threads
 
@@ -426,7 +513,7 @@ def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
     # Threads pay; processes (2x) would be clearly faster than 1.4x threads,
     # not than 1.9x threads.
     model = _measured_spinner(data, 2e-5, thread_speedup)
-    _engine._pool_last_used.clear()
+    _stop_pools()
     # As if earlier calls had lost more than the pool's start-up.
     _engine._time_lost[("LokyBackend", 2)] = 10.0
     assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
