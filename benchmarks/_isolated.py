@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import Workload
-from benchmarks._measure import PeakRSS, assert_same, tree_rss
+from benchmarks._measure import PeakRSS, after, assert_same, before, tree_rss
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
 from sklearn_parpredict import ParallelPredictor
 
@@ -72,7 +72,12 @@ def repeated(
         try:
             built[name] = METHODS[name](work)
             # Warm-up, not timed.
-            assert_same(expected[0], built[name].bind(*bounds[0])())
+            warm_up = built[name].bind(*bounds[0])
+            before(warm_up)
+            try:
+                assert_same(expected[0], warm_up())
+            finally:
+                after(warm_up)
         except Exception as exc:  # a peer that is unavailable or wrong
             errors[name] = f"{type(exc).__name__}: {exc}"
     methods = built
@@ -80,9 +85,11 @@ def repeated(
 
     def timed(name: str, i: int) -> None:
         call = methods[name].bind(*bounds[i])
+        before(call)
         start = time.perf_counter()
         out = call()
         samples[name].append(time.perf_counter() - start)
+        after(call)
         try:
             assert_same(expected[i], out)
         except AssertionError as exc:

@@ -90,12 +90,15 @@ def measure(
     timings = {name: Timing() for name in calls}
     warm_s = 0.0
     for name, call in calls.items():
+        before(call)
         start = time.perf_counter()
         try:
             out = call()
         except Exception as exc:  # a peer that cannot run this input
             timings[name].error = f"{type(exc).__name__}: {exc}"
             continue
+        finally:
+            after(call)
         elapsed = time.perf_counter() - start
         warm_s += elapsed
         _check(timings[name], expected, out)
@@ -118,11 +121,23 @@ def measure(
 def _sample(timing: Timing, call: Callable, expected) -> None:
     if timing.error:
         return
+    before(call)
     start = time.perf_counter()
     for _ in range(timing.inner):
         out = call()
     timing.samples.append((time.perf_counter() - start) / timing.inner)
+    after(call)
     _check(timing, expected, out)
+
+
+def before(call: Callable) -> None:
+    """Run what a method does before each sample, outside the timing."""
+    getattr(call, "before", lambda: None)()
+
+
+def after(call: Callable) -> None:
+    """Run what a method does after each sample, outside the timing."""
+    getattr(call, "after", lambda: None)()
 
 
 def tree_rss(process: psutil.Process | None = None) -> int:

@@ -405,7 +405,7 @@ def _auto_plan(
         unshipped = [j.estimator for j in jobs if not cluster.shipped(j.estimator)]
         cold_s = _planning.COLD_MODEL_S * len(unshipped)
 
-    def plan(kind, cold_s=0.0):
+    def plan(kind, cold_s=0.0, costs=costs):
         remaining = [(_done_rows(p), n) for p, n in zip(done, sizes)]
         return _planning.plan_chunks(
             costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
@@ -420,13 +420,22 @@ def _auto_plan(
     kinds = (kind, "thread") if try_threads else (kind,)
     # Remembered for the next calls on as many rows or fewer: no plan pays.
     remember = settings is not None and len(jobs) == 1 and not done[0]
-    if not _planning.can_pay(costs, remaining, n_workers, kinds):
+    # Estimators that run threads of their own, not measured yet, are
+    # planned at first as if those gained nothing.
+    hopeful = [_planning.optimistic(c) for c in costs]
+    if not _planning.can_pay(hopeful, remaining, n_workers, kinds):
         # Not even a perfect share of the rows among warm workers would pay.
         if remember:
             _remember_no_gain(costs[0], settings, sizes[0])
         return costs, None, 0.0
-    # A measurement is worth it when threads as good as they could be, or
-    # processes, would pay.
+    # A measurement is worth it when workers as good as they could be would
+    # pay: first of the speedup of the estimator's own threads, which
+    # workers take cores from, then of threads of ours.
+    unmeasured = any(h is not c for h, c in zip(hopeful, costs))
+    if unmeasured and (plan(kind, costs=hopeful) or plan("thread", costs=hopeful)):
+        for job, cost, n, pieces in zip(jobs, costs, sizes, done):
+            if cost.wants_own_measurement():
+                _measure_own_threads(job, cost, n, pieces)
     measure = [c.wants_thread_measurement() for c in costs]
     if try_threads and any(measure) and (plan("thread") or plan(kind)):
         for job, cost, n, pieces, wanted in zip(jobs, costs, sizes, done, measure):
@@ -522,34 +531,13 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     another process busy) may have inflated; a thread speedup measured
     against it would pass for perfect, and the planner would then keep the
     threads, and learn from their slowed tasks a cost as inflated. The
-    in-process chunk grows until it takes ``THREAD_CHUNK_S``, which a short
-    pause of the machine cannot double.
+    threads run on their share of the cores: the in-process time is scaled
+    to that share by the measured speedup of the estimator's own threads.
     """
-    start = _done_rows(pieces)
-    rows = n - start
-    if cost.per_row > 0:
-        wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
-        rows = min(rows, int(wanted))
-    # Leave at least half of what remains for the plan itself.
-    rows = min(max(rows, 3), (n - start) // 2)
-    size = rows // 3
-    if size < max(1, _planning.thread_measurement_rows(cost)):
+    timed = _serial_chunk(job, cost, n, pieces, more=2)
+    if timed is None:
         return False
-    while True:
-        with _planning.Timer() as alone:
-            out = job.call(start, start + size)
-        pieces.append((start, start + size, out))
-        cost.add(size, alone.wall, alone.cpu)
-        start += size
-        if alone.wall >= _planning.THREAD_CHUNK_S:
-            break
-        # The next chunk leaves room for two more of its size.
-        grown = min(size * _planning.PROBE_GROWTH, (n - start) // 3)
-        if grown <= size:
-            if 2 * size > n - start:
-                return False  # the rows done stay done; no measurement
-            break
-        size = grown
+    start, size, alone = timed
     bounds = [(start, start + size), (start + size, start + 2 * size)]
     _threads.start(2)
     with _limit_inner_threads([cost], 2):
@@ -557,6 +545,10 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
             outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = 2 * alone.wall
+    if cost.own_speedup is not None and cost.threads >= _planning.THREADED:
+        # Measured, not guessed from the cores the call kept busy: other
+        # threads of the process (BLAS's, spinning) count as busy too.
+        serial_s *= _planning.inner_slowdown(cost, max(1, _planning.CORES // 2))
     speedup = serial_s / max(timer.wall, 1e-9)
     cost.add_thread_speedup(speedup)
     logger.debug(
@@ -571,6 +563,67 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         cost.thread_speedup,
     )
     return True
+
+
+def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None:
+    """Time a chunk in-process, then the same rows on one thread: the
+    speedup of the estimator's own threads, which workers take cores from."""
+    timed = _serial_chunk(job, cost, n, pieces, more=1)
+    if timed is None:
+        return
+    start, size, alone = timed
+    with _threads.one_thread():
+        with _planning.Timer() as one:
+            out = job.call(start, start + size)
+    pieces.append((start, start + size, out))
+    cost.add_own_speedup(one.wall / max(alone.wall, 1e-9))
+    logger.debug(
+        "%s.%s: %d rows took %.3g s on one thread against %.3g s on its own "
+        "threads; their speedup now %.2fx",
+        type(job.estimator).__name__,
+        job.method,
+        size,
+        one.wall,
+        alone.wall,
+        cost.own_speedup,
+    )
+
+
+def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):
+    """Time the next rows in-process, leaving room for ``more`` chunks of the
+    same size: ``(start of the next rows, size, timer)``, or None when too
+    few rows remain.
+
+    The chunk grows until it takes ``THREAD_CHUNK_S``, which a short pause
+    of the machine cannot double; its rows spend at least
+    ``THREAD_ROW_SHARE`` of their time on rows rather than on the call's
+    fixed cost.
+    """
+    start = _done_rows(pieces)
+    left = n - start
+    rows = left
+    if cost.per_row > 0:
+        wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
+        rows = min(rows, int(wanted))
+    # Leave at least half of what remains for the plan itself.
+    size = min(max(rows, more + 1), left // 2) // (more + 1)
+    if size < max(1, _planning.thread_measurement_rows(cost)):
+        return None
+    while True:
+        with _planning.Timer() as alone:
+            out = job.call(start, start + size)
+        pieces.append((start, start + size, out))
+        cost.add(size, alone.wall, alone.cpu)
+        start += size
+        if alone.wall >= _planning.THREAD_CHUNK_S:
+            return start, size, alone
+        # The next chunk leaves room for ``more`` of its size.
+        grown = min(size * _planning.PROBE_GROWTH, (n - start) // (more + 1))
+        if grown <= size:
+            if more * size > n - start:
+                return None  # the rows done stay done; no measurement
+            return start, size, alone
+        size = grown
 
 
 def _limit_inner_threads(costs: list[_planning.Cost] | None, n_workers: int):

@@ -16,7 +16,7 @@ import math
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sklearn_parpredict._chunking import split_bounds
 
@@ -81,6 +81,13 @@ class Cost:
     threads : float
         Cores the serial call kept busy on average (process CPU time over wall
         time): an estimator that is already threaded gains less from workers.
+    own_speedup : float or None
+        Speedup of the serial call's own threads (BLAS, OpenMP) over one
+        thread, for an estimator that keeps more than one core busy;
+        ``None`` until measured, when ``threads`` stands for it. Busy is not
+        useful: OpenMP threads that spin between parallel regions count as
+        busy (HistGradientBoosting's predict kept 2 cores busy for a speedup
+        of 1.46x on 2 cores).
     thread_speedup : float or None
         Speedup of two concurrent threads over one, the best of up to
         ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
@@ -101,6 +108,7 @@ class Cost:
     per_call: float
     per_row: float
     threads: float = 1.0
+    own_speedup: float | None = None
     thread_speedup: float | None = None
     thread_measurements: int = 0
     overhead: dict = field(default_factory=dict)
@@ -131,6 +139,17 @@ class Cost:
         self.samples = [*others, (rows, wall, cpu)][-MAX_SAMPLES:]
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
+
+    def wants_own_measurement(self) -> bool:
+        """Whether the call runs threads of its own whose speedup is unknown."""
+        return self.own_speedup is None and self.threads >= THREADED
+
+    def add_own_speedup(self, speedup: float) -> None:
+        """Keep the best measured speedup of the call's own threads: another
+        process busy on a core slows the threads, never one thread alone."""
+        speedup = min(max(speedup, 1.0), float(CORES))
+        self.own_speedup = max(self.own_speedup or 1.0, speedup)
+        self.no_gain.clear()
 
     def wants_thread_measurement(self) -> bool:
         """Whether the thread speedup is unknown or may have been hidden by load."""
@@ -341,14 +360,28 @@ def _serial_and_work(costs, remaining, n_workers: int, kind: str):
     return rows, serial_s, work
 
 
+def inner_slowdown(cost: Cost, threads: int) -> float:
+    """How much longer rows take on ``threads`` threads of the estimator's
+    own (BLAS, OpenMP) than in the serial call, which has all the cores."""
+    own = cost.threads if cost.own_speedup is None else cost.own_speedup
+    return own / min(own, threads)
+
+
+def optimistic(cost: Cost) -> Cost:
+    """``cost`` as if its own threads, not measured yet, gained nothing: the
+    best case for workers, which take cores from them."""
+    if not cost.wants_own_measurement():
+        return cost
+    return replace(cost, own_speedup=1.0)
+
+
 def _slowdown(cost: Cost, kind: str, n_workers: int) -> float:
     """How much longer rows take on each of ``n_workers`` busy workers than in
     the serial call: a worker holds only its share of the cores, and threads
     that hold the GIL wait for each other."""
     threads_per_worker = max(1, CORES // n_workers)
     return (
-        cost.threads
-        / min(cost.threads, threads_per_worker)
+        inner_slowdown(cost, threads_per_worker)
         * n_workers
         / cost.speedup(kind, n_workers)
     )

@@ -91,6 +91,18 @@ def limit_blas(limits: int):
                 _blas_limiter = None
 
 
+@contextlib.contextmanager
+def one_thread():
+    """A context in which this thread's calls use one BLAS and one OpenMP
+    thread (OpenMP's setting is per calling thread; BLAS's, shared)."""
+    with limit_blas(1):
+        limiter = _inner_controller().limit(limits=1, user_api="openmp")
+        try:
+            yield
+        finally:
+            limiter.restore_original_limits()
+
+
 def in_worker() -> bool:
     """Whether this thread is running one of the pool's tasks.
 

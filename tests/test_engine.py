@@ -162,6 +162,32 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
         )
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+def test_own_threads_are_planned_by_their_measured_speedup():
+    def plan(cost):
+        return _planning.plan_chunks(
+            [cost], [(0, 100_000)], n_workers=2, kind="process", cold_s=0
+        )
+
+    # Two cores kept busy: as good as workers, until measured otherwise
+    # (OpenMP threads that spin between regions keep cores busy too).
+    busy = _planning.Cost(per_call=1e-4, per_row=1e-5, threads=2.0)
+    assert busy.wants_own_measurement()
+    assert plan(busy) is None
+    assert plan(_planning.optimistic(busy)) is not None
+    assert _planning.optimistic(busy).own_speedup == 1.0
+    busy.add_own_speedup(1.4)  # HistGradientBoosting's predict, 2 cores
+    assert not busy.wants_own_measurement()
+    assert plan(busy) is not None
+    busy.add_own_speedup(1.9)  # the best measurement is kept
+    assert busy.own_speedup == 1.9
+    assert plan(busy) is None
+    # Nothing to measure when one core is all the call keeps busy.
+    single = _planning.Cost(per_call=1e-4, per_row=1e-5)
+    assert not single.wants_own_measurement()
+    assert _planning.optimistic(single) is single
+
+
 @given(
     costs=st.lists(
         st.tuples(
@@ -368,6 +394,30 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
     assert cost.thread_speedup is None
 
 
+class KNeighborsSleeper(_Sleeper):
+    """Named like an estimator whose predict runs OpenMP threads of its
+    own, but those gain nothing: it waits per row on one thread."""
+
+    def predict(self, X):
+        import time
+
+        time.sleep(5e-5 * len(X))
+        return np.full(len(X), threading.get_ident())
+
+
+@pytest.mark.timeout(120)
+def test_own_threads_that_gain_nothing_are_measured_and_split():
+    data = np.zeros((16_000, 2))
+    model = KNeighborsSleeper().fit(data)
+    out = parallel_predict(model, data, n_jobs=2)
+    cost = _planning.remembered_cost(model, "predict")
+    # Taken as keeping the cores busy, so as gaining nothing from workers,
+    # until its own threads were measured.
+    assert cost.threads >= _planning.THREADED
+    assert cost.own_speedup is not None and cost.own_speedup < 1.5
+    assert (out != threading.get_ident()).any()
+
+
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
     from sklearn_parpredict import _engine
 
@@ -431,6 +481,20 @@ def test_pool_warmth_falls_back_to_our_last_use_when_loky_cannot_tell(monkeypatc
     monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), time.monotonic())
     assert _engine._pool_warm(("LokyBackend", 2), 2)
     monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), -np.inf)
+    assert not _engine._pool_warm(("LokyBackend", 2), 2)
+
+
+def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
+    from joblib import Parallel, delayed
+
+    from sklearn_parpredict import _engine
+
+    Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
+    assert _engine._pool_warm(("LokyBackend", 2), 2)
+    # Running, but still importing scikit-learn or receiving the models: a
+    # call that planned on them would wait for that, and learn the wait as
+    # the workers' overhead.
+    monkeypatch.setattr(_engine, "_warming", {("LokyBackend", 2)})
     assert not _engine._pool_warm(("LokyBackend", 2), 2)
 
 
