@@ -307,6 +307,7 @@ def run_jobs(
         if plan.kind == "process":
             _pool_last_used[pool_key] = time.monotonic()
             _time_lost.pop(pool_key, None)
+            _mark_shipped(jobs, pool_key)
     return [
         _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
         for pieces in done
@@ -393,12 +394,14 @@ def _auto_plan(
     plan can pay for all the rows of a single job, that is remembered under
     its call's ``settings`` (see :func:`_known_no_gain`).
     """
-    probed = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
-    costs = [cost for cost, _ in probed]
+    costs = [_probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)]
     cold_s = 0.0
     if kind == "process":
         cold_s = _planning.COLD_POOL_S * (not _pool_warm(pool_key, n_workers))
-        cold_s += _planning.COLD_MODEL_S * sum(new for _, new in probed)
+        # Workers already running (started by another call, another
+        # library) have not loaded these models yet.
+        unsent = sum(not _shipped(job.estimator, pool_key) for job in jobs)
+        cold_s += _planning.COLD_MODEL_S * unsent
     if cluster is not None:
         # A cluster is running already; what a first call pays is shipping
         # the models it does not hold yet.
@@ -494,6 +497,24 @@ def _pool_warm(pool_key: tuple, n_workers: int) -> bool:
     if live is not None:
         return live >= n_workers
     return time.monotonic() - _pool_last_used.get(pool_key, -np.inf) <= _POOL_IDLE_S
+
+
+# Pools of processes each model was sent to, by the model's id.
+_sent: dict[int, tuple] = {}
+
+
+def _shipped(model, pool_key: tuple) -> bool:
+    entry = _sent.get(id(model))
+    return entry is not None and entry[0]() is model and pool_key in entry[1]
+
+
+def _mark_shipped(jobs: list[Job], pool_key: tuple) -> None:
+    for job in jobs:
+        entry = _sent.get(id(job.estimator))
+        if entry is None or entry[0]() is not job.estimator:
+            entry = _planning.keep_by_id(_sent, job.estimator, set())
+        if entry is not None:
+            entry[1].add(pool_key)
 
 
 def _backend_configured() -> bool:
@@ -670,6 +691,7 @@ def _warm_up(jobs: list[Job], n_workers: int, backend, pool_key) -> None:
         try:
             fan_out(_run_task, tasks * n_workers, n_workers=n_workers, backend=backend)
             _pool_last_used[pool_key] = time.monotonic()
+            _mark_shipped(jobs, pool_key)
         except Exception:  # noqa: S110 - a failed warm-up only costs speed
             pass
         finally:
@@ -685,15 +707,15 @@ def _done_rows(pieces) -> int:
     return max((stop for _, stop, _ in pieces), default=0)
 
 
-def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
-    """The job's cost, and whether it had to be measured now.
+def _probe(job: Job, n: int, pieces: list) -> _planning.Cost:
+    """The job's cost.
 
     When the cost is not remembered, the first rows are timed in-process and
     their outputs are kept in ``pieces``.
     """
     cost = _planning.remembered_cost(job.estimator, job.method)
     if cost is not None:
-        return cost, False
+        return cost
     cost = None
     start, size = 0, _planning.PROBE_ROWS
     while start < n:
@@ -715,7 +737,7 @@ def _probe(job: Job, n: int, pieces: list) -> tuple[_planning.Cost, bool]:
         ):
             break
     _planning.remember_cost(job.estimator, job.method, cost)
-    return cost, True
+    return cost
 
 
 def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=None):

@@ -471,6 +471,32 @@ def test_loky_workers_are_warm_whoever_started_them():
     assert (where() == os.getpid()).all()
 
 
+@pytest.mark.timeout(120)
+def test_models_running_workers_lack_are_sent_before_calls_use_them():
+    from joblib import Parallel, delayed
+
+    from sklearn_parpredict import _engine
+
+    # 0.12 s in-process; 0.06 s on 2 running workers, but not with the
+    # first shipping of the model (counted as 0.05 s).
+    data = np.zeros((2_400, 2))
+    model = _Sleeper().fit(data)
+    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
+    _stop_pools()
+    Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
+    assert not _engine._shipped(model, ("LokyBackend", 2))
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
+    ).all()
+    # That call lost more than the shipping costs: the model was sent in
+    # the background, and the next call runs on the workers.
+    _join_warm_ups()
+    assert _engine._shipped(model, ("LokyBackend", 2))
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
+    ).all()
+
+
 def test_pool_warmth_falls_back_to_our_last_use_when_loky_cannot_tell(monkeypatch):
     from joblib.externals.loky import reusable_executor
 
