@@ -558,14 +558,14 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     timed = _serial_chunk(job, cost, n, pieces, more=2)
     if timed is None:
         return False
-    start, size, alone = timed
+    start, size, alone_s = timed
     bounds = [(start, start + size), (start + size, start + 2 * size)]
     _threads.start(2)
     with _limit_inner_threads([cost], 2):
         with _planning.Timer() as timer:
             outputs = _threads.run(job.call, bounds, 2)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
-    serial_s = 2 * alone.wall
+    serial_s = 2 * alone_s
     if cost.own_speedup is not None and cost.threads >= _planning.THREADED:
         # Measured, not guessed from the cores the call kept busy: other
         # threads of the process (BLAS's, spinning) count as busy too.
@@ -592,12 +592,12 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
     timed = _serial_chunk(job, cost, n, pieces, more=1)
     if timed is None:
         return
-    start, size, alone = timed
+    start, size, alone_s = timed
     with _threads.one_thread():
         with _planning.Timer() as one:
             out = job.call(start, start + size)
     pieces.append((start, start + size, out))
-    cost.add_own_speedup(one.wall / max(alone.wall, 1e-9))
+    cost.add_own_speedup(one.wall / max(alone_s, 1e-9))
     logger.debug(
         "%s.%s: %d rows took %.3g s on one thread against %.3g s on its own "
         "threads; their speedup now %.2fx",
@@ -605,20 +605,24 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
         job.method,
         size,
         one.wall,
-        alone.wall,
+        alone_s,
         cost.own_speedup,
     )
 
 
 def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):
     """Time the next rows in-process, leaving room for ``more`` chunks of the
-    same size: ``(start of the next rows, size, timer)``, or None when too
+    same size: ``(start of the next rows, size, seconds)``, or None when too
     few rows remain.
 
     The chunk grows until it takes ``THREAD_CHUNK_S``, which a short pause
     of the machine cannot double; its rows spend at least
     ``THREAD_ROW_SHARE`` of their time on rows rather than on the call's
-    fixed cost.
+    fixed cost. The seconds are the lower of the chunk's time and what the
+    cost predicted for it: a longer pause slows the chunk (and would pass
+    for a speedup of whatever it is compared with), a slow first call
+    inflates the prediction, and neither makes the serial time shorter than
+    it is.
     """
     start = _done_rows(pieces)
     left = n - start
@@ -631,19 +635,21 @@ def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):
     if size < max(1, _planning.thread_measurement_rows(cost)):
         return None
     while True:
+        predicted = cost.seconds(size)
         with _planning.Timer() as alone:
             out = job.call(start, start + size)
         pieces.append((start, start + size, out))
         cost.add(size, alone.wall, alone.cpu)
         start += size
+        seconds = min(alone.wall, predicted) if predicted > 0 else alone.wall
         if alone.wall >= _planning.THREAD_CHUNK_S:
-            return start, size, alone
+            return start, size, seconds
         # The next chunk leaves room for ``more`` of its size.
         grown = min(size * _planning.PROBE_GROWTH, (n - start) // (more + 1))
         if grown <= size:
             if more * size > n - start:
                 return None  # the rows done stay done; no measurement
-            return start, size, alone
+            return start, size, seconds
         size = grown
 
 

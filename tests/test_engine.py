@@ -728,6 +728,38 @@ def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
     assert cost.per_row < 1e-4
 
 
+class _SlowOnce(_Spinner):
+    """Holds the GIL; its next call after ``slow_next`` is set also waits
+    0.2 s, as when another process takes the core."""
+
+    slow_next = False
+
+    def predict(self, X):
+        import time
+
+        if self.slow_next:
+            self.slow_next = False
+            time.sleep(0.2)
+        return super().predict(X)
+
+
+def test_a_serial_chunk_slowed_by_a_pause_does_not_pass_for_a_speedup(monkeypatch):
+    monkeypatch.setattr(_planning, "THREAD_MEASUREMENTS", 1)
+    data = np.zeros((4_000, 2))
+    model = _SlowOnce().fit(data)
+    start = time.perf_counter()
+    model.predict(data)
+    cost = _planning.Cost(0.0, (time.perf_counter() - start) / len(data))
+    _planning.remember_cost(model, "predict", cost)
+    # The chunk timed in-process is the one slowed: against it, threads
+    # that hold the GIL would pass for perfect.
+    model.slow_next = True
+    parallel_predict(model, data, n_jobs=2)
+    assert not model.slow_next
+    assert cost.thread_speedup is not None
+    assert cost.thread_speedup < _planning.THREAD_TRUSTED
+
+
 @pytest.mark.timeout(120)
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     from sklearn_parpredict import _engine
