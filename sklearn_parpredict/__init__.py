@@ -6,7 +6,7 @@ workers, or run several models on the same data with
 :class:`MultiModelPredictor`. Output is identical to the serial call.
 """
 
-from sklearn_parpredict._engine import parallel_predict
+from sklearn_parpredict._function import parallel_predict
 from sklearn_parpredict._multi_model_predictor import MultiModelPredictor
 from sklearn_parpredict._parallel_predictor import ParallelPredictor
 

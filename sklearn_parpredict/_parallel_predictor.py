@@ -17,7 +17,6 @@ from sklearn.base import (
 )
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
-from sklearn.utils._param_validation import validate_parameter_constraints
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
     MethodMapping,
@@ -29,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
 from sklearn_parpredict._planning import keep_by_id
+from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped
 # estimator has it.
@@ -47,8 +47,7 @@ PARALLEL_METHODS = (
 # unfitted, and checking again on every call would cost more than predicting
 # a few rows (a WeakSet's look-up alone is a Python call and a new weakref).
 _seen_fitted: dict[int, tuple] = {}
-# Engine settings already validated, so that repeated calls skip validation.
-_valid_settings: set = set()
+# The settings of each wrapper class, read in one call.
 _settings_of: dict[type, attrgetter] = {}
 
 
@@ -72,25 +71,21 @@ def is_fitted(estimator) -> bool:
 def validate_engine_params(estimator, constraints=ENGINE_CONSTRAINTS) -> None:
     """Check a wrapper's parameters at predict time (a fitted wrapper may skip
     fit), without building its tags as ``_validate_params`` does."""
-    # Asked on every call, so the key is one C call away: the class (whose
-    # constraints are fixed) and the values of its settings.
+    # Asked on every call, so the key is a few C calls away: the class
+    # (whose constraints are fixed) and the values of its settings.
     cls = type(estimator)
     settings = _settings_of.get(cls)
     if settings is None:
         settings = _settings_of[cls] = attrgetter(*constraints)
-    key = (cls, settings(estimator))
-    try:
-        if key in _valid_settings:
-            return
-    except TypeError:  # unhashable values (a backend instance, a list)
-        key = None
-    validate_parameter_constraints(
-        constraints,
-        {name: getattr(estimator, name) for name in constraints},
-        caller_name=cls.__name__,
-    )
-    if key is not None:
-        _valid_settings.add(key)
+    values = settings(estimator)
+    key = (cls, values, *map(type, values))
+    if not seen_valid(key):
+        validate_once(
+            key,
+            constraints,
+            lambda: {name: getattr(estimator, name) for name in constraints},
+            cls.__name__,
+        )
 
 
 def _estimator_has(attr):

@@ -165,3 +165,63 @@ def test_invalid_settings_are_refused_even_for_a_small_batch(entry, setting, mat
     # still checked.
     with pytest.raises(ValueError, match=match):
         _run(entry, FITTED["array"], X[:10], **setting)
+
+
+@pytest.mark.parametrize(
+    "entry", ["ParallelPredictor", "parallel_predict", "MultiModelPredictor"]
+)
+@pytest.mark.parametrize(
+    "valid, invalid",
+    [
+        ({"n_jobs": 2}, {"n_jobs": 2.0}),
+        ({"chunk_size": 5}, {"chunk_size": 5.0}),
+    ],
+)
+def test_settings_that_passed_do_not_let_equal_values_of_another_type_pass(
+    entry, valid, invalid
+):
+    # Validation is remembered per set of values, and 2.0 == 2: the types
+    # are part of what is remembered.
+    _run(entry, FITTED["array"], X[:10], **valid)
+    with pytest.raises(ValueError, match=next(iter(invalid))):
+        _run(entry, FITTED["array"], X[:10], **invalid)
+
+
+def test_parallel_predict_checks_settings_once_then_remembers(monkeypatch):
+    from sklearn_parpredict import _validation
+
+    checked = []
+    real = _validation.validate_parameter_constraints
+
+    def spy(constraints, params, caller_name):
+        checked.append(caller_name)
+        return real(constraints, params, caller_name=caller_name)
+
+    monkeypatch.setattr(_validation, "validate_parameter_constraints", spy)
+    monkeypatch.setattr(_validation, "_valid", set())
+    for _ in range(3):
+        parallel_predict(FITTED["array"], X[:10], n_jobs=2)
+    assert checked == ["parallel_predict"]
+    # Another type of input is checked again: X must be array-like.
+    with pytest.raises(ValueError, match="X"):
+        parallel_predict(FITTED["array"], "not an array", n_jobs=2)
+    assert checked == ["parallel_predict"] * 2
+
+
+def test_skip_parameter_validation_is_honoured(monkeypatch):
+    from sklearn import config_context
+
+    from sklearn_parpredict import _validation
+
+    checked = []
+    monkeypatch.setattr(
+        _validation, "validate_parameter_constraints", lambda *a, **k: checked.append(1)
+    )
+    monkeypatch.setattr(_validation, "_valid", set())
+    with config_context(skip_parameter_validation=True):
+        out = parallel_predict(FITTED["array"], X[:10], n_jobs=1, chunk_size=3)
+        ParallelPredictor(FITTED["array"], n_jobs=1).predict(X[:10])
+    assert checked == []
+    assert_same_output(out, FITTED["array"].predict(X[:10]))
+    parallel_predict(FITTED["array"], X[:10], n_jobs=1, chunk_size=3)
+    assert checked == [1]
