@@ -191,6 +191,8 @@ def run_one(
                 _check_backend(backend)
             if logger.isEnabledFor(logging.DEBUG):
                 _log([Job(estimator, method, X)], [_chunking.n_rows(X)], how)
+            if how is _NO_GAIN:
+                return _call_watched(estimator, method, X, params)
             return getattr(estimator, method)(X, **params)
     job = Job(estimator, method, X, params=params)
     return run_jobs(
@@ -334,6 +336,21 @@ def _plainly_small(estimator, method: str, X) -> str | None:
     else:
         small = cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
     return _TOO_LITTLE if small else None
+
+
+def _call_watched(estimator, method: str, X, params: dict):
+    """The in-process call of a batch no plan pays for, timed when it is long
+    enough that timing it costs nothing: the machine may change under a
+    model (another process, cores that turn slower), and the cost must see
+    it for the batch to be planned again."""
+    cost = _planning.remembered_cost(estimator, method)
+    rows = _chunking.n_rows(X)
+    if cost is None or cost.seconds(rows) < _planning.WATCHED_CALL_S:
+        return getattr(estimator, method)(X, **params)
+    with _planning.Timer() as timer:
+        out = getattr(estimator, method)(X, **params)
+    cost.add(rows, timer.wall, timer.cpu)
+    return out
 
 
 def _settings_key(settings: tuple) -> tuple:

@@ -179,9 +179,20 @@ def test_own_threads_are_planned_by_their_measured_speedup():
     busy.add_own_speedup(1.4)  # HistGradientBoosting's predict, 2 cores
     assert not busy.wants_own_measurement()
     assert plan(busy) is not None
-    busy.add_own_speedup(1.9)  # the best measurement is kept
+    busy.add_own_speedup(1.9)  # the latest measurement is taken
     assert busy.own_speedup == 1.9
     assert plan(busy) is None
+    # Measured again once rows cost clearly more than when it was measured
+    # (the machine's cores turned slower, or busier), a few times at most.
+    busy.add(1_000, 2e-2, 4e-2)
+    busy.add(10_000, 2e-1, 4e-1)
+    assert busy.per_row > busy.own_per_row * _planning.NO_GAIN_DRIFT
+    assert busy.wants_own_measurement()
+    busy.add_own_speedup(1.4)
+    assert not busy.wants_own_measurement()
+    busy.own_measurements = _planning.THREAD_MEASUREMENTS
+    busy.own_per_row = busy.per_row / 2
+    assert not busy.wants_own_measurement()
     # Nothing to measure when one core is all the call keeps busy.
     single = _planning.Cost(per_call=1e-4, per_row=1e-5)
     assert not single.wants_own_measurement()
@@ -416,6 +427,23 @@ def test_own_threads_that_gain_nothing_are_measured_and_split():
     assert cost.threads >= _planning.THREADED
     assert cost.own_speedup is not None and cost.own_speedup < 1.5
     assert (out != threading.get_ident()).any()
+
+
+def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
+    data = np.zeros((1_000, 2))
+    model = _FixedCost().fit(data)
+    for _ in range(3):  # probed, planned, then remembered as not paying
+        parallel_predict(model, data, n_jobs=2)
+    cost = _planning.remembered_cost(model, "predict")
+    assert cost.no_gain
+    # The machine turned slower: calls that are not planned any more still
+    # teach the cost (5 ms calls are timed here), which then plans again.
+    monkeypatch.setattr(_planning, "WATCHED_CALL_S", 0.0)
+    before = cost.seconds(len(data))
+    model.predict = lambda X: (time.sleep(0.02), np.full(len(X), os.getpid()))[1]
+    for _ in range(4):
+        parallel_predict(model, data, n_jobs=2)
+    assert cost.seconds(len(data)) > before * _planning.NO_GAIN_DRIFT
 
 
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
