@@ -68,8 +68,7 @@ MAX_OVERHEAD_FRACTION = 0.02
 # Timings kept per model and method, one per band of batch sizes.
 MAX_SAMPLES = 12
 # How far a cost's prediction may grow before a remembered "no plan pays"
-# (Cost.no_gain) is planned again, and its cost per row before the speedup
-# of an estimator's own threads is measured again.
+# (Cost.no_gain) is planned again.
 NO_GAIN_DRIFT = 1.2
 # In-process calls predicted to take at least this long are timed even when
 # nothing is planned: timing costs a few microseconds.
@@ -91,10 +90,10 @@ class Cost:
         ``None`` until measured, when ``threads`` stands for it. Busy is not
         useful: OpenMP threads that spin between parallel regions count as
         busy (HistGradientBoosting's predict kept 2 cores busy for a speedup
-        of 1.46x on 2 cores). Measured again, up to
-        ``THREAD_MEASUREMENTS`` times, when the cost per row grew by
-        ``NO_GAIN_DRIFT`` since: the same threads gained 1.9x and 1.46x on
-        the same machine an hour apart.
+        of 1.46x on 2 cores). Measured once: each measurement runs a chunk
+        on one thread, up to twice as slow (measuring again whenever the
+        cost per row drifted cost nearest neighbours on 1,000 rows three
+        such calls).
     thread_speedup : float or None
         Speedup of two concurrent threads over one, the best of up to
         ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
@@ -116,8 +115,6 @@ class Cost:
     per_row: float
     threads: float = 1.0
     own_speedup: float | None = None
-    own_measurements: int = 0
-    own_per_row: float = 0.0
     thread_speedup: float | None = None
     thread_measurements: int = 0
     overhead: dict = field(default_factory=dict)
@@ -150,20 +147,12 @@ class Cost:
         self.threads = max(threads, self.min_threads)
 
     def wants_own_measurement(self) -> bool:
-        """Whether the call runs threads of its own whose speedup is unknown,
-        or was measured when rows cost clearly less than now."""
-        if self.threads < THREADED:
-            return False
-        return self.own_speedup is None or (
-            self.own_measurements < THREAD_MEASUREMENTS
-            and self.per_row > self.own_per_row * NO_GAIN_DRIFT
-        )
+        """Whether the call runs threads of its own whose speedup is unknown."""
+        return self.own_speedup is None and self.threads >= THREADED
 
     def add_own_speedup(self, speedup: float) -> None:
-        """Take the latest measured speedup of the call's own threads."""
+        """Take the measured speedup of the call's own threads."""
         self.own_speedup = min(max(speedup, 1.0), float(CORES))
-        self.own_measurements += 1
-        self.own_per_row = self.per_row
         self.no_gain.clear()
 
     def wants_thread_measurement(self) -> bool:
