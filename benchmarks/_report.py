@@ -315,7 +315,11 @@ def markdown(results: dict, plot_name: str) -> str:
         "- **joblib**: `joblib.Parallel(n_jobs=cores)` (loky) over "
         "`np.array_split` chunks.",
         "- **dask-ml**: `dask_ml.wrappers.ParallelPostFit` over a dask array "
-        "(or dataframe) of one block per core, threaded scheduler.",
+        "(or dataframe) of one block per core, threaded scheduler, on a pool "
+        "of threads started and warmed (each thread predicts one row) before "
+        "each sample and shut down after it, neither timed: idle threads that "
+        "ran OpenMP made every small OpenMP call in the process about ten "
+        "times slower.",
         "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "

@@ -315,11 +315,10 @@ class _FixedCost(_Sleeper):
         return np.full(len(X), os.getpid())
 
 
-def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
+def _planned_rows(monkeypatch) -> list:
+    """The rows of every call that reaches planning, from now on."""
     from sklearn_parpredict import _engine
 
-    data = np.zeros((1_000, 2))
-    model = _FixedCost().fit(data)
     planned = []
     real = _engine.run_jobs
 
@@ -328,6 +327,14 @@ def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_engine, "run_jobs", spy)
+    return planned
+
+
+def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
+
+    data = np.zeros((1_000, 2))
+    model = _FixedCost().fit(data)
+    planned = _planned_rows(monkeypatch)
     # The first call probes; the second plans with the known cost, finds
     # that no plan pays, and remembers it; later ones are not planned.
     for _ in range(4):
@@ -370,7 +377,6 @@ class _CallHeavy(_Sleeper):
 
 
 def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
-    from sklearn_parpredict import _engine
 
     data = np.zeros((1_000, 2))
     model = _CallHeavy().fit(data)
@@ -380,14 +386,7 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
     # them out without measuring them, and 1,000 rows are too few to.
     assert _planning.can_pay([cost], [(0, 1_000)], 2, ("thread",))
     assert _planning.thread_measurement_rows(cost) > 1_000 // 3
-    planned = []
-    real = _engine.run_jobs
-
-    def spy(*args, **kwargs):
-        planned.append(len(args[0][0].X))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_engine, "run_jobs", spy)
+    planned = _planned_rows(monkeypatch)
     for _ in range(4):
         assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     assert planned == [1_000]
