@@ -613,7 +613,9 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
         with _planning.Timer() as one:
             out = job.call(start, start + size)
     pieces.append((start, start + size, out))
-    cost.add_own_speedup(one.wall / max(alone_s, 1e-9))
+    # Its cost per row, not the speedup measured on this chunk: that one
+    # follows the serial call's cost as whole calls refine it.
+    cost.set_one_thread_per_row(max(one.wall - cost.per_call, 0.0) / size)
     logger.debug(
         "%s.%s: %d rows took %.3g s on one thread against %.3g s on its own "
         "threads; their speedup now %.2fx",

@@ -84,16 +84,14 @@ class Cost:
     threads : float
         Cores the serial call kept busy on average (process CPU time over wall
         time): an estimator that is already threaded gains less from workers.
-    own_speedup : float or None
-        Speedup of the serial call's own threads (BLAS, OpenMP) over one
-        thread, for an estimator that keeps more than one core busy;
-        ``None`` until measured, when ``threads`` stands for it. Busy is not
-        useful: OpenMP threads that spin between parallel regions count as
-        busy (HistGradientBoosting's predict kept 2 cores busy for a speedup
-        of 1.46x on 2 cores). Measured once: each measurement runs a chunk
-        on one thread, up to twice as slow (measuring again whenever the
-        cost per row drifted cost nearest neighbours on 1,000 rows three
-        such calls).
+    one_thread_per_row : float or None
+        Seconds per row of the call on one thread (BLAS, OpenMP limited to
+        one), measured once, for an estimator that keeps more than one core
+        busy; ``None`` until measured. Against the cost per row of the
+        serial call it gives :attr:`own_speedup`, which follows that cost as
+        it is refined: the same OpenMP threads gained 1.9x on 5,000-row
+        chunks and 1.46x on whole calls of 100,000 rows an hour later on the
+        same machine, while one thread's speed held.
     thread_speedup : float or None
         Speedup of two concurrent threads over one, the best of up to
         ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
@@ -114,7 +112,7 @@ class Cost:
     per_call: float
     per_row: float
     threads: float = 1.0
-    own_speedup: float | None = None
+    one_thread_per_row: float | None = None
     thread_speedup: float | None = None
     thread_measurements: int = 0
     overhead: dict = field(default_factory=dict)
@@ -146,13 +144,28 @@ class Cost:
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
 
+    @property
+    def own_speedup(self) -> float | None:
+        """Speedup of the serial call's own threads (BLAS, OpenMP) over one
+        thread; ``None`` until measured, when ``threads`` stands for it.
+
+        Busy is not useful: OpenMP threads that spin between parallel regions
+        count as busy (HistGradientBoosting's predict kept 2 cores busy for a
+        speedup of 1.46x on 2 cores).
+        """
+        if self.one_thread_per_row is None:
+            return None
+        if self.per_row <= 0:
+            return 1.0
+        return min(max(self.one_thread_per_row / self.per_row, 1.0), float(CORES))
+
     def wants_own_measurement(self) -> bool:
         """Whether the call runs threads of its own whose speedup is unknown."""
-        return self.own_speedup is None and self.threads >= THREADED
+        return self.one_thread_per_row is None and self.threads >= THREADED
 
-    def add_own_speedup(self, speedup: float) -> None:
-        """Take the measured speedup of the call's own threads."""
-        self.own_speedup = min(max(speedup, 1.0), float(CORES))
+    def set_one_thread_per_row(self, seconds: float) -> None:
+        """Take the measured seconds per row on one thread."""
+        self.one_thread_per_row = max(seconds, 0.0)
         self.no_gain.clear()
 
     def wants_thread_measurement(self) -> bool:
@@ -376,7 +389,7 @@ def optimistic(cost: Cost) -> Cost:
     best case for workers, which take cores from them."""
     if not cost.wants_own_measurement():
         return cost
-    return replace(cost, own_speedup=1.0)
+    return replace(cost, one_thread_per_row=cost.per_row)
 
 
 def _slowdown(cost: Cost, kind: str, n_workers: int) -> float:

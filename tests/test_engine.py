@@ -176,11 +176,13 @@ def test_own_threads_are_planned_by_their_measured_speedup():
     assert plan(busy) is None
     assert plan(_planning.optimistic(busy)) is not None
     assert _planning.optimistic(busy).own_speedup == 1.0
-    busy.add_own_speedup(1.4)  # HistGradientBoosting's predict, 2 cores
+    busy.set_one_thread_per_row(1.4e-5)  # HistGradientBoosting's, 2 cores
+    assert busy.own_speedup == pytest.approx(1.4)
     assert not busy.wants_own_measurement()
     assert plan(busy) is not None
-    busy.add_own_speedup(1.9)
-    assert busy.own_speedup == 1.9
+    # Whole calls on its own threads measured faster: the speedup follows.
+    busy.per_row = 1.4e-5 / 1.9
+    assert busy.own_speedup == pytest.approx(1.9)
     assert plan(busy) is None
     # Nothing to measure when one core is all the call keeps busy.
     single = _planning.Cost(per_call=1e-4, per_row=1e-5)
