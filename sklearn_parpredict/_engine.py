@@ -277,6 +277,8 @@ def run_jobs(
             pieces.append((start, n, out))
             if costs is not None:
                 costs[j].add(n - start, timer.wall, timer.cpu)
+        if costs is not None and _settings is not None and len(jobs) == 1:
+            _remember_no_gain(costs[0], _settings, sizes[0], refresh=True)
     else:
         # A thread plan chosen for a backend left to us runs on threads.
         run_backend = (
@@ -360,11 +362,21 @@ def _settings_key(settings: tuple) -> tuple:
     return (*settings, id(getattr(_joblib_local, "config", None)))
 
 
-def _remember_no_gain(cost: _planning.Cost, settings: tuple, rows: int) -> None:
+def _remember_no_gain(
+    cost: _planning.Cost, settings: tuple, rows: int, *, refresh: bool = False
+) -> None:
+    """Remember that no plan pays for ``rows``, with the cost's prediction;
+    with ``refresh``, only renew the prediction of what is remembered for
+    exactly these rows (once the call's own timing refined the cost: a slow
+    call must not pass for a drift of the cost from what it was)."""
     with contextlib.suppress(TypeError):  # an unhashable backend instance
         key = _settings_key(settings)
         known = cost.no_gain.get(key)
-        if known is None or rows >= known[0]:
+        if (
+            (known is not None and known[0] == rows)
+            if refresh
+            else (known is None or rows >= known[0])
+        ):
             cost.no_gain[key] = (rows, cost.seconds(rows))
 
 

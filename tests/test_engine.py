@@ -378,6 +378,23 @@ class _CallHeavy(_Sleeper):
         return np.full(len(X), os.getpid())
 
 
+def test_a_slow_call_does_not_undo_the_no_gain_it_remembered(monkeypatch):
+    data = np.zeros((1_000, 2))
+    model = _FixedCost().fit(data)
+    parallel_predict(model, data, n_jobs=2)  # probes
+    planned = _planned_rows(monkeypatch)
+    # The call that plans, finds that nothing pays and remembers it, then
+    # runs in-process slowly (another process took the core): its timing
+    # refines the cost, which must not pass for a drift from what it was.
+    real = model.predict
+    model.predict = lambda X: (time.sleep(0.01), real(X))[1]
+    parallel_predict(model, data, n_jobs=2)
+    del model.predict
+    for _ in range(3):
+        parallel_predict(model, data, n_jobs=2)
+    assert planned == [1_000]
+
+
 def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
     data = np.zeros((1_000, 2))
