@@ -615,8 +615,10 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
 
 
 def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None:
-    """Time a chunk in-process, then the same rows on one thread: the
-    speedup of the estimator's own threads, which workers take cores from."""
+    """Time a chunk in-process (refining the cost), then the same rows on
+    one thread: the cost per row there, against which the serial call's
+    gives the speedup of the estimator's own threads, which workers take
+    cores from."""
     timed = _serial_chunk(job, cost, n, pieces, more=1)
     if timed is None:
         return

@@ -89,9 +89,9 @@ class Cost:
         one), measured once, for an estimator that keeps more than one core
         busy; ``None`` until measured. Against the cost per row of the
         serial call it gives :attr:`own_speedup`, which follows that cost as
-        it is refined: the same OpenMP threads gained 1.9x on 5,000-row
-        chunks and 1.46x on whole calls of 100,000 rows an hour later on the
-        same machine, while one thread's speed held.
+        it is refined: on one 2-core machine the same OpenMP threads gained
+        1.98x on a chunk of 24,000 rows and 1.46x to 1.69x on whole calls of
+        100,000 rows minutes later, while one thread's speed held.
     thread_speedup : float or None
         Speedup of two concurrent threads over one, the best of up to
         ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2

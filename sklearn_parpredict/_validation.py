@@ -10,6 +10,7 @@ but only ``1`` is a valid ``n_jobs``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from sklearn import get_config
@@ -29,16 +30,12 @@ def validate_once(
     ``key`` must tell apart any two sets of values that the constraints
     could judge differently; unhashable keys are always validated.
     """
-    try:
-        if key in _valid:
-            return
-    except TypeError:  # unhashable values (a backend instance, a list)
-        key = None
-    if get_config()["skip_parameter_validation"]:
+    if seen_valid(key) or get_config()["skip_parameter_validation"]:
         return
     validate_parameter_constraints(constraints, values(), caller_name=caller_name)
-    if key is not None and len(_valid) < _MAX_REMEMBERED:
-        _valid.add(key)
+    if len(_valid) < _MAX_REMEMBERED:
+        with contextlib.suppress(TypeError):  # unhashable: checked every time
+            _valid.add(key)
 
 
 def seen_valid(key: tuple) -> bool:
@@ -46,5 +43,5 @@ def seen_valid(key: tuple) -> bool:
     :func:`validate_once` alone, for the calls of a wrapper."""
     try:
         return key in _valid
-    except TypeError:
+    except TypeError:  # unhashable values (a backend instance, a list)
         return False
