@@ -11,6 +11,7 @@ backend, the package's own threads.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.pool as mp_pool
 import signal
 import sys
 import threading
@@ -158,6 +159,8 @@ def _module_name(filename: str) -> str | None:
 
 # Seconds between two looks at a multiprocessing pool's workers.
 _WATCH_S = 0.05
+# Seconds a multiprocessing pool's task handler is given to end.
+_END_TASKS_S = 1.0
 
 
 class _WatchedMultiprocessingBackend(MultiprocessingBackend):
@@ -169,6 +172,13 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
     issue 22393). While the pool runs, a watcher fails every pending task
     with loky's ``TerminatedWorkerError`` as soon as a worker dies, as the
     loky backend does.
+
+    ``Pool.terminate`` kills the workers, then waits for the pool's task
+    handler, whose last act is to write on the results queue under a lock
+    the workers share: a worker killed while writing its result holds that
+    lock forever and ``terminate`` hangs (about 1 in 1,000 failed calls on
+    two busy cores). The task handler is ended first, while every worker
+    lives.
 
     The workers are forked from the caller: if the caller had started GNU
     OpenMP's threads (HistGradientBoosting, KMeans, ... predicting
@@ -196,7 +206,26 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
         if stop is not None:
             # The pool's own shutdown ends its workers: not a failure.
             stop.set()
+        if getattr(self, "_pool", None) is not None:
+            _end_task_handler(self._pool)
         super().terminate()
+
+
+def _end_task_handler(pool) -> None:
+    """End ``pool``'s task handler as ``Pool.terminate`` would, but before
+    it kills any worker: the handler's last write needs the lock a killed
+    worker may hold. Bounded: a handler still blocked on a full task queue
+    is left to ``terminate``, which drains that queue."""
+    worker_handler = getattr(pool, "_worker_handler", None)
+    task_handler = getattr(pool, "_task_handler", None)
+    notifier = getattr(pool, "_change_notifier", None)
+    if None in (worker_handler, task_handler, notifier):
+        return
+    # The worker handler, once stopped, sends the task handler its sentinel.
+    worker_handler._state = mp_pool.TERMINATE
+    notifier.put(None)
+    task_handler._state = mp_pool.TERMINATE
+    task_handler.join(_END_TASKS_S)
 
 
 def _one_openmp_thread() -> None:

@@ -34,6 +34,7 @@ from _faulty import (
 from _helpers import assert_same_output
 from hypothesis import given
 from hypothesis import strategies as st
+from sklearn.base import BaseEstimator
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -48,7 +49,12 @@ from test_parallel_predictor_properties import (
     serial_or_error,
 )
 
-from sklearn_parpredict import MultiModelPredictor, ParallelPredictor, parallel_predict
+from sklearn_parpredict import (
+    MultiModelPredictor,
+    ParallelPredictor,
+    _fanout,
+    parallel_predict,
+)
 
 BACKENDS = ["loky", "threading", "multiprocessing"]
 PROCESS_BACKENDS = ["loky", "multiprocessing"]
@@ -117,6 +123,66 @@ def test_exception_in_one_fit_reaches_the_caller(backend):
     assert_same_output(
         model.fit(X, Y).predict(X), model.set_params(n_jobs=1).fit(X, Y).predict(X)
     )
+
+
+class _FailsFirstSleepsAfter(BaseEstimator):
+    """Raises on a chunk holding :data:`MARK`, sleeps on any other: a call
+    that fails while every worker is busy."""
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict(self, X):
+        if (X[:, 0] == MARK).any():
+            raise ChunkError("injected failure")
+        time.sleep(30)
+        return np.zeros(len(X))
+
+
+@pytest.mark.timeout(60)
+def test_failed_multiprocessing_call_kills_no_worker_before_the_task_handler_ends(
+    monkeypatch,
+):
+    # Pool.terminate kills the busy workers, then waits for the pool's task
+    # handler, whose last write takes a lock that a worker killed while
+    # writing its result holds forever: about 1 in 1,000 failed calls hung.
+    # The handler, slowed here before that write, must end before any kill.
+    kills = []
+    configure = _fanout._WatchedMultiprocessingBackend.configure
+
+    def instrumented(self, *args, **kwargs):
+        n_jobs = configure(self, *args, **kwargs)
+        pool, put = self._pool, self._pool._outqueue.put
+
+        def slow_put(obj):
+            if threading.current_thread() is pool._task_handler:
+                time.sleep(0.3)
+            return put(obj)
+
+        def recording(terminate):
+            def kill():
+                kills.append(pool._task_handler.is_alive())
+                terminate()
+
+            return kill
+
+        pool._outqueue.put = slow_put
+        for worker in pool._pool:
+            worker.terminate = recording(worker.terminate)
+        return n_jobs
+
+    monkeypatch.setattr(
+        _fanout._WatchedMultiprocessingBackend, "configure", instrumented
+    )
+    model = ParallelPredictor(
+        _FailsFirstSleepsAfter(), backend="multiprocessing", **ENGINE
+    )
+    start = time.monotonic()
+    with pytest.raises(ChunkError, match="injected failure"):
+        model.predict(_marked(rows=[0]))
+    assert time.monotonic() - start < PROMPT_S
+    assert kills, "no busy worker was killed"
+    assert not any(kills), "a worker was killed while the task handler ran"
 
 
 # ---------------------------------------------------------------------------
