@@ -11,7 +11,6 @@ backend, the package's own threads.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing.pool as mp_pool
 import signal
 import sys
 import threading
@@ -159,8 +158,6 @@ def _module_name(filename: str) -> str | None:
 
 # Seconds between two looks at a multiprocessing pool's workers.
 _WATCH_S = 0.05
-# Seconds a multiprocessing pool's task handler is given to end.
-_END_TASKS_S = 1.0
 
 
 class _WatchedMultiprocessingBackend(MultiprocessingBackend):
@@ -173,12 +170,10 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
     with loky's ``TerminatedWorkerError`` as soon as a worker dies, as the
     loky backend does.
 
-    ``Pool.terminate`` kills the workers, then waits for the pool's task
-    handler, whose last act is to write on the results queue under a lock
-    the workers share: a worker killed while writing its result holds that
-    lock forever and ``terminate`` hangs (about 1 in 1,000 failed calls on
-    two busy cores). The task handler is ended first, while every worker
-    lives.
+    ``Pool.terminate`` can wait forever for the lock of the results queue,
+    which the workers share: held by a worker it killed while writing, or
+    by one waiting to write a result after the result handler has ended.
+    Writes with no one left to read them are given up.
 
     The workers are forked from the caller: if the caller had started GNU
     OpenMP's threads (HistGradientBoosting, KMeans, ... predicting
@@ -193,6 +188,7 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
         # Seen now, before any task: a worker can die and be replaced before
         # the watcher's first look.
         workers = {worker.pid: worker for worker in self._pool._pool}
+        _unread_writes_given_up(self._pool)
         threading.Thread(
             target=_watch_pool,
             args=(self._pool, workers, self._stop_watch),
@@ -206,26 +202,35 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
         if stop is not None:
             # The pool's own shutdown ends its workers: not a failure.
             stop.set()
-        if getattr(self, "_pool", None) is not None:
-            _end_task_handler(self._pool)
         super().terminate()
 
 
-def _end_task_handler(pool) -> None:
-    """End ``pool``'s task handler as ``Pool.terminate`` would, but before
-    it kills any worker: the handler's last write needs the lock a killed
-    worker may hold. Bounded: a handler still blocked on a full task queue
-    is left to ``terminate``, which drains that queue."""
-    worker_handler = getattr(pool, "_worker_handler", None)
-    task_handler = getattr(pool, "_task_handler", None)
-    notifier = getattr(pool, "_change_notifier", None)
-    if None in (worker_handler, task_handler, notifier):
+def _unread_writes_given_up(pool) -> None:
+    """Let the caller's writes on ``pool``'s results queue give up once its
+    result handler, their only reader, has ended.
+
+    ``Pool.terminate`` and the pool's task handler each end by writing a
+    sentinel for the result handler, under a lock the workers share. By
+    then the result handler may have ended (on the task handler's sentinel)
+    while a worker, holding the lock, waits to write a result no one will
+    read: the caller would wait for the lock forever. And a worker killed
+    while writing holds it for good.
+    """
+    queue, results = pool._outqueue, pool._result_handler
+    lock, send = getattr(queue, "_wlock", None), getattr(queue, "_send", None)
+    if lock is None or send is None:
         return
-    # The worker handler, once stopped, sends the task handler its sentinel.
-    worker_handler._state = mp_pool.TERMINATE
-    notifier.put(None)
-    task_handler._state = mp_pool.TERMINATE
-    task_handler.join(_END_TASKS_S)
+
+    def put(obj):
+        while not lock.acquire(timeout=_WATCH_S):
+            if not results.is_alive():
+                return None
+        try:
+            return send(obj)
+        finally:
+            lock.release()
+
+    queue.put = put
 
 
 def _one_openmp_thread() -> None:
