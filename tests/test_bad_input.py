@@ -208,6 +208,30 @@ def test_parallel_predict_checks_settings_once_then_remembers(monkeypatch):
     assert checked == ["parallel_predict"] * 2
 
 
+def test_multi_model_predictor_checks_its_settings_once(monkeypatch):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from sklearn_parpredict import _validation
+
+    checked = []
+    real = _validation.validate_parameter_constraints
+
+    def spy(constraints, params, caller_name):
+        checked.append(sorted(params))
+        return real(constraints, params, caller_name=caller_name)
+
+    monkeypatch.setattr(_validation, "validate_parameter_constraints", spy)
+    monkeypatch.setattr(_validation, "_valid", set())
+    models = [(FITTED["array"], None, "a")]
+    model = MultiModelPredictor(models, n_jobs=2)
+    for _ in range(3):
+        model.predict(X[:10])
+    # The models are a list (no key): their type is.
+    assert checked == [["models"], ["backend", "chunk_size", "n_jobs", "verbose"]]
+    with pytest.raises(InvalidParameterError, match="'models' parameter"):
+        model.set_params(models=tuple(models)).predict(X[:10])
+
+
 def test_skip_parameter_validation_is_honoured(monkeypatch):
     from sklearn import config_context
 

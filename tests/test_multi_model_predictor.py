@@ -627,3 +627,45 @@ def _expected_failed_checks(estimator):
 @parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failed_checks)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_column_positions_are_remembered_by_all_that_decides_them(monkeypatch):
+    from sklearn_parpredict import _columns
+
+    found = []
+    find = _columns._find_positions
+
+    def counting(X, features, target):
+        found.append(features)
+        return find(X, features, target)
+
+    monkeypatch.setattr(_columns, "_find_positions", counting)
+    positions = _columns.column_positions
+    frame = pd.DataFrame(np.zeros((2, 3)), columns=["a", "b", "c"])
+    assert positions(frame, ["a", "c"], "m") == [0, 2]
+    assert positions(frame.iloc[1:], ["a", "c"], "m") == [0, 2]
+    assert len(found) == 1, "the same names in the same columns were looked up again"
+    # Other column order, other features, features changed in place.
+    assert positions(frame[["c", "b", "a"]], ["a", "c"], "m") == [2, 0]
+    features = ["b"]
+    assert positions(frame, features, "m") == [1]
+    features.append("a")
+    assert positions(frame, features, "m") == [1, 0]
+    # A mask and positions that compare equal select different columns.
+    X = np.zeros((2, 3))
+    assert positions(X, [True, False, True], "m") == [0, 2]
+    assert positions(X, [1, 0, 1], "m") == [1, 0, 1]
+    assert positions(X, np.array([True, False, True]), "m") == [0, 2]
+    assert positions(X, np.array([1, 0, 1]), "m") == [1, 0, 1]
+    # A callable may answer differently for any X: asked every time.
+    calls = []
+
+    def first(X):
+        calls.append(X)
+        return [X.columns[0]]
+
+    assert positions(frame, first, "m") == [0]
+    assert positions(frame[["b", "a"]], first, "m") == [0]
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="'z'.*not found"):
+        positions(frame, ["a", "z"], "m")
