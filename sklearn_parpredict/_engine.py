@@ -39,6 +39,7 @@ from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
     SHARE_MIN_BYTES,
     ModelHandle,
+    PickledRows,
     SharedArray,
     resolve,
 )
@@ -809,6 +810,8 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
                 rows = ref.rows(start, stop)
             elif cluster is not None:
                 rows = cluster.rows(_chunking.row_slice(X, start, stop))
+            elif process:
+                rows = PickledRows(_chunking.row_slice(X, start, stop))
             else:
                 rows = _chunking.row_slice(X, start, stop)
             keys.append((j, start, stop))

@@ -428,10 +428,37 @@ def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
     return np.load(path, mmap_mode="c", allow_pickle=False)[start:stop]
 
 
+class PickledRows:
+    """Rows for a process, pickled on their own and sent as ``bytes``.
+
+    joblib's pickler writes every array over 1 MB that it finds in a task
+    (the blocks of a DataFrame, the data of a sparse matrix) to a file in
+    the call's temporary folder. At the end of the call it removes that
+    folder, and waits 0.1 s when loky's resource tracker has not yet removed
+    the files. A pipeline on 100,000 DataFrame rows on 2 processes took
+    150 ms instead of 40 ms. Sent as bytes, the rows hold no array for
+    joblib to write. They are pickled when their task is, so the first
+    task can start while the later ones are still being pickled.
+    """
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __reduce__(self):
+        try:
+            data = pickle.dumps(self.rows, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            # Rows holding functions or classes defined in a script.
+            data = cloudpickle.dumps(self.rows, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.loads, (data,)
+
+
 def resolve(obj):
     """The object behind a handle that was not pickled (same process)."""
     if isinstance(obj, ModelHandle):
         return obj.model
     if isinstance(obj, SharedRows):
         return obj.shared.array[obj.start : obj.stop]
+    if isinstance(obj, PickledRows):
+        return obj.rows
     return obj

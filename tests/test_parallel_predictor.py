@@ -331,3 +331,29 @@ def test_verbose_reports_progress(capsys):
     quiet.predict(X)
     captured = capsys.readouterr()
     assert "Done" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_frame_rows_reach_processes_without_joblib_temporary_files(
+    backend, monkeypatch
+):
+    # joblib's pickler writes any array over 1 MB it meets in a task (a
+    # DataFrame's blocks) to a temporary file, and the end of the call waited
+    # 0.1 s for loky's resource tracker to remove such files.
+    from joblib import _memmapping_reducer
+
+    dumped = []
+    dump = _memmapping_reducer.dump
+
+    def spy(array, *args, **kwargs):
+        dumped.append(array.nbytes)
+        return dump(array, *args, **kwargs)
+
+    monkeypatch.setattr(_memmapping_reducer, "dump", spy)
+    X, y = make_classification(n_samples=60_000, n_features=6, random_state=0)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(6)])
+    model = LogisticRegression().fit(frame, y)
+    wrapped = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=30_000)
+    assert_same_output(wrapped.predict(frame), model.predict(frame))
+    assert frame.iloc[:30_000].to_numpy().nbytes > 1e6
+    assert dumped == []

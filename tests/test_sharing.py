@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn_parpredict import _sharing
 from sklearn_parpredict._sharing import (
     ModelHandle,
+    PickledRows,
     SharedArray,
     _merge,
     _missing,
@@ -46,6 +47,19 @@ def test_pickled_rows_are_the_rows(array):
             )
     finally:
         shared.close()
+
+
+def test_rows_sent_pickled_on_their_own_are_the_rows():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(5.0), "b": list("vwxyz")}, index=range(5, 10))
+    sent = pickle.loads(pickle.dumps(PickledRows(frame)))
+    pd.testing.assert_frame_equal(sent, frame)
+    # Rows plain pickle cannot take (a function defined here) go as cloudpickle
+    # takes them; in-process, the handle is the rows themselves.
+    rows = [lambda x: x + 1]
+    assert pickle.loads(pickle.dumps(PickledRows(rows)))[0](1) == 2
+    assert resolve(PickledRows(frame)) is frame
 
 
 def test_rows_are_written_only_when_a_task_needs_them_and_only_once(monkeypatch):
