@@ -321,6 +321,15 @@ def markdown(results: dict, plot_name: str) -> str:
         "ran OpenMP made every small OpenMP call in the process about ten "
         "times slower.",
         "",
+        "Each repeat times serial, serial again, parpredict, ceiling and "
+        "joblib once each, in a fresh random order; the tutorial's and "
+        "dask-ml's samples are taken after all of those, back to back. Both "
+        "start workers around every sample (a fork pool; a pool of threads), "
+        "and that slowed the samples interleaved with theirs: with dask-ml "
+        "interleaved, parpredict on the pipeline at 1,000 rows measured "
+        "1.045x to 1.068x of serial's time in 3 runs, against 1.001x to "
+        "1.017x with dask-ml timed last (2 cores).",
+        "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "
         "as many chunks as rows, and forked workers get `cores // workers` "

@@ -67,7 +67,10 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                 timings = measure(
                     {name: m.bind(0, n) for name, m in methods.items()},
                     repeats,
-                    last=("tutorial",),
+                    # Methods that start workers around every sample (the
+                    # tutorial's fork pool, dask-ml's threads) are timed after
+                    # the others, whose samples their after-effects skewed.
+                    last=("tutorial", "dask-ml"),
                     seed=n,
                 )
             row = {
