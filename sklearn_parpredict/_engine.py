@@ -619,22 +619,10 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
     """Time a chunk in-process (refining the cost), then the same rows on
     one thread: the cost per row there, against which the serial call's
     gives the speedup of the estimator's own threads, which workers take
-    cores from. Measured again at once, while rows remain, when that
-    speedup leaves workers no gain (the lowest cost is kept); not on later
-    calls, which would each pay a slow chunk on one thread."""
-    if not _measure_own_threads_once(job, cost, n, pieces):
-        return
-    while cost.wants_own_measurement_again() and _measure_own_threads_once(
-        job, cost, n, pieces
-    ):
-        pass
-
-
-def _measure_own_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> bool:
-    """One measurement; False when too few rows remain to make one."""
+    cores from."""
     timed = _serial_chunk(job, cost, n, pieces, more=1)
     if timed is None:
-        return False
+        return
     start, size, alone_s = timed
     with _threads.one_thread():
         with _planning.Timer() as one:
@@ -653,7 +641,6 @@ def _measure_own_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) ->
         alone_s,
         cost.own_speedup,
     )
-    return True
 
 
 def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):

@@ -43,13 +43,6 @@ THREAD_CHUNK_S = 0.01
 # in all, and the best is kept.
 THREAD_TRUSTED = 1.8
 THREAD_MEASUREMENTS = 3
-# The speed of an estimator's rows on one thread is measured up to this many
-# times in the call that first measures it, while it leaves workers no gain,
-# and the lowest cost kept: the first
-# call on one thread in a process ran 1.76x slower than the next
-# (HistGradientBoosting, 5.25 µs against 2.99 µs per row, 2 cores), and
-# passed for a speedup of its own threads that left no gain to workers.
-OWN_MEASUREMENTS = 2
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.
@@ -93,9 +86,8 @@ class Cost:
         time): an estimator that is already threaded gains less from workers.
     one_thread_per_row : float or None
         Seconds per row of the call on one thread (BLAS, OpenMP limited to
-        one), the lowest of up to ``OWN_MEASUREMENTS`` measurements, for an
-        estimator that keeps more than one core busy; ``None`` until
-        measured. Against the cost per row of the
+        one), measured once, for an estimator that keeps more than one core
+        busy; ``None`` until measured. Against the cost per row of the
         serial call it gives :attr:`own_speedup`, which follows that cost as
         it is refined: on one 2-core machine the same OpenMP threads gained
         1.98x on a chunk of 24,000 rows and 1.46x to 1.69x on whole calls of
@@ -106,8 +98,6 @@ class Cost:
         the estimator holds the GIL part of the time.
     thread_measurements : int
         How many times the thread speedup was measured.
-    own_measurements : int
-        How many times the cost per row on one thread was measured.
     overhead : dict
         Per kind of worker, seconds per task that past parallel runs took
         beyond the prediction.
@@ -125,7 +115,6 @@ class Cost:
     one_thread_per_row: float | None = None
     thread_speedup: float | None = None
     thread_measurements: int = 0
-    own_measurements: int = 0
     overhead: dict = field(default_factory=dict)
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
@@ -174,24 +163,9 @@ class Cost:
         """Whether the call runs threads of its own whose speedup is unknown."""
         return self.one_thread_per_row is None and self.threads >= THREADED
 
-    def wants_own_measurement_again(self) -> bool:
-        """Whether the speedup of the call's own threads was measured so high
-        that it leaves workers no gain, fewer than ``OWN_MEASUREMENTS``
-        times: a slow measurement only ever makes it look higher."""
-        return (
-            self.one_thread_per_row is not None
-            and self.own_measurements < OWN_MEASUREMENTS
-            and self.own_speedup * MIN_GAIN > CORES
-        )
-
     def set_one_thread_per_row(self, seconds: float) -> None:
-        """Take a measured cost per row on one thread; the lowest is kept
-        (load and a first call only ever slow a measurement)."""
-        seconds = max(seconds, 0.0)
-        if self.one_thread_per_row is not None:
-            seconds = min(seconds, self.one_thread_per_row)
-        self.one_thread_per_row = seconds
-        self.own_measurements += 1
+        """Take the measured seconds per row on one thread."""
+        self.one_thread_per_row = max(seconds, 0.0)
         self.no_gain.clear()
 
     def wants_thread_measurement(self) -> bool:

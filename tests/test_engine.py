@@ -1,6 +1,5 @@
 """The engine: models shipped once, never stale; data shared; auto plans."""
 
-import contextlib
 import gc
 import logging
 import os
@@ -177,21 +176,9 @@ def test_own_threads_are_planned_by_their_measured_speedup():
     assert plan(busy) is None
     assert plan(_planning.optimistic(busy)) is not None
     assert _planning.optimistic(busy).own_speedup == 1.0
-    # A first call on one thread ran 1.76x slower than the next: measured
-    # twice, the lowest cost kept.
-    busy.set_one_thread_per_row(1.2e-5 * _planning.CORES)
-    assert busy.own_speedup == pytest.approx(_planning.CORES)
-    assert not busy.wants_own_measurement()
-    assert busy.wants_own_measurement_again()
     busy.set_one_thread_per_row(1.4e-5)  # HistGradientBoosting's, 2 cores
     assert busy.own_speedup == pytest.approx(1.4)
-    assert not busy.wants_own_measurement_again()
-    busy.set_one_thread_per_row(3e-5)
-    assert busy.own_speedup == pytest.approx(1.4)
-    # A first measurement that leaves workers a gain is not repeated.
-    modest = _planning.Cost(per_call=1e-4, per_row=1e-5, threads=2.0)
-    modest.set_one_thread_per_row(1.2e-5)
-    assert not modest.wants_own_measurement_again()
+    assert not busy.wants_own_measurement()
     assert plan(busy) is not None
     # Whole calls on its own threads measured faster: the speedup follows.
     busy.per_row = 1.4e-5 / 1.9
@@ -446,46 +433,6 @@ def test_own_threads_that_gain_nothing_are_measured_and_split():
     # until its own threads were measured.
     assert cost.threads >= _planning.THREADED
     assert cost.own_speedup is not None and cost.own_speedup < 1.5
-    assert (out != threading.get_ident()).any()
-
-
-class KNeighborsSlowFirstOnOneThread(KNeighborsSleeper):
-    """A :class:`KNeighborsSleeper` whose first call on one thread is three
-    times slower than the next, as a first call on one thread can be."""
-
-    on_one_thread = False
-
-    def predict(self, X):
-        if type(self).on_one_thread and not getattr(self, "slowed_", False):
-            self.slowed_ = True
-            time.sleep(1e-4 * len(X))
-        return super().predict(X)
-
-
-@pytest.mark.timeout(120)
-def test_own_threads_measured_too_fast_to_split_are_measured_again(monkeypatch):
-    from sklearn_parpredict import _threads
-
-    one_thread = _threads.one_thread
-
-    @contextlib.contextmanager
-    def flagged():
-        with one_thread():
-            KNeighborsSlowFirstOnOneThread.on_one_thread = True
-            try:
-                yield
-            finally:
-                KNeighborsSlowFirstOnOneThread.on_one_thread = False
-
-    monkeypatch.setattr(_threads, "one_thread", flagged)
-    data = np.zeros((16_000, 2))
-    model = KNeighborsSlowFirstOnOneThread().fit(data)
-    out = parallel_predict(model, data, n_jobs=2)
-    cost = _planning.remembered_cost(model, "predict")
-    # The first measurement left workers no gain; the second, in the same
-    # call, found the threads gaining nothing, and the rows were split.
-    assert cost.own_measurements == _planning.OWN_MEASUREMENTS
-    assert cost.own_speedup < 1.5
     assert (out != threading.get_ident()).any()
 
 
