@@ -37,10 +37,12 @@ from sklearn_parpredict import (
 )
 from sklearn_parpredict._fanout import active_backend, fan_out, parallel_config
 from sklearn_parpredict._sharing import (
+    PICKLED_MAX_BYTES,
     SHARE_MIN_BYTES,
     ModelHandle,
     PickledRows,
     SharedArray,
+    nbytes,
     resolve,
 )
 
@@ -805,12 +807,14 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         )
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
+        # Other rows for processes go pickled on their own up to a size.
+        row_bytes = nbytes(X) / max(_chunking.n_rows(X), 1) if process else 0.0
         for start, stop in ranges[j]:
             if share:
                 rows = ref.rows(start, stop)
             elif cluster is not None:
                 rows = cluster.rows(_chunking.row_slice(X, start, stop))
-            elif process:
+            elif process and row_bytes * (stop - start) <= PICKLED_MAX_BYTES:
                 rows = PickledRows(_chunking.row_slice(X, start, stop))
             else:
                 rows = _chunking.row_slice(X, start, stop)

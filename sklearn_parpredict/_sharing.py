@@ -428,6 +428,28 @@ def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
     return np.load(path, mmap_mode="c", allow_pickle=False)[start:stop]
 
 
+# Rows pickled on their own up to this size per chunk (PickledRows): their
+# bytes and loky's copy of them are both in memory while a task is sent.
+# Past it, joblib's temporary files cost less than the copy, and its wait
+# of 0.1 s little next to sending that much.
+PICKLED_MAX_BYTES = 64 << 20
+
+
+def nbytes(X) -> int:
+    """The bytes of ``X``'s data (0 when unknown): NumPy arrays, DataFrames
+    without their objects' contents, sparse matrices."""
+    if isinstance(X, np.ndarray):
+        return X.nbytes
+    usage = getattr(X, "memory_usage", None)
+    if callable(usage):
+        try:
+            return int(np.sum(usage(index=False)))
+        except Exception:  # a dataframe of another kind
+            return 0
+    parts = (getattr(X, name, None) for name in ("data", "indices", "indptr"))
+    return sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
+
+
 class PickledRows:
     """Rows for a process, pickled on their own and sent as ``bytes``.
 

@@ -357,3 +357,10 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     assert_same_output(wrapped.predict(frame), model.predict(frame))
     assert frame.iloc[:30_000].to_numpy().nbytes > 1e6
     assert dumped == []
+    # Larger chunks keep joblib's files: their pickled bytes and loky's copy
+    # of them would both be in memory.
+    from sklearn_parpredict import _engine
+
+    monkeypatch.setattr(_engine, "PICKLED_MAX_BYTES", 1 << 20)
+    assert_same_output(wrapped.predict(frame), model.predict(frame))
+    assert dumped, "chunks over the bound were pickled whole"

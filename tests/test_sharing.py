@@ -18,6 +18,7 @@ from sklearn_parpredict._sharing import (
     _merge,
     _missing,
     live_tokens,
+    nbytes,
     resolve,
 )
 
@@ -60,6 +61,20 @@ def test_rows_sent_pickled_on_their_own_are_the_rows():
     rows = [lambda x: x + 1]
     assert pickle.loads(pickle.dumps(PickledRows(rows)))[0](1) == 2
     assert resolve(PickledRows(frame)) is frame
+
+
+def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    array = np.zeros((100, 4))
+    assert nbytes(array) == 3200
+    assert nbytes(pd.DataFrame(array)) == 3200
+    matrix = sp.random(100, 4, density=0.5, format="csr", random_state=0)
+    assert nbytes(matrix) == (
+        matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+    )
+    assert nbytes([[0.0] * 4] * 100) == 0
 
 
 def test_rows_are_written_only_when_a_task_needs_them_and_only_once(monkeypatch):
