@@ -328,7 +328,10 @@ def markdown(results: dict, plot_name: str) -> str:
         "and that slowed the samples interleaved with theirs: with dask-ml "
         "interleaved, parpredict on the pipeline at 1,000 rows measured "
         "1.045x to 1.068x of serial's time in 3 runs, against 1.001x to "
-        "1.017x with dask-ml timed last (2 cores).",
+        "1.017x with dask-ml timed last (2 cores). Every method is called "
+        "before sampling (twice when a call is shorter than a sample, the "
+        "second setting how many calls a sample makes), the tutorial and "
+        "dask-ml first; the random order is seeded by case and rows.",
         "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "

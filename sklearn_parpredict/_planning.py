@@ -51,7 +51,7 @@ THREAD_ROW_SHARE = 0.75
 # threads (BLAS, OpenMP).
 THREADED = 1.25
 # Parallel work must be predicted at least this much faster than serial.
-MIN_GAIN = 1.25
+MIN_GAIN = 1.15
 # Work predicted to take less than this in-process is run in-process without
 # planning: no fan-out can save more than planning costs.
 FAST_SERIAL_S = 0.002
@@ -206,9 +206,20 @@ def _band(rows: float) -> int:
 
 
 class Timer:
-    """Wall and process CPU time of a block."""
+    """Wall and process CPU time of a block.
+
+    With ``waits=True`` also ``waited``: the seconds the calling thread spent
+    ready to run but waiting for a core (Linux's ``schedstat``; 0 elsewhere).
+    A block meant to run on this thread alone took ``wall - waited`` of its
+    own: what other threads took from it is the machine's, not its cost.
+    """
+
+    def __init__(self, waits: bool = False):
+        self._waits = waits
+        self.waited = 0.0
 
     def __enter__(self):
+        self._waited = run_queue_seconds() if self._waits else 0.0
         self._wall = time.perf_counter()
         self._cpu = time.process_time()
         return self
@@ -216,6 +227,18 @@ class Timer:
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+        if self._waits:
+            self.waited = min(max(run_queue_seconds() - self._waited, 0.0), self.wall)
+
+
+def run_queue_seconds() -> float:
+    """Seconds the calling thread has waited for a core since it started, as
+    Linux counts them; 0 where the count cannot be read."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _fit(samples) -> tuple[float, float, float]:

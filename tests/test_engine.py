@@ -436,6 +436,80 @@ def test_own_threads_that_gain_nothing_are_measured_and_split():
     assert (out != threading.get_ident()).any()
 
 
+class KNeighborsCrowded(_Sleeper):
+    """Its own threads gain nothing; on one thread it waits as long again
+    for a core that other threads hold (BLAS's, started again by the limit
+    after a fork, spin), time the scheduler counts as waited."""
+
+    waited = 0.0
+    on_one_thread = False
+
+    def predict(self, X):
+        time.sleep(5e-5 * len(X))
+        if KNeighborsCrowded.on_one_thread:
+            time.sleep(5e-5 * len(X))
+            KNeighborsCrowded.waited += 5e-5 * len(X)
+        return np.full(len(X), os.getpid())
+
+
+@pytest.mark.timeout(120)
+def test_one_thread_measurement_leaves_out_time_waited_for_a_core(monkeypatch):
+    import contextlib
+
+    from sklearn_parpredict import _threads
+
+    real = _threads.one_thread
+
+    @contextlib.contextmanager
+    def one_thread():
+        with real():
+            KNeighborsCrowded.on_one_thread = True
+            try:
+                yield
+            finally:
+                KNeighborsCrowded.on_one_thread = False
+
+    monkeypatch.setattr(_threads, "one_thread", one_thread)
+    monkeypatch.setattr(
+        _planning, "run_queue_seconds", lambda: KNeighborsCrowded.waited
+    )
+    model = KNeighborsCrowded().fit(None)
+    parallel_predict(model, np.zeros((16_000, 2)), n_jobs=2)
+    cost = _planning.remembered_cost(model, "predict")
+    # Counted in, the wait would pass for a speedup of its threads of 2x.
+    assert KNeighborsCrowded.waited > 0
+    assert cost.own_speedup is not None and cost.own_speedup < 1.5
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/thread-self/schedstat"), reason="Linux schedstat"
+)
+def test_timer_counts_the_time_a_thread_waited_for_a_core():
+    import subprocess
+    import sys
+
+    # Busy processes, one per core, leave this thread part of a core.
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    busy = [
+        subprocess.Popen([sys.executable, "-c", spin])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.3)
+        with _planning.Timer(waits=True) as timer:
+            end = time.perf_counter() + 0.5
+            while time.perf_counter() < end:
+                pass
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert 0.05 * timer.wall < timer.waited <= timer.wall
+    with _planning.Timer() as plain:
+        pass
+    assert plain.waited == 0.0
+
+
 def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
     data = np.zeros((1_000, 2))
     model = _FixedCost().fit(data)
