@@ -630,8 +630,8 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
         # Less the time this thread waited for a core: limiting BLAS starts
         # its threads again after a fork, and they spin for a while (in the
         # benchmarks, HistGradientBoosting's rows took 5.2 µs each instead of
-        # 3.2 µs, and passed for a speedup of its own threads of 2.6x, which
-        # left workers no gain; 2 cores).
+        # 3.2 µs, and passed for a speedup of its own threads of 2x, all the
+        # cores, which left workers no gain; 2 cores).
         with _planning.Timer(waits=True) as one:
             out = job.call(start, start + size)
     pieces.append((start, start + size, out))

@@ -26,10 +26,9 @@ from sklearn.utils.metadata_routing import (
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn_parpredict import _validation
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
 from sklearn_parpredict._planning import keep_by_id
-from sklearn_parpredict._validation import validate_once
+from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped
 # estimator has it.
@@ -80,17 +79,13 @@ def validate_engine_params(estimator, constraints=ENGINE_CONSTRAINTS) -> None:
         settings = _settings_of[cls] = attrgetter(*constraints)
     values = settings(estimator)
     key = (cls, values, *map(type, values))
-    try:  # seen_valid's test, here: this runs on every call
-        if key in _validation._valid:
-            return
-    except TypeError:  # unhashable values (a backend instance)
-        pass
-    validate_once(
-        key,
-        constraints,
-        lambda: {name: getattr(estimator, name) for name in constraints},
-        cls.__name__,
-    )
+    if not seen_valid(key):
+        validate_once(
+            key,
+            constraints,
+            lambda: {name: getattr(estimator, name) for name in constraints},
+            cls.__name__,
+        )
 
 
 def _estimator_has(attr):
@@ -330,11 +325,8 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         estimator = self.__dict__.get("estimator_")
         if estimator is not None:
             return estimator
-        estimator = self.estimator
-        # is_fitted's first step, here: this runs on every call.
-        seen = _seen_fitted.get(id(estimator))
-        if (seen is not None and seen[0]() is estimator) or is_fitted(estimator):
-            return estimator
+        if is_fitted(self.estimator):
+            return self.estimator
         raise NotFittedError(
             f"This {type(self).__name__} instance is not fitted yet, and the "
             f"estimator it wraps is not fitted either. Call 'fit' with "
