@@ -594,7 +594,9 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     _threads.start(2)
     with _limit_inner_threads([cost], 2):
         with _planning.Timer() as timer:
-            outputs = _threads.run(job.call, bounds, 2)
+            results = _threads.run(_waiting_call(job), bounds, 2)
+    outputs = [out for out, _ in results]
+    waited = sum(seconds for _, seconds in results)
     pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
     serial_s = 2 * alone_s
     if cost.own_speedup is not None and cost.threads >= _planning.THREADED:
@@ -602,16 +604,19 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         # threads of the process (BLAS's, spinning) count as busy too.
         serial_s *= _planning.inner_slowdown(cost, max(1, _planning.CORES // 2))
     speedup = serial_s / max(timer.wall, 1e-9)
-    cost.add_thread_speedup(speedup)
+    held = speedup < _planning.THREAD_HELD and _planning.SEES_WAITS
+    uncrowded = waited < _planning.THREAD_WAIT_SHARE * 2 * timer.wall
+    cost.add_thread_speedup(speedup, final=held and uncrowded)
     logger.debug(
         "%s.%s: %d rows on 2 threads took %.3g s against %.3g s serially "
-        "(%.2fx); thread speedup now %.2fx",
+        "(%.2fx; they waited %.3g s for a core); thread speedup now %.2fx",
         type(job.estimator).__name__,
         job.method,
         2 * size,
         timer.wall,
         serial_s,
         speedup,
+        waited,
         cost.thread_speedup,
     )
     return True
@@ -649,6 +654,18 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
         alone_s,
         cost.own_speedup,
     )
+
+
+def _waiting_call(job: Job):
+    """``job.call`` that also returns the seconds its thread waited for a
+    core."""
+
+    def call(start: int, stop: int):
+        with _planning.Timer(waits=True) as timer:
+            out = job.call(start, stop)
+        return out, timer.waited
+
+    return call
 
 
 def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):

@@ -43,6 +43,16 @@ THREAD_CHUNK_S = 0.01
 # in all, and the best is kept.
 THREAD_TRUSTED = 1.8
 THREAD_MEASUREMENTS = 3
+# ... unless it is below THREAD_HELD and the threads of the measurement
+# waited for a core less than THREAD_WAIT_SHARE of their time, as Linux
+# counts it (SEES_WAITS): no other work took a core from them, and so low a
+# speedup is the GIL's (threads that wait for the GIL sleep rather than wait
+# for a core). Higher ones are measured again even so: the first tasks of
+# new threads pay for their first touch of memory (SVC: 1.67x, with no
+# wait, then more).
+THREAD_HELD = 1.25
+THREAD_WAIT_SHARE = 0.05
+SEES_WAITS = os.path.exists("/proc/thread-self/schedstat")
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.
@@ -175,11 +185,19 @@ class Cost:
             and self.thread_measurements < THREAD_MEASUREMENTS
         )
 
-    def add_thread_speedup(self, speedup: float) -> None:
-        """Keep the best measured thread speedup, bounded to ``[1, 2]``."""
+    def add_thread_speedup(self, speedup: float, *, final: bool = False) -> None:
+        """Keep the best measured thread speedup, bounded to ``[1, 2]``.
+
+        ``final``: no other work took a core from the measurement, which is
+        not taken again.
+        """
         speedup = min(max(speedup, 1.0), 2.0)
         self.thread_speedup = max(self.thread_speedup or 1.0, speedup)
         self.thread_measurements += 1
+        if final:
+            self.thread_measurements = max(
+                self.thread_measurements, THREAD_MEASUREMENTS
+            )
         self.no_gain.clear()
 
     def speedup(self, kind: str, n_workers: int) -> float:

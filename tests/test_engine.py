@@ -869,6 +869,46 @@ def test_a_serial_chunk_slowed_by_a_pause_does_not_pass_for_a_speedup(monkeypatc
     assert cost.thread_speedup < _planning.THREAD_TRUSTED
 
 
+def _counting(monkeypatch, module, name: str) -> list:
+    """Count the calls of ``module.name`` (their first argument's type)."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(type(args[0]).__name__)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_a_low_thread_speedup_measured_uncrowded_is_final():
+    cost = _planning.Cost(0.0, 1e-3)
+    cost.add_thread_speedup(0.9, final=True)
+    assert cost.thread_speedup == 1.0 and not cost.wants_thread_measurement()
+
+
+@pytest.mark.timeout(120)
+def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core(
+    monkeypatch,
+):
+    from sklearn_parpredict import _engine
+
+    monkeypatch.setattr(_planning, "SEES_WAITS", True)
+    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
+    data = np.zeros((12_000, 2))
+    model = _Spinner().fit(data)
+    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 1e-3))
+    once = _counting(monkeypatch, _engine, "_measure_threads_once")
+    parallel_predict(model, data, n_jobs=2)
+    # Slower on two threads, and neither waited for a core: the GIL's doing,
+    # which measuring again would only confirm, at the same loss.
+    cost = _planning.remembered_cost(model, "predict")
+    assert once == ["Job"]
+    assert cost.thread_speedup < _planning.THREAD_HELD
+    assert not cost.wants_thread_measurement()
+
+
 @pytest.mark.timeout(120)
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     from sklearn_parpredict import _engine
@@ -885,10 +925,15 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
         real(job, cost, n, pieces)
 
     monkeypatch.setattr(_engine, "_measure_threads", spy)
+    once = _counting(monkeypatch, _engine, "_measure_threads_once")
+    # Its threads seen waiting for a core: another process may have taken it.
+    waits = iter(range(10**6))
+    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: float(next(waits)))
     out = parallel_predict(model, data, n_jobs=2)
     # Measured again at once while rows remain, up to the limit: the spinner
     # holds the GIL, and every measurement says so.
     assert measured == [len(data)]
+    assert len(once) == _planning.THREAD_MEASUREMENTS - 1
     assert cost.thread_measurements == _planning.THREAD_MEASUREMENTS
     assert cost.thread_speedup < _planning.THREAD_TRUSTED
     # (The spinner predicts its process id: no serial output to compare.)
@@ -979,10 +1024,12 @@ def test_tasks_teach_the_cost_their_serial_time(monkeypatch):
 
 class _SlowStart(_Sleeper):
     """Runs its first two calls from other threads one at a time (as work
-    holding the GIL would), and in parallel afterwards."""
+    holding the GIL would), and in parallel afterwards. The thread that waits
+    counts its wait as waited for a core (another process held it)."""
 
     threaded_calls: list = []
     one_at_a_time = threading.Lock()
+    waited = 0.0
 
     def predict(self, X):
         import time
@@ -993,7 +1040,9 @@ class _SlowStart(_Sleeper):
             return np.asarray(X)[:, 0] * 2
         self.threaded_calls.append(len(X))
         if len(self.threaded_calls) <= 2:
+            start = time.perf_counter()
             with self.one_at_a_time:
+                _SlowStart.waited += time.perf_counter() - start
                 time.sleep(seconds)
         else:
             time.sleep(seconds)
@@ -1001,9 +1050,15 @@ class _SlowStart(_Sleeper):
 
 
 @pytest.mark.timeout(60)
-def test_a_spoilt_thread_measurement_is_taken_again_in_the_same_call():
+@pytest.mark.parametrize("sees_waits", [False, True])
+def test_a_spoilt_thread_measurement_is_taken_again_in_the_same_call(
+    monkeypatch, sees_waits
+):
     from sklearn_parpredict import _engine
 
+    # Where the waits for a core are seen, they tell load from the GIL.
+    monkeypatch.setattr(_planning, "SEES_WAITS", sees_waits)
+    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: _SlowStart.waited)
     _SlowStart.threaded_calls = []
     data = np.arange(8_000, dtype=float).reshape(-1, 2)
     model = _SlowStart().fit(data)
