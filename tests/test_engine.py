@@ -888,6 +888,22 @@ def test_a_low_thread_speedup_measured_uncrowded_is_final():
     assert cost.thread_speedup == 1.0 and not cost.wants_thread_measurement()
 
 
+class _OneAtATime(_Sleeper):
+    """Its calls from other threads run one at a time, each twice as slow as
+    in the main thread (as work holding the GIL would, whatever the noise):
+    two threads run at half the speed of one."""
+
+    lock = threading.Lock()
+
+    def predict(self, X):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(5e-5 * len(X))
+        else:
+            with self.lock:
+                time.sleep(1e-4 * len(X))
+        return np.full(len(X), os.getpid())
+
+
 @pytest.mark.timeout(120)
 def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core(
     monkeypatch,
@@ -897,8 +913,8 @@ def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core
     monkeypatch.setattr(_planning, "SEES_WAITS", True)
     monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
     data = np.zeros((12_000, 2))
-    model = _Spinner().fit(data)
-    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 1e-3))
+    model = _OneAtATime().fit(data)
+    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
     once = _counting(monkeypatch, _engine, "_measure_threads_once")
     parallel_predict(model, data, n_jobs=2)
     # Slower on two threads, and neither waited for a core: the GIL's doing,
