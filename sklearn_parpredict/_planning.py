@@ -52,7 +52,8 @@ THREAD_MEASUREMENTS = 3
 # wait, then more).
 THREAD_HELD = 1.25
 THREAD_WAIT_SHARE = 0.05
-SEES_WAITS = os.path.exists("/proc/thread-self/schedstat")
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+SEES_WAITS = os.path.exists(_SCHEDSTAT)
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
 # trees) often holds the GIL, and would pass for rows that hold it.
@@ -253,7 +254,7 @@ def run_queue_seconds() -> float:
     """Seconds the calling thread has waited for a core since it started, as
     Linux counts them; 0 where the count cannot be read."""
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
+        with open(_SCHEDSTAT, "rb") as f:
             return int(f.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return 0.0
