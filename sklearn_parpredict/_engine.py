@@ -566,7 +566,8 @@ def _measure_threads(job: Job, cost: _planning.Cost, n: int, pieces: list) -> No
     which keeps the best of its measurements. A low speedup is measured again
     at once while rows remain: the first tasks of new threads also pay for
     their first touch of memory, and a busy moment of the machine seldom
-    lasts through two measurements.
+    lasts through two measurements. Not one below ``THREAD_HELD`` during
+    which neither thread waited for a core: that one is the GIL's.
     """
     while cost.wants_thread_measurement() and _measure_threads_once(
         job, cost, n, pieces
