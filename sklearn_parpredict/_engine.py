@@ -186,8 +186,10 @@ def run_one(
     what the serial call costs.
     """
     if chunk_size == "auto":
-        how = _plainly_small(estimator, method, X) or _known_no_gain(
-            estimator, method, X, n_jobs, backend
+        how = (
+            _TOO_LITTLE
+            if _plainly_small(estimator, method, X)
+            else _known_no_gain(estimator, method, X, n_jobs, backend)
         )
         if how:
             if backend is not None:
@@ -329,18 +331,25 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
-def _plainly_small(estimator, method: str, X) -> str | None:
+def _plainly_small(estimator, method: str, X) -> bool:
     """Whether a NumPy batch is too small to plan: :func:`_too_small`'s answer
     for one job, in the fewest steps, since :func:`run_one` asks it first on
     every call and a call on a few rows takes less than 100 µs."""
     if type(X) is not np.ndarray or not X.ndim:
-        return None
+        return False
     cost = _planning.remembered_cost(estimator, method)
     if cost is None:
-        small = len(X) <= _planning.PROBE_ROWS
-    else:
-        small = cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
-    return _TOO_LITTLE if small else None
+        return len(X) <= _planning.PROBE_ROWS
+    return cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
+
+
+def calls_directly(estimator, method: str, X) -> bool:
+    """Whether :func:`run_one`, with ``chunk_size="auto"`` and no parameters,
+    would only call ``getattr(estimator, method)(X)``: a NumPy batch too
+    small to plan, and no debug log to write."""
+    return _plainly_small(estimator, method, X) and not logger.isEnabledFor(
+        logging.DEBUG
+    )
 
 
 def _call_watched(estimator, method: str, X, params: dict):

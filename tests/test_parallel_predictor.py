@@ -85,6 +85,55 @@ def test_fitted_estimators_are_remembered_only_while_they_live():
     assert id(unfitted) not in pp._seen_fitted
 
 
+def test_a_small_call_like_the_last_goes_straight_to_the_estimator(monkeypatch, caplog):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from sklearn_parpredict import _parallel_predictor as pp
+
+    trained = LogisticRegression().fit(X, Y)
+    model = ParallelPredictor(trained, n_jobs=1)
+    engine_calls = []
+    real = pp.run_one
+
+    def spy(estimator, method, *args, **kwargs):
+        engine_calls.append(method)
+        return real(estimator, method, *args, **kwargs)
+
+    monkeypatch.setattr(pp, "run_one", spy)
+    small = X[:20]
+    for method in ("predict", "predict", "predict_proba", "predict"):
+        expected = getattr(trained, method)(small)
+        assert_same_output(getattr(model, method)(small), expected)
+    # Checked once; the same estimator and settings need no second check.
+    assert engine_calls == ["predict"]
+    # Anything else goes through the checks and the engine again: other
+    # settings (1.0 equals 1, but is no valid n_jobs), input the engine must
+    # look at, a debug log to write, chunks of a given size, another
+    # estimator.
+    model.set_params(n_jobs=1.0)
+    with pytest.raises(InvalidParameterError, match="n_jobs"):
+        model.predict(small)
+    model.set_params(n_jobs=2)
+    model.predict(small)
+    model.predict(pd.DataFrame(small))
+    with caplog.at_level("DEBUG", logger="sklearn_parpredict"):
+        model.predict(small)
+    assert "too little work" in caplog.records[-1].getMessage()
+    assert engine_calls == ["predict"] * 4
+    model.set_params(chunk_size=5)
+    assert_same_output(model.predict(small), trained.predict(small))
+    assert_same_output(model.predict(small), trained.predict(small))
+    assert engine_calls == ["predict"] * 6
+    model.set_params(estimator=LogisticRegression())
+    with pytest.raises(NotFittedError):
+        model.predict(small)
+    key = id(model)
+    assert pp._passed[key][0]() is model
+    del model
+    gc.collect()
+    assert key not in pp._passed
+
+
 def test_wrong_feature_count_same_error_as_serial():
     trained = LogisticRegression().fit(X, Y)
     X_bad = np.hstack([X, X])
