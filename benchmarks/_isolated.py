@@ -8,8 +8,10 @@ printed on the last line of its output.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import logging
 import random
 import statistics
 import subprocess
@@ -50,20 +52,30 @@ def _load(model_path: str, X_path: str) -> Workload:
 def repeated(
     model_path: str, X_path: str, calls: int, rows_per_call: int, methods: list[str]
 ) -> dict:
-    """Per-call seconds of ``calls`` calls on consecutive batches.
+    """Per-call seconds of two rounds of ``calls`` calls on consecutive batches.
 
     Every method is built once and reused across calls (the same fitted
     ``ParallelPredictor``; the ceiling's fork pool); the tutorial pickles the
     model with every chunk of every call, as written. The first call of
     ``parpredict`` in this fresh process (pool start, model shipping, cost
     probe) is reported on its own as ``cold``.
+
+    The first round is what the calls after a first one cost, while
+    ``parpredict`` may still run them in-process: it starts its pool in the
+    background only once the time that calls lost without it reaches what
+    starting it costs. The second round (every method but the tutorial,
+    whose calls are all alike) is the steady state, ``parpredict``'s pool
+    warm as the ceiling's is from the start. Which of ``parpredict``'s calls
+    ran on workers is read from its debug log.
     """
     work = _load(model_path, X_path)
     bounds = [(i * rows_per_call, (i + 1) * rows_per_call) for i in range(calls)]
     expected = [work.serial(rows(work.X, a, b)) for a, b in bounds]
+    log = _DecisionLog()
 
     start = time.perf_counter()
-    out = work.ours.predict(rows(work.X, *bounds[0]))
+    with log:
+        out = work.ours.predict(rows(work.X, *bounds[0]))
     cold = time.perf_counter() - start
     assert_same(expected[0], out)
 
@@ -75,20 +87,25 @@ def repeated(
             warm_up = built[name].bind(*bounds[0])
             before(warm_up)
             try:
-                assert_same(expected[0], warm_up())
+                with log if name == "parpredict" else contextlib.nullcontext():
+                    assert_same(expected[0], warm_up())
             finally:
                 after(warm_up)
         except Exception as exc:  # a peer that is unavailable or wrong
             errors[name] = f"{type(exc).__name__}: {exc}"
     methods = built
-    samples: dict[str, list[float]] = {name: [] for name in methods}
+    rounds: list[dict[str, list[float]]] = [
+        {name: [] for name in methods},
+        {name: [] for name in methods if name != Tutorial.name},
+    ]
 
-    def timed(name: str, i: int) -> None:
+    def timed(name: str, i: int, samples: dict) -> None:
         call = methods[name].bind(*bounds[i])
         before(call)
-        start = time.perf_counter()
-        out = call()
-        samples[name].append(time.perf_counter() - start)
+        with log if name == "parpredict" else contextlib.nullcontext():
+            start = time.perf_counter()
+            out = call()
+            samples[name].append(time.perf_counter() - start)
         after(call)
         try:
             assert_same(expected[i], out)
@@ -98,27 +115,60 @@ def repeated(
     # As in the suite: the others interleaved in a random order per call,
     # then the tutorial's calls, whose forks would slow whatever came next.
     rng = random.Random(0)
-    names = [n for n in methods if n not in errors and n != Tutorial.name]
-    for i in range(calls):
-        rng.shuffle(names)
-        for name in names:
-            timed(name, i)
+    for samples in rounds:
+        names = [n for n in samples if n not in errors and n != Tutorial.name]
+        for i in range(calls):
+            rng.shuffle(names)
+            for name in names:
+                timed(name, i, samples)
     if Tutorial.name in methods and Tutorial.name not in errors:
         for i in range(calls):
-            timed(Tutorial.name, i)
+            timed(Tutorial.name, i, rounds[0])
     for method in methods.values():
         method.close()
+
+    def medians(samples: dict) -> dict:
+        return {
+            name: (statistics.median(s) if name not in errors and s else None)
+            for name, s in samples.items()
+        }
+
     return {
         "calls": calls,
         "rows": rows_per_call,
         "cold": cold,
-        "median": {
-            name: (statistics.median(s) if name not in errors else None)
-            for name, s in samples.items()
-        },
+        "median": medians(rounds[0]),
+        "steady": medians(rounds[1]),
+        "on_workers": log.on_workers,
         "errors": errors,
         "model_bytes": work.model_bytes,
     }
+
+
+class _DecisionLog(logging.Handler):
+    """Within ``with``: whether each of ``parpredict``'s calls ran on workers,
+    from the package's debug log (one record per call)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.on_workers: list[bool] = []
+        self._logger = logging.getLogger("sklearn_parpredict")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # A call may also log measurements; its plan is what counts.
+        self._workers = self._workers or " workers in " in record.getMessage()
+
+    def __enter__(self):
+        self._workers = False
+        self._level = self._logger.level
+        self._logger.setLevel(logging.DEBUG)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+        self.on_workers.append(self._workers)
 
 
 def load_sklearn() -> int:
