@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import Workload
-from benchmarks._measure import PeakRSS, after, assert_same, before, tree_rss
+from benchmarks._measure import PeakRSS, after, assert_same, before, tree_memory
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
 from sklearn_parpredict import ParallelPredictor
 
@@ -178,57 +178,83 @@ def load_sklearn() -> int:
     return 0
 
 
-def memory(model_path: str, X_path: str) -> dict:
-    """Peak resident memory, parent + workers, of serial and parpredict.
+# The parts of the memory case, each measured in a fresh process: what one
+# method leaves behind (the tutorial's pickled tasks, a pool's threads' malloc
+# arenas) stays in the parent's resident size and would be charged to the
+# next method. Measured in one process, the ceiling and the tutorial left the
+# parent 120 MiB larger at rest than serial's (2 cores, 200,000 rows).
+MEMORY_PARTS = ("serial", "ceiling", "tutorial", "threads", "processes")
 
-    The ceiling and the tutorial are measured first for context (forked
-    workers count the pages they share with the parent, so resident sizes
-    overstate them). Then workers are started with scikit-learn imported but
-    no model, to tell the fixed price of any worker process from what a call
-    adds; then two ``parpredict`` calls: the first ships the model. Before
-    any worker process exists, ``parpredict`` on threads is measured too.
+
+def memory(model_path: str, X_path: str, part: str) -> dict:
+    """Peak memory, parent + workers, of one part of the memory case.
+
+    Each part runs in its own fresh process and measures from the same
+    start: the model and rows loaded, nothing else run. ``serial`` also
+    records the process at rest. The ceiling and the tutorial give context
+    (forked workers count the pages they share with the parent once in each
+    resident size, so that overstates them; the proportional set size does
+    not). ``threads`` is ``parpredict`` with ``backend="threading"``.
+    ``processes`` first starts workers with scikit-learn imported but no
+    model, to tell the fixed price of any worker process from what a call
+    adds, then makes two ``parpredict`` calls on them (``backend="loky"``,
+    two chunks per worker): the first ships the model.
+    The output of every call is checked against serial's, computed after
+    the measurement so that it is not in the window.
     """
     work = _load(model_path, X_path)
     n = len(work.X)
     gc.collect()
     result: dict = {"rows": n, "n_workers": N_WORKERS, "model_bytes": work.model_bytes}
-    result["baseline"] = tree_rss()
-    with PeakRSS() as peak:
-        expected = work.serial(work.X)
-    result["serial"] = peak.peak
+    outputs = []
 
-    for cls in (Ceiling, Tutorial):
-        with PeakRSS() as peak:
+    def measure(label, call):
+        with PeakRSS(pss=True) as peak:
+            outputs.append(call())
+        result[label], result[label + "_pss"] = peak.peak, peak.peak_pss
+        gc.collect()
+
+    if part == "serial":
+        result["baseline"], result["baseline_pss"] = tree_memory(pss=True)
+        measure("serial", lambda: work.serial(work.X))
+    elif part in ("ceiling", "tutorial"):
+        cls = {"ceiling": Ceiling, "tutorial": Tutorial}[part]
+
+        def call():
             method = cls(work)
             out = method.bind(0, n)()
             method.close()
-        assert_same(expected, out)
-        del out, method
-        gc.collect()
-        result[cls.name] = peak.peak
+            return out
 
-    # Threads before any worker process exists: what a user who needs the
-    # memory back gets with backend="threading".
-    threads = ParallelPredictor(work.models[0][0], n_jobs=-1, backend="threading")
-    with PeakRSS() as peak:
-        out = threads.predict(work.X)
-    assert_same(expected, out)
-    del out, threads
-    gc.collect()
-    result["parpredict_threads"] = peak.peak
-
-    joblib.Parallel(n_jobs=N_WORKERS)(
-        joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)
-    )
-    time.sleep(0.5)  # let the workers settle after the imports
-    result["idle_workers"] = tree_rss() - psutil.Process().memory_info().rss
-    for label in ("parpredict_first", "parpredict_second"):
-        with PeakRSS() as peak:
-            out = work.ours.predict(work.X)
+        measure(part, call)
+    elif part == "threads":
+        threads = ParallelPredictor(work.models[0][0], n_jobs=-1, backend="threading")
+        measure("parpredict_threads", lambda: threads.predict(work.X))
+    elif part == "processes":
+        joblib.Parallel(n_jobs=N_WORKERS)(
+            joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)
+        )
+        time.sleep(0.5)  # let the workers settle after the imports
+        rss, pss = tree_memory(pss=True)
+        own = psutil.Process().memory_full_info()
+        result["idle_workers"] = rss - own.rss
+        result["idle_workers_pss"] = pss - own.pss if pss is not None else None
+        # Workers for certain: by default, the wrapper may measure threads
+        # faster for this forest, or keep a call in-process, and neither needs
+        # worker memory. Two chunks per worker, as "auto" picks here.
+        processes = ParallelPredictor(
+            work.models[0][0],
+            n_jobs=-1,
+            backend="loky",
+            chunk_size=-(-n // (2 * N_WORKERS)),
+        )
+        for label in ("parpredict_first", "parpredict_second"):
+            measure(label, lambda: processes.predict(work.X))
+    else:
+        raise ValueError(f"unknown part of the memory case: {part!r}")
+    expected = work.serial(work.X)
+    for out in outputs:
         assert_same(expected, out)
-        del out
-        gc.collect()
-        result[label] = peak.peak
     return result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import joblib
 
 from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
-from benchmarks._isolated import load_sklearn, run_isolated
+from benchmarks._isolated import MEMORY_PARTS, load_sklearn, run_isolated
 from benchmarks._measure import OtherLoad, measure, wrapper_overhead
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
 from benchmarks._report import ratios
@@ -147,8 +147,14 @@ def run_isolated_sections(sections: Iterable[str], *, quick: bool) -> dict:
             log(f"[repeated] {out['repeated']}")
         if "memory" in sections:
             log(f"[memory] {n_rows:,} rows")
+            out["memory"] = {}
             with OtherLoad() as other:
-                out["memory"] = run_isolated("memory", **paths)
+                for part in MEMORY_PARTS:
+                    got = run_isolated("memory", **paths, part=part)
+                    if "error" in got:
+                        out["memory"] = {"error": f"{part}: {got['error']}"}
+                        break
+                    out["memory"].update(got)
             out["memory"]["other_load"] = other.cores
             log(f"[memory] {out['memory']}")
     return out
