@@ -340,7 +340,7 @@ def _plainly_small(estimator, method: str, X) -> bool:
     cost = _planning.remembered_cost(estimator, method)
     if cost is None:
         return len(X) <= _planning.PROBE_ROWS
-    return cost.per_call + cost.per_row * len(X) < _planning.FAST_SERIAL_S
+    return len(X) < cost.direct_rows
 
 
 def calls_directly(estimator, method: str, X) -> bool:
@@ -415,12 +415,13 @@ def _too_small(jobs: list[Job], sizes: list[int]) -> bool:
     """Whether the work is so small that even planning it costs too much.
 
     True for a batch no larger than one probe of a model not seen yet, and for
-    work whose remembered cost is below what any fan-out could save.
+    work whose remembered cost is below what any fan-out could save, on
+    batches near enough in size to those it was timed on.
     """
     costs = [_planning.remembered_cost(job.estimator, job.method) for job in jobs]
     if not any(costs):
         return max(sizes, default=0) <= _planning.PROBE_ROWS
-    if not all(costs):
+    if not all(costs) or any(n >= c.covered_rows for c, n in zip(costs, sizes)):
         return False
     return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S
 

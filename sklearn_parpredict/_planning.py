@@ -84,6 +84,13 @@ NO_GAIN_DRIFT = 1.2
 # In-process calls predicted to take at least this long are timed even when
 # nothing is planned: timing costs a few microseconds.
 WATCHED_CALL_S = 0.01
+# A cost decides a call without planning only for batches smaller than
+# EXTRAPOLATION times the most rows it was timed on; a larger one is planned
+# (and, run in-process, timed). The cost per row of a fast model timed on
+# small batches can be lost in the noise: LogisticRegression timed on 1,000
+# rows fitted 0 s per row, and would have run 1,000,000 rows (15 ms) without
+# a plan or a timing ever after.
+EXTRAPOLATION = 16
 
 
 @dataclass
@@ -130,6 +137,27 @@ class Cost:
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
     no_gain: dict = field(default_factory=dict, repr=False)
+    # Batches smaller than this are within reach of the timings (see
+    # EXTRAPOLATION); those smaller than direct_rows are also predicted
+    # faster than FAST_SERIAL_S. Kept up to date by add(): the engine asks
+    # on every call.
+    covered_rows: float = field(init=False, repr=False, compare=False)
+    direct_rows: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # A cost set by hand, with no timings, is taken at its word.
+        self.covered_rows = EXTRAPOLATION * max(
+            (s[0] for s in self.samples), default=math.inf
+        )
+        spare = FAST_SERIAL_S - self.per_call
+        if self.per_row > 0:
+            fast = spare / self.per_row
+        else:
+            fast = math.inf if spare > 0 else -math.inf
+        self.direct_rows = min(fast, self.covered_rows)
 
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
@@ -154,6 +182,7 @@ class Cost:
         self.samples = [*others, (rows, wall, cpu)][-MAX_SAMPLES:]
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
+        self._refresh()
 
     @property
     def own_speedup(self) -> float | None:

@@ -395,6 +395,35 @@ def test_a_slow_call_does_not_undo_the_no_gain_it_remembered(monkeypatch):
     assert planned == [1_000]
 
 
+class _Instant(_Sleeper):
+    """Costs nothing per row that a small batch can show."""
+
+    def predict(self, X):
+        return np.full(len(X), os.getpid())
+
+
+def test_a_cost_decides_without_planning_only_near_the_rows_it_was_timed_on(
+    monkeypatch,
+):
+    model = _Instant().fit(np.zeros((1, 2)))
+    # Timed on small batches, the rows seemed to cost nothing.
+    cost = _planning.fit_cost([(64, 1e-4, 1e-4), (256, 1e-4, 1e-4)])
+    assert cost.per_row == 0
+    _planning.remember_cost(model, "predict", cost)
+    planned = _planned_rows(monkeypatch)
+    most = _planning.EXTRAPOLATION * 256
+    parallel_predict(model, np.zeros((most - 1, 2)), n_jobs=2)
+    assert planned == []
+    # Far past them, the call is planned, and run in-process it is timed.
+    big = np.zeros((10 * most, 2))
+    assert (parallel_predict(model, big, n_jobs=2) == os.getpid()).all()
+    assert planned == [10 * most]
+    assert max(rows for rows, _, _ in cost.samples) == 10 * most
+    # Now within reach of a timing: decided at once.
+    parallel_predict(model, big, n_jobs=2)
+    assert planned == [10 * most]
+
+
 def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
     data = np.zeros((1_000, 2))
