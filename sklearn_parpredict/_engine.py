@@ -331,25 +331,28 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
-def _plainly_small(estimator, method: str, X) -> bool:
-    """Whether a NumPy batch is too small to plan: :func:`_too_small`'s answer
-    for one job, in the fewest steps, since :func:`run_one` asks it first on
-    every call and a call on a few rows takes less than 100 µs."""
+def _small_under(cost, X) -> bool:
+    """Whether a NumPy batch is too small to plan, given the remembered cost
+    of its estimator and method (None: not probed yet): :func:`_too_small`'s
+    answer for one job, in the fewest steps, since :func:`run_one` asks it
+    first on every call and a call on a few rows takes less than 100 µs."""
     if type(X) is not np.ndarray or not X.ndim:
         return False
-    cost = _planning.remembered_cost(estimator, method)
     if cost is None:
         return len(X) <= _planning.PROBE_ROWS
     return len(X) < cost.direct_rows
 
 
-def calls_directly(estimator, method: str, X) -> bool:
+def _plainly_small(estimator, method: str, X) -> bool:
+    return _small_under(_planning.remembered_cost(estimator, method), X)
+
+
+def calls_directly(cost, X) -> bool:
     """Whether :func:`run_one`, with ``chunk_size="auto"`` and no parameters,
-    would only call ``getattr(estimator, method)(X)``: a NumPy batch too
-    small to plan, and no debug log to write."""
-    return _plainly_small(estimator, method, X) and not logger.isEnabledFor(
-        logging.DEBUG
-    )
+    would only call the estimator on ``X``, given the remembered cost of its
+    estimator and method: a NumPy batch too small to plan, and no debug log
+    to write."""
+    return _small_under(cost, X) and not logger.isEnabledFor(logging.DEBUG)
 
 
 def _call_watched(estimator, method: str, X, params: dict):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import weakref
 from copy import deepcopy
 from functools import update_wrapper
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter, itemgetter
 from types import MethodType
 
 from sklearn.base import (
@@ -29,7 +28,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, calls_directly, run_one
-from sklearn_parpredict._planning import keep_by_id
+from sklearn_parpredict._planning import costs_of, keep_by_id
 from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped
@@ -51,10 +50,10 @@ PARALLEL_METHODS = (
 _seen_fitted: dict[int, tuple] = {}
 # The settings of each wrapper class, read in one call.
 _settings_of: dict[type, attrgetter] = {}
-# Wrappers, by id, with (a weak reference to) the estimator and the values
-# of the settings that their last call with ``chunk_size="auto"`` passed
-# every check with (see ``_parallel_method``); the settings as read from a
-# wrapper's ``__dict__``.
+# Wrappers, by id, whose last call with ``chunk_size="auto"`` passed every
+# check, with the estimator it ran and that estimator's remembered costs by
+# method (see ``_parallel_method``). Setting or deleting any attribute of a
+# wrapper removes its entry (``ParallelPredictor.__setattr__``).
 _passed: dict[int, tuple] = {}
 _settings_in = itemgetter(*ENGINE_CONSTRAINTS)
 
@@ -121,23 +120,15 @@ def _parallel_method(name: str, summary: str, returns: str):
 
     def method(self, X, **params):
         # The wrapper's checks and the planner's look-ups cost 5 µs, on a
-        # linear model's call of 90 µs for a thousand rows. A call with the
-        # estimator and the very settings of the last call that passed them,
-        # on a batch that run_one would only hand to the estimator, goes
-        # straight to it, in as few Python calls as can tell.
+        # linear model's call of 90 µs for a thousand rows. A call to a
+        # wrapper unchanged since its last call passed them, on a batch that
+        # run_one would only hand to the estimator, goes straight to it, in
+        # as few steps as can tell: each costs most with the CPU's caches
+        # full of the estimator's own work.
         passed = _passed.get(id(self))
         if passed is not None and not params and passed[0]() is self:
-            # Read from the instance's dict: the wrapper's __getattr__ makes
-            # each attribute look-up a slow one.
-            ref, values = passed[1]
-            state = self.__dict__
-            estimator = state.get("estimator_", state.get("estimator"))
-            if (
-                estimator is not None
-                and ref() is estimator
-                and all(map(is_, _settings_in(state), values))
-                and calls_directly(estimator, name, X)
-            ):
+            estimator, costs = passed[1]
+            if calls_directly(costs.get(name), X):
                 return getattr(estimator, name)(X)
         return self._run(name, X, params)
 
@@ -407,12 +398,27 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             verbose=self.verbose,
         )
         if values is not None and self.chunk_size == "auto":
-            # Weakly: a refit must not keep the last model alive.
             state = self.__dict__
             with contextlib.suppress(TypeError, KeyError):
-                if _settings_in(state) == values:  # plain attributes
-                    keep_by_id(_passed, self, (weakref.ref(estimator), values))
+                # Unless another thread changed the wrapper meanwhile (its
+                # entry is then already gone).
+                if (
+                    _settings_in(state) == values
+                    and state.get("estimator_", state.get("estimator")) is estimator
+                ):
+                    costs = costs_of(estimator)
+                    if costs is not None:
+                        keep_by_id(_passed, self, (estimator, costs))
         return out
+
+    def __setattr__(self, name, value):
+        # A changed setting or estimator is checked on the next call.
+        _passed.pop(id(self), None)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        _passed.pop(id(self), None)
+        super().__delattr__(name)
 
     predict = _parallel_method(
         "predict",

@@ -364,13 +364,22 @@ def remembered_cost(model, method: str) -> Cost | None:
     return entry[1].get(method)
 
 
-def remember_cost(model, method: str, cost: Cost) -> None:
+def costs_of(model) -> dict[str, Cost] | None:
+    """The model's remembered costs by method: the very dict that later
+    timings of the model fill in. None when the model cannot be weakly
+    referenced, and so nothing is remembered for it."""
     entry = _costs.get(id(model))
     if entry is None or entry[0]() is not model:
         entry = keep_by_id(_costs, model, {})
-        if entry is None:  # not weak-referenceable: nothing is remembered
-            return
-    entry[1][method] = cost
+        if entry is None:
+            return None
+    return entry[1]
+
+
+def remember_cost(model, method: str, cost: Cost) -> None:
+    costs = costs_of(model)
+    if costs is not None:
+        costs[method] = cost
 
 
 def keep_by_id(table: dict, obj, value) -> tuple | None:

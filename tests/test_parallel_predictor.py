@@ -124,9 +124,21 @@ def test_a_small_call_like_the_last_goes_straight_to_the_estimator(monkeypatch, 
     assert_same_output(model.predict(small), trained.predict(small))
     assert_same_output(model.predict(small), trained.predict(small))
     assert engine_calls == ["predict"] * 6
-    model.set_params(estimator=LogisticRegression())
+    model.set_params(chunk_size="auto", estimator=LogisticRegression())
     with pytest.raises(NotFittedError):
         model.predict(small)
+    # A refit, or an estimator set or removed, is always the one that runs.
+    model.fit(X, 1 - Y)
+    for _ in range(2):
+        assert_same_output(model.predict(small), 1 - trained.predict(small))
+    assert engine_calls == ["predict"] * 7
+    model.estimator_ = trained
+    assert_same_output(model.predict(small), trained.predict(small))
+    del model.estimator_
+    with pytest.raises(NotFittedError):
+        model.predict(small)
+    model.set_params(estimator=trained)
+    model.predict(small)
     key = id(model)
     assert pp._passed[key][0]() is model
     del model
