@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from copy import deepcopy
 from functools import update_wrapper
 from operator import attrgetter, itemgetter
@@ -51,9 +52,10 @@ _seen_fitted: dict[int, tuple] = {}
 # The settings of each wrapper class, read in one call.
 _settings_of: dict[type, attrgetter] = {}
 # Wrappers, by id, whose last call with ``chunk_size="auto"`` passed every
-# check, with the estimator it ran and that estimator's remembered costs by
-# method (see ``_parallel_method``). Setting or deleting any attribute of a
-# wrapper removes its entry (``ParallelPredictor.__setattr__``).
+# check, with (a weak reference to) the estimator it ran and that
+# estimator's remembered costs by method (see ``_parallel_method``).
+# Setting or deleting any attribute of a wrapper removes its entry
+# (``ParallelPredictor.__setattr__``).
 _passed: dict[int, tuple] = {}
 _settings_in = itemgetter(*ENGINE_CONSTRAINTS)
 
@@ -127,8 +129,9 @@ def _parallel_method(name: str, summary: str, returns: str):
         # full of the estimator's own work.
         passed = _passed.get(id(self))
         if passed is not None and not params and passed[0]() is self:
-            estimator, costs = passed[1]
-            if calls_directly(costs.get(name), X):
+            ref, costs = passed[1]
+            estimator = ref()
+            if estimator is not None and calls_directly(costs.get(name), X):
                 return getattr(estimator, name)(X)
         return self._run(name, X, params)
 
@@ -408,7 +411,10 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
                 ):
                     costs = costs_of(estimator)
                     if costs is not None:
-                        keep_by_id(_passed, self, (estimator, costs))
+                        # Weakly: the table must not keep alive an
+                        # estimator that refers to its wrapper.
+                        ref = weakref.ref(estimator)
+                        keep_by_id(_passed, self, (ref, costs))
         return out
 
     def __setattr__(self, name, value):

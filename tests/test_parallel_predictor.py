@@ -3,6 +3,7 @@
 import gc
 import pickle
 import re
+import weakref
 
 import joblib
 import numpy as np
@@ -144,6 +145,18 @@ def test_a_small_call_like_the_last_goes_straight_to_the_estimator(monkeypatch, 
     del model
     gc.collect()
     assert key not in pp._passed
+
+
+def test_a_wrapper_and_an_estimator_that_refers_to_it_are_collected():
+    trained = LogisticRegression().fit(X, Y)
+    model = ParallelPredictor(trained, n_jobs=1)
+    trained.wrapper = model  # a cycle, which only the collector breaks
+    model.predict(X[:20])
+    model.predict(X[:20])
+    gone = weakref.ref(model)
+    del model, trained
+    gc.collect()
+    assert gone() is None
 
 
 def test_wrong_feature_count_same_error_as_serial():
