@@ -958,7 +958,7 @@ def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     from sklearn_parpredict import _engine
 
-    data = np.zeros((12_000, 2))
+    data = np.zeros((20_000, 2))
     model = _Spinner().fit(data)
     cost = _planning.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
     _planning.remember_cost(model, "predict", cost)
@@ -986,13 +986,20 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     out = parallel_predict(model, data, n_jobs=2)
     # Measured again at once while rows remain, up to the limit: the spinner
     # holds the GIL, and every measurement says so. (A measurement whose
-    # serial chunk a busy machine slowed may pass for trusted, and end it.)
+    # serial chunk a busy machine slowed may pass for trusted, and end it;
+    # a noisy serial chunk may refit the cost so that the rows left are too
+    # few for another measurement, whose attempt then measures nothing.)
     assert measured == [len(data)]
     assert added and not any(final for _, final in added)
     seen_trusted = [s >= _planning.THREAD_TRUSTED for s, _ in added]
     expected = seen_trusted.index(True) + 1 if any(seen_trusted) else None
-    assert len(added) == (expected or _planning.THREAD_MEASUREMENTS - 1), added
-    assert len(once) == len(added)
+    out_of_rows = len(once) == len(added) + 1
+    assert len(once) == len(added) or out_of_rows
+    limit = expected or _planning.THREAD_MEASUREMENTS - 1
+    if out_of_rows:
+        assert len(added) < limit, (added, len(once))
+    else:
+        assert len(added) == limit, added
     assert cost.thread_measurements == 1 + len(added)
     assert (cost.thread_speedup < _planning.THREAD_TRUSTED) == (expected is None)
     # (The spinner predicts its process id: no serial output to compare.)
