@@ -167,11 +167,6 @@ def after(call: Callable) -> None:
     getattr(call, "after", lambda: None)()
 
 
-def tree_rss(process: psutil.Process | None = None) -> int:
-    """Resident bytes of a process and all its descendants."""
-    return tree_memory(process)[0]
-
-
 def tree_memory(
     process: psutil.Process | None = None, *, pss: bool = False
 ) -> tuple[int, int | None]:
