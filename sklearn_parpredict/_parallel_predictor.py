@@ -6,7 +6,7 @@ import contextlib
 import weakref
 from copy import deepcopy
 from functools import update_wrapper
-from operator import attrgetter, itemgetter
+from operator import attrgetter, is_, itemgetter
 from types import MethodType
 
 from sklearn.base import (
@@ -404,9 +404,9 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             state = self.__dict__
             with contextlib.suppress(TypeError, KeyError):
                 # Unless another thread changed the wrapper meanwhile (its
-                # entry is then already gone).
+                # entry is then already gone): the very values checked.
                 if (
-                    _settings_in(state) == values
+                    all(map(is_, _settings_in(state), values))
                     and state.get("estimator_", state.get("estimator")) is estimator
                 ):
                     costs = costs_of(estimator)
