@@ -74,11 +74,6 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(map(math.log, values)) / len(values))
 
 
-def _verdict_of(measured: tuple[str, bool]) -> tuple[str, str]:
-    """A target's measured text and verdict, from the text and whether it held."""
-    return measured[0], _verdict(measured[1])
-
-
 def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("PASS" if ok else "**FAIL**")
 
@@ -212,39 +207,40 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     if "serial" in mem:
         allowance = mem["n_workers"] * mem["model_bytes"]
 
-        def against(key: str, extra: str = "") -> tuple[str, bool]:
-            """Our peak against the limit, resident and (when known) proportional."""
-            texts, ok = [], []
+        def against(key: str, idle: bool = False) -> tuple[str, str]:
+            """Our peak against the limit, resident and (when known)
+            proportional; the verdict is the resident one's."""
+            texts, held = [], None
             for suffix, name in (("", ""), ("_pss", "proportional: ")):
-                values = [mem.get(k + suffix) for k in (key, "serial", extra)]
-                if None in values[:2] or (extra and values[2] is None):
+                ours, serial = mem.get(key + suffix), mem.get("serial" + suffix)
+                extra = mem.get("idle_workers" + suffix) if idle else 0
+                if None in (ours, serial, extra):
                     continue
-                ours, serial = values[0], values[1]
-                limit = MEMORY_SLACK * (serial + allowance + (values[2] or 0))
+                limit = MEMORY_SLACK * (serial + allowance + extra)
                 texts.append(f"{name}{ours / MB:.0f} MiB vs limit {limit / MB:.0f} MiB")
-                ok.append(ours <= limit)
-            return "; ".join(texts), ok[0]
+                held = ours <= limit if held is None else held
+            return "; ".join(texts), _verdict(held)
 
         ours = max(("parpredict_first", "parpredict_second"), key=lambda k: mem[k])
         found.append(
             (
                 "Peak memory (parent + workers) <= (serial + one model per worker) "
                 f'+ {_pct(MEMORY_SLACK - 1)}, workers (`backend="loky"`)',
-                *_verdict_of(against(ours)),
+                *against(ours),
             )
         )
         found.append(
             (
                 "The same, with the idle workers' interpreters "
                 f"({mem['idle_workers'] / MB:.0f} MiB) added to the allowance",
-                *_verdict_of(against(ours, "idle_workers")),
+                *against(ours, idle=True),
             )
         )
         if "parpredict_threads" in mem:
             found.append(
                 (
                     'The first, with `backend="threading"`',
-                    *_verdict_of(against("parpredict_threads")),
+                    *against("parpredict_threads"),
                 )
             )
     else:
