@@ -609,25 +609,33 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     with _limit_inner_threads([cost], 2):
         with _planning.Timer() as timer:
             results = _threads.run(_waiting_call(job), bounds, 2)
-    outputs = [out for out, _ in results]
-    waited = sum(seconds for _, seconds in results)
-    pieces.extend((a, b, out) for (a, b), out in zip(bounds, outputs))
+    pieces.extend((a, b, out) for (a, b), (out, _, _) in zip(bounds, results))
+    waited = sum(w - own for _, w, own in results)
+    wall = timer.wall
+    if _planning.CORES >= 2:
+        # Less what other work took from the slower thread: the machine's
+        # load, not the estimator's. In the benchmarks, the spinning threads
+        # a fork left behind made a forest's threads measure 1.04x-1.51x,
+        # and processes were kept where threads were 4% faster (2 cores).
+        # Threads waiting for the GIL sleep; that wait is not taken out.
+        wall += max(own for _, _, own in results) - max(w for _, w, _ in results)
     serial_s = 2 * alone_s
     if cost.own_speedup is not None and cost.threads >= _planning.THREADED:
         # Measured, not guessed from the cores the call kept busy: other
         # threads of the process (BLAS's, spinning) count as busy too.
         serial_s *= _planning.inner_slowdown(cost, max(1, _planning.CORES // 2))
-    speedup = serial_s / max(timer.wall, 1e-9)
+    speedup = serial_s / max(wall, 1e-9)
     held = speedup < _planning.THREAD_HELD and _planning.SEES_WAITS
     uncrowded = waited < _planning.THREAD_WAIT_SHARE * 2 * timer.wall
     cost.add_thread_speedup(speedup, final=held and uncrowded)
     logger.debug(
-        "%s.%s: %d rows on 2 threads took %.3g s against %.3g s serially "
-        "(%.2fx; they waited %.3g s for a core); thread speedup now %.2fx",
+        "%s.%s: %d rows on 2 threads took %.3g s of their own against %.3g s "
+        "serially (%.2fx; they waited %.3g s for a core); thread speedup now "
+        "%.2fx",
         type(job.estimator).__name__,
         job.method,
         2 * size,
-        timer.wall,
+        wall,
         serial_s,
         speedup,
         waited,
@@ -654,7 +662,7 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
         with _planning.Timer(waits=True) as one:
             out = job.call(start, start + size)
     pieces.append((start, start + size, out))
-    one_s = one.wall - one.waited
+    one_s = one.own
     # Its cost per row, not the speedup measured on this chunk: that one
     # follows the serial call's cost as whole calls refine it.
     cost.set_one_thread_per_row(max(one_s - cost.per_call, 0.0) / size)
@@ -671,13 +679,13 @@ def _measure_own_threads(job: Job, cost: _planning.Cost, n: int, pieces) -> None
 
 
 def _waiting_call(job: Job):
-    """``job.call`` that also returns the seconds its thread waited for a
-    core."""
+    """``job.call`` that also returns its seconds, and those of its own (less
+    the waits of its thread for a core)."""
 
     def call(start: int, stop: int):
         with _planning.Timer(waits=True) as timer:
             out = job.call(start, stop)
-        return out, timer.waited
+        return out, timer.wall, timer.own
 
     return call
 
@@ -687,34 +695,45 @@ def _serial_chunk(job: Job, cost: _planning.Cost, n: int, pieces, more: int):
     same size: ``(start of the next rows, size, seconds)``, or None when too
     few rows remain.
 
-    The chunk grows until it takes ``THREAD_CHUNK_S``, which a short pause
-    of the machine cannot double; its rows spend at least
-    ``THREAD_ROW_SHARE`` of their time on rows rather than on the call's
-    fixed cost. The seconds are the lower of the chunk's time and what the
-    cost predicted for it: a longer pause slows the chunk (and would pass
-    for a speedup of whatever it is compared with), a slow first call
-    inflates the prediction, and neither makes the serial time shorter than
-    it is.
+    The chunks together take about ``THREAD_PROBE_S`` serially, or longer
+    where their rows need it to spend at least ``THREAD_ROW_SHARE`` of
+    their time on rows rather than on the call's fixed cost. The chunk
+    grows until it takes ``THREAD_CHUNK_S`` of its own (less what its thread
+    waited for a core), which a short pause of the machine cannot double.
+    The seconds are the lower of that time and what the cost predicted for
+    the chunk, where it was timed on rows as many: a pause the waits do not
+    show slows the chunk (and would pass for a speedup of whatever it is
+    compared with), a slow first call inflates the prediction, and neither
+    makes the serial time shorter than it is. Far past the rows timed, a
+    prediction is no guard: a forest probed on 64 and 256 rows predicted
+    half the time of its 13,079 rows, and its threads measured 0.97x
+    instead of 1.9x, a GIL-bound verdict that is not taken again (2 cores).
     """
     start = _done_rows(pieces)
     left = n - start
     rows = left
     if cost.per_row > 0:
         wanted = (_planning.THREAD_PROBE_S - cost.per_call) / cost.per_row
-        rows = min(rows, int(wanted))
+        # Never too few for the rows' share, though: a call's fixed cost (a
+        # 100-tree forest's loop over its trees, 10-13 ms) may leave no room
+        # for it in THREAD_PROBE_S, and threads were then never measured nor
+        # chosen (RandomForest, 500,000 rows: processes at 1.23 s where
+        # threads take 1.18 s; 2 cores).
+        least = (more + 1) * _planning.thread_measurement_rows(cost)
+        rows = min(rows, max(int(wanted), least))
     # Leave at least half of what remains for the plan itself.
     size = min(max(rows, more + 1), left // 2) // (more + 1)
     if size < max(1, _planning.thread_measurement_rows(cost)):
         return None
     while True:
-        predicted = cost.seconds(size)
-        with _planning.Timer() as alone:
+        predicted = cost.seconds(size) if size < cost.covered_rows else 0.0
+        with _planning.Timer(waits=True) as alone:
             out = job.call(start, start + size)
         pieces.append((start, start + size, out))
         cost.add(size, alone.wall, alone.cpu)
         start += size
-        seconds = min(alone.wall, predicted) if predicted > 0 else alone.wall
-        if alone.wall >= _planning.THREAD_CHUNK_S:
+        seconds = min(alone.own, predicted) if predicted > 0 else alone.own
+        if alone.own >= _planning.THREAD_CHUNK_S:
             return start, size, seconds
         # The next chunk leaves room for ``more`` of its size.
         grown = min(size * _planning.PROBE_GROWTH, (n - start) // (more + 1))
@@ -798,20 +817,29 @@ def _probe(job: Job, n: int, pieces: list) -> _planning.Cost:
     start, size = 0, _planning.PROBE_ROWS
     while start < n:
         stop = min(n, start + size)
-        with _planning.Timer() as timer:
+        with _planning.Timer(waits=True) as timer:
             out = job.call(start, stop)
         pieces.append((start, stop, out))
+        # Less what other work took from this thread: a first cost inflated
+        # by a moment's load stays until calls refine it (a forest probed
+        # while the threads a fork left behind spun took 21 ms on 64 rows
+        # instead of 7, and its next 500,000 rows ran in-process; 2 cores).
+        sample = (stop - start, timer.own, timer.cpu)
         if cost is None:
-            cost = _planning.fit_cost(
-                [(stop - start, timer.wall, timer.cpu)], job.estimator
-            )
+            cost = _planning.fit_cost([sample], job.estimator)
         else:
-            cost.add(stop - start, timer.wall, timer.cpu)
+            cost.add(*sample)
         start, size = stop, size * _planning.PROBE_GROWTH
-        # Grow until a step is long enough to time reliably; stop at once
-        # when a step is already costly.
-        if timer.wall >= _planning.PROBE_ENOUGH_S or (
-            len(cost.samples) >= 2 and timer.wall >= _planning.PROBE_MIN_S
+        # Grow until a step is long enough to time reliably, and its rows
+        # are not lost in the noise of the call's fixed cost (a forest timed
+        # on 64 and 256 rows fitted a tenth of its cost per row, and its
+        # first plan cut the rows for it; 2 cores); stop at once when a step
+        # is already costly.
+        rows_share = cost.per_row * sample[0] / max(sample[1], 1e-9)
+        if sample[1] >= _planning.PROBE_ENOUGH_S or (
+            len(cost.samples) >= 2
+            and sample[1] >= _planning.PROBE_MIN_S
+            and rows_share >= _planning.PROBE_ROW_SHARE
         ):
             break
     _planning.remember_cost(job.estimator, job.method, cost)

@@ -24,12 +24,15 @@ from sklearn_parpredict._chunking import split_bounds
 # planner asks on every call.
 CORES = os.cpu_count() or 1
 # First probe size; each next probe is PROBE_GROWTH times larger. Probing
-# stops at the first step of PROBE_MIN_S (after at least two steps, to
-# separate the fixed cost of a call from its cost per row), or at once after a
-# step of PROBE_ENOUGH_S (the model is costly: no more serial work).
+# stops at the first step of PROBE_MIN_S whose rows took PROBE_ROW_SHARE of
+# it (after at least two steps, to separate the fixed cost of a call from its
+# cost per row: the rows of a step that is mostly fixed cost are lost in its
+# noise), or at once after a step of PROBE_ENOUGH_S (the model is costly: no
+# more serial work).
 PROBE_ROWS = 64
 PROBE_GROWTH = 4
 PROBE_MIN_S = 0.005
+PROBE_ROW_SHARE = 0.5
 PROBE_ENOUGH_S = 0.1
 # Rows timed on two concurrent threads, to learn how much of the estimator's
 # work releases the GIL, take about this long serially.
@@ -262,9 +265,9 @@ class Timer:
     """Wall and process CPU time of a block.
 
     With ``waits=True`` also ``waited``: the seconds the calling thread spent
-    ready to run but waiting for a core (Linux's ``schedstat``; 0 elsewhere).
-    A block meant to run on this thread alone took ``wall - waited`` of its
-    own: what other threads took from it is the machine's, not its cost.
+    ready to run but waiting for a core (Linux's ``schedstat``; 0 elsewhere),
+    and ``own``: the seconds the block took of its own, ``wall - waited``,
+    for what other threads took from it is the machine's, not its cost.
     """
 
     def __init__(self, waits: bool = False):
@@ -273,6 +276,7 @@ class Timer:
 
     def __enter__(self):
         self._waited = run_queue_seconds() if self._waits else 0.0
+        self._thread = time.thread_time() if self._waits else 0.0
         self._wall = time.perf_counter()
         self._cpu = time.process_time()
         return self
@@ -280,8 +284,13 @@ class Timer:
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+        self.own = self.wall
         if self._waits:
             self.waited = min(max(run_queue_seconds() - self._waited, 0.0), self.wall)
+            # Never less than this thread's own CPU time: some kernels count
+            # the waits in whole ticks (4 ms), more than a short block waited.
+            thread = time.thread_time() - self._thread
+            self.own = max(self.wall - self.waited, min(thread, self.wall))
 
 
 def run_queue_seconds() -> float:

@@ -441,6 +441,80 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
     assert cost.thread_speedup is None
 
 
+class _CostlyCall(_Sleeper):
+    """20 ms a call and 10 µs a row, without holding the GIL: a forest's
+    loop over its trees."""
+
+    def predict(self, X):
+        import time
+
+        time.sleep(0.02 + 1e-5 * len(X))
+        return np.full(len(X), threading.get_ident())
+
+
+@pytest.mark.timeout(60)
+def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((40_000, 2))
+    model = _CostlyCall().fit(data)
+    cost = _planning.Cost(0.02, 1e-5)
+    # Chunks whose rows take most of their time do not fit in the time a
+    # measurement takes on cheaper calls.
+    least = _planning.thread_measurement_rows(cost)
+    assert 3 * (cost.per_call + least * cost.per_row) > _planning.THREAD_PROBE_S
+    pieces = []
+    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    assert cost.thread_speedup is not None and cost.thread_speedup > 1.4
+    assert min(b - a for a, b, _ in pieces) >= least
+    # Half of the rows, at least, are left to the plan.
+    assert max(b for _, b, _ in pieces) <= len(data) // 2
+
+
+class _FixedHeavy(_Sleeper):
+    """5 ms a call and 10 µs a row: on a probe's first rows, the call's
+    fixed cost hides what the rows cost."""
+
+    def predict(self, X):
+        import time
+
+        time.sleep(0.005 + 1e-5 * len(X))
+        return np.full(len(X), os.getpid())
+
+
+def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost():
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((100_000, 2))
+    model = _FixedHeavy().fit(data)
+    pieces = []
+    cost = _engine._probe(Job(model, "predict", data), len(data), pieces)
+    last = max(rows for rows, _, _ in cost.samples)
+    # Past 256 rows, where the step took PROBE_MIN_S but its rows a third.
+    assert last > 256
+    assert cost.per_row * last >= _planning.PROBE_ROW_SHARE * cost.seconds(last)
+    assert cost.per_row == pytest.approx(1e-5, rel=0.3)
+    assert sum(b - a for a, b, _ in pieces) < len(data) // 10
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((100_000, 2))
+    model = _FixedHeavy().fit(data)
+    # Probed on few rows, the cost per row came out a tenth of what it is.
+    cost = _planning.fit_cost([(64, 0.005064, 0.0), (256, 0.005256, 0.0)])
+    assert cost.per_row == pytest.approx(1e-6)
+    covered = cost.covered_rows
+    pieces = []
+    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    assert min(b - a for a, b, _ in pieces) > covered
+    # The threads are compared with the chunk just timed in-process, not with
+    # the prediction, which would have made them look 4x slower than serial.
+    assert cost.thread_speedup > 1.4
+
+
 class KNeighborsSleeper(_Sleeper):
     """Named like an estimator whose predict runs OpenMP threads of its
     own, but those gain nothing: it waits per row on one thread."""
@@ -534,9 +608,24 @@ def test_timer_counts_the_time_a_thread_waited_for_a_core():
             process.kill()
             process.wait()
     assert 0.05 * timer.wall < timer.waited <= timer.wall
+    # Less the waits, or at least the thread's CPU time.
+    assert timer.wall - timer.waited <= timer.own < 0.95 * timer.wall
     with _planning.Timer() as plain:
         pass
-    assert plain.waited == 0.0
+    assert plain.waited == 0.0 and plain.own == plain.wall
+
+
+def test_a_timer_own_time_is_never_less_than_its_thread_cpu(monkeypatch):
+    # A kernel that counts waits in whole ticks reports more than a short
+    # block waited; the block still ran for its thread's CPU time.
+    ticks = iter(range(100))
+    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.004 * next(ticks))
+    with _planning.Timer(waits=True) as timer:
+        end = time.thread_time() + 0.01
+        while time.thread_time() < end:
+            pass
+    assert timer.waited == pytest.approx(min(0.004, timer.wall))
+    assert timer.own >= 0.01
 
 
 def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
@@ -1117,22 +1206,25 @@ class _SlowStart(_Sleeper):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sees_waits", [False, True])
-def test_a_spoilt_thread_measurement_is_taken_again_in_the_same_call(
+def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     monkeypatch, sees_waits
 ):
     from sklearn_parpredict import _engine
 
     # Where the waits for a core are seen, they tell load from the GIL.
     monkeypatch.setattr(_planning, "SEES_WAITS", sees_waits)
-    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: _SlowStart.waited)
+    waits = (lambda: _SlowStart.waited) if sees_waits else (lambda: 0.0)
+    monkeypatch.setattr(_planning, "run_queue_seconds", waits)
     _SlowStart.threaded_calls = []
     data = np.arange(8_000, dtype=float).reshape(-1, 2)
     model = _SlowStart().fit(data)
     cost = _planning.Cost(0.0, 5e-5)
     pieces = []
     _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
-    # The first two-thread run held the GIL; the second, at once, did not.
-    assert cost.thread_measurements == 2
+    # The first two-thread run went one thread at a time. Where the wait is
+    # seen, it is taken out of the threads' time, which then shows their
+    # speedup; otherwise the second run, at once, shows it.
+    assert cost.thread_measurements == (1 if sees_waits else 2)
     assert cost.thread_speedup > 1.4
     bounds = sorted((a, b) for a, b, _ in pieces)
     assert bounds[0][0] == 0 and all(
