@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import logging
 import random
 import statistics
 import subprocess
@@ -24,7 +23,14 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import Workload
-from benchmarks._measure import PeakRSS, after, assert_same, before, tree_memory
+from benchmarks._measure import (
+    DecisionLog,
+    PeakRSS,
+    after,
+    assert_same,
+    before,
+    tree_memory,
+)
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
 from sklearn_parpredict import ParallelPredictor
 
@@ -71,7 +77,7 @@ def repeated(
     work = _load(model_path, X_path)
     bounds = [(i * rows_per_call, (i + 1) * rows_per_call) for i in range(calls)]
     expected = [work.serial(rows(work.X, a, b)) for a, b in bounds]
-    log = _DecisionLog()
+    log = DecisionLog()
 
     start = time.perf_counter()
     with log:
@@ -143,32 +149,6 @@ def repeated(
         "errors": errors,
         "model_bytes": work.model_bytes,
     }
-
-
-class _DecisionLog(logging.Handler):
-    """Within ``with``: whether each of ``parpredict``'s calls ran on workers,
-    from the package's debug log (one record per call)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.on_workers: list[bool] = []
-        self._logger = logging.getLogger("sklearn_parpredict")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # A call may also log measurements; its plan is what counts.
-        self._workers = self._workers or " workers in " in record.getMessage()
-
-    def __enter__(self):
-        self._workers = False
-        self._level = self._logger.level
-        self._logger.setLevel(logging.DEBUG)
-        self._logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self._logger.removeHandler(self)
-        self._logger.setLevel(self._level)
-        self.on_workers.append(self._workers)
 
 
 def load_sklearn() -> int:

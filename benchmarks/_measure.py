@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import re
 import statistics
 import threading
 import time
@@ -165,6 +167,48 @@ def before(call: Callable) -> None:
 def after(call: Callable) -> None:
     """Run what a method does after each sample, outside the timing."""
     getattr(call, "after", lambda: None)()
+
+
+# The wrapper's debug record of a call's plan, e.g. "2 tasks on 2 thread
+# workers in 1.2 s"; a call that stays in-process says "in-process: why".
+_PLAN = re.compile(r"(\d+) tasks? on \d+ (thread|process) workers in ")
+
+
+class DecisionLog(logging.Handler):
+    """Within ``with``: how the wrapper ran its calls, from the package's
+    debug log: ``"2 thread tasks"``, ``"4 process tasks"`` or
+    ``"in-process"``, one entry per ``with`` block (its last call's plan; a
+    call may also log measurements). The log is on only inside the block: it
+    turns off the wrapper's direct path for small calls, so timed calls run
+    without it."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.plans: list[str] = []
+        self._logger = logging.getLogger("sklearn_parpredict")
+
+    @property
+    def on_workers(self) -> list[bool]:
+        return [plan != "in-process" for plan in self.plans]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = _PLAN.search(record.getMessage())
+        if found:
+            self._plan = f"{found[1]} {found[2]} tasks"
+        elif ": in-process" in record.getMessage():
+            self._plan = "in-process"
+
+    def __enter__(self):
+        self._plan = "in-process"
+        self._level = self._logger.level
+        self._logger.setLevel(logging.DEBUG)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+        self.plans.append(self._plan)
 
 
 def tree_memory(

@@ -412,7 +412,10 @@ def markdown(results: dict, plot_name: str) -> str:
         "the row's ratios. "
         "*of ceiling*: parpredict's speedup as a share of the ceiling's "
         "(ceiling s / parpredict s). *vs peer*: peer s / parpredict s "
-        "(above 1.00x: parpredict is faster). *other load*: cores kept busy "
+        "(above 1.00x: parpredict is faster). *parpredict ran*: how the "
+        "wrapper ran one more call of the row after its samples, untimed, from "
+        "its debug log (in-process, or how many tasks on threads or "
+        "processes). *other load*: cores kept busy "
         "by other processes on the machine while the row ran (machine CPU "
         "time minus this benchmark's); rows above "
         f"{BUSY_CORES} cores are marked † and their ratios are unreliable.",
@@ -426,6 +429,7 @@ def markdown(results: dict, plot_name: str) -> str:
         "A/A",
         "of ceiling",
         *(f"vs {p}" for p in PEERS),
+        "parpredict ran",
         "other load",
     ]
     body = []
@@ -443,7 +447,7 @@ def markdown(results: dict, plot_name: str) -> str:
         cells += [_seconds(_t(row, c)) for c in COLUMNS]
         cells += [_ratio(q["speedup"]), _ratio(q["aa"]), _pct(q["of_ceiling"])]
         cells += [_ratio(q[p]) for p in PEERS]
-        cells.append(f"{other:.2f}")
+        cells += [row.get("parpredict_ran") or "", f"{other:.2f}"]
         body.append(cells)
     lines += _table(header, body, "lr" + "r" * (len(header) - 2))
     errors = [

@@ -15,7 +15,7 @@ import joblib
 
 from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
 from benchmarks._isolated import MEMORY_PARTS, load_sklearn, run_isolated
-from benchmarks._measure import OtherLoad, measure, wrapper_overhead
+from benchmarks._measure import DecisionLog, OtherLoad, measure, wrapper_overhead
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
 from benchmarks._report import ratios
 
@@ -80,6 +80,7 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
             row = {
                 "case": case.name,
                 "rows": n,
+                "parpredict_ran": _how_ours_ran(methods, n),
                 "other_load": other.cores,
                 "times": {name: t.median for name, t in timings.items()},
                 "samples": {name: t.samples for name, t in timings.items()},
@@ -99,6 +100,17 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
     return info, rows
 
 
+def _how_ours_ran(methods: dict, n: int) -> str | None:
+    """How the wrapper runs a call on these rows now: one more call, untimed,
+    read from its debug log."""
+    if "parpredict" not in methods:
+        return None
+    decisions = DecisionLog()
+    with decisions:
+        methods["parpredict"].bind(0, n)()
+    return decisions.plans[-1]
+
+
 def _summary(row) -> str:
     q = ratios(row)
     t = row["times"]
@@ -106,7 +118,8 @@ def _summary(row) -> str:
     return (
         f"[{row['case']}] {row['rows']:>9,} rows: serial {t['serial']:.4g}s, "
         f"parpredict {t.get('parpredict') or math.nan:.4g}s = "
-        f"{q['speedup']:.2f}x serial, {100 * q['of_ceiling']:.0f}% of ceiling; "
+        f"{q['speedup']:.2f}x serial, {100 * q['of_ceiling']:.0f}% of ceiling "
+        f"({row.get('parpredict_ran')}); "
         f"vs {peers}; other load {row['other_load']:.2f} cores"
         + (f"; errors {row['errors']}" if row["errors"] else "")
     )

@@ -491,9 +491,7 @@ def _auto_plan(
     # Threads never measured (too few rows to measure them) are not guessed.
     try_threads = try_threads and all(c.thread_speedup is not None for c in costs)
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
-    best = min(
-        plans, key=lambda p: p.seconds + cold_s * (p.kind == "process"), default=None
-    )
+    best = min(plans, key=lambda p: _planning.ranking(p, cold_s), default=None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:

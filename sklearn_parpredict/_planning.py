@@ -59,13 +59,22 @@ _SCHEDSTAT = "/proc/thread-self/schedstat"
 SEES_WAITS = os.path.exists(_SCHEDSTAT)
 # Each chunk of a thread measurement spends at least this share of its time
 # on its rows: the fixed cost of a call (a forest's Python loop over its
-# trees) often holds the GIL, and would pass for rows that hold it.
-THREAD_ROW_SHARE = 0.75
+# trees) often holds the GIL, and would pass for rows that hold it. A 100-tree
+# forest measured 1.64x-1.80x at a share of 0.75 and 1.89x at 0.85; its calls
+# on 500,000 rows ran 1.89x faster on two threads (2 cores).
+THREAD_ROW_SHARE = 0.85
 # A serial call that keeps this many cores busy on average runs its own
 # threads (BLAS, OpenMP).
 THREADED = 1.25
 # Parallel work must be predicted at least this much faster than serial.
 MIN_GAIN = 1.15
+# Where the backend is left to us, processes must be predicted this much
+# faster than threads to be chosen: they hold a copy of the model each, and
+# what they cost beyond their prediction (copies of rows and outputs) is
+# learned only once they have run. A 100-tree forest's processes, predicted
+# 1.10 s on 500,000 rows, took 1.22-1.25 s, where its threads took the
+# 1.15 s predicted (2 cores).
+PROCESS_MARGIN = 1.05
 # Work predicted to take less than this in-process is run in-process without
 # planning: no fan-out can save more than planning costs.
 FAST_SERIAL_S = 0.002
@@ -560,6 +569,14 @@ def plan_chunks(
         for (start, stop), k in zip(remaining, counts)
     ]
     return Plan(kind, ranges, parallel_s, waves)
+
+
+def ranking(plan: Plan, cold_s: float) -> float:
+    """What ``plan`` is chosen by among the plans of a call: its seconds,
+    with the one-off ``cold_s`` and the margin asked of processes."""
+    if plan.kind != "process":
+        return plan.seconds
+    return plan.seconds * PROCESS_MARGIN + cold_s
 
 
 def learn_overhead(costs: list[Cost], plan: Plan, wall_s: float) -> None:

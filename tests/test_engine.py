@@ -163,6 +163,28 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+def test_processes_are_chosen_over_threads_only_when_clearly_faster():
+    cost = _planning.Cost(0.001, 1e-5, thread_speedup=1.9, thread_measurements=3)
+    remaining = [(0, 100_000)]
+
+    def plans():
+        return [
+            _planning.plan_chunks([cost], remaining, n_workers=2, kind=kind)
+            for kind in ("process", "thread")
+        ]
+
+    process, thread = plans()
+    # Processes are predicted faster, as their speedup is taken as perfect,
+    # but by less than the margin: threads copy nothing.
+    assert process.seconds < thread.seconds
+    assert thread.seconds < process.seconds * _planning.PROCESS_MARGIN
+    assert min(plans(), key=lambda p: _planning.ranking(p, 0.0)).kind == "thread"
+    # Threads that gain less lose to processes, unless those must start.
+    cost.thread_speedup = 1.5
+    assert min(plans(), key=lambda p: _planning.ranking(p, 0.0)).kind == "process"
+    assert min(plans(), key=lambda p: _planning.ranking(p, 0.5)).kind == "thread"
+
+
 def test_own_threads_are_planned_by_their_measured_speedup():
     def plan(cost):
         return _planning.plan_chunks(
@@ -456,7 +478,7 @@ class _CostlyCall(_Sleeper):
 def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
     from sklearn_parpredict import _engine
 
-    data = np.zeros((40_000, 2))
+    data = np.zeros((80_000, 2))
     model = _CostlyCall().fit(data)
     cost = _planning.Cost(0.02, 1e-5)
     # Chunks whose rows take most of their time do not fit in the time a
@@ -504,7 +526,7 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     data = np.zeros((100_000, 2))
     model = _FixedHeavy().fit(data)
     # Probed on few rows, the cost per row came out a tenth of what it is.
-    cost = _planning.fit_cost([(64, 0.005064, 0.0), (256, 0.005256, 0.0)])
+    cost = _planning.fit_cost([(64, 0.002064, 0.0), (256, 0.002256, 0.0)])
     assert cost.per_row == pytest.approx(1e-6)
     covered = cost.covered_rows
     pieces = []
