@@ -146,6 +146,7 @@ def repeated(
         "median": medians(rounds[0]),
         "steady": medians(rounds[1]),
         "on_workers": log.on_workers,
+        "plans": log.plans,
         "errors": errors,
         "model_bytes": work.model_bytes,
     }
