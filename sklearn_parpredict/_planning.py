@@ -439,6 +439,19 @@ class Plan:
     waves: int
 
 
+def fixed_seconds(costs: list[Cost], kind: str, n_workers: int) -> float:
+    """Seconds a wave of tasks pays beside its rows: the largest fixed cost
+    of a call, what plans of ``kind`` were seen to cost beyond their
+    prediction, and the dispatch of a task.
+
+    On threads, the calls of a wave pay their fixed costs one after another:
+    a call's own Python code (a forest's loop over its trees) holds the GIL.
+    """
+    calls = n_workers if kind == "thread" else 1
+    slowest = max(c.per_call * calls + c.overhead.get(kind, 0.0) for c in costs)
+    return slowest + DISPATCH_S[kind]
+
+
 def can_pay(
     costs: list[Cost],
     remaining: list[tuple[int, int]],
@@ -455,8 +468,7 @@ def can_pay(
     for kind in kinds:
         _, serial_s, work = _serial_and_work(costs, remaining, n_workers, kind)
         total = sum(work)
-        fixed = max(c.per_call + c.overhead.get(kind, 0.0) for c in costs)
-        fixed += DISPATCH_S[kind]
+        fixed = fixed_seconds(costs, kind, n_workers)
         if total > 0 and (fixed + total / n_workers) * MIN_GAIN <= serial_s:
             return True
     return False
@@ -548,8 +560,7 @@ def plan_chunks(
     total = sum(work)
     if total <= 0:
         return None
-    fixed = max(c.per_call + c.overhead.get(kind, 0.0) for c in costs)
-    fixed += DISPATCH_S[kind]
+    fixed = fixed_seconds(costs, kind, n_workers)
     # Whole waves of equal tasks: as many per worker as the fixed cost per
     # task allows, up to TASKS_PER_WORKER[kind], shared among the jobs by
     # work.

@@ -250,8 +250,9 @@ def test_plan_covers_every_remaining_row_once(costs, n_workers, kind, cold_s):
 
 
 def test_the_bound_knows_what_threads_holding_the_gil_and_processes_cost():
-    # 3 ms of work on 1,000 rows, a third of it the call's fixed cost.
-    cost = _planning.Cost(per_call=1e-3, per_row=2e-6)
+    # 3 ms of work on 1,000 rows, a sixth of it the call's fixed cost, which
+    # threads pay one after another.
+    cost = _planning.Cost(per_call=5e-4, per_row=2.5e-6)
     # Unmeasured threads might scale: worth planning (and measuring).
     assert _planning.can_pay([cost], [(0, 1000)], 2)
     # Measured: two threads are 1.2x one. Neither they nor processes, at
@@ -390,13 +391,13 @@ def _stop_pools():
 
 
 class _CallHeavy(_Sleeper):
-    """5 ms a call and 5 µs a row: threads would pay only on rows enough
+    """1 ms a call and 4.5 µs a row: threads would pay only on rows enough
     to measure them."""
 
     def predict(self, X):
         import time
 
-        time.sleep(0.005 + 5e-6 * len(X))
+        time.sleep(0.001 + 4.5e-6 * len(X))
         return np.full(len(X), os.getpid())
 
 
@@ -450,11 +451,13 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
     data = np.zeros((1_000, 2))
     model = _CallHeavy().fit(data)
-    cost = _planning.Cost(0.005, 5e-6)
+    cost = _planning.fit_cost([(500, 0.00325, 0.0), (1_000, 0.0055, 0.0)])
     _planning.remember_cost(model, "predict", cost)
     # Threads as fast as they could be would pay: planning cannot rule
     # them out without measuring them, and 1,000 rows are too few to.
+    # Processes would not.
     assert _planning.can_pay([cost], [(0, 1_000)], 2, ("thread",))
+    assert not _planning.can_pay([cost], [(0, 1_000)], 2, ("process",))
     assert _planning.thread_measurement_rows(cost) > 1_000 // 3
     planned = _planned_rows(monkeypatch)
     for _ in range(4):
@@ -535,6 +538,48 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     # The threads are compared with the chunk just timed in-process, not with
     # the prediction, which would have made them look 4x slower than serial.
     assert cost.thread_speedup > 1.4
+
+
+class _LoopThenRows(_Sleeper):
+    """8 ms a call of pure Python, holding the GIL (a forest's loop over its
+    trees), then 10 µs a row without it."""
+
+    def predict(self, X):
+        import time
+
+        end = time.perf_counter() + 0.008
+        while time.perf_counter() < end:
+            pass
+        time.sleep(1e-5 * len(X))
+        return np.full(len(X), os.getpid())
+
+
+@pytest.mark.timeout(60)
+def test_threads_are_measured_by_the_speedup_of_their_rows():
+    from sklearn_parpredict import _engine
+
+    data = np.zeros((40_000, 2))
+    model = _LoopThenRows().fit(data)
+    cost = _planning.fit_cost([(1_000, 0.018, 0.0), (2_000, 0.028, 0.0)])
+    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces := [])
+    # Two threads took 1.7x less time than one on the same chunks: their
+    # calls' loops ran one after another, as plans on threads expect; their
+    # rows, which plans split, ran twice as fast.
+    assert cost.thread_speedup > 1.9
+    assert pieces
+
+
+def test_threads_pay_their_calls_fixed_costs_one_after_another():
+    cost = _planning.Cost(2e-3, 1e-6, thread_speedup=2.0, thread_measurements=3)
+    # 6 ms in-process; on two threads 4 ms of fixed costs and 2 ms of rows.
+    assert not _planning.can_pay([cost], [(0, 4_000)], 2, ("thread",))
+    assert (
+        _planning.plan_chunks([cost], [(0, 4_000)], n_workers=2, kind="thread") is None
+    )
+    plan = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="thread")
+    assert plan.seconds == pytest.approx(
+        2 * cost.per_call + _planning.DISPATCH_S["thread"] + 0.5
+    )
 
 
 class KNeighborsSleeper(_Sleeper):
