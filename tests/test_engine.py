@@ -739,6 +739,32 @@ def test_cold_pool_is_started_once_calls_lost_its_start_up():
     ).all()
 
 
+def test_calls_that_wait_for_a_pool_skip_planning_until_it_starts(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    # 0.2 s a call in-process; 0.1 s once the pool runs, which is cheaper
+    # to start here than a real one.
+    monkeypatch.setattr(_planning, "COLD_POOL_S", 0.4)
+    data = np.zeros((4_000, 2))
+    model = _Sleeper().fit(data)
+    _stop_pools()
+    parallel_predict(model, data, n_jobs=2, backend="loky")  # probes
+    planned = _planned_rows(monkeypatch)
+    calls = 0
+    while ("LokyBackend", 2) not in _engine._pool_last_used and calls < 10:
+        out = parallel_predict(model, data, n_jobs=2, backend="loky")
+        assert (out == os.getpid()).all()
+        _join_warm_ups()
+        calls += 1
+    # Each call lost its share of the start-up; those after the first that
+    # planned did not plan again, until one that started the pool.
+    assert ("LokyBackend", 2) in _engine._pool_last_used
+    assert 2 <= len(planned) < calls
+    assert (
+        parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
+    ).all()
+
+
 @pytest.mark.timeout(120)
 def test_loky_workers_are_warm_whoever_started_them():
     from joblib import Parallel, delayed
