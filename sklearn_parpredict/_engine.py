@@ -292,6 +292,11 @@ def run_jobs(
             else _distributed.parallel_backend(backend, active)
         )
 
+        # What the plan's rows cost serially, before its tasks teach the costs.
+        rows_s = costs and sum(
+            c.per_row * (b - a) for c, r in zip(costs, plan.ranges) for a, b in r
+        )
+
         def run():
             _run_parallel(
                 jobs, plan, costs, done, n_workers, run_backend, verbose, cluster
@@ -310,7 +315,13 @@ def run_jobs(
             f"workers in {timer.wall:.3g} s"
             + (f" (predicted {plan.seconds:.3g} s)" if auto else ""),
         )
-        if costs is not None and not cold_s:
+        if (
+            costs is not None
+            and not cold_s
+            and not _planning.learn_thread_speedup(
+                costs, plan, timer.wall, rows_s, n_workers
+            )
+        ):
             _planning.learn_overhead(costs, plan, timer.wall)
         if plan.kind == "process":
             _pool_last_used[pool_key] = time.monotonic()
@@ -647,16 +658,19 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
         # Measured, not guessed from the cores the call kept busy: other
         # threads of the process (BLAS's, spinning) count as busy too.
         serial_s *= _planning.inner_slowdown(cost, max(1, _planning.CORES // 2))
-    # The speedup of the rows: both calls' fixed costs are taken as paid one
-    # after another, as plans take them on threads (see fixed_seconds). A
-    # 100-tree forest's chunks of 4,000-5,000 rows, 3 ms of each its fixed
-    # cost, ran 1.75x faster on two threads than in-process, where its calls
-    # on 500,000 rows ran 1.89x faster, and processes were chosen (2 cores).
+    speedup = serial_s / max(wall, 1e-9)
+    # Where the rows mostly release the GIL, the speedup of the rows: both
+    # calls' fixed costs are taken as paid one after another, as plans take
+    # them on threads (see fixed_seconds). A 100-tree forest's chunks of
+    # 4,000-5,000 rows, 3 ms of each its fixed cost, ran 1.75x faster on two
+    # threads than in-process, where its calls on 500,000 rows ran 1.89x
+    # faster, and processes were chosen (2 cores). Rows that hold the GIL
+    # much of the time themselves keep the speedup measured: taken out of
+    # it, the fixed costs credited a pipeline on a DataFrame with threads
+    # that ran it at 0.92x of serial.
     fixed = 2 * min(cost.per_call, alone_s)
-    if wall > fixed:
+    if speedup >= _planning.THREAD_FREE and wall > fixed:
         speedup = (serial_s - fixed) / (wall - fixed)
-    else:
-        speedup = serial_s / max(wall, 1e-9)
     held = speedup < _planning.THREAD_HELD and _planning.SEES_WAITS
     uncrowded = waited < _planning.THREAD_WAIT_SHARE * 2 * timer.wall
     cost.add_thread_speedup(speedup, final=held and uncrowded)

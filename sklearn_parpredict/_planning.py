@@ -54,6 +54,10 @@ THREAD_MEASUREMENTS = 3
 # new threads pay for their first touch of memory (SVC: 1.67x, with no
 # wait, then more).
 THREAD_HELD = 1.25
+# A measurement of at least THREAD_FREE is taken for rows that mostly release
+# the GIL: their speedup, the calls' fixed costs taken out (see
+# _measure_threads_once).
+THREAD_FREE = 1.5
 THREAD_WAIT_SHARE = 0.05
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 SEES_WAITS = os.path.exists(_SCHEDSTAT)
@@ -588,6 +592,38 @@ def ranking(plan: Plan, cold_s: float) -> float:
     if plan.kind != "process":
         return plan.seconds
     return plan.seconds * PROCESS_MARGIN + cold_s
+
+
+def learn_thread_speedup(
+    costs: list[Cost], plan: Plan, wall_s: float, rows_s: float, n_workers: int
+) -> bool:
+    """Lower the thread speedup of ``costs`` when a warm thread plan ran far
+    slower than planned; whether it did.
+
+    ``rows_s`` is what the plan's rows cost serially, by the costs as they
+    were before its tasks taught them. A speedup measured too high on short
+    chunks is not corrected otherwise: the plan's slow tasks teach the cost
+    a serial time as inflated, against which threads keep paying (a
+    pipeline on a DataFrame, measured at over 1.5x, ran on threads at 0.92x
+    of serial, call after call; 2 cores). The speedup the run implies, with
+    every wave's fixed cost paid, is kept, and threads are not measured
+    again: taken half-way, the next runs' tasks had already taught the cost
+    a serial time that their threads then met.
+    """
+    if plan.kind != "thread" or wall_s <= plan.seconds * MIN_GAIN:
+        return False
+    rows_wall = wall_s - plan.waves * fixed_seconds(costs, "thread", n_workers)
+    scaled = rows_s / max(rows_wall, 1e-9)  # on n_workers threads
+    if n_workers > 1 and scaled < n_workers:
+        # Back to two threads, by the Amdahl model of Cost.speedup.
+        free = min(max((1.0 - 1.0 / max(scaled, 1.0)) / (1.0 - 1.0 / n_workers), 0), 1)
+        scaled = 1.0 / (1.0 - free / 2.0)
+    for cost in costs:
+        if cost.thread_speedup is not None and scaled < cost.thread_speedup:
+            cost.thread_speedup = max(scaled, 1.0)
+            cost.thread_measurements = THREAD_MEASUREMENTS
+            cost.no_gain.clear()
+    return True
 
 
 def learn_overhead(costs: list[Cost], plan: Plan, wall_s: float) -> None:
