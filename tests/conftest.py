@@ -1,5 +1,7 @@
 import os
+import threading
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Tests that start workers cannot meet hypothesis' default deadline, and the
@@ -20,3 +22,14 @@ settings.register_profile(
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_up_left_running():
+    # A warm-up of workers started by an earlier test runs on in the
+    # background, and the engine learns nothing from calls that overlap one:
+    # a test of what calls teach would depend on the test before it.
+    for thread in threading.enumerate():
+        if thread.name == "sklearn-parpredict-warm-up":
+            thread.join(timeout=60)
+    yield
