@@ -862,10 +862,10 @@ def test_thread_measurement_keeps_its_rows_and_bounds_the_speedup():
     assert 1.0 <= float(result.stdout) <= 2.0
 
 
-def _measured_spinner(data, per_row: float, thread_speedup: float):
+def _measured_spinner(data, per_row: float, thread_speedup: float, spinner=_Spinner):
     """A fitted spinner whose cost and thread speedup are known, as measured
     as often as the engine measures."""
-    model = _Spinner().fit(data)
+    model = spinner().fit(data)
     cost = _planning.Cost(
         0.0,
         per_row,
@@ -944,12 +944,7 @@ def test_runs_that_overlap_a_warm_up_teach_the_cost_nothing(monkeypatch, how):
         model = _measured_spinner(data, per_row, 2.0)
         monkeypatch.setattr(_engine, "_warming", {("LokyBackend", 2)})
     else:
-        model = _WarmsUp().fit(data)
-        _planning.remember_cost(
-            model,
-            "predict",
-            _planning.Cost(0.0, per_row, thread_speedup=2.0, thread_measurements=3),
-        )
+        model = _measured_spinner(data, per_row, 2.0, spinner=_WarmsUp)
     cost = _planning.remembered_cost(model, "predict")
     for _ in range(3):
         out = parallel_predict(model, data, n_jobs=2, backend="threading")
