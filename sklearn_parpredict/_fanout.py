@@ -30,6 +30,12 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_parpredict import _loky, _threads
 
+try:  # joblib's thread-local configuration, set by ``parallel_config``
+    from joblib.parallel import _backend as _joblib_local
+    from joblib.parallel import default_parallel_config as _joblib_defaults
+except ImportError:  # pragma: no cover - joblib internals moved
+    _joblib_local = _joblib_defaults = None
+
 
 def parallel_config(backend):
     """The joblib context in which ``backend`` (None: the active one) is used."""
@@ -43,6 +49,23 @@ def active_backend(backend):
     default ``n_jobs`` of its context."""
     with parallel_config(backend):
         return get_active_backend()
+
+
+def config_key() -> int:
+    """Which ``joblib.parallel_config`` context is in force: each context is
+    a new object (a stale key only costs a plan, never changes an output)."""
+    return id(getattr(_joblib_local, "config", None))
+
+
+def backend_configured() -> bool:
+    """Whether a ``joblib.parallel_config`` context names a backend."""
+    try:
+        config = getattr(_joblib_local, "config", None)
+        return (
+            config is not None and config["backend"] is not _joblib_defaults["backend"]
+        )
+    except Exception:  # joblib internals moved: assume the user chose
+        return True
 
 
 def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):

@@ -35,8 +35,9 @@ from sklearn_parpredict._columns import (
     shorten,
 )
 from sklearn_parpredict._distributed import parallel_backend
-from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Job, _backend, run_jobs
+from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, _backend, run_jobs
 from sklearn_parpredict._fanout import fan_out
+from sklearn_parpredict._jobs import Job
 from sklearn_parpredict._parallel_predictor import (
     _Predicted,
     is_fitted,

@@ -16,7 +16,13 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from sklearn_parpredict import _planning, parallel_predict
+from sklearn_parpredict import (
+    _in_process,
+    _planning,
+    _pools,
+    _probing,
+    parallel_predict,
+)
 from sklearn_parpredict._engine import Job, run_jobs
 
 X = np.random.default_rng(0).normal(size=(400, 5))
@@ -404,13 +410,11 @@ def _stop_pools():
     """Stop loky's reused workers and forget our calls on any pool."""
     from joblib.externals.loky import reusable_executor
 
-    from sklearn_parpredict import _engine
-
     _join_warm_ups()
     if reusable_executor._executor is not None:
         reusable_executor._executor.shutdown(wait=True)
-    _engine._pool_last_used.clear()
-    _engine._time_lost.clear()
+    _pools.last_used.clear()
+    _pools.time_lost.clear()
 
 
 def test_a_slow_call_does_not_undo_the_no_gain_it_remembered(monkeypatch):
@@ -480,7 +484,6 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
-    from sklearn_parpredict import _engine
 
     data = np.zeros((80_000, 2))
     model = _CallAndRows(0.02, 1e-5).fit(data)
@@ -490,7 +493,7 @@ def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
     least = _planning.thread_measurement_rows(cost)
     assert 3 * (cost.per_call + least * cost.per_row) > _planning.THREAD_PROBE_S
     pieces = []
-    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     assert cost.thread_speedup is not None and cost.thread_speedup > 1.4
     assert min(b - a for a, b, _ in pieces) >= least
     # Half of the rows, at least, are left to the plan.
@@ -498,12 +501,11 @@ def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
 
 
 def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost():
-    from sklearn_parpredict import _engine
 
     data = np.zeros((100_000, 2))
     model = _CallAndRows(0.005, 1e-5).fit(data)
     pieces = []
-    cost = _engine._probe(Job(model, "predict", data), len(data), pieces)
+    cost = _probing.probe(Job(model, "predict", data), len(data), pieces)
     last = max(rows for rows, _, _ in cost.samples)
     # Past 256 rows, where the step took PROBE_MIN_S but its rows a third.
     assert last > 256
@@ -514,7 +516,6 @@ def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost():
 
 @pytest.mark.timeout(60)
 def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
-    from sklearn_parpredict import _engine
 
     data = np.zeros((100_000, 2))
     model = _CallAndRows(0.005, 1e-5).fit(data)
@@ -523,7 +524,7 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     assert cost.per_row == pytest.approx(1e-6)
     covered = cost.covered_rows
     pieces = []
-    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     assert min(b - a for a, b, _ in pieces) > covered
     # The threads are compared with the chunk just timed in-process, not with
     # the prediction, which would have made them look 4x slower than serial.
@@ -532,12 +533,11 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
 
 @pytest.mark.timeout(60)
 def test_threads_are_measured_by_the_speedup_of_their_rows():
-    from sklearn_parpredict import _engine
 
     data = np.zeros((40_000, 2))
     model = _CallAndRows(0.008, 1e-5, spin=True).fit(data)
     cost = _planning.fit_cost([(1_000, 0.018, 0.0), (2_000, 0.028, 0.0)])
-    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces := [])
+    _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces := [])
     # Two threads took 1.7x less time than one on the same chunks: their
     # calls' loops ran one after another, as plans on threads expect; their
     # rows, which plans split, ran twice as fast. (With the loops left in,
@@ -691,7 +691,6 @@ def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
 
 
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
-    from sklearn_parpredict import _engine
 
     # 0.8 s a call in-process; 0.4 s once the pool runs, but not with its
     # start-up (0.5 s).
@@ -704,21 +703,20 @@ def test_cold_pool_is_started_once_calls_lost_its_start_up():
     _join_warm_ups()
     # One call lost 0.4 s: less than the start-up, which a single call
     # would never win back.
-    assert not _engine._pool_last_used
+    assert not _pools.last_used
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
     ).all()
     _join_warm_ups()
     # Two calls lost 0.8 s: the pool is started for the next calls.
-    assert ("LokyBackend", 2) in _engine._pool_last_used
-    assert not _engine._time_lost
+    assert ("LokyBackend", 2) in _pools.last_used
+    assert not _pools.time_lost
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
     ).all()
 
 
 def test_calls_that_wait_for_a_pool_skip_planning_until_it_starts(monkeypatch):
-    from sklearn_parpredict import _engine
 
     # 0.2 s a call in-process; 0.1 s once the pool runs, which is cheaper
     # to start here than a real one.
@@ -729,14 +727,14 @@ def test_calls_that_wait_for_a_pool_skip_planning_until_it_starts(monkeypatch):
     parallel_predict(model, data, n_jobs=2, backend="loky")  # probes
     planned = _planned_rows(monkeypatch)
     calls = 0
-    while ("LokyBackend", 2) not in _engine._pool_last_used and calls < 10:
+    while ("LokyBackend", 2) not in _pools.last_used and calls < 10:
         out = parallel_predict(model, data, n_jobs=2, backend="loky")
         assert (out == os.getpid()).all()
         _join_warm_ups()
         calls += 1
     # Each call lost its share of the start-up; those after the first that
     # planned did not plan again, until one that started the pool.
-    assert ("LokyBackend", 2) in _engine._pool_last_used
+    assert ("LokyBackend", 2) in _pools.last_used
     assert 2 <= len(planned) < calls
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
@@ -773,8 +771,6 @@ def test_loky_workers_are_warm_whoever_started_them():
 def test_models_running_workers_lack_are_sent_before_calls_use_them():
     from joblib import Parallel, delayed
 
-    from sklearn_parpredict import _engine
-
     # 0.12 s in-process; 0.06 s on 2 running workers, but not with the
     # first shipping of the model (counted as 0.05 s).
     data = np.zeros((2_400, 2))
@@ -782,14 +778,14 @@ def test_models_running_workers_lack_are_sent_before_calls_use_them():
     _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
     _stop_pools()
     Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
-    assert not _engine._shipped(model, ("LokyBackend", 2))
+    assert not _pools.shipped(model, ("LokyBackend", 2))
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
     ).all()
     # That call lost more than the shipping costs: the model was sent in
     # the background, and the next call runs on the workers.
     _join_warm_ups()
-    assert _engine._shipped(model, ("LokyBackend", 2))
+    assert _pools.shipped(model, ("LokyBackend", 2))
     assert (
         parallel_predict(model, data, n_jobs=2, backend="loky") != os.getpid()
     ).all()
@@ -798,35 +794,39 @@ def test_models_running_workers_lack_are_sent_before_calls_use_them():
 def test_pool_warmth_falls_back_to_our_last_use_when_loky_cannot_tell(monkeypatch):
     from joblib.externals.loky import reusable_executor
 
-    from sklearn_parpredict import _engine, _loky
+    from sklearn_parpredict import _loky
 
     monkeypatch.setattr(reusable_executor, "_executor", object())
     assert _loky.live_workers() is None
-    monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), time.monotonic())
-    assert _engine._pool_warm(("LokyBackend", 2), 2)
-    monkeypatch.setitem(_engine._pool_last_used, ("LokyBackend", 2), -np.inf)
-    assert not _engine._pool_warm(("LokyBackend", 2), 2)
+    monkeypatch.setitem(_pools.last_used, ("LokyBackend", 2), time.monotonic())
+    assert _pools.is_warm(("LokyBackend", 2), 2)
+    monkeypatch.setitem(_pools.last_used, ("LokyBackend", 2), -np.inf)
+    assert not _pools.is_warm(("LokyBackend", 2), 2)
 
 
 def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
     from joblib import Parallel, delayed
 
-    from sklearn_parpredict import _engine
-
     Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
-    assert _engine._pool_warm(("LokyBackend", 2), 2)
+    assert _pools.is_warm(("LokyBackend", 2), 2)
     # Running, but still importing scikit-learn or receiving the models: a
     # call that planned on them would wait for that, and learn the wait as
     # the workers' overhead.
-    monkeypatch.setattr(_engine, "_warming", {("LokyBackend", 2)})
-    assert not _engine._pool_warm(("LokyBackend", 2), 2)
+    monkeypatch.setattr(_pools, "_warming", {("LokyBackend", 2)})
+    assert not _pools.is_warm(("LokyBackend", 2), 2)
 
 
 _SLEEPER_SCRIPT = """
 import os, time
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn_parpredict import _planning, parallel_predict
+from sklearn_parpredict import (
+    _in_process,
+    _planning,
+    _pools,
+    _probing,
+    parallel_predict,
+)
 
 class Sleeper(BaseEstimator):
     def fit(self, X, y=None):
@@ -924,16 +924,14 @@ class _WarmsUp(_Spinner):
     """A spinner during whose calls a warm-up of workers starts and ends."""
 
     def predict(self, X):
-        from sklearn_parpredict import _engine
 
-        _engine._warm_ups += 1
+        _pools._warm_ups += 1
         return super().predict(X)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["while warming", "warm-up within"])
 def test_runs_that_overlap_a_warm_up_teach_the_cost_nothing(monkeypatch, how):
-    from sklearn_parpredict import _engine
 
     data = np.zeros((20_000, 2))
     start = time.perf_counter()
@@ -942,7 +940,7 @@ def test_runs_that_overlap_a_warm_up_teach_the_cost_nothing(monkeypatch, how):
     # Measured as releasing the GIL: its threads run twice their plan.
     if how == "while warming":
         model = _measured_spinner(data, per_row, 2.0)
-        monkeypatch.setattr(_engine, "_warming", {("LokyBackend", 2)})
+        monkeypatch.setattr(_pools, "_warming", {("LokyBackend", 2)})
     else:
         model = _measured_spinner(data, per_row, 2.0, spinner=_WarmsUp)
     cost = _planning.remembered_cost(model, "predict")
@@ -978,18 +976,16 @@ def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
     thread_speedup, started
 ):
 
-    from sklearn_parpredict import _engine
-
     data = np.zeros((20_000, 2))
     # Threads pay; processes (2x) would be clearly faster than 1.4x threads,
     # not than 1.9x threads.
     model = _measured_spinner(data, 2e-5, thread_speedup)
     _stop_pools()
     # As if earlier calls had lost more than the pool's start-up.
-    _engine._time_lost[("LokyBackend", 2)] = 10.0
+    _pools.time_lost[("LokyBackend", 2)] = 10.0
     assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     _join_warm_ups()
-    assert (("LokyBackend", 2) in _engine._pool_last_used) == started
+    assert (("LokyBackend", 2) in _pools.last_used) == started
     out = parallel_predict(model, data, n_jobs=2)
     assert (out != os.getpid()).all() == started
 
@@ -1180,14 +1176,13 @@ class _OneAtATime(_Sleeper):
 def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core(
     monkeypatch,
 ):
-    from sklearn_parpredict import _engine
 
     monkeypatch.setattr(_planning, "SEES_WAITS", True)
     monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
     data = np.zeros((12_000, 2))
     model = _OneAtATime().fit(data)
     _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
-    once = _counting(monkeypatch, _engine, "_measure_threads_once")
+    once = _counting(monkeypatch, _probing, "_measure_threads_once")
     parallel_predict(model, data, n_jobs=2)
     # Slower on two threads, and neither waited for a core: the GIL's doing,
     # which measuring again would only confirm, at the same loss.
@@ -1199,21 +1194,20 @@ def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core
 
 @pytest.mark.timeout(120)
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
-    from sklearn_parpredict import _engine
 
     data = np.zeros((20_000, 2))
     model = _Spinner().fit(data)
     cost = _planning.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
     _planning.remember_cost(model, "predict", cost)
     measured = []
-    real = _engine._measure_threads
+    real = _probing.measure_threads
 
     def spy(job, cost, n, pieces):
         measured.append(n)
         real(job, cost, n, pieces)
 
-    monkeypatch.setattr(_engine, "_measure_threads", spy)
-    once = _counting(monkeypatch, _engine, "_measure_threads_once")
+    monkeypatch.setattr(_probing, "measure_threads", spy)
+    once = _counting(monkeypatch, _probing, "_measure_threads_once")
     added = []
     real_add = _planning.Cost.add_thread_speedup
 
@@ -1365,7 +1359,6 @@ class _SlowStart(_Sleeper):
 def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     monkeypatch, sees_waits
 ):
-    from sklearn_parpredict import _engine
 
     # Where the waits for a core are seen, they tell load from the GIL.
     monkeypatch.setattr(_planning, "SEES_WAITS", sees_waits)
@@ -1376,7 +1369,7 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     model = _SlowStart().fit(data)
     cost = _planning.Cost(0.0, 5e-5)
     pieces = []
-    _engine._measure_threads(Job(model, "predict", data), cost, len(data), pieces)
+    _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     # The first two-thread run went one thread at a time. Where the wait is
     # seen, it is taken out of the threads' time, which then shows their
     # speedup; otherwise the runs after it, at once, show it (the second
@@ -1401,7 +1394,7 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
 
 
 def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch):
-    from sklearn_parpredict import _engine, _threads
+    from sklearn_parpredict import _threads
 
     data = np.zeros((4_000, 2))
     model = _Sleeper().fit(data)
@@ -1410,10 +1403,10 @@ def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch
     # how the rows run on threads.
     costly_calls = _planning.Cost(0.5, 1e-4)
     pieces = []
-    _engine._measure_threads(Job(model, "predict", data), costly_calls, 4_000, pieces)
+    _probing.measure_threads(Job(model, "predict", data), costly_calls, 4_000, pieces)
     assert costly_calls.thread_measurements == 0 and not pieces
     cheap_calls = _planning.Cost(0.0, 1e-4)
-    _engine._measure_threads(Job(model, "predict", data), cheap_calls, 4_000, pieces)
+    _probing.measure_threads(Job(model, "predict", data), cheap_calls, 4_000, pieces)
     assert cheap_calls.thread_measurements >= 1 and pieces
     # Threads that could not be measured are not guessed: the call never
     # goes to threads.
@@ -1429,15 +1422,17 @@ def test_a_small_numpy_batch_skips_planning(monkeypatch):
 
     model = LogisticRegression().fit(X, Y)
     # Not seen yet: no larger than one probe.
-    assert _engine._plainly_small(model, "predict", X[: _planning.PROBE_ROWS])
-    assert not _engine._plainly_small(model, "predict", X[: _planning.PROBE_ROWS + 1])
+    assert _in_process.plainly_small(model, "predict", X[: _planning.PROBE_ROWS])
+    assert not _in_process.plainly_small(
+        model, "predict", X[: _planning.PROBE_ROWS + 1]
+    )
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
-    assert _engine._plainly_small(model, "predict", X)
-    assert not _engine._plainly_small(model, "predict", list(X))
-    assert not _engine._plainly_small(model, "predict", X[0, 0])
-    assert not _engine._plainly_small(model, "predict_proba", X)
+    assert _in_process.plainly_small(model, "predict", X)
+    assert not _in_process.plainly_small(model, "predict", list(X))
+    assert not _in_process.plainly_small(model, "predict", X[0, 0])
+    assert not _in_process.plainly_small(model, "predict_proba", X)
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-3))
-    assert not _engine._plainly_small(model, "predict", X)  # 0.4 s of work
+    assert not _in_process.plainly_small(model, "predict", X)  # 0.4 s of work
     _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
     # Decided before any job is built or planned.
     monkeypatch.setattr(_engine, "run_jobs", None)

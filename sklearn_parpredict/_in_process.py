@@ -1,0 +1,141 @@
+"""Calls that stay in this process without a plan.
+
+A batch too small to plan, or one that no plan paid for on as many rows with
+the same cost and settings, is handed to the estimator as it is: it should
+cost what the serial call costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+
+from sklearn_parpredict import _chunking, _lazy, _planning, _pools
+from sklearn_parpredict._fanout import config_key
+from sklearn_parpredict._jobs import Job
+
+logger = logging.getLogger("sklearn_parpredict")
+
+# Why a call stayed in-process, in the debug log.
+TOO_LITTLE = "in-process: too little work to plan"
+NO_GAIN = "in-process: parallel work would not pay"
+
+
+def small_under(cost, X) -> bool:
+    """Whether a NumPy batch is too small to plan, given the remembered cost
+    of its estimator and method (None: not probed yet): :func:`too_small`'s
+    answer for one job, in the fewest steps, since :func:`run_one` asks it
+    first on every call and a call on a few rows takes less than 100 µs."""
+    if type(X) is not np.ndarray or not X.ndim:
+        return False
+    if cost is None:
+        return len(X) <= _planning.PROBE_ROWS
+    return len(X) < cost.direct_rows
+
+
+def plainly_small(estimator, method: str, X) -> bool:
+    return small_under(_planning.remembered_cost(estimator, method), X)
+
+
+def calls_directly(cost, X) -> bool:
+    """Whether :func:`run_one`, with ``chunk_size="auto"`` and no parameters,
+    would only call the estimator on ``X``, given the remembered cost of its
+    estimator and method: a NumPy batch too small to plan, and no debug log
+    to write."""
+    return small_under(cost, X) and not logger.isEnabledFor(logging.DEBUG)
+
+
+def call_watched(estimator, method: str, X, params: dict):
+    """The in-process call of a batch no plan pays for, timed when it is long
+    enough that timing it costs nothing: the machine may change under a
+    model (another process, cores that turn slower), and the cost must see
+    it for the batch to be planned again."""
+    cost = _planning.remembered_cost(estimator, method)
+    rows = _chunking.n_rows(X)
+    if cost is None or cost.seconds(rows) < _planning.WATCHED_CALL_S:
+        return getattr(estimator, method)(X, **params)
+    calm = _pools.calm()
+    with _planning.Timer() as timer:
+        out = getattr(estimator, method)(X, **params)
+    if _pools.calm_since(calm):
+        cost.add(rows, timer.wall, timer.cpu)
+    return out
+
+
+def _settings_key(settings: tuple) -> tuple:
+    # What decides the workers a call gets: its own settings and the
+    # joblib configuration in force (a ``parallel_config`` context is a new
+    # object; a stale key only costs a plan, never changes an output).
+    return (*settings, config_key())
+
+
+def remember_no_gain(
+    cost: _planning.Cost,
+    settings: tuple,
+    rows: int,
+    *,
+    refresh: bool = False,
+    rent: tuple | None = None,
+) -> None:
+    """Remember that no plan pays for ``rows``, with the cost's prediction;
+    with ``refresh``, only renew the prediction of what is remembered for
+    exactly these rows (once the call's own timing refined the cost: a slow
+    call must not pass for a drift of the cost from what it was).
+
+    ``rent``: ``(pool_key, n_workers, seconds, cold_s)`` where only a pool
+    not started yet stands in the way, and a call on ``rows`` loses
+    ``seconds`` towards the ``cold_s`` that starting it costs.
+    """
+    with contextlib.suppress(TypeError):  # an unhashable backend instance
+        key = _settings_key(settings)
+        known = cost.no_gain.get(key)
+        if refresh:
+            if known is not None and known[0] == rows:
+                cost.no_gain[key] = (rows, cost.seconds(rows), known[2])
+        elif known is None or rows >= known[0]:
+            cost.no_gain[key] = (rows, cost.seconds(rows), rent)
+
+
+def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
+    """Whether no plan could pay for as many rows or more, with the same cost
+    and settings: decided again without planning (30 µs with a DataFrame,
+    a few percent of a call of a few milliseconds)."""
+    cost = _planning.remembered_cost(estimator, method)
+    if cost is None or not cost.no_gain or _lazy.is_collection(X):
+        return None
+    try:
+        known = cost.no_gain.get(_settings_key((n_jobs, backend)))
+    except TypeError:
+        return None
+    n = _chunking.n_rows(X)
+    if known is None or n > known[0]:
+        return None
+    rows, seconds, rent = known
+    if cost.seconds(rows) > seconds * _planning.NO_GAIN_DRIFT:
+        return None
+    if rent is not None:
+        pool_key, n_workers, lost, cold_s = rent
+        lost = _pools.time_lost.get(pool_key, 0.0) + lost * n / max(rows, 1)
+        if lost >= cold_s or _pools.is_warm(pool_key, n_workers):
+            # Time to start the pool, or it runs already: plan.
+            cost.no_gain.pop(_settings_key((n_jobs, backend)), None)
+            return None
+        _pools.time_lost[pool_key] = lost
+    return NO_GAIN
+
+
+def too_small(jobs: list[Job], sizes: list[int]) -> bool:
+    """Whether the work is so small that even planning it costs too much.
+
+    True for a batch no larger than one probe of a model not seen yet, and for
+    work whose remembered cost is below what any fan-out could save, on
+    batches near enough in size to those it was timed on.
+    """
+    costs = [_planning.remembered_cost(job.estimator, job.method) for job in jobs]
+    if not any(costs):
+        return max(sizes, default=0) <= _planning.PROBE_ROWS
+    if not all(costs) or any(n >= c.covered_rows for c, n in zip(costs, sizes)):
+        return False
+    return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S

@@ -1,0 +1,53 @@
+"""The unit of the engine's work: one method of one estimator on one input.
+
+A :class:`Job` runs in this process; its row ranges become tasks, which
+:func:`run_timed` runs on a worker, finding the model and the rows behind
+their handles.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sklearn_parpredict import _chunking
+from sklearn_parpredict._sharing import resolve
+
+
+@dataclass
+class Job:
+    """One method of one fitted estimator on all rows of one input."""
+
+    estimator: Any
+    method: str
+    X: Any
+    columns: Any = None
+    params: dict = field(default_factory=dict)
+
+    def call(self, start: int | None = None, stop: int | None = None):
+        """Run the method in this process, on all rows or on ``start:stop``."""
+        X = self.X if start is None else _chunking.row_slice(self.X, start, stop)
+        return _call(self.estimator, self.method, X, self.columns, self.params)
+
+
+def run_task(model, method, X, columns, params):
+    """The work of one task, in a worker or in-process."""
+    return _call(resolve(model), method, resolve(X), columns, params)
+
+
+def _call(model, method, X, columns, params):
+    X = _chunking.select_columns(X, columns)
+    return getattr(model, method)(X, **params)
+
+
+def run_timed(*task):
+    """A task on a worker, and the seconds it took there.
+
+    Every task of a plan is also a timing of the estimator on a known number
+    of rows: the cost model learns from it as from an in-process call, so a
+    cost misjudged by a short probe does not mislead every later plan.
+    """
+    start = time.perf_counter()
+    out = run_task(*task)
+    return out, time.perf_counter() - start
