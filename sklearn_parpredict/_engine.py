@@ -1,7 +1,7 @@
 """The one fan-out engine: plan row-chunk tasks, run them, gather in order.
 
 Both wrappers and :func:`parallel_predict` describe their work as a list of
-:class:`Job` (an estimator, a method, an input, optionally a column
+:class:`~._jobs.Job` (an estimator, a method, an input, optionally a column
 selection). The engine decides how the jobs' rows are cut into tasks, runs the
 tasks on a joblib backend and joins each job's outputs into exactly what the
 serial call returns.
@@ -309,7 +309,7 @@ def _auto_plan(
 
     Returns the costs, the plan and the one-off start-up it pays. When no
     plan can pay for all the rows of a single job, that is remembered under
-    its call's ``settings`` (see :func:`~sklearn_parpredict._in_process.known_no_gain`).
+    its call's ``settings`` (see :func:`._in_process.known_no_gain`).
     """
     costs = [
         _probing.probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)

@@ -23,11 +23,12 @@ TOO_LITTLE = "in-process: too little work to plan"
 NO_GAIN = "in-process: parallel work would not pay"
 
 
-def small_under(cost, X) -> bool:
+def _small_under(cost, X) -> bool:
     """Whether a NumPy batch is too small to plan, given the remembered cost
     of its estimator and method (None: not probed yet): :func:`too_small`'s
-    answer for one job, in the fewest steps, since :func:`run_one` asks it
-    first on every call and a call on a few rows takes less than 100 µs."""
+    answer for one job, in the fewest steps, since the engine's ``run_one``
+    asks it first on every call and a call on a few rows takes less than
+    100 µs."""
     if type(X) is not np.ndarray or not X.ndim:
         return False
     if cost is None:
@@ -36,15 +37,15 @@ def small_under(cost, X) -> bool:
 
 
 def plainly_small(estimator, method: str, X) -> bool:
-    return small_under(_planning.remembered_cost(estimator, method), X)
+    return _small_under(_planning.remembered_cost(estimator, method), X)
 
 
 def calls_directly(cost, X) -> bool:
-    """Whether :func:`run_one`, with ``chunk_size="auto"`` and no parameters,
-    would only call the estimator on ``X``, given the remembered cost of its
-    estimator and method: a NumPy batch too small to plan, and no debug log
-    to write."""
-    return small_under(cost, X) and not logger.isEnabledFor(logging.DEBUG)
+    """Whether the engine's ``run_one``, with ``chunk_size="auto"`` and no
+    parameters, would only call the estimator on ``X``, given the remembered
+    cost of its estimator and method: a NumPy batch too small to plan, and no
+    debug log to write."""
+    return _small_under(cost, X) and not logger.isEnabledFor(logging.DEBUG)
 
 
 def call_watched(estimator, method: str, X, params: dict):
