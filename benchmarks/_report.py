@@ -6,12 +6,7 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on benchmark machines
-import matplotlib.pyplot as plt  # noqa: E402
-
-from benchmarks._peers import PEERS  # noqa: E402
+from benchmarks._peers import PEERS
 
 COLUMNS = ("serial", "parpredict", "ceiling", *PEERS)
 STYLE = {
@@ -639,6 +634,13 @@ def _naive(sched: dict, chunks, rest: int) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """Speedup over serial against rows, one panel per case."""
+    # Imported here: the tables need no plotting library (the tests import
+    # them without the bench extra).
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on benchmark machines
+    import matplotlib.pyplot as plt
+
     by_case: dict[str, list] = {}
     for row in results["rows"]:
         if not row.get("skipped"):

@@ -1,0 +1,72 @@
+"""The benchmarks' table of targets: each verdict follows its figures."""
+
+import pytest
+
+# Importable without the bench extra: the plotting library is imported only
+# to plot.
+from benchmarks import _report
+
+
+def _row(case, rows, serial, parpredict, ceiling):
+    times = {
+        "serial": serial,
+        "serial again": serial,
+        "parpredict": parpredict,
+        "ceiling": ceiling,
+    }
+    return {"case": case, "rows": rows, "times": times}
+
+
+def _results(rf_s, svc_s, workers=16):
+    # Serial takes 16 s on both rows; the ceiling 1 s.
+    rows = [
+        _row("rf", 500_000, 16.0, rf_s, 1.0),
+        _row("svc", 20_000, 16.0, svc_s, 1.0),
+    ]
+    return {"rows": rows, "meta": {"workers": workers}}
+
+
+def _target(results, start):
+    found = [t for t in _report.targets(results) if t[0].startswith(start)]
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("rf_s", "svc_s", "verdict"),
+    [(1.1, 1.15, "PASS"), (1.1, 1.2, "**FAIL**"), (1.25, 1.0, "**FAIL**")],
+)
+def test_parallel_efficiency_is_the_speedup_per_worker(rf_s, svc_s, verdict):
+    # 16 / 1.2 / 16 workers = 83%: below 85%.
+    label, figure, judged = _target(_results(rf_s, svc_s), "Parallel efficiency")
+    assert "16 workers" in label
+    assert f"rf 500,000 rows: {16 / rf_s / 16:.0%}" in figure
+    assert judged == verdict
+
+
+def test_parallel_efficiency_on_two_workers():
+    _, figure, judged = _target(_results(8.0, 9.0, workers=2), "Parallel efficiency")
+    assert figure == "rf 500,000 rows: 100%; svc 20,000 rows: 89%"
+    assert judged == "PASS"
+
+
+def test_without_the_machine_or_the_rows_efficiency_is_not_measured():
+    results = _results(1.0, 1.0)
+    del results["meta"]
+    assert _target(results, "Parallel efficiency")[1:] == ("n/a", "not measured")
+    results = _results(1.0, 1.0)
+    results["rows"] = [r for r in results["rows"] if r["case"] != "svc"]
+    _, figure, _ = _target(results, "Parallel efficiency")
+    assert figure == "rf 500,000 rows: 100%"
+
+
+def test_the_ceiling_share_is_judged_apart_from_the_efficiency():
+    # 70% of the ceiling's speedup, which is itself 16x: efficiency 70%.
+    results = _results(1 / 0.7, 1.0)
+    assert _target(results, "Large CPU-bound")[2] == "**FAIL**"
+    assert _target(results, "Parallel efficiency")[2] == "**FAIL**"
+    # At the ceiling, but the ceiling gains only 8x on 16 workers.
+    for row in results["rows"]:
+        row["times"].update(parpredict=2.0, ceiling=2.0)
+    assert _target(results, "Large CPU-bound")[2] == "PASS"
+    assert _target(results, "Parallel efficiency")[2] == "**FAIL**"
