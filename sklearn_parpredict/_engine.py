@@ -233,12 +233,13 @@ def run_jobs(
             start = _probing.done_rows(pieces)
             if pieces and start >= n:
                 continue
-            calm = _pools.calm()
-            with _planning.Timer() as timer:
-                out = job.call(start, n) if pieces else job.call()
+            out = _in_process.learning_call(
+                None if costs is None else costs[j],
+                n - start,
+                job.call,
+                *((start, n) if pieces else ()),
+            )
             pieces.append((start, n, out))
-            if costs is not None and _pools.calm_since(calm):
-                costs[j].add(n - start, timer.wall, timer.cpu)
         if costs is not None and _settings is not None and len(jobs) == 1:
             _in_process.remember_no_gain(costs[0], _settings, sizes[0], refresh=True)
     else:
@@ -327,10 +328,13 @@ def _auto_plan(
         unshipped = [j.estimator for j in jobs if not cluster.shipped(j.estimator)]
         cold_s = _planning.COLD_MODEL_S * len(unshipped)
 
+    def remaining():
+        # The rows each job has left: probes and measurements do some.
+        return [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
+
     def plan(kind, cold_s=0.0, costs=costs):
-        remaining = [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
         return _planning.plan_chunks(
-            costs, remaining, n_workers=n_workers, kind=kind, cold_s=cold_s
+            costs, remaining(), n_workers=n_workers, kind=kind, cold_s=cold_s
         )
 
     # Processes are joblib's default, but threads cost nothing to start and
@@ -338,14 +342,13 @@ def _auto_plan(
     # estimator's work releases the GIL (again, a few times, while the
     # measurement may have been spoilt by load), and take the faster plan.
     try_threads = kind == "process" and backend is None and not backend_configured()
-    remaining = [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
     kinds = (kind, "thread") if try_threads else (kind,)
     # Remembered for the next calls on as many rows or fewer: no plan pays.
     remember = settings is not None and len(jobs) == 1 and not done[0]
     # Estimators that run threads of their own, not measured yet, are
     # planned at first as if those gained nothing.
     hopeful = [_planning.optimistic(c) for c in costs]
-    if not _planning.can_pay(hopeful, remaining, n_workers, kinds):
+    if not _planning.can_pay(hopeful, remaining(), n_workers, kinds):
         # Not even a perfect share of the rows among warm workers would pay.
         if remember:
             _in_process.remember_no_gain(costs[0], settings, sizes[0])
@@ -384,8 +387,7 @@ def _auto_plan(
         # rule of renting skis until the rent paid reaches their price).
         # Starting it at once would slow every call for the seconds it takes
         # to start, and a few calls may never win that back.
-        remaining = [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
-        now = best.seconds if best else _planning.serial_seconds(costs, remaining)
+        now = best.seconds if best else _planning.serial_seconds(costs, remaining())
         # (Threads measured low may yet be measured faster.)
         settled = best is None or not any(c.wants_thread_measurement() for c in costs)
         if settled and now >= warm.seconds * _planning.MIN_GAIN:

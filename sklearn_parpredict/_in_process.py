@@ -57,10 +57,17 @@ def call_watched(estimator, method: str, X, params: dict):
     rows = _chunking.n_rows(X)
     if cost is None or cost.seconds(rows) < _planning.WATCHED_CALL_S:
         return getattr(estimator, method)(X, **params)
+    return learning_call(cost, rows, getattr(estimator, method), X, **params)
+
+
+def learning_call(cost, rows: int, function, /, *args, **kwargs):
+    """``function(*args, **kwargs)``, timed, its timing on ``rows`` taught to
+    ``cost`` (None: nothing to teach) unless a warm-up of workers ran
+    meanwhile (see :func:`._pools.calm`)."""
     calm = _pools.calm()
     with _planning.Timer() as timer:
-        out = getattr(estimator, method)(X, **params)
-    if _pools.calm_since(calm):
+        out = function(*args, **kwargs)
+    if cost is not None and _pools.calm_since(calm):
         cost.add(rows, timer.wall, timer.cpu)
     return out
 
