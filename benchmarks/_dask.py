@@ -23,7 +23,8 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import build_repeated_forest
-from benchmarks._measure import PeakRSS, assert_same
+from benchmarks._machine import PeakRSS
+from benchmarks._measure import assert_same
 
 ROWS = {True: 100_000, False: 400_000}
 N_WORKERS = 2

@@ -23,14 +23,8 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import Workload
-from benchmarks._measure import (
-    DecisionLog,
-    PeakRSS,
-    after,
-    assert_same,
-    before,
-    tree_memory,
-)
+from benchmarks._machine import PeakRSS, tree_memory
+from benchmarks._measure import DecisionLog, after, assert_same, before
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
 from sklearn_parpredict import ParallelPredictor
 

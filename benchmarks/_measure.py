@@ -1,4 +1,5 @@
-"""Timing with output checks, and peak memory of a process tree."""
+"""Timing with output checks: medians of interleaved samples, and paired
+calls."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import math
 import random
 import re
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import psutil
 from sklearn.base import BaseEstimator
 
 # A timed sample runs the call this many times when one call is shorter than
@@ -159,6 +158,70 @@ def _sample(timing: Timing, call: Callable, expected) -> None:
     _check(timing, expected, out)
 
 
+# The paired measurement's groups: as many as fit in PAIRED_BUDGET_S, at
+# least PAIRED_MIN and at most PAIRED_MAX.
+PAIRED_BUDGET_S = 4.0
+PAIRED_MIN = 5
+PAIRED_MAX = 1000
+
+
+@dataclass
+class Paired:
+    """Medians of differences between single calls made one after another.
+
+    Each group calls serial, serial, the wrapper, serial: ``added`` is the
+    wrapper's time minus the serial call just before it, ``after`` the serial
+    call just after the wrapper minus that same one (what the wrapper leaves
+    behind for the next call: spinning threads, a pool starting), and ``aa``
+    the second serial call minus the first, whose neighbours are alike (the
+    control). Slow drift in the machine's speed moves both calls of a
+    difference alike, so these resolve a few percent where two medians of
+    samples taken seconds apart do not.
+    """
+
+    serial: float
+    added: float
+    after: float
+    aa: float
+    groups: int
+
+
+def paired(serial: Callable, ours: Callable) -> Paired:
+    """:class:`Paired` differences of ``ours`` against ``serial``; every
+    output of ``ours`` is checked against serial's."""
+    expected = serial()
+    group_s = 4 * _once(serial) + _once(ours)
+    groups = int(min(PAIRED_MAX, max(PAIRED_MIN, PAIRED_BUDGET_S // group_s)))
+    first, second, wrapped, next_ = [], [], [], []
+    for _ in range(groups):
+        # An untimed serial call between the check and the timed calls: a
+        # check just before them slowed the first (LogisticRegression, 1,000
+        # rows: 4.5% slower than the second; 2 cores), and keeping the
+        # outputs to check later slowed others (100,000 rows: the serial call
+        # after the wrapper's 26% slower, its memory no longer reused).
+        serial()
+        first.append(_once(serial))
+        second.append(_once(serial))
+        start = time.perf_counter()
+        out = ours()
+        wrapped.append(time.perf_counter() - start)
+        next_.append(_once(serial))
+        assert_same(expected, out)
+    return Paired(
+        serial=statistics.median(second),
+        added=statistics.median(b - a for a, b in zip(second, wrapped)),
+        after=statistics.median(b - a for a, b in zip(second, next_)),
+        aa=statistics.median(b - a for a, b in zip(first, second)),
+        groups=groups,
+    )
+
+
+def _once(call: Callable) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def before(call: Callable) -> None:
     """Run what a method does before each sample, outside the timing."""
     getattr(call, "before", lambda: None)()
@@ -209,134 +272,6 @@ class DecisionLog(logging.Handler):
         self._logger.removeHandler(self)
         self._logger.setLevel(self._level)
         self.plans.append(self._plan)
-
-
-def tree_memory(
-    process: psutil.Process | None = None, *, pss: bool = False
-) -> tuple[int, int | None]:
-    """Resident and proportional bytes of a process and its descendants.
-
-    Resident sizes count a page shared by several processes (a shared
-    library, a memory-mapped input, a forked parent's heap) once in each;
-    the proportional set size (Linux only, ``None`` elsewhere or unless
-    ``pss``) splits it between them, so its sum is what the tree takes.
-    """
-    process = process or psutil.Process()
-    rss, proportional = 0, 0 if pss else None
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            if proportional is None:
-                rss += p.memory_info().rss
-                continue
-            info = p.memory_full_info()
-            rss += info.rss
-            proportional = proportional + info.pss if hasattr(info, "pss") else None
-        except psutil.Error:  # a worker that exited while we looked
-            pass
-    return rss, proportional
-
-
-class PeakRSS:
-    """Peak resident memory of a process and its children over a block.
-
-    The process is this one unless given (a Dask scheduler, ...). A
-    background thread samples every ``interval`` seconds; workers that start
-    and end inside the block are caught as long as they live for at least a
-    sample. With ``pss``, the proportional set size at the resident peak is
-    kept too (``peak_pss``; ``None`` where the system does not give it). It
-    is read only when a sample reaches the resident peak so far: reading it
-    costs about half a millisecond per process, and sampling it every 5 ms
-    took 40% of a core, enough to change the wrapper's own timings.
-    """
-
-    def __init__(
-        self,
-        interval: float = 0.005,
-        process: psutil.Process | None = None,
-        *,
-        pss: bool = False,
-    ):
-        self.interval = interval
-        self.process = process
-        self.pss = pss
-        self.peak = 0
-        self.peak_pss = None
-
-    def _update(self):
-        rss, _ = tree_memory(self._process)
-        if rss < self.peak:
-            return
-        if self.pss:
-            # Read again: the resident size may have moved in between.
-            rss, pss = tree_memory(self._process, pss=True)
-            if pss is not None:
-                self.peak_pss = max(self.peak_pss or 0, pss)
-        self.peak = max(self.peak, rss)
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._update()
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._process = self.process or psutil.Process()
-        self._update()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._update()
-
-
-def _tree_cpu(process: psutil.Process) -> tuple[float, dict[int, float]]:
-    """CPU seconds of reaped children, and of each live process of the tree."""
-    own = process.cpu_times()
-    live = {}
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.Error:
-            continue
-        live[p.pid] = times.user + times.system
-    return own.children_user + own.children_system, live
-
-
-def _machine_busy() -> float:
-    t = psutil.cpu_times()
-    # Steal is a core lost to other tenants of the host: other work too.
-    return sum(
-        getattr(t, name, 0.0)
-        for name in ("user", "nice", "system", "irq", "softirq", "steal")
-    )
-
-
-class OtherLoad:
-    """Cores kept busy by other work than this process tree, over a block.
-
-    The machine's busy CPU time minus this process tree's (live workers and
-    reaped children included), divided by the block's wall time: how much of
-    the machine other users took while we measured. On a 2-core machine a
-    value near 1 means parallel methods had one core, not two.
-    """
-
-    def __enter__(self):
-        self._process = psutil.Process()
-        self._wall = time.perf_counter()
-        self._busy = _machine_busy()
-        self._reaped, self._live = _tree_cpu(self._process)
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self._wall
-        busy = _machine_busy() - self._busy
-        reaped, live = _tree_cpu(self._process)
-        ours = reaped - self._reaped
-        ours += sum(cpu - self._live.get(pid, 0.0) for pid, cpu in live.items())
-        self.cores = max(0.0, (busy - ours) / max(wall, 1e-9))
 
 
 class _Identity(BaseEstimator):

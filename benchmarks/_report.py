@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks._measure import PAIRED_BUDGET_S, PAIRED_MAX, PAIRED_MIN
 from benchmarks._peers import PEERS
 
 COLUMNS = ("serial", "parpredict", "ceiling", *PEERS)
@@ -59,6 +60,17 @@ def ratios(row) -> dict[str, float]:
         "aa": _t(row, "serial") / _t(row, "serial again"),
         "of_ceiling": _t(row, "ceiling") / ours,
     }
+    # From adjacent single calls: serial's time over parpredict's, the
+    # serial call's over the one before it (A/A), and over the one right
+    # after parpredict's.
+    pairs = row.get("paired") or {}
+    serial = pairs.get("serial", math.nan)
+    for key, delta in (
+        ("paired", "added"),
+        ("paired_aa", "aa"),
+        ("next_call", "after"),
+    ):
+        out[key] = serial / (serial + pairs.get(delta, math.nan))
     for peer in PEERS:
         out[peer] = _t(row, peer) / ours
     return out
@@ -109,58 +121,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             (label, "; ".join(figures) or "n/a", _verdict(all(oks) if oks else None))
         )
 
-    speedups = [(q["speedup"], r) for r, q in table]
-    measured = [(s, r) for s, r in speedups if not math.isnan(s)]
-    broken = [r for s, r in speedups if math.isnan(s)]
-    low = [(s, r) for s, r in measured if s < MIN_SPEEDUP]
-    worst = min(measured, key=lambda x: x[0], default=None)
-    figure = (
-        "n/a"
-        if worst is None
-        else (f"min {_ratio(worst[0])} ({worst[1]['case']}, {worst[1]['rows']:,} rows)")
-    )
-    if low:
-        figure += "; below: " + ", ".join(
-            f"{r['case']} {r['rows']:,} ({_ratio(s)})" for s, r in low
-        )
-    if broken:
-        figure += "; not measured: " + ", ".join(
-            f"{r['case']} {r['rows']:,}" for r in broken
-        )
-    overhead = results.get("overhead_s")
-    if overhead and low:
-        # A call that stays in-process pays the wrapper's fixed cost: below
-        # overhead / (1 / MIN_SPEEDUP - 1) seconds, that alone is too much.
-        best = {
-            id(r): r["times"]["serial"] / (r["times"]["serial"] + overhead)
-            for _, r in low
-        }
-        capped = [r for _, r in low if best[id(r)] < MIN_SPEEDUP]
-        if capped:
-            figure += (
-                f"; of these, {len(capped)} are calls so short that the "
-                f"wrapper's fixed {overhead * 1e6:.1f} µs per call (measured) "
-                f"caps them below {MIN_SPEEDUP}x: "
-                + ", ".join(
-                    f"{r['case']} {r['rows']:,} (serial "
-                    f"{r['times']['serial'] * 1e6:.0f} µs, best possible "
-                    f"{_ratio(best[id(r)])})"
-                    for r in capped
-                )
-            )
-    controls = [q["aa"] for _, q in table if not math.isnan(q["aa"])]
-    if controls:
-        figure += (
-            f"; A/A control (the serial call against itself, same rows): "
-            f"{_ratio(min(controls))} to {_ratio(max(controls))}"
-        )
-    found.append(
-        (
-            f"Every estimator and size >= {MIN_SPEEDUP}x of serial",
-            figure,
-            _verdict(None if worst is None else not low and not broken),
-        )
-    )
+    found.append(_never_slower(table, results.get("overhead_s")))
 
     rep = results.get("repeated") or {}
     med = rep.get("median", {})
@@ -276,6 +237,89 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return found
 
 
+def _lowest(found: list[tuple[float, dict]]) -> str:
+    """The least of (ratio, row) pairs, with its row."""
+    ratio, row = min(found, key=lambda x: x[0])
+    return f"{_ratio(ratio)} ({row['case']}, {row['rows']:,} rows)"
+
+
+def _spread(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return f"{_ratio(min(values))} to {_ratio(max(values))}" if values else "n/a"
+
+
+def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
+    """The target that no row is slower than serial.
+
+    Judged on the paired calls where a row has them: the medians of samples
+    taken seconds apart cannot resolve its 5% on a shared machine (their A/A
+    control strays further), the differences of adjacent calls can. The
+    medians' figures are given too.
+    """
+    judged = [
+        (q["speedup"] if math.isnan(q["paired"]) else q["paired"], r) for r, q in table
+    ]
+    measured = [(s, r) for s, r in judged if not math.isnan(s)]
+    broken = [r for s, r in judged if math.isnan(s)]
+    low = [(s, r) for s, r in measured if s < MIN_SPEEDUP]
+    label = f"Every estimator and size >= {MIN_SPEEDUP}x of serial"
+    if not measured:
+        return label, "n/a", _verdict(None)
+    n_paired = sum(not math.isnan(q["paired"]) for _, q in table)
+    figure = (
+        f"paired calls ({n_paired} of {len(table)} rows; see Results): "
+        if n_paired
+        else ""
+    ) + f"min {_lowest(measured)}"
+    if low:
+        figure += "; below: " + ", ".join(
+            f"{r['case']} {r['rows']:,} ({_ratio(s)})" for s, r in low
+        )
+    if broken:
+        figure += "; not measured: " + ", ".join(
+            f"{r['case']} {r['rows']:,}" for r in broken
+        )
+    if overhead and low:
+        # A call that stays in-process pays the wrapper's fixed cost: below
+        # overhead / (1 / MIN_SPEEDUP - 1) seconds, that alone is too much.
+        best = {
+            id(r): r["times"]["serial"] / (r["times"]["serial"] + overhead)
+            for _, r in low
+        }
+        capped = [r for _, r in low if best[id(r)] < MIN_SPEEDUP]
+        if capped:
+            figure += (
+                f"; of these, {len(capped)} are calls so short that the "
+                f"wrapper's fixed {overhead * 1e6:.1f} µs per call (measured) "
+                f"caps them below {MIN_SPEEDUP}x: "
+                + ", ".join(
+                    f"{r['case']} {r['rows']:,} (serial "
+                    f"{r['times']['serial'] * 1e6:.0f} µs, best possible "
+                    f"{_ratio(best[id(r)])})"
+                    for r in capped
+                )
+            )
+    if n_paired:
+        nexts = [
+            (q["next_call"], r) for r, q in table if not math.isnan(q["next_call"])
+        ]
+        figure += (
+            f"; their A/A control {_spread([q['paired_aa'] for _, q in table])}"
+            f"; the serial call right after parpredict's: min {_lowest(nexts)}"
+        )
+        medians = [(q["speedup"], r) for r, q in table if not math.isnan(q["speedup"])]
+        if medians:
+            figure += (
+                f". Medians of samples: min {_lowest(medians)}, "
+                f"{sum(s < MIN_SPEEDUP for s, _ in medians)} of {len(medians)} rows "
+                f"below {MIN_SPEEDUP}x"
+            )
+    figure += "; A/A control (the serial call against itself, same rows): " + _spread(
+        [q["aa"] for _, q in table]
+    )
+    return label, figure, _verdict(not low and not broken)
+
+
 def _in_process(rep: dict) -> str:
     """Which of parpredict's calls ran in-process, from the run's record."""
     flags = rep.get("on_workers")
@@ -372,6 +416,21 @@ def markdown(results: dict, plot_name: str) -> str:
         "second setting how many calls a sample makes), the tutorial and "
         "dask-ml first; the random order is seeded by case and rows.",
         "",
+        "The medians of samples taken seconds apart cannot resolve a few "
+        "percent on a shared machine: their A/A control strays as far. So "
+        "after a row's samples the wrapper is also timed in *paired* calls: "
+        "groups of single calls, serial, serial, parpredict, serial, one after "
+        "another (with an untimed serial call and the output check before "
+        "each group), as many groups as fit in "
+        f"{PAIRED_BUDGET_S:.0f} s (at least {PAIRED_MIN}, at most {PAIRED_MAX}). "
+        "The medians of the differences between adjacent calls give "
+        "parpredict's added time (against the serial call just before it), "
+        "the A/A control (the second serial call against the first) and what "
+        "parpredict leaves behind for the next call (the serial call just "
+        "after it); slow drift in the machine moves both calls of a "
+        "difference alike. The target that no row is slower than serial is "
+        "judged on these.",
+        "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "
         "as many chunks as rows, and forked workers get `cores // workers` "
@@ -418,7 +477,10 @@ def markdown(results: dict, plot_name: str) -> str:
         "Seconds per call (medians). *speedup*: serial / parpredict. "
         "*A/A*: serial / the same serial call timed as another method in the "
         "same interleaved samples; its distance from 1.00x is the noise of "
-        "the row's ratios. "
+        "the row's ratios. *paired*, *paired A/A*, *next call*: from "
+        "adjacent single calls (see Methods): serial / parpredict, serial / "
+        "the serial call before it, serial / the serial call right after "
+        "parpredict's. "
         "*of ceiling*: parpredict's speedup as a share of the ceiling's "
         "(ceiling s / parpredict s). *vs peer*: peer s / parpredict s "
         "(above 1.00x: parpredict is faster). *parpredict ran*: how the "
@@ -436,6 +498,9 @@ def markdown(results: dict, plot_name: str) -> str:
         *(f"{c} s" for c in COLUMNS),
         "speedup",
         "A/A",
+        "paired",
+        "paired A/A",
+        "next call",
         "of ceiling",
         *(f"vs {p}" for p in PEERS),
         "parpredict ran",
@@ -454,7 +519,11 @@ def markdown(results: dict, plot_name: str) -> str:
         mark = " †" if other > BUSY_CORES else ""
         cells = [row["case"], f"{row['rows']:,}{mark}"]
         cells += [_seconds(_t(row, c)) for c in COLUMNS]
-        cells += [_ratio(q["speedup"]), _ratio(q["aa"]), _pct(q["of_ceiling"])]
+        cells += [
+            _ratio(q[key])
+            for key in ("speedup", "aa", "paired", "paired_aa", "next_call")
+        ]
+        cells.append(_pct(q["of_ceiling"]))
         cells += [_ratio(q[p]) for p in PEERS]
         cells += [row.get("parpredict_ran") or "", f"{other:.2f}"]
         body.append(cells)

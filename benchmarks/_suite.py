@@ -9,13 +9,15 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import joblib
 
 from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
 from benchmarks._isolated import MEMORY_PARTS, load_sklearn, run_isolated
-from benchmarks._measure import DecisionLog, OtherLoad, measure, wrapper_overhead
+from benchmarks._machine import OtherLoad
+from benchmarks._measure import DecisionLog, measure, paired, wrapper_overhead
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
 from benchmarks._report import ratios
 
@@ -64,9 +66,10 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
     try:
         for n in sizes:
             gc.collect()
+            calls = {name: m.bind(0, n) for name, m in methods.items()}
             with OtherLoad() as other:
                 timings = measure(
-                    {name: m.bind(0, n) for name, m in methods.items()},
+                    calls,
                     repeats,
                     # Methods that start workers around every sample (the
                     # tutorial's fork pool, dask-ml's threads) are timed after
@@ -77,6 +80,12 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                     # first in every case.
                     seed=zlib.crc32(f"{case.name}:{n}".encode()),
                 )
+                # After the samples, as they ran: the wrapper has learned.
+                pairs = (
+                    None
+                    if "parpredict" not in calls or timings["parpredict"].error
+                    else asdict(paired(calls["serial"], calls["parpredict"]))
+                )
             row = {
                 "case": case.name,
                 "rows": n,
@@ -84,6 +93,7 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                 "other_load": other.cores,
                 "times": {name: t.median for name, t in timings.items()},
                 "samples": {name: t.samples for name, t in timings.items()},
+                "paired": pairs,
                 "errors": {
                     **errors,
                     **{name: t.error for name, t in timings.items() if t.error},
@@ -118,7 +128,8 @@ def _summary(row) -> str:
     return (
         f"[{row['case']}] {row['rows']:>9,} rows: serial {t['serial']:.4g}s, "
         f"parpredict {t.get('parpredict') or math.nan:.4g}s = "
-        f"{q['speedup']:.2f}x serial, {100 * q['of_ceiling']:.0f}% of ceiling "
+        f"{q['speedup']:.2f}x serial (paired {q['paired']:.3f}x, A/A "
+        f"{q['paired_aa']:.3f}x), {100 * q['of_ceiling']:.0f}% of ceiling "
         f"({row.get('parpredict_ran')}); "
         f"vs {peers}; other load {row['other_load']:.2f} cores"
         + (f"; errors {row['errors']}" if row["errors"] else "")

@@ -1,5 +1,7 @@
 """The benchmarks' table of targets: each verdict follows its figures."""
 
+import math
+
 import pytest
 
 # Importable without the bench extra: the plotting library is imported only
@@ -70,3 +72,50 @@ def test_the_ceiling_share_is_judged_apart_from_the_efficiency():
         row["times"].update(parpredict=2.0, ceiling=2.0)
     assert _target(results, "Large CPU-bound")[2] == "PASS"
     assert _target(results, "Parallel efficiency")[2] == "**FAIL**"
+
+
+def _low_rows(medians, paired):
+    # One in-process row: serial 10 ms, parpredict at ``medians`` of serial's
+    # speed in the medians of samples, at ``paired`` in the paired calls.
+    row = _row("gb", 1_000, 0.010, 0.010 / medians, 0.02)
+    if paired is not None:
+        row["paired"] = {
+            "serial": 0.010,
+            "added": 0.010 / paired - 0.010,
+            "aa": 0.0,
+            "after": 0.0,
+            "groups": 100,
+        }
+    return {"rows": [row], "meta": {"workers": 2}}
+
+
+@pytest.mark.parametrize(
+    ("medians", "paired", "verdict"),
+    [(0.90, 0.99, "PASS"), (1.00, 0.93, "**FAIL**"), (0.90, None, "**FAIL**")],
+)
+def test_no_slower_than_serial_is_judged_on_the_paired_calls(medians, paired, verdict):
+    _, figure, judged = _target(_low_rows(medians, paired), "Every estimator")
+    assert judged == verdict
+    if paired is None:
+        assert figure.startswith("min 0.90x (gb, 1,000 rows)")
+    else:
+        assert figure.startswith(
+            f"paired calls (1 of 1 rows; see Results): min {paired:.2f}x"
+        )
+        # The medians are shown beside, with their noise.
+        assert f"Medians of samples: min {medians:.2f}x (gb, 1,000 rows)" in figure
+
+
+def test_the_results_table_shows_the_paired_ratios():
+    results = _low_rows(0.90, 0.98)
+    results["rows"][0]["paired"].update(aa=0.0001, after=0.0005)
+    q = _report.ratios(results["rows"][0])
+    assert round(q["paired"], 4) == 0.98
+    assert round(q["paired_aa"], 4) == round(0.010 / 0.0101, 4)
+    assert round(q["next_call"], 4) == round(0.010 / 0.0105, 4)
+    # Rows measured before paired calls existed have none.
+    assert all(
+        math.isnan(v)
+        for k, v in _report.ratios(_row("rf", 1, 1, 1, 1)).items()
+        if k.startswith(("paired", "next"))
+    )
