@@ -43,8 +43,8 @@ def _seconds(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.3g}"
 
 
-def _ratio(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.2f}x"
+def _ratio(x: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}x"
 
 
 def _pct(x: float) -> str:
@@ -237,10 +237,10 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return found
 
 
-def _lowest(found: list[tuple[float, dict]]) -> str:
+def _lowest(found: list[tuple[float, dict]], digits: int = 2) -> str:
     """The least of (ratio, row) pairs, with its row."""
     ratio, row = min(found, key=lambda x: x[0])
-    return f"{_ratio(ratio)} ({row['case']}, {row['rows']:,} rows)"
+    return f"{_ratio(ratio, digits)} ({row['case']}, {row['rows']:,} rows)"
 
 
 def _spread(values: list[float]) -> str:
@@ -270,10 +270,11 @@ def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
         f"paired calls ({n_paired} of {len(table)} rows; see Results): "
         if n_paired
         else ""
-    ) + f"min {_lowest(measured)}"
+    ) + f"min {_lowest(measured, 3)}"
     if low:
+        # Three digits: 0.947x must not read as 0.95x.
         figure += "; below: " + ", ".join(
-            f"{r['case']} {r['rows']:,} ({_ratio(s)})" for s, r in low
+            f"{r['case']} {r['rows']:,} ({_ratio(s, 3)})" for s, r in low
         )
     if broken:
         figure += "; not measured: " + ", ".join(

@@ -97,10 +97,10 @@ def test_no_slower_than_serial_is_judged_on_the_paired_calls(medians, paired, ve
     _, figure, judged = _target(_low_rows(medians, paired), "Every estimator")
     assert judged == verdict
     if paired is None:
-        assert figure.startswith("min 0.90x (gb, 1,000 rows)")
+        assert figure.startswith("min 0.900x (gb, 1,000 rows)")
     else:
         assert figure.startswith(
-            f"paired calls (1 of 1 rows; see Results): min {paired:.2f}x"
+            f"paired calls (1 of 1 rows; see Results): min {paired:.3f}x"
         )
         # The medians are shown beside, with their noise.
         assert f"Medians of samples: min {medians:.2f}x (gb, 1,000 rows)" in figure
@@ -119,3 +119,9 @@ def test_the_results_table_shows_the_paired_ratios():
         for k, v in _report.ratios(_row("rf", 1, 1, 1, 1)).items()
         if k.startswith(("paired", "next"))
     )
+
+
+def test_a_row_just_below_the_target_does_not_read_as_on_it():
+    _, figure, judged = _target(_low_rows(1.0, 0.947), "Every estimator")
+    assert "below: gb 1,000 (0.947x)" in figure
+    assert judged == "**FAIL**"
