@@ -3,6 +3,7 @@
 import gc
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -1124,9 +1125,9 @@ def test_thread_speedup_spoilt_by_load_is_measured_again_and_the_best_kept():
 
 @pytest.mark.timeout(120)
 def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
-    monkeypatch,
+    monkeypatch, caplog
 ):
-    # A cost inflated 1,000-fold (as a slow first call leaves it): measured
+    # A cost inflated 100-fold (as a slow first call leaves it): measured
     # against it, threads that hold the GIL would pass for twice as fast,
     # be trusted, and be used from then on at half the serial speed. (One
     # measurement: the best of several would let a busy moment through.)
@@ -1135,9 +1136,21 @@ def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
     model = _Spinner().fit(data)
     cost = _planning.Cost(0.0, 1e-3)
     _planning.remember_cost(model, "predict", cost)
-    parallel_predict(model, data, n_jobs=2)
+    with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
+        parallel_predict(model, data, n_jobs=2)
     assert cost.thread_speedup is not None
-    assert cost.thread_speedup < _planning.THREAD_TRUSTED
+    # The serial time the threads were measured against is the spinner's
+    # (about 10 µs a row), not the cost's 1 ms a row. The speedup itself is
+    # not asserted: a busy machine slowing the chunk timed in-process made
+    # the threads measure 2.0x once (oldest pins, fresh-clone CI, 2 cores).
+    found = [
+        re.search(r": (\d+) rows on 2 threads took .* against (\S+) s serially", m)
+        for m in (r.getMessage() for r in caplog.records)
+    ]
+    measured = [(int(f[1]), float(f[2])) for f in found if f]
+    assert measured
+    for rows, serial_s in measured:
+        assert serial_s / rows < 1e-4
     # The row timed in-process to compare with corrected the cost at once.
     assert cost.per_row < 1e-4
 
