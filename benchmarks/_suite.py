@@ -80,12 +80,13 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                     # first in every case.
                     seed=zlib.crc32(f"{case.name}:{n}".encode()),
                 )
-                # After the samples, as they ran: the wrapper has learned.
-                pairs = (
-                    None
-                    if "parpredict" not in calls or timings["parpredict"].error
-                    else asdict(paired(calls["serial"], calls["parpredict"]))
-                )
+                # After the samples, as they ran: the wrapper has learned. A
+                # wrong output there fails the wrapper's row, as in them.
+                ours = timings.get("parpredict")
+                found = None
+                if ours is not None and not ours.error:
+                    found = paired(calls["serial"], calls["parpredict"], ours)
+                pairs = None if found is None else asdict(found)
             row = {
                 "case": case.name,
                 "rows": n,

@@ -1,5 +1,6 @@
 """The benchmarks' paired calls: differences of adjacent single calls."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_paired_calls_give_the_added_time_the_after_effect_and_the_control(
     machine,
 ):
     machine.left_s = 0.25
-    got = _measure.paired(machine.serial, machine.ours)
+    got = _measure.paired(machine.serial, machine.ours, _measure.Timing())
     assert got.serial == 1.0
     assert got.added == 0.5
     assert got.after == 0.25
@@ -61,7 +62,7 @@ def test_the_serial_call_compared_with_the_wrapper_is_the_one_just_before_it(
     # Whatever the wrapper leaves behind falls on the call after it, never on
     # the one it is compared with, nor on the control's two calls.
     machine.left_s = 10.0
-    got = _measure.paired(machine.serial, machine.ours)
+    got = _measure.paired(machine.serial, machine.ours, _measure.Timing())
     assert (got.added, got.aa, got.after) == (0.5, 0.0, 10.0)
     # After serial's reference output and one call of each to size a group:
     # per group an untimed serial call, then the timed four.
@@ -71,12 +72,21 @@ def test_the_serial_call_compared_with_the_wrapper_is_the_one_just_before_it(
 
 def test_as_many_groups_as_fit_in_the_budget_within_bounds(machine):
     # A group of 4 serial calls and the wrapper's: 5.5 s, over the budget.
-    assert _measure.paired(machine.serial, machine.ours).groups == _measure.PAIRED_MIN
+    assert (
+        _measure.paired(machine.serial, machine.ours, _measure.Timing()).groups
+        == _measure.PAIRED_MIN
+    )
     machine.serial_s, machine.ours_s = 0.0625, 0.0625
     groups = _measure.PAIRED_BUDGET_S // 0.3125
-    assert _measure.paired(machine.serial, machine.ours).groups == groups
+    assert (
+        _measure.paired(machine.serial, machine.ours, _measure.Timing()).groups
+        == groups
+    )
     machine.serial_s, machine.ours_s = 1e-6, 1e-6
-    assert _measure.paired(machine.serial, machine.ours).groups == _measure.PAIRED_MAX
+    assert (
+        _measure.paired(machine.serial, machine.ours, _measure.Timing()).groups
+        == _measure.PAIRED_MAX
+    )
 
 
 def test_a_wrong_output_of_the_wrapper_fails_the_paired_calls(machine):
@@ -84,5 +94,8 @@ def test_a_wrong_output_of_the_wrapper_fails_the_paired_calls(machine):
         machine.ours()
         return np.arange(4)[::-1]
 
-    with pytest.raises(AssertionError):
-        _measure.paired(machine.serial, wrong)
+    timing = _measure.Timing(samples=[1.5])
+    assert _measure.paired(machine.serial, wrong, timing) is None
+    assert timing.error.startswith("wrong output")
+    # The row's time is then not measured.
+    assert math.isnan(timing.median)
