@@ -283,10 +283,9 @@ def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
     if overhead and low:
         # A call that stays in-process pays the wrapper's fixed cost: below
         # overhead / (1 / MIN_SPEEDUP - 1) seconds, that alone is too much.
-        best = {
-            id(r): r["times"]["serial"] / (r["times"]["serial"] + overhead)
-            for _, r in low
-        }
+        # The serial time is the one the row was judged by.
+        serial = {id(r): (r.get("paired") or r["times"])["serial"] for _, r in low}
+        best = {id(r): serial[id(r)] / (serial[id(r)] + overhead) for _, r in low}
         capped = [r for _, r in low if best[id(r)] < MIN_SPEEDUP]
         if capped:
             figure += (
@@ -295,7 +294,7 @@ def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
                 f"caps them below {MIN_SPEEDUP}x: "
                 + ", ".join(
                     f"{r['case']} {r['rows']:,} (serial "
-                    f"{r['times']['serial'] * 1e6:.0f} µs, best possible "
+                    f"{serial[id(r)] * 1e6:.0f} µs, best possible "
                     f"{_ratio(best[id(r)])})"
                     for r in capped
                 )

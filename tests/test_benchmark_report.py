@@ -125,3 +125,13 @@ def test_a_row_just_below_the_target_does_not_read_as_on_it():
     _, figure, judged = _target(_low_rows(1.0, 0.947), "Every estimator")
     assert "below: gb 1,000 (0.947x)" in figure
     assert judged == "**FAIL**"
+
+
+def test_a_call_too_short_for_the_fixed_cost_is_named_by_the_serial_time_judged():
+    # Paired serial 10 µs (the medians' 10 ms): 1 µs of fixed cost caps it
+    # at 0.91x.
+    results = _low_rows(1.0, 0.90)
+    results["rows"][0]["paired"].update(serial=1e-5, added=1e-5 / 0.90 - 1e-5)
+    results["overhead_s"] = 1e-6
+    _, figure, _ = _target(results, "Every estimator")
+    assert "gb 1,000 (serial 10 µs, best possible 0.91x)" in figure
