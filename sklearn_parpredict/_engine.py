@@ -21,7 +21,6 @@ from numbers import Integral
 from typing import Any
 
 import joblib
-import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
@@ -49,11 +48,12 @@ from sklearn_parpredict._fanout import (
 from sklearn_parpredict._jobs import Job, run_timed
 from sklearn_parpredict._sharing import (
     PICKLED_MAX_BYTES,
-    SHARE_MIN_BYTES,
     ModelHandle,
     PickledRows,
     SharedArray,
     nbytes,
+    pickling_per_row,
+    shares,
 )
 
 # Why each call ran as it did, for users asking why a call stayed in-process:
@@ -332,9 +332,20 @@ def _auto_plan(
         # The rows each job has left: probes and measurements do some.
         return [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
 
+    pickling = []  # per job, seconds a row costs to send to a process
+
     def plan(kind, cold_s=0.0, costs=costs):
+        rows = remaining()
+        ship_s = 0.0
+        if kind == "process" and cluster is None:
+            if not pickling:
+                pickling.extend(pickling_per_row(job.X) for job in jobs)
+            ship_s = sum(
+                per_row * (stop - start)
+                for per_row, (start, stop) in zip(pickling, rows)
+            )
         return _planning.plan_chunks(
-            costs, remaining(), n_workers=n_workers, kind=kind, cold_s=cold_s
+            costs, rows, n_workers=n_workers, kind=kind, cold_s=cold_s, ship_s=ship_s
         )
 
     # Processes are joblib's default, but threads cost nothing to start and
@@ -430,13 +441,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         else:
             model = ModelHandle(job.estimator) if process else job.estimator
         X = job.X
-        share = (
-            process
-            and cluster is None
-            and isinstance(X, np.ndarray)
-            and not X.dtype.hasobject
-            and X.nbytes >= SHARE_MIN_BYTES
-        )
+        share = process and cluster is None and shares(X)
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
         # Other rows for processes go pickled on their own up to a size.
@@ -480,9 +485,19 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
 
 
 def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:
-    """Teach each job's cost the serial time its tasks imply."""
+    """Teach each job's cost the serial time its tasks imply, or, for an
+    estimator with threads of its own on workers that each get one core,
+    its speed on one thread."""
+    one_core = plan.kind == "process" and _planning.CORES // n_workers <= 1
     for j, rows, wall in timings:
         cost = costs[j]
+        if one_core and cost.one_thread_per_row is not None:
+            # The task timed the rows on one thread, as the plan's workers
+            # run them. Scaled back to the serial call by a speedup measured
+            # in-process, it would teach the cost a serial time as far off
+            # as that speedup, and the next plans the same misjudged gain.
+            cost.add_one_thread_task(rows, wall)
+            continue
         serial_s = _planning.serial_equivalent(cost, plan.kind, n_workers, wall)
         # Workers are limited to their share of the cores: keep the serial
         # call's measure of how many cores it uses.

@@ -22,6 +22,7 @@ import pickle
 import shutil
 import tempfile
 import threading
+import time
 import types
 import uuid
 import weakref
@@ -31,6 +32,8 @@ import joblib
 import numpy as np
 from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
+
+from sklearn_parpredict import _chunking
 
 try:
     import cloudpickle
@@ -473,6 +476,68 @@ class PickledRows:
             # Rows holding functions or classes defined in a script.
             data = cloudpickle.dumps(self.rows, protocol=pickle.HIGHEST_PROTOCOL)
         return pickle.loads, (data,)
+
+
+def shares(X) -> bool:
+    """Whether processes memory-map ``X`` (a :class:`SharedArray`) rather
+    than get its rows pickled with their tasks."""
+    return (
+        isinstance(X, np.ndarray)
+        and not X.dtype.hasobject
+        and X.nbytes >= SHARE_MIN_BYTES
+    )
+
+
+# Rows pickled to measure what a row costs to send to a process, and how
+# many kinds of input (type, dtypes, columns) the measurements are kept for.
+_PICKLING_SAMPLE_ROWS = 2_000
+_PICKLING_KINDS = 32
+_pickling_costs: OrderedDict = OrderedDict()
+
+
+def _input_kind(X) -> tuple:
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is not None:  # a DataFrame
+        dtypes = tuple(dtypes)
+    else:
+        dtypes = str(getattr(X, "dtype", None))
+    return type(X), dtypes, getattr(X, "shape", (0,))[1:]
+
+
+def pickling_per_row(X) -> float:
+    """Seconds a row of ``X`` costs to send to a process: pickled in this
+    process (one core, while the workers wait for their tasks) and
+    unpickled in the worker; 0 for input the workers memory-map.
+
+    Measured once per kind of input on its first rows: a plan on processes
+    must charge it up front. A pipeline on 100,000 DataFrame rows with three
+    text columns, predicted 0.066 s on 2 processes against 0.09 s serially,
+    took 0.09 s to 0.12 s, 22 ms of which pickling its rows (2 cores).
+    """
+    if shares(X):
+        return 0.0
+    kind = _input_kind(X)
+    with _lock:
+        known = _pickling_costs.get(kind)
+        if known is not None:
+            _pickling_costs.move_to_end(kind)
+            return known
+    rows = min(_chunking.n_rows(X), _PICKLING_SAMPLE_ROWS)
+    sample = _chunking.row_slice(X, 0, rows)
+    best = float("inf")
+    # The best of two: the first pickling of a kind pays for imports and
+    # caches that later ones do not.
+    for _ in range(2):
+        start = time.perf_counter()
+        loads, (data,) = PickledRows(sample).__reduce__()
+        loads(data)
+        best = min(best, time.perf_counter() - start)
+    per_row = best / max(rows, 1)
+    with _lock:
+        _pickling_costs[kind] = per_row
+        while len(_pickling_costs) > _PICKLING_KINDS:
+            _pickling_costs.popitem(last=False)
+    return per_row
 
 
 def resolve(obj):

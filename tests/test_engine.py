@@ -192,6 +192,54 @@ def test_processes_are_chosen_over_threads_only_when_clearly_faster():
     assert min(plans(), key=lambda p: _planning.ranking(p, 0.5)).kind == "thread"
 
 
+def test_processes_are_charged_what_sending_their_rows_costs():
+    cost = _planning.Cost(per_call=0.001, per_row=1e-5)
+
+    def plan(ship_s):
+        return _planning.plan_chunks(
+            [cost], [(0, 100_000)], n_workers=2, kind="process", ship_s=ship_s
+        )
+
+    free = plan(0.0)
+    assert plan(0.2).seconds == pytest.approx(free.seconds + 0.2)
+    # Rows that cost half as much to send as to compute leave two
+    # processes nothing to gain.
+    assert plan(0.5) is None
+
+
+def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    monkeypatch.setattr(_planning, "CORES", 2)
+
+    def threaded():
+        # Its own threads measured 1.6x faster than one: two processes on
+        # one core each are predicted 1.25x faster than serial.
+        return _planning.Cost(0.0, 2.5e-6, threads=2.0, one_thread_per_row=4e-6)
+
+    def plan(cost):
+        return _planning.plan_chunks(
+            [cost], [(0, 100_000)], n_workers=2, kind="process"
+        )
+
+    cost = threaded()
+    planned = plan(cost)
+    assert planned is not None
+    # Each worker took as long on its half as the serial call on all: the
+    # estimator's own threads gain about 2x, and processes nothing.
+    tasks = [(0, 50_000, 0.25), (0, 50_000, 0.25)]
+    _engine._learn_from_tasks([cost], planned, 2, tasks)
+    assert cost.own_speedup == pytest.approx(4.75 / 2.5)
+    assert cost.per_row == 2.5e-6 and not cost.samples
+    assert plan(cost) is None
+    # Workers with more cores than one run more threads than one: their
+    # tasks teach the serial time their rows imply, as other tasks do.
+    monkeypatch.setattr(_planning, "CORES", 4)
+    cost = threaded()
+    _engine._learn_from_tasks([cost], planned, 2, tasks)
+    assert cost.one_thread_per_row == 4e-6 and cost.samples
+
+
 def test_own_threads_are_planned_by_their_measured_speedup():
     def plan(cost):
         return _planning.plan_chunks(
@@ -412,6 +460,30 @@ def _planned_rows(monkeypatch) -> list:
 
     monkeypatch.setattr(_engine, "run_jobs", spy)
     return planned
+
+
+def test_a_call_charges_processes_what_pickling_its_rows_costs(monkeypatch, caplog):
+    import pandas as pd
+
+    from sklearn_parpredict import _engine
+
+    # On the nominal clock: 2 s of rows, worth 2 processes by their work.
+    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    frame = pd.DataFrame({"a": np.zeros(20_000), "b": ["text"] * 20_000})
+
+    def how(pickling_per_row):
+        monkeypatch.setattr(_engine, "pickling_per_row", lambda X: pickling_per_row)
+        model = _Nominal(0.001, 1e-4).fit(frame)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
+            out = parallel_predict(model, frame, n_jobs=2, backend="loky")
+        assert len(out) == len(frame)
+        return caplog.messages[-1]
+
+    assert "process workers" in how(0.0)
+    # Sending a row costs half of computing it: two processes, each on half
+    # the rows, would gain nothing.
+    assert "would not pay" in how(5e-5)
 
 
 def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):

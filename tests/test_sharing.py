@@ -63,6 +63,50 @@ def test_rows_sent_pickled_on_their_own_are_the_rows():
     assert resolve(PickledRows(frame)) is frame
 
 
+def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
+    import pandas as pd
+    import scipy.sparse as sp
+
+    pickled = []
+
+    class Counted(PickledRows):
+        def __reduce__(self):
+            pickled.append(self.rows.shape[0])
+            return super().__reduce__()
+
+    monkeypatch.setattr(_sharing, "PickledRows", Counted)
+    monkeypatch.setattr(_sharing, "_pickling_costs", type(_sharing._pickling_costs)())
+    n = 3 * _sharing._PICKLING_SAMPLE_ROWS
+    frame = pd.DataFrame({"a": np.arange(float(n)), "b": ["text"] * n})
+    per_row = _sharing.pickling_per_row(frame)
+    assert per_row > 0
+    # Measured on the first rows, not all of them, and kept for later calls
+    # on input of that kind, whatever its rows.
+    assert pickled and set(pickled) == {_sharing._PICKLING_SAMPLE_ROWS}
+    count = len(pickled)
+    assert _sharing.pickling_per_row(frame.iloc[::-1]) == per_row
+    assert len(pickled) == count
+    # Other columns, dtypes or containers are another kind.
+    for other in (
+        frame[["a"]],
+        frame.astype({"a": "float32"}),
+        np.zeros((10, 3)),
+        sp.random(10, 3, density=0.5, format="csr", random_state=0),
+    ):
+        assert _sharing.pickling_per_row(other) >= 0
+        assert len(pickled) > count
+        count = len(pickled)
+    # What workers memory-map is not pickled, and costs nothing to send.
+    large = np.zeros((_sharing.SHARE_MIN_BYTES // 8, 1))
+    assert _sharing.shares(large) and not _sharing.shares(large.astype(object))
+    assert _sharing.pickling_per_row(large) == 0.0
+    assert len(pickled) == count
+    # Only so many kinds are kept.
+    for columns in range(1, _sharing._PICKLING_KINDS + 2):
+        _sharing.pickling_per_row(np.zeros((4, columns)))
+    assert len(_sharing._pickling_costs) == _sharing._PICKLING_KINDS
+
+
 def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
     import pandas as pd
     import scipy.sparse as sp
