@@ -343,6 +343,7 @@ def _auto_plan(
             ship_s = sum(
                 per_row * (stop - start)
                 for per_row, (start, stop) in zip(pickling, rows)
+                if stop > start
             )
         return _planning.plan_chunks(
             costs, rows, n_workers=n_workers, kind=kind, cold_s=cold_s, ship_s=ship_s

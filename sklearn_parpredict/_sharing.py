@@ -507,7 +507,8 @@ def _input_kind(X) -> tuple:
 def pickling_per_row(X) -> float:
     """Seconds a row of ``X`` costs to send to a process: pickled in this
     process (one core, while the workers wait for their tasks) and
-    unpickled in the worker; 0 for input the workers memory-map.
+    unpickled in the worker; 0 for input the workers memory-map, infinite
+    for rows that cannot be pickled.
 
     Measured once per kind of input on its first rows: a plan on processes
     must charge it up front. A pipeline on 100,000 DataFrame rows with three
@@ -529,8 +530,14 @@ def pickling_per_row(X) -> float:
     # caches that later ones do not.
     for _ in range(2):
         start = time.perf_counter()
-        loads, (data,) = PickledRows(sample).__reduce__()
-        loads(data)
+        try:
+            loads, (data,) = PickledRows(sample).__reduce__()
+            loads(data)
+        except Exception:
+            # Rows no pickler takes (objects holding locks, open files) can
+            # still run in this process, or on threads; not remembered, as
+            # other rows of this kind may pickle.
+            return float("inf")
         best = min(best, time.perf_counter() - start)
     per_row = best / max(rows, 1)
     with _lock:

@@ -205,6 +205,7 @@ def test_processes_are_charged_what_sending_their_rows_costs():
     # Rows that cost half as much to send as to compute leave two
     # processes nothing to gain.
     assert plan(0.5) is None
+    assert plan(float("inf")) is None  # rows that cannot be pickled
 
 
 def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
@@ -484,6 +485,16 @@ def test_a_call_charges_processes_what_pickling_its_rows_costs(monkeypatch, capl
     # Sending a row costs half of computing it: two processes, each on half
     # the rows, would gain nothing.
     assert "would not pay" in how(5e-5)
+
+
+def test_rows_that_cannot_be_pickled_are_not_planned_on_processes(monkeypatch):
+    # On the nominal clock: 2 s of rows, worth 2 processes by their work,
+    # which could not be sent there.
+    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    locks = np.array([threading.Lock() for _ in range(20_000)], dtype=object)
+    model = _Nominal(0.001, 1e-4).fit(locks[:, None])
+    out = parallel_predict(model, locks[:, None], n_jobs=2, backend="loky")
+    assert (out == os.getpid()).all()
 
 
 def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):

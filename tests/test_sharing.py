@@ -3,6 +3,7 @@
 import gc
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -101,6 +102,12 @@ def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
     assert _sharing.shares(large) and not _sharing.shares(large.astype(object))
     assert _sharing.pickling_per_row(large) == 0.0
     assert len(pickled) == count
+    # Rows no pickler takes cannot go to processes at any price, and are
+    # measured again next time.
+    locks = np.array([threading.Lock() for _ in range(4)], dtype=object)[:, None]
+    kinds = len(_sharing._pickling_costs)
+    assert _sharing.pickling_per_row(locks) == float("inf")
+    assert len(_sharing._pickling_costs) == kinds
     # Only so many kinds are kept.
     for columns in range(1, _sharing._PICKLING_KINDS + 2):
         _sharing.pickling_per_row(np.zeros((4, columns)))
