@@ -54,6 +54,12 @@ THREAD_MEASUREMENTS = 3
 # new threads pay for their first touch of memory (SVC: 1.67x, with no
 # wait, then more).
 THREAD_HELD = 1.25
+# ... and its chunks took THREAD_HELD_CHUNK_S each in-process, at least:
+# shorter ones understate what threads gain on whole calls (SVC, two threads
+# against one: 1.17x to 1.38x on chunks of 189 rows, 11 ms, 1.65x on 1,000
+# rows, 1.8x on 5,000; it was kept off threads for good, and ran on
+# processes at 90% of the ceiling where threads reach 98% to 102%; 2 cores).
+THREAD_HELD_CHUNK_S = 0.02
 # A measurement of at least THREAD_FREE is taken for rows that mostly release
 # the GIL: their speedup, the calls' fixed costs taken out (see
 # _measure_threads_once).

@@ -126,7 +126,11 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     fixed = 2 * min(cost.per_call, alone_s)
     if speedup >= _planning.THREAD_FREE and wall > fixed:
         speedup = (serial_s - fixed) / (wall - fixed)
-    held = speedup < _planning.THREAD_HELD and _planning.SEES_WAITS
+    held = (
+        speedup < _planning.THREAD_HELD
+        and _planning.SEES_WAITS
+        and alone_s >= _planning.THREAD_HELD_CHUNK_S
+    )
     uncrowded = waited < _planning.THREAD_WAIT_SHARE * 2 * timer.wall
     cost.add_thread_speedup(speedup, final=held and uncrowded)
     logger.debug(

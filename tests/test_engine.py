@@ -1326,6 +1326,24 @@ def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core
 
 
 @pytest.mark.timeout(120)
+def test_a_gil_verdict_needs_chunks_long_enough_to_show_it(monkeypatch):
+    monkeypatch.setattr(_planning, "SEES_WAITS", True)
+    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
+    data = np.zeros((600, 2))
+    model = _OneAtATime().fit(data)
+    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
+    parallel_predict(model, data, n_jobs=2)
+    # Slower on two threads, and neither waited for a core, but on chunks
+    # of a few milliseconds: measured again on the next call.
+    cost = _planning.remembered_cost(model, "predict")
+    assert cost.thread_measurements == 1
+    assert cost.thread_speedup < _planning.THREAD_HELD
+    assert cost.wants_thread_measurement()
+    parallel_predict(model, data, n_jobs=2)
+    assert cost.thread_measurements == 2
+
+
+@pytest.mark.timeout(120)
 def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
 
     data = np.zeros((20_000, 2))
