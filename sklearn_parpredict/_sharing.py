@@ -495,13 +495,20 @@ _PICKLING_KINDS = 32
 _pickling_costs: OrderedDict = OrderedDict()
 
 
-def _input_kind(X) -> tuple:
+def _input_kind(X) -> tuple | None:
+    """What the cost of pickling ``X``'s rows is remembered by; None where
+    it cannot be (dtypes that cannot be hashed)."""
     dtypes = getattr(X, "dtypes", None)
     if dtypes is not None:  # a DataFrame
         dtypes = tuple(dtypes)
     else:
         dtypes = str(getattr(X, "dtype", None))
-    return type(X), dtypes, getattr(X, "shape", (0,))[1:]
+    kind = type(X), dtypes, getattr(X, "shape", (0,))[1:]
+    try:
+        hash(kind)
+    except TypeError:
+        return None
+    return kind
 
 
 def pickling_per_row(X) -> float:
@@ -540,6 +547,8 @@ def pickling_per_row(X) -> float:
             return float("inf")
         best = min(best, time.perf_counter() - start)
     per_row = best / max(rows, 1)
+    if kind is None:
+        return per_row
     with _lock:
         _pickling_costs[kind] = per_row
         while len(_pickling_costs) > _PICKLING_KINDS:

@@ -108,6 +108,14 @@ def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
     kinds = len(_sharing._pickling_costs)
     assert _sharing.pickling_per_row(locks) == float("inf")
     assert len(_sharing._pickling_costs) == kinds
+
+    # Input whose dtypes cannot be hashed is measured, and not remembered.
+    class Unhashable:
+        dtypes = [["float64"]]
+        shape = (3, 1)
+
+    assert _sharing._input_kind(Unhashable()) is None
+    assert _sharing._input_kind(frame) is not None
     # Only so many kinds are kept.
     for columns in range(1, _sharing._PICKLING_KINDS + 2):
         _sharing.pickling_per_row(np.zeros((4, columns)))
