@@ -489,7 +489,7 @@ def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:
     """Teach each job's cost the serial time its tasks imply, or, for an
     estimator with threads of its own on workers that each get one core,
     its speed on one thread."""
-    one_core = plan.kind == "process" and _planning.CORES // n_workers <= 1
+    one_core = plan.kind == "process" and _planning.cores_per_worker(n_workers) == 1
     for j, rows, wall in timings:
         cost = costs[j]
         if one_core and cost.one_thread_per_row is not None:

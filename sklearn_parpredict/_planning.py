@@ -546,13 +546,18 @@ def optimistic(cost: Cost) -> Cost:
     return replace(cost, one_thread_per_row=cost.per_row)
 
 
+def cores_per_worker(n_workers: int) -> int:
+    """Each of ``n_workers`` workers' share of the cores (at least one): the
+    threads of its own an estimator gets there (BLAS, OpenMP)."""
+    return max(1, CORES // n_workers)
+
+
 def _slowdown(cost: Cost, kind: str, n_workers: int) -> float:
     """How much longer rows take on each of ``n_workers`` busy workers than in
     the serial call: a worker holds only its share of the cores, and threads
     that hold the GIL wait for each other."""
-    threads_per_worker = max(1, CORES // n_workers)
     return (
-        inner_slowdown(cost, threads_per_worker)
+        inner_slowdown(cost, cores_per_worker(n_workers))
         * n_workers
         / cost.speedup(kind, n_workers)
     )

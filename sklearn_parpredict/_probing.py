@@ -112,7 +112,7 @@ def _measure_threads_once(job: Job, cost: _planning.Cost, n: int, pieces) -> boo
     if cost.own_speedup is not None and cost.threads >= _planning.THREADED:
         # Measured, not guessed from the cores the call kept busy: other
         # threads of the process (BLAS's, spinning) count as busy too.
-        serial_s *= _planning.inner_slowdown(cost, max(1, _planning.CORES // 2))
+        serial_s *= _planning.inner_slowdown(cost, _planning.cores_per_worker(2))
     speedup = serial_s / max(wall, 1e-9)
     # Where the rows mostly release the GIL, the speedup of the rows: both
     # calls' fixed costs are taken as paid one after another, as plans take

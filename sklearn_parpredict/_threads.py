@@ -26,7 +26,7 @@ from concurrent.futures import (
 from sklearn import config_context, get_config
 from threadpoolctl import ThreadpoolController
 
-from sklearn_parpredict._planning import CORES, THREADED, Cost
+from sklearn_parpredict._planning import THREADED, Cost, cores_per_worker
 
 # Longest wait before an interrupt of the caller is seen.
 _WAKE_S = 0.1
@@ -116,7 +116,7 @@ def limit_inner_threads(costs: list[Cost] | None, n_workers: int):
     """
     if costs is not None and all(c.threads < THREADED for c in costs):
         return contextlib.nullcontext()
-    return limit_blas(max(1, CORES // n_workers))
+    return limit_blas(cores_per_worker(n_workers))
 
 
 def in_worker() -> bool:
@@ -151,7 +151,7 @@ def _start_threads(pool: ThreadPoolExecutor, n_workers: int) -> None:
     # (the engine's measurement of the speedup of threads) do not pay for
     # starting threads while timed.
     everyone = threading.Barrier(n_workers)
-    share = max(1, CORES // n_workers)
+    share = cores_per_worker(n_workers)
     # The libraries are listed once, here, not by every thread at once.
     controller = _inner_controller()
     started = [
