@@ -17,7 +17,13 @@ import joblib
 from benchmarks._cases import CASES, Case, CaseSkipped, build_repeated_forest
 from benchmarks._isolated import MEMORY_PARTS, load_sklearn, run_isolated
 from benchmarks._machine import OtherLoad
-from benchmarks._measure import DecisionLog, measure, paired, wrapper_overhead
+from benchmarks._measure import (
+    DecisionLog,
+    measure,
+    paired,
+    versus,
+    wrapper_overhead,
+)
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
 from benchmarks._report import ratios
 
@@ -87,6 +93,18 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                 if ours is not None and not ours.error:
                     found = paired(calls["serial"], calls["parpredict"], ours)
                 pairs = None if found is None else asdict(found)
+                # The ceiling and the peers against the wrapper in adjacent
+                # calls too, where both gave the right output.
+                against = None
+                if found is not None:
+                    against = versus(
+                        calls["parpredict"],
+                        {
+                            name: calls[name]
+                            for name in ("ceiling", *PEERS)
+                            if name in timings and not timings[name].error
+                        },
+                    )
             row = {
                 "case": case.name,
                 "rows": n,
@@ -95,6 +113,7 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                 "times": {name: t.median for name, t in timings.items()},
                 "samples": {name: t.samples for name, t in timings.items()},
                 "paired": pairs,
+                "versus": against,
                 "errors": {
                     **errors,
                     **{name: t.error for name, t in timings.items() if t.error},

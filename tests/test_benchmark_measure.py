@@ -99,3 +99,43 @@ def test_a_wrong_output_of_the_wrapper_fails_the_paired_calls(machine):
     assert timing.error.startswith("wrong output")
     # The row's time is then not measured.
     assert math.isnan(timing.median)
+
+
+def test_the_others_are_compared_with_the_wrapper_in_alternating_pairs(machine):
+    got = _measure.versus(machine.ours, {"peer": machine.serial})
+    assert got == {"peer": 1.0 / 1.5}
+    # One call of each to size the pairs, then pairs in alternating order.
+    pairs = ["ours", "serial", "serial", "ours"] * (_measure.VERSUS_MIN // 2)
+    pairs += ["ours", "serial"] * (_measure.VERSUS_MIN % 2)
+    assert machine.calls == ["ours", "serial", *pairs]
+
+
+def test_a_method_set_up_around_its_calls_is_set_up_outside_the_timing(machine):
+    def peer():
+        return machine.serial()
+
+    # A pool started before each call and stopped after it: 10 s each, that
+    # must not count.
+    def slow_set_up():
+        machine.now += 10.0
+
+    peer.before = peer.after = slow_set_up
+    got = _measure.versus(machine.ours, {"peer": peer, "same": machine.ours})
+    assert got == {"peer": 1.0 / 1.5, "same": 1.0}
+    # Sized on the calls alone: 2.5 s a pair, so the fewest pairs.
+    assert machine.calls.count("serial") == 1 + _measure.VERSUS_MIN
+
+
+def test_a_ratio_that_drifts_is_judged_by_its_median_pair(machine):
+    # The other method's calls slow down call by call; the wrapper's do not.
+    def drifting():
+        machine.serial_s *= 1.1
+        return machine.serial()
+
+    middle = _measure.VERSUS_MIN // 2
+    # Sizing the pairs takes one call, then the pairs 1.1 ** -middle ..
+    # 1.1 ** middle of the wrapper's time; their mean would be above it.
+    machine.serial_s = 1.5 / 1.1 ** (middle + 2)
+    got = _measure.versus(machine.ours, {"drifting": drifting})["drifting"]
+    # The middle of the pairs' ratios 1.1 ** -middle .. 1.1 ** middle.
+    assert got == pytest.approx(1.0)

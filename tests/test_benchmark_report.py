@@ -135,3 +135,59 @@ def test_a_call_too_short_for_the_fixed_cost_is_named_by_the_serial_time_judged(
     results["overhead_s"] = 1e-6
     _, figure, _ = _target(results, "Every estimator")
     assert "gb 1,000 (serial 10 µs, best possible 0.91x)" in figure
+
+
+def _with_versus(results, **found):
+    for row in results["rows"]:
+        row["versus"] = dict(found)
+        # The serial time is the medians' own: the paired speedup agrees.
+        ours = row["times"]["parpredict"]
+        row["paired"] = {"serial": 16.0, "added": ours - 16.0, "aa": 0.0}
+        row["paired"]["after"] = 0.0
+    return results
+
+
+@pytest.mark.parametrize(
+    ("medians_s", "paired_share", "verdict"),
+    [(1.25, 0.97, "PASS"), (1.0, 0.9, "**FAIL**")],
+)
+def test_the_ceiling_share_is_judged_on_the_paired_calls(
+    medians_s, paired_share, verdict
+):
+    results = _with_versus(_results(medians_s, medians_s), ceiling=paired_share)
+    _, figure, judged = _target(results, "Large CPU-bound")
+    assert judged == verdict
+    medians = f"{1 / medians_s:.0%}"
+    assert figure.startswith(
+        f"rf 500,000 rows: {paired_share:.0%} paired (medians {medians})"
+    )
+    # The table shows both, the paired share in brackets.
+    q = _report.ratios(results["rows"][0])
+    cell = _report._with_paired(_report._pct, q, "of_ceiling")
+    assert cell == f"{medians} ({paired_share:.0%})"
+    # Rows measured before the paired comparison show the medians' alone.
+    del results["rows"][0]["versus"]
+    q = _report.ratios(results["rows"][0])
+    assert _report._with_paired(_report._pct, q, "of_ceiling") == medians
+
+
+def test_the_peers_are_judged_on_the_paired_calls_where_measured():
+    def row_vs_peers(rows, medians, paired):
+        row = _row("svc", rows, 2.0, 1.0, 1.0)
+        row["times"].update({p: medians for p in _report.PEERS})
+        if paired is not None:
+            row["versus"] = {p: paired for p in _report.PEERS}
+        return row
+
+    results = {"rows": [row_vs_peers(1, 0.97, 1.01), row_vs_peers(2, 1.2, 1.1)]}
+    label, figure, judged = _target(results, "At least 1.0x of every peer")
+    assert judged == "PASS"
+    assert figure.startswith("paired calls (6 of 6; see Results): min 1.01x")
+    assert "medians of samples: min 0.97x (vs tutorial, svc, 1 rows); 3 of 6" in figure
+    # A row without paired calls is judged on its medians.
+    results["rows"].append(row_vs_peers(3, 0.99, None))
+    _, figure, judged = _target(results, "At least 1.0x of every peer")
+    assert judged == "**FAIL**"
+    assert (
+        "paired calls (6 of 9; see Results): min 0.99x (vs tutorial, svc, 3" in figure
+    )
