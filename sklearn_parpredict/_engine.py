@@ -283,6 +283,10 @@ def run_jobs(
                 costs, plan, timer.wall, rows_s, n_workers
             )
             if not slow:
+                if not cold_s:
+                    _planning.raise_thread_speedup(
+                        costs, plan, timer.wall, sum(t[3] for t in timings), n_workers
+                    )
                 _learn_from_tasks(costs, plan, n_workers, timings)
                 if not cold_s:
                     _planning.learn_overhead(costs, plan, timer.wall)
@@ -478,10 +482,10 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         for array in shared.values():
             array.close()
     timings = []
-    for i, (out, wall) in zip(order, outputs):
+    for i, (out, wall, cpu) in zip(order, outputs):
         j, start, stop = keys[i]
         done[j].append((start, stop, out))
-        timings.append((j, stop - start, wall))
+        timings.append((j, stop - start, wall, cpu))
     return timings
 
 
@@ -490,7 +494,7 @@ def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:
     estimator with threads of its own on workers that each get one core,
     its speed on one thread."""
     one_core = plan.kind == "process" and _planning.cores_per_worker(n_workers) == 1
-    for j, rows, wall in timings:
+    for j, rows, wall, _ in timings:
         cost = costs[j]
         if one_core and cost.one_thread_per_row is not None:
             # The task timed the rows on one thread, as the plan's workers

@@ -42,12 +42,15 @@ def _call(model, method, X, columns, params):
 
 
 def run_timed(*task):
-    """A task on a worker, and the seconds it took there.
+    """A task on a worker, the seconds it took there, and the CPU seconds of
+    the thread that ran it.
 
     Every task of a plan is also a timing of the estimator on a known number
     of rows: the cost model learns from it as from an in-process call, so a
-    cost misjudged by a short probe does not mislead every later plan.
+    cost misjudged by a short probe does not mislead every later plan. The
+    CPU time leaves out what the thread slept, waiting for the GIL.
     """
+    cpu = time.thread_time()
     start = time.perf_counter()
     out = run_task(*task)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.thread_time() - cpu

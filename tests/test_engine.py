@@ -1,6 +1,7 @@
 """The engine: models shipped once, never stale; data shared; auto plans."""
 
 import gc
+import hashlib
 import logging
 import os
 import re
@@ -228,7 +229,7 @@ def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     assert planned is not None
     # Each worker took as long on its half as the serial call on all: the
     # estimator's own threads gain about 2x, and processes nothing.
-    tasks = [(0, 50_000, 0.25), (0, 50_000, 0.25)]
+    tasks = [(0, 50_000, 0.25, 0.25), (0, 50_000, 0.25, 0.25)]
     _engine._learn_from_tasks([cost], planned, 2, tasks)
     assert cost.own_speedup == pytest.approx(4.75 / 2.5)
     assert cost.per_row == 2.5e-6 and not cost.samples
@@ -1628,3 +1629,84 @@ def test_a_scalar_fails_as_the_serial_call(chunk_size):
     with pytest.raises(ValueError, match="2D array"):
         parallel_predict(model, scalar, n_jobs=2, chunk_size=chunk_size)
     assert "2D array" in str(serial.value)
+
+
+def test_threads_kept_busier_than_measured_raise_their_speedup():
+    def cost(**kw):
+        return _planning.Cost(0.0, 1e-5, thread_speedup=1.6, **kw)
+
+    plan = _planning.Plan("thread", [[(0, 500), (500, 1000)]], 0.5, 1)
+
+    def run(cost, wall=1.0, cpu=2.0, plan=plan, n_workers=2):
+        _planning.raise_thread_speedup([cost], plan, wall, cpu, n_workers)
+        return cost.thread_speedup
+
+    # Both threads busy the whole run: half-way to 2x, then on towards it.
+    busy = cost()
+    assert run(busy) == pytest.approx(1.8)
+    assert run(busy) == pytest.approx(1.9)
+    # Threads that slept half the run waiting for the GIL: 1.33x; never
+    # lowered here.
+    assert run(cost(), cpu=1.5) == 1.6
+    assert run(cost(), cpu=1.8) == pytest.approx(1.7)
+    # On four threads, 3.2 cores busy: 1.67x as on two, by Amdahl.
+    assert run(cost(), cpu=3.2, n_workers=4) == pytest.approx(
+        0.5 * (1.6 + 1 / (1 - (1 - 1 / 3.2) / 0.75 / 2))
+    )
+    # Left alone: estimators with threads of their own, processes, plans of
+    # several jobs, and speedups slow runs lowered or may lower.
+    assert run(cost(threads=2.0)) == 1.6
+    process = _planning.Plan("process", plan.ranges, 0.5, 1)
+    assert run(cost(), plan=process) == 1.6
+    two = [cost(), cost()]
+    _planning.raise_thread_speedup(two, plan, 1.0, 4.0, 2)
+    assert [c.thread_speedup for c in two] == [1.6, 1.6]
+    lowered = cost()
+    lowered.slow_thread_runs = 1
+    assert run(lowered) == 1.6
+    lowered.slow_thread_runs = _planning.SLOW_THREAD_RUNS - 1
+    _planning.learn_thread_speedup([lowered], plan, 9.0, 1.0, 2)
+    assert lowered.thread_lowered and lowered.thread_speedup < 1.6
+    lowered.slow_thread_runs = 0
+    assert run(lowered) < 1.6
+
+
+class _Hasher(_Sleeper):
+    """Works per row in a hash, which releases the GIL."""
+
+    buffer = bytes(1000 * 16_384)
+
+    def predict(self, X):
+        for start in range(0, len(X), 1000):
+            rows = min(1000, len(X) - start)
+            hashlib.sha256(memoryview(self.buffer)[: rows * 16_384]).digest()
+        return np.full(len(X), os.getpid())
+
+
+@pytest.mark.timeout(120)
+def test_a_warm_thread_run_raises_the_speedup_by_its_threads_cpu_time(monkeypatch):
+    data = np.zeros((20_000, 2))
+    start = time.perf_counter()
+    _Hasher().predict(data)
+    per_row = (time.perf_counter() - start) / len(data)
+    model = _measured_spinner(data, per_row, 1.6, spinner=_Hasher)
+    cost = _planning.remembered_cost(model, "predict")
+    seen = []
+    real = _planning.raise_thread_speedup
+
+    def spy(costs, plan, wall_s, cpu_s, n_workers):
+        seen.append((plan.kind, cpu_s / wall_s, costs[0].thread_speedup))
+        real(costs, plan, wall_s, cpu_s, n_workers)
+
+    monkeypatch.setattr(_planning, "raise_thread_speedup", spy)
+    for _ in range(3):
+        out = parallel_predict(model, data, n_jobs=2, backend="threading")
+        assert (out == os.getpid()).all()
+    # Every warm run's threads' CPU time is offered; a run on time that kept
+    # them busier than the speedup raises it (a busy machine may not let it).
+    assert seen and all(kind == "thread" for kind, _, _ in seen)
+    assert all(0 < busy <= 2.2 for _, busy, _ in seen)
+    if any(busy > speedup + 0.01 for _, busy, speedup in seen):
+        assert cost.thread_speedup > 1.6
+    else:
+        assert cost.thread_speedup == 1.6
