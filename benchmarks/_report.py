@@ -177,18 +177,17 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             ("Repeated calls within 10% of the ceiling", "n/a", "not measured")
         )
 
-    judged = [(_judged(q, p), p, r) for r, q in table for p in PEERS]
-    n_paired = sum(is_paired for (_, is_paired), _, _ in judged)
+    # Judged on the paired figures where rows have them; the medians' too.
+    peers = [(r, q, p) for r, q in table for p in PEERS]
+    n_paired = sum(_judged(q, p)[1] for _, q, p in peers)
+    parts = [("medians of samples", [(q[p], p, r) for r, q, p in peers])]
+    if n_paired:
+        label = f"paired calls ({n_paired} of {len(peers)}; see Results)"
+        parts.insert(0, (label, [(_judged(q, p)[0], p, r) for r, q, p in peers]))
     figures, verdict = [], None
-    for label, ratios_ in (
-        (f"paired calls ({n_paired} of {len(judged)}; see Results)", judged),
-        (
-            "medians of samples",
-            [((q[p], False), p, r) for r, q in table for p in PEERS],
-        ),
-    ):
-        measured = [(v, p, r) for (v, _), p, r in ratios_ if not math.isnan(v)]
-        if not measured or (ratios_ is judged and not n_paired):
+    for label, found_ in parts:
+        measured = [x for x in found_ if not math.isnan(x[0])]
+        if not measured:
             continue
         lowest = min(measured, key=lambda x: x[0])
         below = [x for x in measured if x[0] < PEER_MIN]
