@@ -31,6 +31,7 @@ from sklearn.utils._param_validation import (
 
 from sklearn_parpredict import (
     _chunking,
+    _costs,
     _distributed,
     _in_process,
     _lazy,
@@ -261,7 +262,7 @@ def run_jobs(
             )
 
         calm = _pools.calm()
-        with _planning.Timer() as timer:
+        with _costs.Timer() as timer:
             if cluster is None:
                 timings = run()
             else:

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from sklearn_parpredict import _chunking, _lazy, _planning, _pools
+from sklearn_parpredict import _chunking, _costs, _lazy, _pools, _probing
 from sklearn_parpredict._fanout import config_key
 from sklearn_parpredict._jobs import Job
 
@@ -32,12 +32,12 @@ def _small_under(cost, X) -> bool:
     if type(X) is not np.ndarray or not X.ndim:
         return False
     if cost is None:
-        return len(X) <= _planning.PROBE_ROWS
+        return len(X) <= _probing.PROBE_ROWS
     return len(X) < cost.direct_rows
 
 
 def plainly_small(estimator, method: str, X) -> bool:
-    return _small_under(_planning.remembered_cost(estimator, method), X)
+    return _small_under(_costs.remembered_cost(estimator, method), X)
 
 
 def calls_directly(cost, X) -> bool:
@@ -53,9 +53,9 @@ def call_watched(estimator, method: str, X, params: dict):
     enough that timing it costs nothing: the machine may change under a
     model (another process, cores that turn slower), and the cost must see
     it for the batch to be planned again."""
-    cost = _planning.remembered_cost(estimator, method)
+    cost = _costs.remembered_cost(estimator, method)
     rows = _chunking.n_rows(X)
-    if cost is None or cost.seconds(rows) < _planning.WATCHED_CALL_S:
+    if cost is None or cost.seconds(rows) < _costs.WATCHED_CALL_S:
         return getattr(estimator, method)(X, **params)
     return learning_call(cost, rows, getattr(estimator, method), X, **params)
 
@@ -65,7 +65,7 @@ def learning_call(cost, rows: int, function, /, *args, **kwargs):
     ``cost`` (None: nothing to teach) unless a warm-up of workers ran
     meanwhile (see :func:`._pools.calm`)."""
     calm = _pools.calm()
-    with _planning.Timer() as timer:
+    with _costs.Timer() as timer:
         out = function(*args, **kwargs)
     if cost is not None and _pools.calm_since(calm):
         cost.add(rows, timer.wall, timer.cpu)
@@ -80,7 +80,7 @@ def _settings_key(settings: tuple) -> tuple:
 
 
 def remember_no_gain(
-    cost: _planning.Cost,
+    cost: _costs.Cost,
     settings: tuple,
     rows: int,
     *,
@@ -110,7 +110,7 @@ def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
     """Whether no plan could pay for as many rows or more, with the same cost
     and settings: decided again without planning (30 µs with a DataFrame,
     a few percent of a call of a few milliseconds)."""
-    cost = _planning.remembered_cost(estimator, method)
+    cost = _costs.remembered_cost(estimator, method)
     if cost is None or not cost.no_gain or _lazy.is_collection(X):
         return None
     try:
@@ -121,7 +121,7 @@ def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
     if known is None or n > known[0]:
         return None
     rows, seconds, rent = known
-    if cost.seconds(rows) > seconds * _planning.NO_GAIN_DRIFT:
+    if cost.seconds(rows) > seconds * _costs.NO_GAIN_DRIFT:
         return None
     if rent is not None:
         pool_key, n_workers, lost, cold_s = rent
@@ -141,9 +141,9 @@ def too_small(jobs: list[Job], sizes: list[int]) -> bool:
     work whose remembered cost is below what any fan-out could save, on
     batches near enough in size to those it was timed on.
     """
-    costs = [_planning.remembered_cost(job.estimator, job.method) for job in jobs]
+    costs = [_costs.remembered_cost(job.estimator, job.method) for job in jobs]
     if not any(costs):
-        return max(sizes, default=0) <= _planning.PROBE_ROWS
+        return max(sizes, default=0) <= _probing.PROBE_ROWS
     if not all(costs) or any(n >= c.covered_rows for c, n in zip(costs, sizes)):
         return False
-    return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _planning.FAST_SERIAL_S
+    return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _costs.FAST_SERIAL_S

@@ -28,9 +28,9 @@ from sklearn.utils.metadata_routing import (
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn_parpredict._costs import costs_of, keep_by_id
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
 from sklearn_parpredict._in_process import calls_directly
-from sklearn_parpredict._planning import costs_of, keep_by_id
 from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped

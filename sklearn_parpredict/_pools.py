@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from sklearn_parpredict import _chunking, _loky, _planning
+from sklearn_parpredict import _chunking, _costs, _loky
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._sharing import ModelHandle
@@ -62,7 +62,7 @@ def ran(jobs: list[Job], pool_key: tuple) -> None:
     for job in jobs:
         entry = _sent.get(id(job.estimator))
         if entry is None or entry[0]() is not job.estimator:
-            entry = _planning.keep_by_id(_sent, job.estimator, set())
+            entry = _costs.keep_by_id(_sent, job.estimator, set())
         if entry is not None:
             entry[1].add(pool_key)
 

@@ -26,7 +26,8 @@ from concurrent.futures import (
 from sklearn import config_context, get_config
 from threadpoolctl import ThreadpoolController
 
-from sklearn_parpredict._planning import THREADED, Cost, cores_per_worker
+from sklearn_parpredict._costs import THREADED, Cost
+from sklearn_parpredict._planning import cores_per_worker
 
 # Longest wait before an interrupt of the caller is seen.
 _WAKE_S = 0.1

@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from sklearn_parpredict import (
+    _costs,
     _in_process,
     _planning,
     _pools,
@@ -135,17 +136,17 @@ def test_large_dense_input_is_memory_mapped_not_pickled():
 
 
 def test_fit_cost_separates_fixed_and_per_row_cost():
-    cost = _planning.fit_cost([(64, 0.010 + 64e-5, 0.01), (256, 0.010 + 256e-5, 0.02)])
+    cost = _costs.fit_cost([(64, 0.010 + 64e-5, 0.01), (256, 0.010 + 256e-5, 0.02)])
     assert cost.per_call == pytest.approx(0.010)
     assert cost.per_row == pytest.approx(1e-5)
     assert cost.seconds(1000) == pytest.approx(0.020)
     # One sample: all of it is charged to the rows.
-    single = _planning.fit_cost([(10, 0.5, 0.5)])
+    single = _costs.fit_cost([(10, 0.5, 0.5)])
     assert single.per_call == 0 and single.per_row == pytest.approx(0.05)
 
 
 def test_plan_stays_serial_when_parallel_cannot_pay():
-    cheap = _planning.Cost(per_call=1e-4, per_row=1e-8)
+    cheap = _costs.Cost(per_call=1e-4, per_row=1e-8)
     assert (
         _planning.plan_chunks(
             [cheap], [(0, 10_000)], n_workers=2, kind="process", cold_s=0
@@ -153,14 +154,14 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
         is None
     )
     # Work far above the pool's start-up cost goes parallel, even when cold.
-    costly = _planning.Cost(per_call=1e-4, per_row=1e-3)
+    costly = _costs.Cost(per_call=1e-4, per_row=1e-3)
     plan = _planning.plan_chunks(
         [costly], [(0, 100_000)], n_workers=2, kind="process", cold_s=1.0
     )
     assert plan is not None
     # An estimator that already keeps every core busy gains nothing.
     cores = os.cpu_count() or 1
-    threaded = _planning.Cost(per_call=1e-4, per_row=1e-3, threads=cores)
+    threaded = _costs.Cost(per_call=1e-4, per_row=1e-3, threads=cores)
     if cores > 1:
         assert (
             _planning.plan_chunks(
@@ -172,7 +173,7 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
 def test_processes_are_chosen_over_threads_only_when_clearly_faster():
-    cost = _planning.Cost(0.001, 1e-5, thread_speedup=1.9, thread_measurements=3)
+    cost = _costs.Cost(0.001, 1e-5, thread_speedup=1.9, thread_measurements=3)
     remaining = [(0, 100_000)]
 
     def plans():
@@ -194,7 +195,7 @@ def test_processes_are_chosen_over_threads_only_when_clearly_faster():
 
 
 def test_processes_are_charged_what_sending_their_rows_costs():
-    cost = _planning.Cost(per_call=0.001, per_row=1e-5)
+    cost = _costs.Cost(per_call=0.001, per_row=1e-5)
 
     def plan(ship_s):
         return _planning.plan_chunks(
@@ -212,12 +213,12 @@ def test_processes_are_charged_what_sending_their_rows_costs():
 def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     from sklearn_parpredict import _engine
 
-    monkeypatch.setattr(_planning, "CORES", 2)
+    monkeypatch.setattr(_costs, "CORES", 2)
 
     def threaded():
         # Its own threads measured 1.6x faster than one: two processes on
         # one core each are predicted 1.25x faster than serial.
-        return _planning.Cost(0.0, 2.5e-6, threads=2.0, one_thread_per_row=4e-6)
+        return _costs.Cost(0.0, 2.5e-6, threads=2.0, one_thread_per_row=4e-6)
 
     def plan(cost):
         return _planning.plan_chunks(
@@ -236,7 +237,7 @@ def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     assert plan(cost) is None
     # Workers with more cores than one run more threads than one: their
     # tasks teach the serial time their rows imply, as other tasks do.
-    monkeypatch.setattr(_planning, "CORES", 4)
+    monkeypatch.setattr(_costs, "CORES", 4)
     cost = threaded()
     _engine._learn_from_tasks([cost], planned, 2, tasks)
     assert cost.one_thread_per_row == 4e-6 and cost.samples
@@ -250,7 +251,7 @@ def test_own_threads_are_planned_by_their_measured_speedup():
 
     # Two cores kept busy: as good as workers, until measured otherwise
     # (OpenMP threads that spin between regions keep cores busy too).
-    busy = _planning.Cost(per_call=1e-4, per_row=1e-5, threads=2.0)
+    busy = _costs.Cost(per_call=1e-4, per_row=1e-5, threads=2.0)
     assert busy.wants_own_measurement()
     assert plan(busy) is None
     assert plan(_planning.optimistic(busy)) is not None
@@ -264,7 +265,7 @@ def test_own_threads_are_planned_by_their_measured_speedup():
     assert busy.own_speedup == pytest.approx(1.9)
     assert plan(busy) is None
     # Nothing to measure when one core is all the call keeps busy.
-    single = _planning.Cost(per_call=1e-4, per_row=1e-5)
+    single = _costs.Cost(per_call=1e-4, per_row=1e-5)
     assert not single.wants_own_measurement()
     assert _planning.optimistic(single) is single
 
@@ -290,7 +291,7 @@ def test_own_threads_are_planned_by_their_measured_speedup():
 def test_plan_covers_every_remaining_row_once(costs, n_workers, kind, cold_s):
     remaining = [(min(a, b), max(a, b)) for _, _, a, b, _, _, _ in costs]
     models = [
-        _planning.Cost(c, r, threads=t, thread_speedup=s, overhead={kind: o})
+        _costs.Cost(c, r, threads=t, thread_speedup=s, overhead={kind: o})
         for c, r, _, _, s, t, o in costs
     ]
     plan = _planning.plan_chunks(
@@ -309,7 +310,7 @@ def test_plan_covers_every_remaining_row_once(costs, n_workers, kind, cold_s):
 def test_the_bound_knows_what_threads_holding_the_gil_and_processes_cost():
     # 3 ms of work on 1,000 rows, a sixth of it the call's fixed cost, which
     # threads pay one after another.
-    cost = _planning.Cost(per_call=5e-4, per_row=2.5e-6)
+    cost = _costs.Cost(per_call=5e-4, per_row=2.5e-6)
     # Unmeasured threads might scale: worth planning (and measuring).
     assert _planning.can_pay([cost], [(0, 1000)], 2)
     # Measured: two threads are 1.2x one. Neither they nor processes, at
@@ -326,7 +327,7 @@ def test_the_bound_knows_what_threads_holding_the_gil_and_processes_cost():
 def test_auto_split_after_probe_equals_serial(n_rows, backend):
     # A remembered, very high cost makes "auto" split whatever the probe left.
     model = LogisticRegression().fit(X, Y)
-    _planning.remember_cost(model, "predict_proba", _planning.Cost(0.0, 1e-2))
+    _costs.remember_cost(model, "predict_proba", _costs.Cost(0.0, 1e-2))
     data = np.random.default_rng(n_rows).normal(size=(n_rows, 5))
     try:
         expected = model.predict_proba(data)
@@ -427,7 +428,7 @@ class _Nominal(_Sleeper):
 
 
 class _NominalTimer:
-    """``_planning.Timer`` that reads the last call of a :class:`_Nominal`."""
+    """``_costs.Timer`` that reads the last call of a :class:`_Nominal`."""
 
     def __init__(self, waits=False):
         self.waited = 0.0
@@ -470,7 +471,7 @@ def test_a_call_charges_processes_what_pickling_its_rows_costs(monkeypatch, capl
     from sklearn_parpredict import _engine
 
     # On the nominal clock: 2 s of rows, worth 2 processes by their work.
-    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
     frame = pd.DataFrame({"a": np.zeros(20_000), "b": ["text"] * 20_000})
 
     def how(pickling_per_row):
@@ -491,7 +492,7 @@ def test_a_call_charges_processes_what_pickling_its_rows_costs(monkeypatch, capl
 def test_rows_that_cannot_be_pickled_are_not_planned_on_processes(monkeypatch):
     # On the nominal clock: 2 s of rows, worth 2 processes by their work,
     # which could not be sent there.
-    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
     locks = np.array([threading.Lock() for _ in range(20_000)], dtype=object)
     model = _Nominal(0.001, 1e-4).fit(locks[:, None])
     out = parallel_predict(model, locks[:, None], n_jobs=2, backend="loky")
@@ -514,8 +515,8 @@ def test_rows_no_plan_pays_for_are_not_planned_again(monkeypatch):
     parallel_predict(model, np.zeros((2_000, 2)), n_jobs=2)
     parallel_predict(model, data, n_jobs=2, backend="threading")
     assert len(planned) == 4
-    cost = _planning.remembered_cost(model, "predict")
-    cost.per_call *= 2 * _planning.NO_GAIN_DRIFT
+    cost = _costs.remembered_cost(model, "predict")
+    cost.per_call *= 2 * _costs.NO_GAIN_DRIFT
     parallel_predict(model, data, n_jobs=2)
     assert len(planned) == 5
 
@@ -535,7 +536,7 @@ def test_a_slow_call_does_not_undo_the_no_gain_it_remembered(monkeypatch):
     # On the nominal clock: on the machine's, a call that other processes
     # slowed is a drift of the cost, rightly planned again (1 run in 3 with
     # another process busy; 2 cores).
-    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
     data = np.zeros((1_000, 2))
     model = _Nominal(0.005, 0.0).fit(data)  # no split of its rows can pay
     parallel_predict(model, data, n_jobs=2)  # probes
@@ -563,11 +564,11 @@ def test_a_cost_decides_without_planning_only_near_the_rows_it_was_timed_on(
 ):
     model = _Instant().fit(np.zeros((1, 2)))
     # Timed on small batches, the rows seemed to cost nothing.
-    cost = _planning.fit_cost([(64, 1e-4, 1e-4), (256, 1e-4, 1e-4)])
+    cost = _costs.fit_cost([(64, 1e-4, 1e-4), (256, 1e-4, 1e-4)])
     assert cost.per_row == 0
-    _planning.remember_cost(model, "predict", cost)
+    _costs.remember_cost(model, "predict", cost)
     planned = _planned_rows(monkeypatch)
-    most = _planning.EXTRAPOLATION * 256
+    most = _costs.EXTRAPOLATION * 256
     parallel_predict(model, np.zeros((most - 1, 2)), n_jobs=2)
     assert planned == []
     # Far past them, the call is planned, and run in-process it is timed.
@@ -584,14 +585,14 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
 
     data = np.zeros((1_000, 2))
     model = _CallAndRows(0.001, 4.5e-6).fit(data)
-    cost = _planning.fit_cost([(500, 0.00325, 0.0), (1_000, 0.0055, 0.0)])
-    _planning.remember_cost(model, "predict", cost)
+    cost = _costs.fit_cost([(500, 0.00325, 0.0), (1_000, 0.0055, 0.0)])
+    _costs.remember_cost(model, "predict", cost)
     # Threads as fast as they could be would pay: planning cannot rule
     # them out without measuring them, and 1,000 rows are too few to.
     # Processes would not.
     assert _planning.can_pay([cost], [(0, 1_000)], 2, ("thread",))
     assert not _planning.can_pay([cost], [(0, 1_000)], 2, ("process",))
-    assert _planning.thread_measurement_rows(cost) > 1_000 // 3
+    assert _probing.thread_measurement_rows(cost) > 1_000 // 3
     planned = _planned_rows(monkeypatch)
     for _ in range(4):
         assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
@@ -604,11 +605,11 @@ def test_threads_are_measured_where_a_call_costs_most_of_a_probe():
 
     data = np.zeros((80_000, 2))
     model = _CallAndRows(0.02, 1e-5).fit(data)
-    cost = _planning.Cost(0.02, 1e-5)
+    cost = _costs.Cost(0.02, 1e-5)
     # Chunks whose rows take most of their time do not fit in the time a
     # measurement takes on cheaper calls.
-    least = _planning.thread_measurement_rows(cost)
-    assert 3 * (cost.per_call + least * cost.per_row) > _planning.THREAD_PROBE_S
+    least = _probing.thread_measurement_rows(cost)
+    assert 3 * (cost.per_call + least * cost.per_row) > _probing.THREAD_PROBE_S
     pieces = []
     _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     assert cost.thread_speedup is not None and cost.thread_speedup > 1.4
@@ -622,16 +623,16 @@ def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost(monkeypatch)
     # while other processes kept the cores busy (counted as a wait in whole
     # ticks) passed for rows, and the probe stopped at 256 rows, 3 times in
     # 15 (2 cores).
-    monkeypatch.setattr(_planning, "Timer", _NominalTimer)
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
     data = np.zeros((100_000, 2))
     model = _Nominal(0.005, 1e-5).fit(data)
     pieces = []
     cost = _probing.probe(Job(model, "predict", data), len(data), pieces)
     last = max(rows for rows, _, _ in cost.samples)
     # Past 256 rows, where the step took PROBE_MIN_S but its rows a third.
-    assert model.per_call + 256 * model.per_row >= _planning.PROBE_MIN_S
+    assert model.per_call + 256 * model.per_row >= _probing.PROBE_MIN_S
     assert last > 256
-    assert cost.per_row * last >= _planning.PROBE_ROW_SHARE * cost.seconds(last)
+    assert cost.per_row * last >= _probing.PROBE_ROW_SHARE * cost.seconds(last)
     assert cost.per_row == pytest.approx(1e-5, rel=0.01)
     assert sum(b - a for a, b, _ in pieces) < len(data) // 10
 
@@ -642,7 +643,7 @@ def test_a_thread_measurement_far_past_the_rows_timed_trusts_its_own_timing():
     data = np.zeros((100_000, 2))
     model = _CallAndRows(0.005, 1e-5).fit(data)
     # Probed on few rows, the cost per row came out a tenth of what it is.
-    cost = _planning.fit_cost([(64, 0.002064, 0.0), (256, 0.002256, 0.0)])
+    cost = _costs.fit_cost([(64, 0.002064, 0.0), (256, 0.002256, 0.0)])
     assert cost.per_row == pytest.approx(1e-6)
     covered = cost.covered_rows
     pieces = []
@@ -658,7 +659,7 @@ def test_threads_are_measured_by_the_speedup_of_their_rows():
 
     data = np.zeros((40_000, 2))
     model = _CallAndRows(0.008, 1e-5, spin=True).fit(data)
-    cost = _planning.fit_cost([(1_000, 0.018, 0.0), (2_000, 0.028, 0.0)])
+    cost = _costs.fit_cost([(1_000, 0.018, 0.0), (2_000, 0.028, 0.0)])
     _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces := [])
     # Two threads took 1.7x less time than one on the same chunks: their
     # calls' loops ran one after another, as plans on threads expect; their
@@ -670,7 +671,7 @@ def test_threads_are_measured_by_the_speedup_of_their_rows():
 
 
 def test_threads_pay_their_calls_fixed_costs_one_after_another():
-    cost = _planning.Cost(2e-3, 1e-6, thread_speedup=2.0, thread_measurements=3)
+    cost = _costs.Cost(2e-3, 1e-6, thread_speedup=2.0, thread_measurements=3)
     # 6 ms in-process; on two threads 4 ms of fixed costs and 2 ms of rows.
     assert not _planning.can_pay([cost], [(0, 4_000)], 2, ("thread",))
     assert (
@@ -698,10 +699,10 @@ def test_own_threads_that_gain_nothing_are_measured_and_split():
     data = np.zeros((16_000, 2))
     model = KNeighborsSleeper().fit(data)
     out = parallel_predict(model, data, n_jobs=2)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     # Taken as keeping the cores busy, so as gaining nothing from workers,
     # until its own threads were measured.
-    assert cost.threads >= _planning.THREADED
+    assert cost.threads >= _costs.THREADED
     assert cost.own_speedup is not None and cost.own_speedup < 1.5
     assert (out != threading.get_ident()).any()
 
@@ -740,12 +741,10 @@ def test_one_thread_measurement_leaves_out_time_waited_for_a_core(monkeypatch):
                 KNeighborsCrowded.on_one_thread = False
 
     monkeypatch.setattr(_threads, "one_thread", one_thread)
-    monkeypatch.setattr(
-        _planning, "run_queue_seconds", lambda: KNeighborsCrowded.waited
-    )
+    monkeypatch.setattr(_costs, "run_queue_seconds", lambda: KNeighborsCrowded.waited)
     model = KNeighborsCrowded().fit(None)
     parallel_predict(model, np.zeros((16_000, 2)), n_jobs=2)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     # Counted in, the wait would pass for a speedup of its threads of 2x.
     assert KNeighborsCrowded.waited > 0
     assert cost.own_speedup is not None and cost.own_speedup < 1.5
@@ -766,7 +765,7 @@ def test_timer_counts_the_time_a_thread_waited_for_a_core():
     ]
     try:
         time.sleep(0.3)
-        with _planning.Timer(waits=True) as timer:
+        with _costs.Timer(waits=True) as timer:
             end = time.perf_counter() + 0.5
             while time.perf_counter() < end:
                 pass
@@ -777,7 +776,7 @@ def test_timer_counts_the_time_a_thread_waited_for_a_core():
     assert 0.05 * timer.wall < timer.waited <= timer.wall
     # Less the waits, or at least the thread's CPU time.
     assert timer.wall - timer.waited <= timer.own < 0.95 * timer.wall
-    with _planning.Timer() as plain:
+    with _costs.Timer() as plain:
         pass
     assert plain.waited == 0.0 and plain.own == plain.wall
 
@@ -786,8 +785,8 @@ def test_a_timer_own_time_is_never_less_than_its_thread_cpu(monkeypatch):
     # A kernel that counts waits in whole ticks reports more than a short
     # block waited; the block still ran for its thread's CPU time.
     ticks = iter(range(100))
-    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.004 * next(ticks))
-    with _planning.Timer(waits=True) as timer:
+    monkeypatch.setattr(_costs, "run_queue_seconds", lambda: 0.004 * next(ticks))
+    with _costs.Timer(waits=True) as timer:
         end = time.thread_time() + 0.01
         while time.thread_time() < end:
             pass
@@ -800,16 +799,16 @@ def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
     model = _FixedCost().fit(data)
     for _ in range(3):  # probed, planned, then remembered as not paying
         parallel_predict(model, data, n_jobs=2)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     assert cost.no_gain
     # The machine turned slower: calls that are not planned any more still
     # teach the cost (5 ms calls are timed here), which then plans again.
-    monkeypatch.setattr(_planning, "WATCHED_CALL_S", 0.0)
+    monkeypatch.setattr(_costs, "WATCHED_CALL_S", 0.0)
     before = cost.seconds(len(data))
     model.predict = lambda X: (time.sleep(0.02), np.full(len(X), os.getpid()))[1]
     for _ in range(4):
         parallel_predict(model, data, n_jobs=2)
-    assert cost.seconds(len(data)) > before * _planning.NO_GAIN_DRIFT
+    assert cost.seconds(len(data)) > before * _costs.NO_GAIN_DRIFT
 
 
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
@@ -897,7 +896,7 @@ def test_models_running_workers_lack_are_sent_before_calls_use_them():
     # first shipping of the model (counted as 0.05 s).
     data = np.zeros((2_400, 2))
     model = _Sleeper().fit(data)
-    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
+    _costs.remember_cost(model, "predict", _costs.Cost(0.0, 5e-5))
     _stop_pools()
     Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
     assert not _pools.shipped(model, ("LokyBackend", 2))
@@ -943,6 +942,7 @@ import os, time
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn_parpredict import (
+    _costs,
     _in_process,
     _planning,
     _pools,
@@ -963,7 +963,7 @@ data = np.arange(16_000, dtype=float).reshape(-1, 2)
 model = Sleeper().fit(data)
 out = parallel_predict(model, data, n_jobs=2)
 assert (out == data[:, 0] * 2).all()
-print(_planning.remembered_cost(model, "predict").thread_speedup)
+print(_costs.remembered_cost(model, "predict").thread_speedup)
 """
 
 
@@ -988,13 +988,13 @@ def _measured_spinner(data, per_row: float, thread_speedup: float, spinner=_Spin
     """A fitted spinner whose cost and thread speedup are known, as measured
     as often as the engine measures."""
     model = spinner().fit(data)
-    cost = _planning.Cost(
+    cost = _costs.Cost(
         0.0,
         per_row,
         thread_speedup=thread_speedup,
-        thread_measurements=_planning.THREAD_MEASUREMENTS,
+        thread_measurements=_costs.THREAD_MEASUREMENTS,
     )
-    _planning.remember_cost(model, "predict", cost)
+    _costs.remember_cost(model, "predict", cost)
     return model
 
 
@@ -1006,7 +1006,7 @@ def test_threads_far_slower_than_planned_lower_their_speedup():
     per_row = (time.perf_counter() - start) / len(data)
     # Measured, wrongly, as releasing the GIL: the spinner holds it.
     model = _measured_spinner(data, per_row, 2.0)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     out = parallel_predict(model, data, n_jobs=2, backend="threading")
     assert (out == os.getpid()).all()
     # Runs about twice their plan may be a busy moment of the machine.
@@ -1022,7 +1022,7 @@ def test_threads_far_slower_than_planned_lower_their_speedup():
 
 
 def test_slow_thread_runs_lower_the_speedup_only_when_the_next_are_slow_too():
-    cost = _planning.Cost(0.0, 1e-3, thread_speedup=2.0, thread_measurements=3)
+    cost = _costs.Cost(0.0, 1e-3, thread_speedup=2.0, thread_measurements=3)
     plan = _planning.Plan("thread", [[(0, 500), (500, 1000)]], 0.5, 1)
 
     def run(wall):
@@ -1068,7 +1068,7 @@ def test_runs_that_overlap_a_warm_up_teach_the_cost_nothing(monkeypatch, how):
         monkeypatch.setattr(_pools, "_warming", {("LokyBackend", 2)})
     else:
         model = _measured_spinner(data, per_row, 2.0, spinner=_WarmsUp)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     for _ in range(3):
         out = parallel_predict(model, data, n_jobs=2, backend="threading")
         assert (out == os.getpid()).all()
@@ -1116,13 +1116,13 @@ def test_cold_workers_clearly_faster_than_threads_are_started_for_later_calls(
 
 
 def test_cost_refines_with_samples_and_learns_overhead():
-    cost = _planning.fit_cost([(100, 0.011, 0.011)])
+    cost = _costs.fit_cost([(100, 0.011, 0.011)])
     for rows in (400, 1600, 6400):
         cost.add(rows, 0.01 + rows * 1e-5, 0.01 + rows * 1e-5)
     assert cost.per_call == pytest.approx(0.01, rel=1e-6)
     assert cost.per_row == pytest.approx(1e-5, rel=1e-6)
     # Noise that makes the rows look free: the fixed cost is all.
-    flat = _planning.fit_cost([(64, 0.006, 0.006), (256, 0.005, 0.005)])
+    flat = _costs.fit_cost([(64, 0.006, 0.006), (256, 0.005, 0.005)])
     assert flat.per_row == 0 and flat.per_call == pytest.approx(0.0055)
 
     plan = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
@@ -1135,7 +1135,7 @@ def test_cost_refines_with_samples_and_learns_overhead():
 
 
 def test_thread_speedup_extrapolates_by_amdahl():
-    cost = _planning.Cost(0.0, 1e-3, thread_speedup=2.0)
+    cost = _costs.Cost(0.0, 1e-3, thread_speedup=2.0)
     assert cost.speedup("thread", 16) == pytest.approx(16)
     cost.thread_speedup = 1.0
     assert cost.speedup("thread", 16) == pytest.approx(1)
@@ -1156,8 +1156,8 @@ def test_openmp_threaded_estimators_are_known_threaded():
         HistGradientBoostingRegressor(),
         make_pipeline(StandardScaler(), KNeighborsClassifier()),
     ):
-        assert _planning.fit_cost(sample, estimator).threads == cores
-    assert _planning.fit_cost(sample, LogisticRegression()).threads == 1
+        assert _costs.fit_cost(sample, estimator).threads == cores
+    assert _costs.fit_cost(sample, LogisticRegression()).threads == 1
 
 
 def _predict_on_threads():
@@ -1196,15 +1196,15 @@ def test_threads_leave_the_callers_warning_filters_alone(run):
 
 
 def test_thread_speedup_spoilt_by_load_is_measured_again_and_the_best_kept():
-    cost = _planning.Cost(0.0, 1e-3)
+    cost = _costs.Cost(0.0, 1e-3)
     assert cost.wants_thread_measurement()
     cost.add_thread_speedup(1.1)  # the other core was busy
     assert cost.thread_speedup == 1.1 and cost.wants_thread_measurement()
     cost.add_thread_speedup(1.95)
     cost.add_thread_speedup(1.3)  # load again: the best measurement stays
     assert cost.thread_speedup == 1.95 and not cost.wants_thread_measurement()
-    held = _planning.Cost(0.0, 1e-3)
-    for _ in range(_planning.THREAD_MEASUREMENTS):
+    held = _costs.Cost(0.0, 1e-3)
+    for _ in range(_costs.THREAD_MEASUREMENTS):
         held.add_thread_speedup(0.9)
     # Really holds the GIL: measured often enough, and bounded.
     assert held.thread_speedup == 1.0 and not held.wants_thread_measurement()
@@ -1218,11 +1218,11 @@ def test_thread_speedup_is_measured_against_serial_time_not_the_prediction(
     # against it, threads that hold the GIL would pass for twice as fast,
     # be trusted, and be used from then on at half the serial speed. (One
     # measurement: the best of several would let a busy moment through.)
-    monkeypatch.setattr(_planning, "THREAD_MEASUREMENTS", 1)
+    monkeypatch.setattr(_costs, "THREAD_MEASUREMENTS", 1)
     data = np.zeros((4_000, 2))
     model = _Spinner().fit(data)
-    cost = _planning.Cost(0.0, 1e-3)
-    _planning.remember_cost(model, "predict", cost)
+    cost = _costs.Cost(0.0, 1e-3)
+    _costs.remember_cost(model, "predict", cost)
     with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
         parallel_predict(model, data, n_jobs=2)
     assert cost.thread_speedup is not None
@@ -1260,18 +1260,18 @@ class _SlowOnce(_Sleeper):
 
 
 def test_a_serial_chunk_slowed_by_a_pause_does_not_pass_for_a_speedup(monkeypatch):
-    monkeypatch.setattr(_planning, "THREAD_MEASUREMENTS", 1)
+    monkeypatch.setattr(_costs, "THREAD_MEASUREMENTS", 1)
     data = np.zeros((4_000, 2))
     model = _SlowOnce().fit(data)
-    cost = _planning.Cost(0.0, 1e-5)
-    _planning.remember_cost(model, "predict", cost)
+    cost = _costs.Cost(0.0, 1e-5)
+    _costs.remember_cost(model, "predict", cost)
     # The chunk timed in-process is the one slowed: against it, threads
     # that hold the GIL would pass for perfect.
     model.slow_next = True
     parallel_predict(model, data, n_jobs=2)
     assert not model.slow_next
     assert cost.thread_speedup is not None
-    assert cost.thread_speedup < _planning.THREAD_TRUSTED
+    assert cost.thread_speedup < _costs.THREAD_TRUSTED
 
 
 def _counting(monkeypatch, module, name: str) -> list:
@@ -1288,7 +1288,7 @@ def _counting(monkeypatch, module, name: str) -> list:
 
 
 def test_a_low_thread_speedup_measured_uncrowded_is_final():
-    cost = _planning.Cost(0.0, 1e-3)
+    cost = _costs.Cost(0.0, 1e-3)
     cost.add_thread_speedup(0.9, final=True)
     assert cost.thread_speedup == 1.0 and not cost.wants_thread_measurement()
 
@@ -1314,34 +1314,34 @@ def test_engine_measures_once_a_gil_holder_whose_threads_never_waited_for_a_core
     monkeypatch,
 ):
 
-    monkeypatch.setattr(_planning, "SEES_WAITS", True)
-    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
+    monkeypatch.setattr(_costs, "SEES_WAITS", True)
+    monkeypatch.setattr(_costs, "run_queue_seconds", lambda: 0.0)
     data = np.zeros((12_000, 2))
     model = _OneAtATime().fit(data)
-    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
+    _costs.remember_cost(model, "predict", _costs.Cost(0.0, 5e-5))
     once = _counting(monkeypatch, _probing, "_measure_threads_once")
     parallel_predict(model, data, n_jobs=2)
     # Slower on two threads, and neither waited for a core: the GIL's doing,
     # which measuring again would only confirm, at the same loss.
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     assert once == ["Job"]
-    assert cost.thread_speedup < _planning.THREAD_HELD
+    assert cost.thread_speedup < _probing.THREAD_HELD
     assert not cost.wants_thread_measurement()
 
 
 @pytest.mark.timeout(120)
 def test_a_gil_verdict_needs_chunks_long_enough_to_show_it(monkeypatch):
-    monkeypatch.setattr(_planning, "SEES_WAITS", True)
-    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: 0.0)
+    monkeypatch.setattr(_costs, "SEES_WAITS", True)
+    monkeypatch.setattr(_costs, "run_queue_seconds", lambda: 0.0)
     data = np.zeros((600, 2))
     model = _OneAtATime().fit(data)
-    _planning.remember_cost(model, "predict", _planning.Cost(0.0, 5e-5))
+    _costs.remember_cost(model, "predict", _costs.Cost(0.0, 5e-5))
     parallel_predict(model, data, n_jobs=2)
     # Slower on two threads, and neither waited for a core, but on chunks
     # of a few milliseconds: measured again on the next call.
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     assert cost.thread_measurements == 1
-    assert cost.thread_speedup < _planning.THREAD_HELD
+    assert cost.thread_speedup < _probing.THREAD_HELD
     assert cost.wants_thread_measurement()
     parallel_predict(model, data, n_jobs=2)
     assert cost.thread_measurements == 2
@@ -1352,8 +1352,8 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
 
     data = np.zeros((20_000, 2))
     model = _Spinner().fit(data)
-    cost = _planning.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
-    _planning.remember_cost(model, "predict", cost)
+    cost = _costs.Cost(0.0, 1e-3, thread_speedup=1.0, thread_measurements=1)
+    _costs.remember_cost(model, "predict", cost)
     measured = []
     real = _probing.measure_threads
 
@@ -1364,19 +1364,19 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     monkeypatch.setattr(_probing, "measure_threads", spy)
     once = _counting(monkeypatch, _probing, "_measure_threads_once")
     added = []
-    real_add = _planning.Cost.add_thread_speedup
+    real_add = _costs.Cost.add_thread_speedup
 
     def add(self, speedup, *, final=False):
         added.append((speedup, final))
         real_add(self, speedup, final=final)
 
-    monkeypatch.setattr(_planning.Cost, "add_thread_speedup", add)
+    monkeypatch.setattr(_costs.Cost, "add_thread_speedup", add)
     # Measurements only: a plan's run that corrects them is another test's.
     monkeypatch.setattr(_planning, "learn_thread_speedup", lambda *a: False)
     # Its threads seen waiting for a core: another process may have taken it.
-    monkeypatch.setattr(_planning, "SEES_WAITS", True)
+    monkeypatch.setattr(_costs, "SEES_WAITS", True)
     waits = iter(range(10**6))
-    monkeypatch.setattr(_planning, "run_queue_seconds", lambda: float(next(waits)))
+    monkeypatch.setattr(_costs, "run_queue_seconds", lambda: float(next(waits)))
     out = parallel_predict(model, data, n_jobs=2)
     # Measured again at once while rows remain, up to the limit: the spinner
     # holds the GIL, and every measurement says so. (A measurement whose
@@ -1385,23 +1385,21 @@ def test_engine_measures_a_low_thread_speedup_again(monkeypatch):
     # few for another measurement, whose attempt then measures nothing.)
     assert measured == [len(data)]
     assert added and not any(final for _, final in added)
-    seen_trusted = [s >= _planning.THREAD_TRUSTED for s, _ in added]
+    seen_trusted = [s >= _costs.THREAD_TRUSTED for s, _ in added]
     expected = seen_trusted.index(True) + 1 if any(seen_trusted) else None
     out_of_rows = len(once) == len(added) + 1
     assert len(once) == len(added) or out_of_rows
-    limit = expected or _planning.THREAD_MEASUREMENTS - 1
+    limit = expected or _costs.THREAD_MEASUREMENTS - 1
     if out_of_rows:
         assert len(added) < limit, (added, len(once))
     else:
         assert len(added) == limit, added
     assert cost.thread_measurements == 1 + len(added)
-    assert (cost.thread_speedup < _planning.THREAD_TRUSTED) == (expected is None)
+    assert (cost.thread_speedup < _costs.THREAD_TRUSTED) == (expected is None)
     # (The spinner predicts its process id: no serial output to compare.)
     assert out.shape == (len(data),)
     trusted = _Spinner().fit(data)
-    _planning.remember_cost(
-        trusted, "predict", _planning.Cost(0.0, 1e-3, thread_speedup=2.0)
-    )
+    _costs.remember_cost(trusted, "predict", _costs.Cost(0.0, 1e-3, thread_speedup=2.0))
     parallel_predict(trusted, data, n_jobs=2)
     assert measured == [len(data)]
 
@@ -1422,7 +1420,7 @@ def test_debug_log_says_how_each_call_ran(caplog):
 
 
 def test_cost_keeps_one_sample_per_size_averaging_repeats():
-    cost = _planning.fit_cost([(64, 0.011, 0.011), (256, 0.012, 0.012)])
+    cost = _costs.fit_cost([(64, 0.011, 0.011), (256, 0.012, 0.012)])
     for rows, wall in ((2_000, 0.030), (2_001, 0.034), (1_999, 0.032)):
         cost.add(rows, wall, wall)
     # The probe sizes stay beside the tasks' near-equal sizes, which make one
@@ -1439,9 +1437,9 @@ def test_parallel_tasks_refine_a_misjudged_cost(backend):
     model = DecisionTreeClassifier(random_state=0).fit(X, Y)
     data = np.tile(X, (25, 1))  # 10,000 rows
     # A probe spoilt by load: one second a row, a thousand times too slow.
-    wrong = _planning.fit_cost([(64, 64.0, 64.0), (256, 256.0, 256.0)])
-    wrong.thread_measurements = _planning.THREAD_MEASUREMENTS
-    _planning.remember_cost(model, "predict", wrong)
+    wrong = _costs.fit_cost([(64, 64.0, 64.0), (256, 256.0, 256.0)])
+    wrong.thread_measurements = _costs.THREAD_MEASUREMENTS
+    _costs.remember_cost(model, "predict", wrong)
     out = parallel_predict(model, data, n_jobs=2, backend=backend)
     assert_same_output(out, model.predict(data))
     # Each task was timed where it ran and taught the cost its real speed.
@@ -1450,8 +1448,8 @@ def test_parallel_tasks_refine_a_misjudged_cost(backend):
 
 
 def test_tasks_teach_the_cost_their_serial_time(monkeypatch):
-    monkeypatch.setattr(_planning, "CORES", 2)
-    cost = _planning.Cost(0.01, 1e-4)
+    monkeypatch.setattr(_costs, "CORES", 2)
+    cost = _costs.Cost(0.01, 1e-4)
     # A single-threaded estimator on a process: its own speed.
     assert _planning.serial_equivalent(cost, "process", 2, 0.11) == pytest.approx(0.11)
     # Two threads that hold the GIL a quarter of the time wait for each
@@ -1461,7 +1459,7 @@ def test_tasks_teach_the_cost_their_serial_time(monkeypatch):
         0.01 + 0.125 / 1.25
     )
     # An estimator that keeps both cores busy, on one core per process.
-    threaded = _planning.Cost(0.0, 1e-4, threads=2.0)
+    threaded = _costs.Cost(0.0, 1e-4, threads=2.0)
     assert _planning.serial_equivalent(threaded, "process", 2, 0.2) == pytest.approx(
         0.1
     )
@@ -1475,8 +1473,8 @@ def test_tasks_teach_the_cost_their_serial_time(monkeypatch):
 
     monkeypatch.setattr(_planning, "serial_equivalent", spy)
     model = DecisionTreeClassifier(random_state=0).fit(X, Y)
-    known = _planning.Cost(0.0, 1e-3, thread_speedup=1.6, thread_measurements=3)
-    _planning.remember_cost(model, "predict", known)
+    known = _costs.Cost(0.0, 1e-3, thread_speedup=1.6, thread_measurements=3)
+    _costs.remember_cost(model, "predict", known)
     out = parallel_predict(model, X, n_jobs=2, backend="threading")
     assert_same_output(out, model.predict(X))
     assert seen and set(seen) == {("thread", 2)}
@@ -1516,13 +1514,13 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
 ):
 
     # Where the waits for a core are seen, they tell load from the GIL.
-    monkeypatch.setattr(_planning, "SEES_WAITS", sees_waits)
+    monkeypatch.setattr(_costs, "SEES_WAITS", sees_waits)
     waits = (lambda: _SlowStart.waited) if sees_waits else (lambda: 0.0)
-    monkeypatch.setattr(_planning, "run_queue_seconds", waits)
+    monkeypatch.setattr(_costs, "run_queue_seconds", waits)
     _SlowStart.threaded_calls = []
     data = np.arange(8_000, dtype=float).reshape(-1, 2)
     model = _SlowStart().fit(data)
-    cost = _planning.Cost(0.0, 5e-5)
+    cost = _costs.Cost(0.0, 5e-5)
     pieces = []
     _probing.measure_threads(Job(model, "predict", data), cost, len(data), pieces)
     # The first two-thread run went one thread at a time. Where the wait is
@@ -1533,7 +1531,7 @@ def test_a_spoilt_thread_measurement_is_corrected_or_taken_again(
     if sees_waits:
         assert cost.thread_measurements == 1
     else:
-        assert 2 <= cost.thread_measurements <= _planning.THREAD_MEASUREMENTS
+        assert 2 <= cost.thread_measurements <= _costs.THREAD_MEASUREMENTS
     assert cost.thread_speedup > 1.4
     bounds = sorted((a, b) for a, b, _ in pieces)
     assert bounds[0][0] == 0 and all(
@@ -1556,18 +1554,18 @@ def test_threads_are_measured_on_rows_not_on_the_fixed_cost_of_calls(monkeypatch
     # Each call costs 0.5 s before its rows (a forest's loop over its trees,
     # which may hold the GIL): 4,000 rows cannot make chunks that measure
     # how the rows run on threads.
-    costly_calls = _planning.Cost(0.5, 1e-4)
+    costly_calls = _costs.Cost(0.5, 1e-4)
     pieces = []
     _probing.measure_threads(Job(model, "predict", data), costly_calls, 4_000, pieces)
     assert costly_calls.thread_measurements == 0 and not pieces
-    cheap_calls = _planning.Cost(0.0, 1e-4)
+    cheap_calls = _costs.Cost(0.0, 1e-4)
     _probing.measure_threads(Job(model, "predict", data), cheap_calls, 4_000, pieces)
     assert cheap_calls.thread_measurements >= 1 and pieces
     # Threads that could not be measured are not guessed: the call never
     # goes to threads.
     used = []
     monkeypatch.setattr(_threads, "run", lambda *args: used.append(args))
-    _planning.remember_cost(model, "predict", _planning.Cost(0.5, 1e-4))
+    _costs.remember_cost(model, "predict", _costs.Cost(0.5, 1e-4))
     out = parallel_predict(model, data, n_jobs=2)
     assert out.shape == (len(data),) and not used
 
@@ -1577,18 +1575,16 @@ def test_a_small_numpy_batch_skips_planning(monkeypatch):
 
     model = LogisticRegression().fit(X, Y)
     # Not seen yet: no larger than one probe.
-    assert _in_process.plainly_small(model, "predict", X[: _planning.PROBE_ROWS])
-    assert not _in_process.plainly_small(
-        model, "predict", X[: _planning.PROBE_ROWS + 1]
-    )
-    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    assert _in_process.plainly_small(model, "predict", X[: _probing.PROBE_ROWS])
+    assert not _in_process.plainly_small(model, "predict", X[: _probing.PROBE_ROWS + 1])
+    _costs.remember_cost(model, "predict", _costs.Cost(1e-4, 1e-7))
     assert _in_process.plainly_small(model, "predict", X)
     assert not _in_process.plainly_small(model, "predict", list(X))
     assert not _in_process.plainly_small(model, "predict", X[0, 0])
     assert not _in_process.plainly_small(model, "predict_proba", X)
-    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-3))
+    _costs.remember_cost(model, "predict", _costs.Cost(1e-4, 1e-3))
     assert not _in_process.plainly_small(model, "predict", X)  # 0.4 s of work
-    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    _costs.remember_cost(model, "predict", _costs.Cost(1e-4, 1e-7))
     # Decided before any job is built or planned.
     monkeypatch.setattr(_engine, "run_jobs", None)
     assert_same_output(parallel_predict(model, X, n_jobs=2), model.predict(X))
@@ -1601,28 +1597,31 @@ def test_costs_are_forgotten_with_their_model():
         __hash__ = None
 
     model = Unhashable().fit(X, Y)
-    cost = _planning.Cost(1e-4, 1e-7)
-    _planning.remember_cost(model, "predict", cost)
-    assert _planning.remembered_cost(model, "predict") is cost
+    cost = _costs.Cost(1e-4, 1e-7)
+    _costs.remember_cost(model, "predict", cost)
+    assert _costs.remembered_cost(model, "predict") is cost
     key = id(model)
-    assert key in _planning._costs
+    assert key in _costs._remembered
     del model
     gc.collect()
-    assert key not in _planning._costs
+    assert key not in _costs._remembered
     # A stale entry (its model gone, its notice not yet run) serves no other
     # object that is given the same id.
     other = LogisticRegression()
-    _planning._costs[id(other)] = (weakref.ref(LogisticRegression()), {"predict": cost})
-    assert _planning.remembered_cost(other, "predict") is None
-    _planning.remember_cost(other, "predict", cost)
-    assert _planning.remembered_cost(other, "predict") is cost
+    _costs._remembered[id(other)] = (
+        weakref.ref(LogisticRegression()),
+        {"predict": cost},
+    )
+    assert _costs.remembered_cost(other, "predict") is None
+    _costs.remember_cost(other, "predict", cost)
+    assert _costs.remembered_cost(other, "predict") is cost
 
 
 @pytest.mark.parametrize("chunk_size", ["auto", 3])
 def test_a_scalar_fails_as_the_serial_call(chunk_size):
     model = LogisticRegression().fit(X, Y)
     # Known and cheap: the first path a small NumPy batch may take.
-    _planning.remember_cost(model, "predict", _planning.Cost(1e-4, 1e-7))
+    _costs.remember_cost(model, "predict", _costs.Cost(1e-4, 1e-7))
     scalar = np.array(1.0)
     with pytest.raises(ValueError) as serial:
         model.predict(scalar)
@@ -1633,7 +1632,7 @@ def test_a_scalar_fails_as_the_serial_call(chunk_size):
 
 def test_threads_kept_busier_than_measured_raise_their_speedup():
     def cost(**kw):
-        return _planning.Cost(0.0, 1e-5, thread_speedup=1.6, **kw)
+        return _costs.Cost(0.0, 1e-5, thread_speedup=1.6, **kw)
 
     plan = _planning.Plan("thread", [[(0, 500), (500, 1000)]], 0.5, 1)
 
@@ -1690,7 +1689,7 @@ def test_a_warm_thread_run_raises_the_speedup_by_its_threads_cpu_time(monkeypatc
     _Hasher().predict(data)
     per_row = (time.perf_counter() - start) / len(data)
     model = _measured_spinner(data, per_row, 1.6, spinner=_Hasher)
-    cost = _planning.remembered_cost(model, "predict")
+    cost = _costs.remembered_cost(model, "predict")
     seen = []
     real = _planning.raise_thread_speedup
 

@@ -176,10 +176,10 @@ class _InnerThreads(DecisionTreeClassifier):
 
 
 def test_thread_plans_keep_workers_x_inner_threads_within_the_cores():
-    from sklearn_parpredict import _planning
+    from sklearn_parpredict import _costs
 
     blas, openmp = _threads_of("blas"), _threads_of("openmp")
-    share = max(1, _planning.CORES // 2)
+    share = max(1, _costs.CORES // 2)
     if blas <= share or openmp <= share:
         pytest.skip(
             f"BLAS ({blas}) and OpenMP ({openmp}) use no more than a worker's share"
@@ -191,10 +191,10 @@ def test_thread_plans_keep_workers_x_inner_threads_within_the_cores():
     # Known to keep one core busy: BLAS is left alone, for telling OpenBLAS
     # its number of threads may start them spinning; OpenMP's limit is the
     # package threads' own, set once.
-    _planning.remember_cost(
+    _costs.remember_cost(
         model,
         "predict",
-        _planning.Cost(0.0, 1e-2, thread_speedup=2.0, thread_measurements=3),
+        _costs.Cost(0.0, 1e-2, thread_speedup=2.0, thread_measurements=3),
     )
     out = parallel_predict(model, X, n_jobs=2, backend="threading")
     assert (out == 10 * blas + share).all()

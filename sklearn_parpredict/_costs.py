@@ -1,0 +1,384 @@
+"""What a call costs: the line fitted to its timings, and the costs remembered
+per fitted model.
+
+Every timed call, in-process or a worker's task, refines ``seconds = per_call
++ per_row * rows`` for its model and method, with what the estimator's own
+threads (BLAS, OpenMP) and two concurrent threads of ours gain over one.
+:mod:`sklearn_parpredict._probing` takes the first timings and
+:mod:`sklearn_parpredict._planning` plans on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+
+# The machine's cores, read once: os.cpu_count() costs microseconds, and the
+# planner asks on every call.
+CORES = os.cpu_count() or 1
+# Another process busy on a core makes threads look as if they held the GIL,
+# never the opposite: a speedup below THREAD_TRUSTED is measured again, at
+# once while rows remain and on later calls, up to THREAD_MEASUREMENTS times
+# in all, and the best is kept.
+THREAD_TRUSTED = 1.8
+THREAD_MEASUREMENTS = 3
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+SEES_WAITS = os.path.exists(_SCHEDSTAT)
+# A serial call that keeps this many cores busy on average runs its own
+# threads (BLAS, OpenMP).
+THREADED = 1.25
+# Work predicted to take less than this in-process is run in-process without
+# planning: no fan-out can save more than planning costs.
+FAST_SERIAL_S = 0.002
+# Timings kept per model and method, one per band of batch sizes.
+MAX_SAMPLES = 12
+# How far a cost's prediction may grow before a remembered "no plan pays"
+# (Cost.no_gain) is planned again.
+NO_GAIN_DRIFT = 1.2
+# In-process calls predicted to take at least this long are timed even when
+# nothing is planned: timing costs a few microseconds.
+WATCHED_CALL_S = 0.01
+# A cost decides a call without planning only for batches smaller than
+# EXTRAPOLATION times the most rows it was timed on; a larger one is planned
+# (and, run in-process, timed). The cost per row of a fast model timed on
+# small batches can be lost in the noise: LogisticRegression timed on 1,000
+# rows fitted 0 s per row, and would have run 1,000,000 rows (15 ms) without
+# a plan or a timing ever after.
+EXTRAPOLATION = 16
+
+
+@dataclass
+class Cost:
+    """Seconds for one call on ``n`` rows: ``per_call + per_row * n``.
+
+    Attributes
+    ----------
+    threads : float
+        Cores the serial call kept busy on average (process CPU time over wall
+        time): an estimator that is already threaded gains less from workers.
+    one_thread_per_row : float or None
+        Seconds per row of the call on one thread (BLAS, OpenMP limited to
+        one), measured once, for an estimator that keeps more than one core
+        busy; ``None`` until measured. Against the cost per row of the
+        serial call it gives :attr:`own_speedup`, which follows that cost as
+        it is refined: on one 2-core machine the same OpenMP threads gained
+        1.98x on a chunk of 24,000 rows and 1.46x to 1.69x on whole calls of
+        100,000 rows minutes later, while one thread's speed held.
+    thread_speedup : float or None
+        Speedup of two concurrent threads over one, the best of up to
+        ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
+        the estimator holds the GIL part of the time.
+    thread_measurements : int
+        How many times the thread speedup was measured.
+    overhead : dict
+        Per kind of worker, seconds per task that past parallel runs took
+        beyond the prediction.
+    no_gain : dict
+        Per setting of the workers, the most rows for which no plan could
+        pay (see :func:`can_pay`) and the seconds they were predicted to
+        take: a call on as many rows or fewer is decided without planning
+        while that prediction holds (within ``NO_GAIN_DRIFT``) and the
+        speed of the workers was not learnt anew.
+    """
+
+    per_call: float
+    per_row: float
+    threads: float = 1.0
+    one_thread_per_row: float | None = None
+    thread_speedup: float | None = None
+    thread_measurements: int = 0
+    overhead: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list, repr=False)
+    min_threads: float = 1.0
+    no_gain: dict = field(default_factory=dict, repr=False)
+    # Warm thread plans in a row that ran far slower than planned.
+    slow_thread_runs: int = field(default=0, repr=False)
+    # Whether slow runs lowered the thread speedup: it is not raised again.
+    thread_lowered: bool = field(default=False, repr=False)
+    # Batches smaller than this are within reach of the timings (see
+    # EXTRAPOLATION); those smaller than direct_rows are also predicted
+    # faster than FAST_SERIAL_S. Kept up to date by add(): the engine asks
+    # on every call.
+    covered_rows: float = field(init=False, repr=False, compare=False)
+    direct_rows: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # A cost set by hand, with no timings, is taken at its word.
+        self.covered_rows = EXTRAPOLATION * max(
+            (s[0] for s in self.samples), default=math.inf
+        )
+        spare = FAST_SERIAL_S - self.per_call
+        if self.per_row > 0:
+            fast = spare / self.per_row
+        else:
+            fast = math.inf if spare > 0 else -math.inf
+        self.direct_rows = min(fast, self.covered_rows)
+
+    def seconds(self, rows: int) -> float:
+        return self.per_call + self.per_row * rows
+
+    def add(self, rows: int, wall: float, cpu: float) -> None:
+        """Refine the cost with one more timing: a call in-process or a task."""
+        # One sample per band of batch sizes, averaged with the earlier
+        # timings in the band (the mean of points on a line is on the line):
+        # the near-equal tasks of repeated calls must neither crowd out the
+        # other sizes that separate the fixed cost of a call from its cost
+        # per row, nor fit a slope to the noise between 2,499 and 2,501 rows.
+        band = _band(rows)
+        same = [s for s in self.samples if _band(s[0]) == band]
+        if same:
+            old_rows, old_wall, old_cpu = same[0]
+            rows, wall, cpu = (
+                (old_rows + rows) / 2,
+                (old_wall + wall) / 2,
+                (old_cpu + cpu) / 2,
+            )
+        others = [s for s in self.samples if _band(s[0]) != band]
+        self.samples = [*others, (rows, wall, cpu)][-MAX_SAMPLES:]
+        self.per_call, self.per_row, threads = _fit(self.samples)
+        self.threads = max(threads, self.min_threads)
+        self._refresh()
+
+    @property
+    def own_speedup(self) -> float | None:
+        """Speedup of the serial call's own threads (BLAS, OpenMP) over one
+        thread; ``None`` until measured, when ``threads`` stands for it.
+
+        Busy is not useful: OpenMP threads that spin between parallel regions
+        count as busy (HistGradientBoosting's predict kept 2 cores busy for a
+        speedup of 1.46x on 2 cores).
+        """
+        if self.one_thread_per_row is None:
+            return None
+        if self.per_row <= 0:
+            return 1.0
+        return min(max(self.one_thread_per_row / self.per_row, 1.0), float(CORES))
+
+    def wants_own_measurement(self) -> bool:
+        """Whether the call runs threads of its own whose speedup is unknown."""
+        return self.one_thread_per_row is None and self.threads >= THREADED
+
+    def set_one_thread_per_row(self, seconds: float) -> None:
+        """Take the measured seconds per row on one thread."""
+        self.one_thread_per_row = max(seconds, 0.0)
+        self.no_gain.clear()
+
+    def add_one_thread_task(self, rows: int, wall: float) -> None:
+        """Refine the seconds per row on one thread with a task that a
+        worker ran on one thread of the estimator's own, beside the other
+        workers: the speed that plans on such workers get, where a
+        measurement in-process, alone on the machine, can be far off. A
+        HistGradientBoosting model measured 1.72x on its own threads ran
+        50,000 rows on one thread 1.89x slower than on two, and its
+        processes, predicted 1.16x faster than serial, gained 1.05x
+        (2 cores)."""
+        per_row = max(wall - self.per_call, 0.0) / max(rows, 1)
+        if self.one_thread_per_row is None:
+            self.one_thread_per_row = per_row
+        else:
+            # Half-way, as overheads are learnt: one slow task (another
+            # process busy) does not swing the plan.
+            self.one_thread_per_row = 0.5 * (self.one_thread_per_row + per_row)
+        self.no_gain.clear()
+
+    def wants_thread_measurement(self) -> bool:
+        """Whether the thread speedup is unknown or may have been hidden by load."""
+        return self.thread_speedup is None or (
+            self.thread_speedup < THREAD_TRUSTED
+            and self.thread_measurements < THREAD_MEASUREMENTS
+        )
+
+    def add_thread_speedup(self, speedup: float, *, final: bool = False) -> None:
+        """Keep the best measured thread speedup, bounded to ``[1, 2]``.
+
+        ``final``: no other work took a core from the measurement, which is
+        not taken again.
+        """
+        speedup = min(max(speedup, 1.0), 2.0)
+        self.thread_speedup = max(self.thread_speedup or 1.0, speedup)
+        self.thread_measurements += 1
+        if final:
+            self.thread_measurements = max(
+                self.thread_measurements, THREAD_MEASUREMENTS
+            )
+        self.no_gain.clear()
+
+    def speedup(self, kind: str, n_workers: int) -> float:
+        """Speedup of ``n_workers`` workers of ``kind`` over one."""
+        if kind == "process" or self.thread_speedup is None:
+            return float(n_workers)
+        # Amdahl: the share of the work that runs outside the GIL, from the
+        # two-thread measurement, scales; the rest does not.
+        free = min(max(2.0 * (1.0 - 1.0 / self.thread_speedup), 0.0), 1.0)
+        return 1.0 / ((1.0 - free) + free / n_workers)
+
+
+def _band(rows: float) -> int:
+    # Bands about 41% wide: sizes within a band time alike.
+    return round(2 * math.log2(max(rows, 1.0)))
+
+
+class Timer:
+    """Wall and process CPU time of a block.
+
+    With ``waits=True`` also ``waited``: the seconds the calling thread spent
+    ready to run but waiting for a core (Linux's ``schedstat``; 0 elsewhere),
+    and ``own``: the seconds the block took of its own, ``wall - waited``,
+    for what other threads took from it is the machine's, not its cost.
+    """
+
+    def __init__(self, waits: bool = False):
+        self._waits = waits
+        self.waited = 0.0
+
+    def __enter__(self):
+        self._waited = run_queue_seconds() if self._waits else 0.0
+        self._thread = time.thread_time() if self._waits else 0.0
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+        self.own = self.wall
+        if self._waits:
+            self.waited = min(max(run_queue_seconds() - self._waited, 0.0), self.wall)
+            # Never less than this thread's own CPU time: some kernels count
+            # the waits in whole ticks (4 ms), more than a short block waited.
+            thread = time.thread_time() - self._thread
+            self.own = max(self.wall - self.waited, min(thread, self.wall))
+
+
+def run_queue_seconds() -> float:
+    """Seconds the calling thread has waited for a core since it started, as
+    Linux counts them; 0 where the count cannot be read."""
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _fit(samples) -> tuple[float, float, float]:
+    # Plain least squares: this runs after every in-process call, where
+    # numpy's polyfit would cost more than predicting a few rows.
+    n = len(samples)
+    rows = [float(s[0]) for s in samples]
+    wall = [s[1] for s in samples]
+    cores = float(CORES)
+    threads = min(max(sum(s[2] for s in samples) / max(sum(wall), 1e-9), 1.0), cores)
+    mean_rows, mean_wall = sum(rows) / n, sum(wall) / n
+    spread = sum((r - mean_rows) ** 2 for r in rows)
+    if spread == 0:
+        # One size only: charge it all to the rows, which errs towards
+        # parallel only for work that is already slow.
+        return 0.0, mean_wall / max(mean_rows, 1.0), threads
+    per_row = (
+        sum((r - mean_rows) * (w - mean_wall) for r, w in zip(rows, wall)) / spread
+    )
+    if per_row <= 0:
+        # Within noise, the rows cost nothing: the call's fixed cost is all.
+        return mean_wall, 0.0, threads
+    per_call = mean_wall - per_row * mean_rows
+    if per_call < 0:
+        return 0.0, sum(wall) / sum(rows), threads
+    return per_call, per_row, threads
+
+
+# scikit-learn estimators whose predict already runs on every core through
+# OpenMP. Short probes can hide it (the threads have little to do), so they
+# are known to be threaded rather than measured: splitting their rows across
+# workers would only take cores from their own threads.
+_OPENMP_THREADED = (
+    "HistGradientBoosting",
+    "KNeighbors",
+    "RadiusNeighbors",
+    "KMeans",
+    "BisectingKMeans",
+    "MiniBatchKMeans",
+)
+
+
+def _openmp_threaded(estimator) -> bool:
+    name = type(estimator).__name__
+    if name.startswith(_OPENMP_THREADED):
+        return True
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        return any(_openmp_threaded(step) for _, step in steps)
+    inner = getattr(estimator, "estimator", None)
+    return inner is not None and inner is not estimator and _openmp_threaded(inner)
+
+
+def fit_cost(samples: list[tuple[int, float, float]], estimator=None) -> Cost:
+    """A cost line through timed samples ``(rows, wall, cpu)``."""
+    cost = Cost(0.0, 0.0)
+    if estimator is not None and _openmp_threaded(estimator):
+        cost.min_threads = float(CORES)
+    for sample in samples:
+        cost.add(*sample)
+    return cost
+
+
+# Remembered costs, by the id of the fitted model: (a weak reference to the
+# model, {method: Cost}). Asked on every call: a dict lookup by id costs a
+# third of a WeakKeyDictionary's, and the reference tells the model from a
+# later object given the same id.
+_remembered: dict[int, tuple[weakref.ref, dict[str, Cost]]] = {}
+
+
+def remembered_cost(model, method: str) -> Cost | None:
+    entry = _remembered.get(id(model))
+    if entry is None or entry[0]() is not model:
+        return None
+    return entry[1].get(method)
+
+
+def costs_of(model) -> dict[str, Cost] | None:
+    """The model's remembered costs by method: the very dict that later
+    timings of the model fill in. None when the model cannot be weakly
+    referenced, and so nothing is remembered for it."""
+    entry = _remembered.get(id(model))
+    if entry is None or entry[0]() is not model:
+        entry = keep_by_id(_remembered, model, {})
+        if entry is None:
+            return None
+    return entry[1]
+
+
+def remember_cost(model, method: str, cost: Cost) -> None:
+    costs = costs_of(model)
+    if costs is not None:
+        costs[method] = cost
+
+
+def keep_by_id(table: dict, obj, value) -> tuple | None:
+    """``table[id(obj)] = (weak reference to obj, value)``, until ``obj`` is
+    collected; None (and nothing kept) when it cannot be weakly referenced.
+
+    Keyed by id rather than by the object: a look-up is one dict access and
+    ``entry[0]() is obj``, for objects that need not be hashable.
+    """
+    key = id(obj)
+    try:
+        ref = weakref.ref(obj, functools.partial(_drop_by_id, table, key))
+    except TypeError:
+        return None
+    entry = table[key] = (ref, value)
+    return entry
+
+
+def _drop_by_id(table: dict, key: int, ref: weakref.ref) -> None:
+    # Only the collected object's own entry: a later object with the same id
+    # may already have replaced it.
+    entry = table.get(key)
+    if entry is not None and entry[0] is ref:
+        del table[key]
