@@ -25,7 +25,7 @@ from benchmarks._measure import (
     wrapper_overhead,
 )
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
-from benchmarks._report import ratios
+from benchmarks._targets import ratios
 
 # The repeated-call case of the issue, and the rows of the memory case.
 REPEATED_CALLS = 20

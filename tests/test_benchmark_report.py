@@ -6,7 +6,7 @@ import pytest
 
 # Importable without the bench extra: the plotting library is imported only
 # to plot.
-from benchmarks import _report
+from benchmarks import _targets
 
 
 def _row(case, rows, serial, parpredict, ceiling):
@@ -29,7 +29,7 @@ def _results(rf_s, svc_s, workers=16):
 
 
 def _target(results, start):
-    found = [t for t in _report.targets(results) if t[0].startswith(start)]
+    found = [t for t in _targets.targets(results) if t[0].startswith(start)]
     assert len(found) == 1
     return found[0]
 
@@ -109,14 +109,14 @@ def test_no_slower_than_serial_is_judged_on_the_paired_calls(medians, paired, ve
 def test_the_results_table_shows_the_paired_ratios():
     results = _low_rows(0.90, 0.98)
     results["rows"][0]["paired"].update(aa=0.0001, after=0.0005)
-    q = _report.ratios(results["rows"][0])
+    q = _targets.ratios(results["rows"][0])
     assert round(q["paired"], 4) == 0.98
     assert round(q["paired_aa"], 4) == round(0.010 / 0.0101, 4)
     assert round(q["next_call"], 4) == round(0.010 / 0.0105, 4)
     # Rows measured before paired calls existed have none.
     assert all(
         math.isnan(v)
-        for k, v in _report.ratios(_row("rf", 1, 1, 1, 1)).items()
+        for k, v in _targets.ratios(_row("rf", 1, 1, 1, 1)).items()
         if k.startswith(("paired", "next"))
     )
 
@@ -162,21 +162,21 @@ def test_the_ceiling_share_is_judged_on_the_paired_calls(
         f"rf 500,000 rows: {paired_share:.0%} paired (medians {medians})"
     )
     # The table shows both, the paired share in brackets.
-    q = _report.ratios(results["rows"][0])
-    cell = _report._with_paired(_report._pct, q, "of_ceiling")
+    q = _targets.ratios(results["rows"][0])
+    cell = _targets.with_paired(_targets.fmt_pct, q, "of_ceiling")
     assert cell == f"{medians} ({paired_share:.0%})"
     # Rows measured before the paired comparison show the medians' alone.
     del results["rows"][0]["versus"]
-    q = _report.ratios(results["rows"][0])
-    assert _report._with_paired(_report._pct, q, "of_ceiling") == medians
+    q = _targets.ratios(results["rows"][0])
+    assert _targets.with_paired(_targets.fmt_pct, q, "of_ceiling") == medians
 
 
 def test_the_peers_are_judged_on_the_paired_calls_where_measured():
     def row_vs_peers(rows, medians, paired):
         row = _row("svc", rows, 2.0, 1.0, 1.0)
-        row["times"].update({p: medians for p in _report.PEERS})
+        row["times"].update({p: medians for p in _targets.PEERS})
         if paired is not None:
-            row["versus"] = {p: paired for p in _report.PEERS}
+            row["versus"] = {p: paired for p in _targets.PEERS}
         return row
 
     results = {"rows": [row_vs_peers(1, 0.97, 1.01), row_vs_peers(2, 1.2, 1.1)]}
