@@ -1,9 +1,11 @@
-"""Which columns each of several models reads, and one table of their outputs.
+"""Which columns each of several models reads and is fitted against, and one
+table of their outputs.
 
-The column logic of :class:`MultiModelPredictor`: a model's ``features``
-(names, positions, a slice, a mask, a callable or None) resolved to column
-positions with errors that name the model and the columns, and the models'
-predictions assembled as one DataFrame or array.
+The column logic of :class:`MultiModelPredictor`: its ``models`` checked as
+``(estimator, features, target)`` entries; a model's ``features`` (names,
+positions, a slice, a mask, a callable or None) resolved to column positions
+with errors that name the model and the columns; its ``target`` found in ``y``
+or ``X``; and the models' predictions assembled as one DataFrame or array.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
+from sklearn.utils import _safe_indexing
 from sklearn.utils._indexing import (
     _determine_key_type,
     _get_column_indices,
     _get_column_indices_for_bool_or_int,
 )
+from sklearn.utils.validation import check_consistent_length
 
 from sklearn_parpredict import _chunking
 
@@ -182,3 +186,119 @@ def assemble(X, targets, columns):
     for j, column in enumerate(columns):
         out[:, j] = column
     return out
+
+
+def check_models(models, reserved) -> list[tuple]:
+    """The models of a :class:`MultiModelPredictor` as checked
+    ``(estimator, features, target)`` tuples; ``reserved``: the names of its
+    parameters, which no target may take."""
+    if not isinstance(models, list | tuple) or not models:
+        raise ValueError(
+            "models must be a non-empty list of (estimator, features, "
+            f"target) tuples; got {models!r}."
+        )
+    for item in models:
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            raise ValueError(
+                "Each entry of models must be an (estimator, features, "
+                f"target) tuple; got {item!r}."
+            )
+    estimators, _, targets = zip(*models)
+    for target in targets:
+        if not is_target(target):
+            raise TypeError(
+                f"A target must be a string or an integer; got {target!r} "
+                f"of type {type(target).__name__}."
+            )
+    names = [str(target) for target in targets]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"Targets must be unique; duplicated: {shorten(duplicates)}.")
+    # The constraints name every parameter, without get_params'
+    # inspection of the signature (10 µs, on every call).
+    clashes = sorted(set(names) & set(reserved))
+    if clashes:
+        raise ValueError(
+            f"Targets must not be names of MultiModelPredictor's parameters "
+            f"(they name the models in nested parameters); got "
+            f"{shorten(clashes)}."
+        )
+    nested = [name for name in names if "__" in name]
+    if nested:
+        raise ValueError(
+            f"Targets must not contain '__' (it separates nested parameter "
+            f"names); got {shorten(nested)}."
+        )
+    for estimator, target in zip(estimators, targets):
+        # scikit-learn's own check (_check_estimators_are_instances) is
+        # missing from 1.6.
+        if isinstance(estimator, type):
+            raise TypeError(
+                f"Expected an estimator instance ({estimator.__name__}()), "
+                f"got estimator class instead ({estimator.__name__})."
+            )
+        if not hasattr(estimator, "predict"):
+            raise TypeError(
+                f"The estimator of model {target!r} has no 'predict' "
+                f"method: {estimator!r}."
+            )
+    return [tuple(item) for item in models]
+
+
+def target_values(X, y, i: int, target):
+    """The values model ``i`` is fitted (or scored) against, and the position
+    of their column in ``X`` when they are taken from it (``y`` is None)."""
+    if y is None:
+        if is_frame(X):
+            if target not in list(X.columns):
+                raise ValueError(
+                    f"Target column {target!r} not found in X (y is None, "
+                    f"so each target is taken from X)."
+                )
+            return X[target], list(X.columns).index(target)
+        if not isinstance(target, Integral) or not (-X.shape[1] <= target < X.shape[1]):
+            raise ValueError(
+                f"Target {target!r} cannot be taken from X: y is None and X "
+                f"({type(X).__name__}, {X.shape[1]} columns) has no such "
+                f"column. Pass y, or a DataFrame X holding the target."
+            )
+        position = int(target) % X.shape[1]
+        column = _safe_indexing(X, position, axis=1)
+        if hasattr(column, "toarray"):
+            column = column.toarray()
+        return np.ravel(column), position
+    if is_frame(y):
+        columns = list(y.columns)
+        if target in columns:
+            return y[target], None
+        if isinstance(target, Integral) and -len(columns) <= target < len(columns):
+            return y.iloc[:, int(target)], None
+        raise ValueError(
+            f"Target column {target!r} not found in y; y's columns are "
+            f"{shorten(columns)}."
+        )
+    if y.ndim == 1:
+        return y, None
+    # A 2-D array: an integer target is a position, any other target
+    # takes the column of its model's rank.
+    column = target if isinstance(target, Integral) else i
+    if not -y.shape[1] <= column < y.shape[1]:
+        raise ValueError(
+            f"Target {target!r} needs column {column} of y, but y has "
+            f"{y.shape[1]} columns."
+        )
+    return y[:, int(column)], None
+
+
+def check_y(y, X):
+    """``y`` as an array (a column vector as 1-D) or a DataFrame, as long as
+    ``X``."""
+    if not is_frame(y) and not hasattr(y, "iloc"):
+        y = np.asarray(y)
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D; got shape {y.shape}.")
+        if y.ndim == 2 and y.shape[1] == 1:
+            # A column vector is a 1-D y: every model's target.
+            y = y[:, 0]
+    check_consistent_length(X, y)
+    return y

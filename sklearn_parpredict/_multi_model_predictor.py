@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import weakref
-from numbers import Integral
 
 import numpy as np
 from sklearn.base import (
@@ -15,24 +14,25 @@ from sklearn.base import (
     clone,
 )
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import _safe_indexing, get_tags
+from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import _BaseComposition, available_if
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_n_features,
     _get_feature_names,
     check_array,
-    check_consistent_length,
 )
 
 from sklearn_parpredict import _chunking, _lazy
 from sklearn_parpredict._columns import (
     assemble,
+    check_models,
+    check_y,
     column_key,
     column_positions,
     is_frame,
-    is_target,
     shorten,
+    target_values,
 )
 from sklearn_parpredict._distributed import parallel_backend
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, _backend, run_jobs
@@ -258,7 +258,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     def _validate_settings(self) -> None:
         """The parameters' constraints at predict time, checked once per set
         of values. ``models`` is a list, which cannot be a key: its
-        constraint asks for its type alone (:meth:`_validate_models` checks
+        constraint asks for its type alone (:func:`._columns.check_models` checks
         the rest), and the type is the key."""
         models = self.models
         validate_once(
@@ -268,63 +268,6 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             type(self).__name__,
         )
         validate_engine_params(self)
-
-    def _validate_models(self) -> list[tuple]:
-        """The models as checked ``(estimator, features, target)`` tuples."""
-        models = self.models
-        if not isinstance(models, list | tuple) or not models:
-            raise ValueError(
-                "models must be a non-empty list of (estimator, features, "
-                f"target) tuples; got {models!r}."
-            )
-        for item in models:
-            if not isinstance(item, tuple | list) or len(item) != 3:
-                raise ValueError(
-                    "Each entry of models must be an (estimator, features, "
-                    f"target) tuple; got {item!r}."
-                )
-        estimators, _, targets = zip(*models)
-        for target in targets:
-            if not is_target(target):
-                raise TypeError(
-                    f"A target must be a string or an integer; got {target!r} "
-                    f"of type {type(target).__name__}."
-                )
-        names = [str(target) for target in targets]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(
-                f"Targets must be unique; duplicated: {shorten(duplicates)}."
-            )
-        # The constraints name every parameter, without get_params'
-        # inspection of the signature (10 µs, on every call).
-        clashes = sorted(set(names) & set(self._parameter_constraints))
-        if clashes:
-            raise ValueError(
-                f"Targets must not be names of MultiModelPredictor's parameters "
-                f"(they name the models in nested parameters); got "
-                f"{shorten(clashes)}."
-            )
-        nested = [name for name in names if "__" in name]
-        if nested:
-            raise ValueError(
-                f"Targets must not contain '__' (it separates nested parameter "
-                f"names); got {shorten(nested)}."
-            )
-        for estimator, target in zip(estimators, targets):
-            # scikit-learn's own check (_check_estimators_are_instances) is
-            # missing from 1.6.
-            if isinstance(estimator, type):
-                raise TypeError(
-                    f"Expected an estimator instance ({estimator.__name__}()), "
-                    f"got estimator class instead ({estimator.__name__})."
-                )
-            if not hasattr(estimator, "predict"):
-                raise TypeError(
-                    f"The estimator of model {target!r} has no 'predict' "
-                    f"method: {estimator!r}."
-                )
-        return [tuple(item) for item in models]
 
     # -- inputs ------------------------------------------------------------
 
@@ -345,63 +288,6 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             _check_n_features(self, X, reset=True)
             _check_feature_names(self, X, reset=True)
         return _chunking.prepare(X)
-
-    def _target(self, X, y, i, target):
-        """The values model ``i`` is fitted (or scored) against."""
-        if y is None:
-            if is_frame(X):
-                if target not in list(X.columns):
-                    raise ValueError(
-                        f"Target column {target!r} not found in X (y is None, "
-                        f"so each target is taken from X)."
-                    )
-                return X[target], list(X.columns).index(target)
-            if not isinstance(target, Integral) or not (
-                -X.shape[1] <= target < X.shape[1]
-            ):
-                raise ValueError(
-                    f"Target {target!r} cannot be taken from X: y is None and X "
-                    f"({type(X).__name__}, {X.shape[1]} columns) has no such "
-                    f"column. Pass y, or a DataFrame X holding the target."
-                )
-            position = int(target) % X.shape[1]
-            column = _safe_indexing(X, position, axis=1)
-            if hasattr(column, "toarray"):
-                column = column.toarray()
-            return np.ravel(column), position
-        if is_frame(y):
-            columns = list(y.columns)
-            if target in columns:
-                return y[target], None
-            if isinstance(target, Integral) and -len(columns) <= target < len(columns):
-                return y.iloc[:, int(target)], None
-            raise ValueError(
-                f"Target column {target!r} not found in y; y's columns are "
-                f"{shorten(columns)}."
-            )
-        if y.ndim == 1:
-            return y, None
-        # A 2-D array: an integer target is a position, any other target
-        # takes the column of its model's rank.
-        column = target if isinstance(target, Integral) else i
-        if not -y.shape[1] <= column < y.shape[1]:
-            raise ValueError(
-                f"Target {target!r} needs column {column} of y, but y has "
-                f"{y.shape[1]} columns."
-            )
-        return y[:, int(column)], None
-
-    @staticmethod
-    def _check_y(y, X):
-        if not is_frame(y) and not hasattr(y, "iloc"):
-            y = np.asarray(y)
-            if y.ndim not in (1, 2):
-                raise ValueError(f"y must be 1-D or 2-D; got shape {y.shape}.")
-            if y.ndim == 2 and y.shape[1] == 1:
-                # A column vector is a 1-D y: every model's target.
-                y = y[:, 0]
-        check_consistent_length(X, y)
-        return y
 
     # -- fit -----------------------------------------------------------------
 
@@ -434,14 +320,14 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         self : object
             The fitted estimator.
         """
-        models = self._validate_models()
+        models = check_models(self.models, self._parameter_constraints)
         X = self._check_X(X, reset=True)
         if y is not None:
-            y = self._check_y(y, X)
+            y = check_y(y, X)
         positions, inputs, targets = [], [], []
         for i, (_, features, target) in enumerate(models):
             columns = column_positions(X, features, target)
-            y_i, from_X = self._target(X, y, i, target)
+            y_i, from_X = target_values(X, y, i, target)
             if from_X is not None and from_X in columns:
                 raise ValueError(
                     f"Model {target!r} would be fitted on its own target: its "
@@ -475,7 +361,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         """
         if "estimators_" in self.__dict__:
             return self.estimators_, self.targets_, None
-        models = self._validate_models()
+        models = check_models(self.models, self._parameter_constraints)
         unfitted = [
             target for estimator, _, target in models if not is_fitted(estimator)
         ]
@@ -690,13 +576,13 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         """
         X, estimators, targets, columns, outputs = self._run("predict", X)
         if y is not None:
-            y = self._check_y(y, X)
+            y = check_y(y, X)
         params = {} if sample_weight is None else {"sample_weight": sample_weight}
         scores = []
         for i, (estimator, target, y_pred) in enumerate(
             zip(estimators, targets, outputs)
         ):
-            y_i, _ = self._target(X, y, i, target)
+            y_i, _ = target_values(X, y, i, target)
             own = type(estimator).score
             if own in (ClassifierMixin.score, RegressorMixin.score):
                 scores.append(own(_Predicted(estimator, y_pred), X, y_i, **params))
