@@ -79,8 +79,8 @@ class Cost:
         beyond the prediction.
     no_gain : dict
         Per setting of the workers, the most rows for which no plan could
-        pay (see :func:`can_pay`) and the seconds they were predicted to
-        take: a call on as many rows or fewer is decided without planning
+        pay (see :func:`._planning.can_pay`) and the seconds they were
+        predicted to take: a call on as many rows or fewer is decided without planning
         while that prediction holds (within ``NO_GAIN_DRIFT``) and the
         speed of the workers was not learnt anew.
     """

@@ -161,10 +161,10 @@ def _measure_threads_once(job: Job, cost: _costs.Cost, n: int, pieces) -> bool:
     speedup = serial_s / max(wall, 1e-9)
     # Where the rows mostly release the GIL, the speedup of the rows: both
     # calls' fixed costs are taken as paid one after another, as plans take
-    # them on threads (see fixed_seconds). A 100-tree forest's chunks of
-    # 4,000-5,000 rows, 3 ms of each its fixed cost, ran 1.75x faster on two
-    # threads than in-process, where its calls on 500,000 rows ran 1.89x
-    # faster, and processes were chosen (2 cores). Rows that hold the GIL
+    # them on threads (see _planning.fixed_seconds). A 100-tree forest's
+    # chunks of 4,000-5,000 rows, 3 ms of each its fixed cost, ran 1.75x
+    # faster on two threads than in-process, where its calls on 500,000 rows
+    # ran 1.89x faster, and processes were chosen (2 cores). Rows that hold the GIL
     # much of the time themselves keep the speedup measured: taken out of
     # it, the fixed costs credited a pipeline on a DataFrame with threads
     # that ran it at 0.92x of serial.
