@@ -1320,11 +1320,15 @@ def test_a_warm_thread_run_raises_the_speedup_by_its_threads_cpu_time(monkeypatc
         real(costs, plan, wall_s, cpu_s, n_workers)
 
     monkeypatch.setattr(_planning, "raise_thread_speedup", spy)
+    # Every run taken as on time: on a machine another process keeps busy,
+    # the threads run far slower than planned, and such runs are not offered
+    # (failed 2 runs in 3 beside one busy process; 2 cores).
+    monkeypatch.setattr(_planning, "learn_thread_speedup", lambda *a: False)
     for _ in range(3):
         out = parallel_predict(model, data, n_jobs=2, backend="threading")
         assert (out == os.getpid()).all()
-    # Every warm run's threads' CPU time is offered; a run on time that kept
-    # them busier than the speedup raises it (a busy machine may not let it).
+    # Every warm run's threads' CPU time is offered; one that kept them
+    # busier than the speedup raises it (a busy machine may not let it).
     assert seen and all(kind == "thread" for kind, _, _ in seen)
     assert all(0 < busy <= 2.2 for _, busy, _ in seen)
     if any(busy > speedup + 0.01 for _, busy, speedup in seen):
