@@ -1,5 +1,5 @@
-"""What a call costs: the line fitted to its timings, and the costs remembered
-per fitted model.
+"""What a call costs: the line fitted to its timings, how they are taken, and
+the costs remembered per fitted model.
 
 Every timed call, in-process or a worker's task, refines ``seconds = per_call
 + per_row * rows`` for its model and method, with what the estimator's own
@@ -26,6 +26,8 @@ CORES = os.cpu_count() or 1
 # in all, and the best is kept.
 THREAD_TRUSTED = 1.8
 THREAD_MEASUREMENTS = 3
+# Where Linux counts the time the calling thread waited for a core (see
+# Timer); SEES_WAITS: whether this machine has it.
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 SEES_WAITS = os.path.exists(_SCHEDSTAT)
 # A serial call that keeps this many cores busy on average runs its own

@@ -33,13 +33,12 @@ THREAD_PROBE_S = 0.1
 # a pause of the machine of a millisecond or two must not pass for a speedup.
 THREAD_CHUNK_S = 0.01
 # A speedup below THREAD_TRUSTED (see _costs) is measured again, unless it
-# is below THREAD_HELD and the threads of the measurement
-# waited for a core less than THREAD_WAIT_SHARE of their time, as Linux
-# counts it (SEES_WAITS): no other work took a core from them, and so low a
-# speedup is the GIL's (threads that wait for the GIL sleep rather than wait
-# for a core). Higher ones are measured again even so: the first tasks of
-# new threads pay for their first touch of memory (SVC: 1.67x, with no
-# wait, then more).
+# is below THREAD_HELD and the threads of the measurement waited for a core
+# less than THREAD_WAIT_SHARE of their time, as Linux counts it (SEES_WAITS):
+# no other work took a core from them, and so low a speedup is the GIL's
+# (threads that wait for the GIL sleep rather than wait for a core). Higher
+# ones are measured again even so: the first tasks of new threads pay for
+# their first touch of memory (SVC: 1.67x, with no wait, then more).
 THREAD_HELD = 1.25
 # ... and its chunks took THREAD_HELD_CHUNK_S each in-process, at least:
 # shorter ones understate what threads gain on whole calls (SVC, two threads
