@@ -47,15 +47,15 @@ from sklearn_parpredict._fanout import (
     parallel_config,
 )
 from sklearn_parpredict._jobs import Job, run_timed
-from sklearn_parpredict._sharing import (
+from sklearn_parpredict._rows import (
     PICKLED_MAX_BYTES,
-    ModelHandle,
     PickledRows,
     SharedArray,
     nbytes,
     pickling_per_row,
     shares,
 )
+from sklearn_parpredict._sharing import ModelHandle
 
 # Why each call ran as it did, for users asking why a call stayed in-process:
 # ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn_parpredict import _chunking
-from sklearn_parpredict._sharing import resolve
+from sklearn_parpredict._rows import PickledRows, SharedRows
+from sklearn_parpredict._sharing import ModelHandle
 
 
 @dataclass
@@ -54,3 +55,14 @@ def run_timed(*task):
     start = time.perf_counter()
     out = run_task(*task)
     return out, time.perf_counter() - start, time.thread_time() - cpu
+
+
+def resolve(obj):
+    """The object behind a handle that was not pickled (same process)."""
+    if isinstance(obj, ModelHandle):
+        return obj.model
+    if isinstance(obj, SharedRows):
+        return obj.shared.array[obj.start : obj.stop]
+    if isinstance(obj, PickledRows):
+        return obj.rows
+    return obj

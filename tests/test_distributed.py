@@ -34,6 +34,7 @@ from sklearn.tree import DecisionTreeClassifier  # noqa: E402
 from sklearn_parpredict import (  # noqa: E402
     MultiModelPredictor,
     ParallelPredictor,
+    _rows,
     _sharing,
     parallel_predict,
 )
@@ -185,7 +186,7 @@ def test_no_local_shared_memory_files_on_a_cluster(client, monkeypatch):
         raise AssertionError("a local file handle was pickled for a cluster")
 
     monkeypatch.setattr(_sharing.ModelHandle, "__reduce__", refuse)
-    monkeypatch.setattr(_sharing.SharedArray, "__reduce__", refuse)
+    monkeypatch.setattr(_rows.SharedArray, "__reduce__", refuse)
     big = np.repeat(X, 40, axis=0)  # 1.1 MB: shared through a file on loky
     estimator = _fitted(LogisticRegression())
     out = parallel_predict(

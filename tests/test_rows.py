@@ -1,0 +1,188 @@
+"""Rows sent to processes: shared arrays written once, as each task is sent;
+other rows pickled on their own."""
+
+import pickle
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sklearn_parpredict import _rows
+from sklearn_parpredict._jobs import resolve
+from sklearn_parpredict._rows import (
+    PickledRows,
+    SharedArray,
+    _merge,
+    _missing,
+    nbytes,
+)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(60.0).reshape(20, 3),
+        np.asfortranarray(np.arange(60.0).reshape(20, 3)),
+        np.arange(20, dtype=np.float32),
+        np.arange(120, dtype=np.int16).reshape(20, 3, 2),
+        np.arange(80.0).reshape(40, 2)[::2],
+        np.arange(20).astype("datetime64[s]"),
+    ],
+    ids=["C", "F", "1-D float32", "3-D int16", "strided", "datetime"],
+)
+def test_pickled_rows_are_the_rows(array):
+    shared = SharedArray(array)
+    try:
+        for start, stop in [(5, 9), (0, 20), (19, 20), (3, 3)]:
+            rows = pickle.loads(pickle.dumps(shared.rows(start, stop)))
+            assert rows.dtype == array.dtype
+            np.testing.assert_array_equal(rows, array[start:stop])
+            # In-process, the handle is the caller's own rows.
+            assert np.shares_memory(resolve(shared.rows(start, stop)), array) or (
+                start == stop
+            )
+    finally:
+        shared.close()
+
+
+def test_rows_sent_pickled_on_their_own_are_the_rows():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(5.0), "b": list("vwxyz")}, index=range(5, 10))
+    sent = pickle.loads(pickle.dumps(PickledRows(frame)))
+    pd.testing.assert_frame_equal(sent, frame)
+    # Rows plain pickle cannot take (a function defined here) go as cloudpickle
+    # takes them; in-process, the handle is the rows themselves.
+    rows = [lambda x: x + 1]
+    assert pickle.loads(pickle.dumps(PickledRows(rows)))[0](1) == 2
+    assert resolve(PickledRows(frame)) is frame
+
+
+def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
+    import pandas as pd
+    import scipy.sparse as sp
+
+    pickled = []
+
+    class Counted(PickledRows):
+        def __reduce__(self):
+            pickled.append(self.rows.shape[0])
+            return super().__reduce__()
+
+    monkeypatch.setattr(_rows, "PickledRows", Counted)
+    monkeypatch.setattr(_rows, "_pickling_costs", type(_rows._pickling_costs)())
+    n = 3 * _rows._PICKLING_SAMPLE_ROWS
+    frame = pd.DataFrame({"a": np.arange(float(n)), "b": ["text"] * n})
+    per_row = _rows.pickling_per_row(frame)
+    assert per_row > 0
+    # Measured on the first rows, not all of them, and kept for later calls
+    # on input of that kind, whatever its rows.
+    assert pickled and set(pickled) == {_rows._PICKLING_SAMPLE_ROWS}
+    count = len(pickled)
+    assert _rows.pickling_per_row(frame.iloc[::-1]) == per_row
+    assert len(pickled) == count
+    # Other columns, dtypes or containers are another kind.
+    for other in (
+        frame[["a"]],
+        frame.astype({"a": "float32"}),
+        np.zeros((10, 3)),
+        sp.random(10, 3, density=0.5, format="csr", random_state=0),
+    ):
+        assert _rows.pickling_per_row(other) >= 0
+        assert len(pickled) > count
+        count = len(pickled)
+    # What workers memory-map is not pickled, and costs nothing to send.
+    large = np.zeros((_rows.SHARE_MIN_BYTES // 8, 1))
+    assert _rows.shares(large) and not _rows.shares(large.astype(object))
+    assert _rows.pickling_per_row(large) == 0.0
+    assert len(pickled) == count
+    # Rows no pickler takes cannot go to processes at any price, and are
+    # measured again next time.
+    locks = np.array([threading.Lock() for _ in range(4)], dtype=object)[:, None]
+    kinds = len(_rows._pickling_costs)
+    assert _rows.pickling_per_row(locks) == float("inf")
+    assert len(_rows._pickling_costs) == kinds
+
+    # Input whose dtypes cannot be hashed is measured, and not remembered.
+    class Unhashable:
+        dtypes = [["float64"]]
+        shape = (3, 1)
+
+    assert _rows._input_kind(Unhashable()) is None
+    assert _rows._input_kind(frame) is not None
+    # Only so many kinds are kept.
+    for columns in range(1, _rows._PICKLING_KINDS + 2):
+        _rows.pickling_per_row(np.zeros((4, columns)))
+    assert len(_rows._pickling_costs) == _rows._PICKLING_KINDS
+
+
+def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    array = np.zeros((100, 4))
+    assert nbytes(array) == 3200
+    assert nbytes(pd.DataFrame(array)) == 3200
+    matrix = sp.random(100, 4, density=0.5, format="csr", random_state=0)
+    assert nbytes(matrix) == (
+        matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+    )
+    assert nbytes([[0.0] * 4] * 100) == 0
+
+
+def test_rows_are_written_only_when_a_task_needs_them_and_only_once(monkeypatch):
+    array = np.arange(300.0).reshape(100, 3)
+    shared = SharedArray(array)
+    copied = []
+    original = np.ascontiguousarray
+
+    def spy(a, *args, **kwargs):
+        copied.append(len(a))
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "ascontiguousarray", spy)
+    try:
+        pickle.dumps(shared.rows(0, 25))
+        assert copied == [25]
+        assert shared._written == [(0, 25)]
+        # Overlapping ranges (several models' tasks on one X) write only the
+        # rows not yet in the file.
+        pickle.dumps(shared.rows(10, 60))
+        pickle.dumps(shared.rows(0, 60))
+        assert copied == [25, 35]
+        assert shared._written == [(0, 60)]
+        got = pickle.loads(pickle.dumps(shared.rows(50, 100)))
+        assert copied == [25, 35, 40]
+        np.testing.assert_array_equal(got, array[50:100])
+    finally:
+        shared.close()
+
+
+ranges = st.lists(
+    st.tuples(st.integers(0, 50), st.integers(0, 50)).map(sorted).map(tuple),
+    max_size=6,
+)
+
+
+@given(written=ranges, query=st.tuples(st.integers(0, 50), st.integers(0, 50)))
+def test_missing_is_what_the_written_ranges_do_not_cover(written, query):
+    start, stop = sorted(query)
+    merged = _merge(written)
+    covered = {i for a, b in merged for i in range(a, b)}
+    assert covered == {i for a, b in written for i in range(a, b)}
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(merged, merged[1:]))
+    missing = list(_missing(merged, start, stop))
+    assert {i for a, b in missing for i in range(a, b)} == (
+        set(range(start, stop)) - covered
+    )
+
+
+def test_rows_of_a_closed_input_are_not_written_again():
+    shared = SharedArray(np.ones((10, 2)))
+    pickle.dumps(shared.rows(0, 5))
+    shared.close()
+    with pytest.raises(RuntimeError, match="has ended"):
+        pickle.dumps(shared.rows(5, 10))
+    assert shared._path is None
