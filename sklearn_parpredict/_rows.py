@@ -25,6 +25,8 @@ from sklearn_parpredict._sharing import cloudpickle, temp_folder, unlink
 # rather than pickled chunk by chunk.
 SHARE_MIN_BYTES = 1 << 20
 
+# Tasks are pickled on other threads (loky's feeder) while calls go on: the
+# shared arrays' files and the pickling costs are changed under this lock.
 _lock = threading.RLock()
 
 
