@@ -158,6 +158,8 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     Examples
     --------
     >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
     >>> from sklearn.tree import DecisionTreeClassifier
     >>> from sklearn_parpredict import MultiModelPredictor
     >>> from sklearn_parpredict.datasets import (
@@ -166,7 +168,11 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     >>> model = MultiModelPredictor(
     ...     [
     ...         (DecisionTreeClassifier(random_state=0), GENRE_FEATURES, "genre"),
-    ...         (LogisticRegression(), LANGUAGE_FEATURES, "language"),
+    ...         (
+    ...             make_pipeline(StandardScaler(), LogisticRegression()),
+    ...             LANGUAGE_FEATURES,
+    ...             "language",
+    ...         ),
     ...     ],
     ...     n_jobs=2,
     ... )
