@@ -9,6 +9,8 @@ process loads.
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import pickle
 import threading
@@ -128,7 +130,23 @@ class SharedRows:
 
 
 def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
-    return np.load(path, mmap_mode="c", allow_pickle=False)[start:stop]
+    # A plain array over the file's pages, copied on write, not an
+    # np.memmap: joblib sends a worker's output that is a view of an
+    # np.memmap back as a reference to the file, whose pages still hold the
+    # rows as written. StandardScaler(copy=False), which scales its input in
+    # place and returns it, came back unscaled.
+    with open(path, "rb") as file:
+        np.lib.format.read_magic(file)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+        offset = file.tell()
+        pages = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
+    return np.ndarray(
+        (stop - start, *shape[1:]),
+        dtype,
+        buffer=pages,
+        offset=offset + start * row_bytes,
+    )
 
 
 # Rows pickled on their own up to this size per chunk (PickledRows): their

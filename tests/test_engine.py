@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import mmap
 import os
 import re
 import threading
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from sklearn_parpredict import (
@@ -107,13 +109,20 @@ def test_never_serves_a_stale_model(backend):
     assert_same_output(got, other.predict(X))
 
 
+def _mapped(X) -> bool:
+    """Whether ``X``'s rows are the pages of a memory-mapped file."""
+    while X is not None and not isinstance(X, mmap.mmap):
+        X = getattr(X, "base", None)
+    return X is not None
+
+
 class _InputKind(BaseEstimator):
     def fit(self, X, y=None):
         self.fitted_ = True
         return self
 
     def predict(self, X):
-        return np.full(len(X), isinstance(X, np.memmap))
+        return np.full(len(X), _mapped(X))
 
 
 @pytest.mark.timeout(120)
@@ -131,6 +140,28 @@ def test_large_dense_input_is_memory_mapped_not_pickled():
     assert not parallel_predict(
         model, big, n_jobs=2, backend="threading", chunk_size=5_000
     ).any()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_an_output_written_into_memory_mapped_rows_comes_back_as_written(backend):
+    # StandardScaler(copy=False) scales the rows it is given in place and
+    # returns them. joblib sends a worker's output that is a view of an
+    # np.memmap back as a reference to the file, whose pages still hold the
+    # rows as written: the output came back unscaled.
+    big = np.random.default_rng(0).normal(size=(40_000, 8))  # 2.5 MB
+    scaler = StandardScaler(copy=False).fit(big)
+    expected = scaler.transform(big.copy())
+    got = parallel_predict(
+        scaler,
+        big.copy(),
+        method="transform",
+        n_jobs=2,
+        backend=backend,
+        chunk_size=5_000,
+    )
+    assert type(got) is np.ndarray
+    assert_same_output(got, expected)
 
 
 def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):

@@ -39,6 +39,11 @@ def test_pickled_rows_are_the_rows(array):
             rows = pickle.loads(pickle.dumps(shared.rows(start, stop)))
             assert rows.dtype == array.dtype
             np.testing.assert_array_equal(rows, array[start:stop])
+            # A worker may write into its rows (an estimator scaling them in
+            # place): they are its own copy, and the file keeps the input.
+            rows[...] = rows[:1]
+            again = pickle.loads(pickle.dumps(shared.rows(start, stop)))
+            np.testing.assert_array_equal(again, array[start:stop])
             # In-process, the handle is the caller's own rows.
             assert np.shares_memory(resolve(shared.rows(start, stop)), array) or (
                 start == stop
