@@ -29,6 +29,18 @@ def n_rows(X) -> int:
     return len(X)
 
 
+def cuttable(X) -> bool:
+    """Whether ``X`` can be cut by rows: not an iterator (a generator,
+    ``map``) or a view of a mapping, which only the estimator may consume."""
+    return (
+        isinstance(X, np.ndarray | list | tuple)
+        or sp.issparse(X)
+        or hasattr(X, "shape")
+        or not hasattr(X, "__iter__")
+        or (hasattr(X, "__len__") and hasattr(X, "__getitem__"))
+    )
+
+
 def prepare(X):
     """Return ``X`` in a form that can be cut into row chunks cheaply.
 
@@ -55,6 +67,9 @@ def row_slice(X, start: int, stop: int, fmt: str | None = None):
         return chunk.asformat(fmt) if fmt and chunk.format != fmt else chunk
     if hasattr(X, "iloc"):
         return X.iloc[start:stop]
+    if hasattr(X, "num_rows") and hasattr(X, "slice"):
+        # A pyarrow Table or RecordBatch.
+        return X.slice(start, stop - start)
     return _safe_indexing(X, slice(start, stop))
 
 
@@ -72,42 +87,82 @@ def split_bounds(start: int, stop: int, n_chunks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def concatenate(parts: list):
+class NotPerRow(ValueError):
+    """The outputs of row chunks are not one row of output per row of input:
+    they cannot be joined into the output of one call on all rows."""
+
+
+def concatenate(parts: list, rows: list[int]):
     """Join per-chunk outputs into what one call on all rows returns.
 
     Parameters
     ----------
     parts : list
         Outputs of the same method on consecutive row chunks, in row order.
+    rows : list of int
+        The number of input rows of each chunk.
+
+    Raises
+    ------
+    NotPerRow
+        When an output does not have one row per input row, or the chunks'
+        outputs differ in anything but their rows.
     """
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
     if isinstance(first, np.ndarray):
-        return np.concatenate(parts, axis=0)
+        _check_rows(parts, rows, lambda part: part.shape[1:])
+        if isinstance(first, np.ma.MaskedArray):
+            return np.ma.concatenate(parts, axis=0)
+        out = np.concatenate(parts, axis=0)
+        if all(part.dtype == first.dtype for part in parts):
+            # NumPy joins in native byte order: '>i8' labels would come back
+            # as '<i8'.
+            out = out.astype(first.dtype, copy=False)
+        if type(first) not in (np.ndarray, np.memmap):
+            # np.recarray, np.matrix: what the serial call returns.
+            out = out.view(type(first))
+        return out
     if sp.issparse(first):
+        _check_rows(parts, rows, lambda part: (part.shape[1:], part.format))
         out = sp.vstack(parts, format=first.format)
         return out.astype(first.dtype, copy=False)
     if hasattr(first, "iloc"):
+        _check_rows(parts, rows, lambda part: tuple(getattr(part, "columns", ())))
         return _concat_pandas(parts)
-    if isinstance(first, list | tuple) and _is_per_output(parts):
+    if isinstance(first, list | tuple) and _is_per_output(parts, rows):
         # Multi-output methods (predict_proba of a multi-output classifier)
         # return one array per output: join each output separately.
-        joined = [concatenate(list(group)) for group in zip(*parts)]
+        joined = [concatenate(list(group), rows) for group in zip(*parts)]
         return type(first)(joined) if isinstance(first, tuple) else joined
     if isinstance(first, list):
+        _check_rows(parts, rows, lambda part: type(part))
         return [item for part in parts for item in part]
-    raise TypeError(
-        f"Cannot concatenate outputs of type {type(first).__name__} by rows."
-    )
+    raise NotPerRow(f"the method returned a {type(first).__name__}, not rows")
 
 
-def _is_per_output(parts) -> bool:
+def _check_rows(parts, rows, rest) -> None:
+    """Every part has its chunk's rows, and is otherwise alike the first
+    (``rest``: what must match, such as the shape past the rows)."""
+    like = rest(parts[0])
+    for part, n in zip(parts, rows):
+        if type(part) is not type(parts[0]) or getattr(part, "ndim", 1) < 1:
+            raise NotPerRow(f"the method returned a {type(part).__name__}")
+        if n_rows(part) != n:
+            raise NotPerRow(
+                f"the method returned {n_rows(part)} rows for {n} rows of input"
+            )
+        if rest(part) != like:
+            raise NotPerRow("the outputs of different rows are of different shapes")
+
+
+def _is_per_output(parts, rows) -> bool:
     """Whether list outputs are one array per output rather than one per row."""
     return all(
         len(part) == len(parts[0])
-        and all(hasattr(item, "shape") and len(item.shape) >= 1 for item in part)
-        for part in parts
+        and all(getattr(item, "ndim", 0) >= 1 and item.shape[0] == n for item in part)
+        for part, n in zip(parts, rows)
     )
 
 

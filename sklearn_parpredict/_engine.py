@@ -21,8 +21,6 @@ from numbers import Integral
 from typing import Any
 
 import joblib
-from sklearn.dummy import DummyClassifier
-from sklearn.utils import get_tags
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
@@ -38,6 +36,7 @@ from sklearn_parpredict import (
     _planning,
     _pools,
     _probing,
+    _rowwise,
     _threads,
 )
 from sklearn_parpredict._fanout import (
@@ -98,32 +97,6 @@ def _check_backend(backend) -> None:
     if isinstance(backend, str) and backend not in _valid_backends:
         active_backend(backend)
         _valid_backends.add(backend)
-
-
-_declared_random: dict[type, bool] = {}
-
-
-def _deterministic(estimator) -> bool:
-    """Whether the estimator's output for a row is independent of the batch.
-
-    Estimators declare otherwise with the ``non_deterministic`` tag;
-    scikit-learn's ``DummyClassifier`` draws random labels per call without
-    declaring it. Pipelines are as deterministic as their steps.
-    """
-    if isinstance(estimator, DummyClassifier):
-        return estimator.strategy not in ("stratified", "uniform")
-    steps = getattr(estimator, "steps", None)
-    if isinstance(steps, list):
-        return all(_deterministic(step) for _, step in steps)
-    # Tags are costly to build on every call; they are a property of the
-    # class in practice.
-    cls = type(estimator)
-    if cls not in _declared_random:
-        try:
-            _declared_random[cls] = bool(get_tags(estimator).non_deterministic)
-        except Exception:  # not a scikit-learn estimator: nothing declared
-            _declared_random[cls] = False
-    return not _declared_random[cls]
 
 
 def run_one(
@@ -192,6 +165,10 @@ def run_jobs(
     for job in jobs:
         # Fail as the serial call does when the method is missing.
         getattr(job.estimator, job.method)
+    if not all(_chunking.cuttable(job.X) for job in jobs):
+        _log(jobs, [0] * len(jobs), "in-process: an input not to cut by rows")
+        return [job.call() for job in jobs]
+    for job in jobs:
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
@@ -203,9 +180,7 @@ def run_jobs(
     if n_workers <= 1:
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]
-    if not all(_deterministic(job.estimator) for job in jobs):
-        # Estimators whose output depends on the batch (random predictions)
-        # cannot be split without changing the result.
+    if not all(_rowwise.splittable(job.estimator, job.params) for job in jobs):
         _log(jobs, sizes, "in-process: predictions depend on the batch")
         return [job.call() for job in jobs]
 
@@ -293,10 +268,21 @@ def run_jobs(
                     _planning.learn_overhead(costs, plan, timer.wall)
         if plan.kind == "process":
             _pools.ran(jobs, pool_key)
-    return [
-        _chunking.concatenate([out for _, _, out in sorted(pieces, key=_start)])
-        for pieces in done
-    ]
+    return [_join(job, pieces) for job, pieces in zip(jobs, done)]
+
+
+def _join(job: Job, pieces: list):
+    """The job's output from its pieces' outputs, or from one call on all
+    its rows when those are not one row of output per row of input (a
+    method returning one value for the whole batch)."""
+    pieces = sorted(pieces, key=_start)
+    try:
+        return _chunking.concatenate(
+            [out for _, _, out in pieces], [b - a for a, b, _ in pieces]
+        )
+    except _chunking.NotPerRow as exc:
+        _log([job], [_chunking.n_rows(job.X)], f"again in-process: {exc}")
+        return job.call()
 
 
 def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
@@ -462,7 +448,9 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
             else:
                 rows = _chunking.row_slice(X, start, stop)
             keys.append((j, start, stop))
-            tasks.append((model, job.method, rows, job.columns, job.params))
+            tasks.append(
+                (model, job.method, rows, job.columns, job.params_for(start, stop))
+            )
             weights.append((stop - start) * (costs[j].per_row if costs else 1.0))
     # Longest tasks first, so that short ones fill the gaps at the end.
     order = sorted(range(len(tasks)), key=weights.__getitem__, reverse=True)

@@ -11,9 +11,11 @@ backend, the package's own threads.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import signal
 import sys
 import threading
+import traceback
 import warnings
 
 import joblib
@@ -145,10 +147,37 @@ def _recording_warnings(function, *args):
     caller's filters, ``pytest.warns`` or ``logging.captureWarnings``: they
     are sent back with the output and raised again in the caller.
     """
+    stand_in = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = function(*args)
+        try:
+            out = function(*args)
+        except Exception as exc:
+            stand_in = _stand_in(exc)
+            if stand_in is None:
+                raise
+    if stand_in is not None:
+        # Raised here, it has no context: where distributed is imported,
+        # tblib pickles an exception's context with it.
+        raise stand_in
     return out, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+def _stand_in(exc: Exception) -> RuntimeError | None:
+    """An error naming ``exc``, to raise in its place when the caller could
+    not unpickle it: a ``multiprocessing`` pool would wait for the task
+    forever, and loky would report a broken pool instead of the error."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return None
+    except Exception as why:
+        trace = "".join(traceback.format_exception(exc))
+        return RuntimeError(
+            f"{type(exc).__qualname__}: {exc}\n(raised in a worker process; "
+            f"it cannot be sent back as it is, as unpickling it fails with "
+            f"{type(why).__name__}: {why}. Its traceback in the worker:\n"
+            f"{trace})"
+        )
 
 
 # Per source file, the registry that lets the "default" action show a warning

@@ -50,7 +50,10 @@ def parallel_predict(
         Rows per task. ``"auto"`` times the first rows and picks the chunk
         count, or stays in-process when parallelism cannot pay for itself.
     params : dict, default=None
-        Keyword arguments for the method.
+        Keyword arguments for the method. An array (or list, Series,
+        sparse matrix) with as many rows as ``X`` has one value per row and
+        is cut with the rows, as scikit-learn cuts the parameters of ``fit``
+        in cross-validation; any other goes whole to every chunk.
 
     Returns
     -------

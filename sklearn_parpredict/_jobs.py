@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sklearn_parpredict import _chunking
+from sklearn_parpredict import _chunking, _rowwise
 from sklearn_parpredict._rows import PickledRows, SharedRows
 from sklearn_parpredict._sharing import ModelHandle
 
@@ -28,8 +28,17 @@ class Job:
 
     def call(self, start: int | None = None, stop: int | None = None):
         """Run the method in this process, on all rows or on ``start:stop``."""
-        X = self.X if start is None else _chunking.row_slice(self.X, start, stop)
-        return _call(self.estimator, self.method, X, self.columns, self.params)
+        if start is None:
+            return _call(self.estimator, self.method, self.X, self.columns, self.params)
+        X = _chunking.row_slice(self.X, start, stop)
+        params = self.params_for(start, stop)
+        return _call(self.estimator, self.method, X, self.columns, params)
+
+    def params_for(self, start: int, stop: int) -> dict:
+        """The method's parameters for rows ``start:stop`` (see
+        :func:`._rowwise.params_for_rows`)."""
+        n = _chunking.n_rows(self.X)
+        return _rowwise.params_for_rows(self.params, n, start, stop)
 
 
 def run_task(model, method, X, columns, params):

@@ -43,6 +43,9 @@ PARALLEL_METHODS = (
     "transform",
     "score_samples",
 )
+# Those scikit-learn's metadata routing knows; the parameters of the others
+# (score_samples) go to the estimator as given, routing or not.
+ROUTED_METHODS = tuple(m for m in PARALLEL_METHODS if m != "score_samples")
 
 
 # Estimators seen fitted, by id, each with a weak reference that tells a live
@@ -389,7 +392,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         values = validate_engine_params(self)
         # Without parameters there is nothing to route (and routing is costly
         # next to predicting a few rows).
-        if params and _routing_enabled():
+        if params and _routing_enabled() and method in ROUTED_METHODS:
             params = getattr(process_routing(self, method, **params).estimator, method)
         out = run_one(
             estimator,
@@ -544,7 +547,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             .add(caller="fit", callee="fit")
             .add(caller="score", callee="score")
         )
-        for method in PARALLEL_METHODS:
+        for method in ROUTED_METHODS:
             mapping.add(caller=method, callee=method)
         return MetadataRouter(owner=self).add(
             estimator=self.estimator, method_mapping=mapping

@@ -98,7 +98,7 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
             job.method,
             _chunking.row_slice(job.X, 0, 1),
             job.columns,
-            job.params,
+            job.params_for(0, 1),
         )
         for job in jobs
     ]

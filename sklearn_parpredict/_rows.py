@@ -199,8 +199,10 @@ class PickledRows:
 def shares(X) -> bool:
     """Whether processes memory-map ``X`` (a :class:`SharedArray`) rather
     than get its rows pickled with their tasks."""
+    # Subclasses (np.matrix, masked arrays) go pickled, as they are: written
+    # to a file, a worker would read a plain array.
     return (
-        isinstance(X, np.ndarray)
+        type(X) in (np.ndarray, np.memmap)
         and not X.dtype.hasobject
         and X.nbytes >= SHARE_MIN_BYTES
     )

@@ -71,13 +71,17 @@ def _digest(a: np.ndarray) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _walk(obj, out: list, keep: list, depth: int) -> None:
+def _walk(obj, out: list, keep: list, depth: int, seen: set) -> None:
     if isinstance(obj, _SCALARS):
         out.append((type(obj).__name__, obj))
     elif isinstance(obj, np.ndarray):
         keep.append(obj)
         address = obj.__array_interface__["data"][0] if obj.size else 0
         out.append(("a", id(obj), address, obj.shape, obj.dtype.str, _digest(obj)))
+    elif id(obj) in seen:
+        # Walked already (objects that refer to each other, or to the model):
+        # named by identity, and kept by what first named it.
+        out.append(("r", id(obj)))
     elif depth > 64:
         keep.append(obj)
         out.append(("o", id(obj)))
@@ -92,24 +96,44 @@ def _walk(obj, out: list, keep: list, depth: int) -> None:
         keep.extend(obj)
         out.append(("m", len(obj), *map(id, obj)))
     elif isinstance(obj, list | tuple):
+        seen.add(id(obj))
         out.append(("l", len(obj)))
         for item in obj:
-            _walk(item, out, keep, depth + 1)
+            _walk(item, out, keep, depth + 1, seen)
     elif isinstance(obj, dict):
+        seen.add(id(obj))
         out.append(("d", len(obj)))
         for key, value in obj.items():
-            _walk(key, out, keep, depth + 1)
-            _walk(value, out, keep, depth + 1)
-    elif isinstance(obj, BaseEstimator):
+            _walk(key, out, keep, depth + 1, seen)
+            _walk(value, out, keep, depth + 1, seen)
+    elif isinstance(obj, BaseEstimator) or (depth <= 1 and _plain(obj)):
+        # Estimators, and models of other kinds that keep their state in
+        # their attributes, are walked: assigning an attribute changes them.
+        # Deeper plain objects are a fitted model's parts, replaced when it
+        # is refitted (HistGradientBoosting's 300 tree predictors would
+        # take 9 ms on every call).
         keep.append(obj)
+        seen.add(id(obj))
         out.append(("e", type(obj).__qualname__, id(obj)))
-        _walk(vars(obj), out, keep, depth + 1)
+        _walk(vars(obj), out, keep, depth + 1, seen)
     else:
         # Opaque objects (Cython trees, booster handles, callables) are
         # identified by identity; the registry keeps them alive so that their
         # address cannot be reused by another object while the token lives.
         keep.append(obj)
         out.append(("o", type(obj).__qualname__, id(obj)))
+
+
+def _plain(obj) -> bool:
+    """Whether ``obj`` is an instance of a Python class, with attributes."""
+    return isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(
+        obj,
+        type
+        | types.ModuleType
+        | types.FunctionType
+        | types.BuiltinFunctionType
+        | types.MethodType,
+    )
 
 
 def fingerprint(model) -> tuple[tuple, list]:
@@ -120,11 +144,13 @@ def fingerprint(model) -> tuple[tuple, list]:
     """
     out: list = []
     keep: list = []
-    if isinstance(model, BaseEstimator):
+    if isinstance(model, BaseEstimator) or _plain(model):
+        # The model itself is not kept: the registry holds it by a weak
+        # reference, to forget it with the model.
         out.append(("e", type(model).__qualname__, id(model)))
-        _walk(vars(model), out, keep, 0)
+        _walk(vars(model), out, keep, 0, {id(model)})
     else:
-        _walk(model, out, keep, 0)
+        _walk(model, out, keep, 0, set())
     return tuple(out), keep
 
 

@@ -25,7 +25,7 @@ from sklearn.utils.metaestimators import available_if
 # A value no generated feature takes.
 MARK = -7777.0
 
-FAULTS = ("none", "raise", "exit", "kill", "memory", "sleep")
+FAULTS = ("none", "raise", "raise-unpicklable", "exit", "kill", "memory", "sleep")
 # Faults that end the process that meets them.
 KILLING = ("exit", "kill")
 # Memory the "memory" fault asks for beyond its address-space limit.
@@ -36,6 +36,15 @@ class ChunkError(ValueError):
     """The error the ``"raise"`` fault raises, with the failing rows' count."""
 
 
+class UnpicklableChunkError(ValueError):
+    """The error the ``"raise-unpicklable"`` fault raises: it holds a lock,
+    which no pickler takes."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
 class Faulty(BaseEstimator):
     """``estimator``, with ``fault`` injected where a row carries :data:`MARK`.
 
@@ -43,8 +52,10 @@ class Faulty(BaseEstimator):
     ----------
     estimator : estimator instance
         The estimator to behave as; fitted by :meth:`fit`, or given fitted.
-    fault : {"none", "raise", "exit", "kill", "memory", "sleep"}
-        ``"raise"`` raises :class:`ChunkError`; ``"exit"`` ends the process
+    fault : {"none", "raise", "raise-unpicklable", "exit", "kill", "memory", \
+            "sleep"}
+        ``"raise"`` raises :class:`ChunkError`; ``"raise-unpicklable"``
+        raises :class:`UnpicklableChunkError`; ``"exit"`` ends the process
         with ``os._exit(3)``; ``"kill"`` sends it ``SIGKILL``; ``"memory"``
         lowers the address-space limit and allocates past it (the
         ``MemoryError`` of a process that ran out of memory); ``"sleep"``
@@ -110,6 +121,8 @@ class Faulty(BaseEstimator):
             return
         if self.fault == "raise":
             raise ChunkError(f"injected failure in a chunk of {len(X)} rows")
+        if self.fault == "raise-unpicklable":
+            raise UnpicklableChunkError("injected failure")
         if self.fault == "exit":
             os._exit(3)
         if self.fault == "kill":

@@ -89,6 +89,27 @@ def test_model_shipped_once_per_worker_per_fitted_state():
         np.testing.assert_allclose(out[:, 2], model.predict(X)[:, 2])
 
 
+class _Plain:
+    """A model that is not a scikit-learn estimator, with a request for
+    metadata that refers back to it, as a set_*_request leaves one."""
+
+    def __init__(self, weights):
+        self.weights = weights
+        self.requests = {"owner": self, "methods": [self.__dict__]}
+
+    def predict(self, X):
+        return X @ self.weights
+
+
+@pytest.mark.timeout(120)
+def test_a_model_of_another_kind_is_shipped_again_when_an_attribute_changes():
+    model = _Plain(np.ones(5))
+    for weights in (np.ones(5), np.arange(5.0)):
+        model.weights = weights
+        got = parallel_predict(model, X, n_jobs=2, backend="loky", chunk_size=100)
+        assert_same_output(got, model.predict(X))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
 def test_never_serves_a_stale_model(backend):

@@ -26,6 +26,7 @@ from _faulty import (
     MARK,
     ChunkError,
     Faulty,
+    UnpicklableChunkError,
     done_calls,
     inject,
     max_overlap,
@@ -106,6 +107,25 @@ def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
     model = _wrap(wrapper, Faulty(LogisticRegression()).fit(X, Y), backend=backend)
     with pytest.raises(ChunkError, match="^injected failure in a chunk of 20 rows$"):
         model.predict(_marked())
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backend):
+    faulty = Faulty(LogisticRegression(), fault="raise-unpicklable").fit(X, Y)
+    model = _wrap(wrapper, faulty, backend=backend)
+    # Threads raise it as it is; processes, which cannot send it back (the
+    # multiprocessing pool waited forever), raise an error that names it.
+    expected = UnpicklableChunkError if backend == "threading" else RuntimeError
+    start = time.monotonic()
+    with pytest.raises(expected, match="injected failure") as caught:
+        model.predict(_marked())
+    assert time.monotonic() - start < PROMPT_S
+    if expected is RuntimeError:
+        assert "UnpicklableChunkError: injected failure" in str(caught.value)
+        assert "_inject" in str(caught.value)  # the worker's traceback
     _assert_works(model, wrapper)
 
 

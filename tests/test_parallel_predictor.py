@@ -20,7 +20,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import NotFittedError, UnsetMetadataPassedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_validate
@@ -295,6 +295,50 @@ def test_pipeline_grid_search_and_cross_validate():
     )
     serial = cross_validate(LogisticRegression(), X, Y, cv=3)
     np.testing.assert_array_equal(results["test_score"], serial["test_score"])
+
+
+class _Offset(BaseEstimator):
+    def fit(self, X, y=None, sample_weight=None):
+        self.n_features_in_ = X.shape[1]
+        self.fit_weighted_ = sample_weight is not None
+        return self
+
+    def predict(self, X, offset=0.0):
+        return X[:, 0] + offset
+
+    def score_samples(self, X, scale=1.0):
+        return X[:, 1] * scale
+
+
+def test_metadata_routing():
+    offset = np.arange(len(X), dtype=float)
+    with config_context(enable_metadata_routing=True):
+        assert ParallelPredictor(LogisticRegression()).get_metadata_routing()
+        try:
+            serial = cross_validate(LogisticRegression(), X, Y, cv=3)
+        except TypeError:
+            # scikit-learn 1.6's cross_validate fails under routing itself.
+            with pytest.raises(TypeError):
+                cross_validate(ParallelPredictor(LogisticRegression()), X, Y, cv=3)
+        else:
+            results = cross_validate(
+                ParallelPredictor(LogisticRegression(), **FORCE), X, Y, cv=3
+            )
+            np.testing.assert_array_equal(results["test_score"], serial["test_score"])
+        model = _Offset().set_fit_request(sample_weight=True)
+        model.set_predict_request(offset=True)
+        wrapper = ParallelPredictor(model, **FORCE).fit(X, sample_weight=np.ones(300))
+        assert wrapper.estimator_.fit_weighted_
+        assert_same_output(wrapper.predict(X, offset=offset), X[:, 0] + offset)
+        # scikit-learn routes no parameters of score_samples: they go as given.
+        assert_same_output(wrapper.score_samples(X, scale=2.0), X[:, 1] * 2)
+        # A parameter the estimator did not request fails as it does in a
+        # pipeline.
+        unrequested = ParallelPredictor(_Offset(), **FORCE).fit(X)
+        with pytest.raises(UnsetMetadataPassedError, match="offset"):
+            unrequested.predict(X, offset=offset)
+        with pytest.raises(UnsetMetadataPassedError, match="offset"):
+            make_pipeline(_Offset()).fit(X).predict(X, offset=offset)
 
 
 @pytest.mark.timeout(120)

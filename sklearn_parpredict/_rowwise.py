@@ -1,0 +1,93 @@
+"""Which calls give the serial output when their rows are split, and the
+parameters each row range takes.
+
+Splitting a call by rows assumes that a row's output depends on that row
+alone. Estimators that draw random predictions per call, and parameters
+that ask for an output coupling all rows (a covariance between every pair),
+break that assumption: such calls stay whole, in-process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator
+from sklearn.dummy import DummyClassifier
+from sklearn.utils import get_tags
+
+from sklearn_parpredict import _chunking
+
+# Method parameters whose output, when true, is one value per pair of rows:
+# GaussianProcessRegressor.predict(X, return_cov=True).
+JOINT_PARAMS = frozenset({"return_cov"})
+
+_declared_random: dict[type, bool] = {}
+
+
+def splittable(estimator, params: dict) -> bool:
+    """Whether ``estimator``'s method, called with ``params``, can be split
+    by rows without changing its output."""
+    if any(params.get(name) for name in JOINT_PARAMS):
+        return False
+    return _deterministic(estimator) and all(
+        _deterministic(value)
+        for value in _inner_estimators(estimator)
+        if isinstance(value, BaseEstimator)
+    )
+
+
+def _inner_estimators(estimator) -> list:
+    """The estimators a meta-estimator's parameters name (a grid search's,
+    an ensemble's, a pipeline's steps), at any depth."""
+    get_params = getattr(estimator, "get_params", None)
+    if not callable(get_params):
+        return []
+    try:
+        return list(get_params(deep=True).values())
+    except Exception:  # a get_params of its own that does not take deep
+        return []
+
+
+def _deterministic(estimator) -> bool:
+    """Whether the estimator's output for a row is independent of the batch.
+
+    Estimators declare otherwise with the ``non_deterministic`` tag;
+    scikit-learn's ``DummyClassifier`` draws random labels per call without
+    declaring it.
+    """
+    if isinstance(estimator, DummyClassifier):
+        return estimator.strategy not in ("stratified", "uniform")
+    # Tags are costly to build on every call; they are a property of the
+    # class in practice.
+    cls = type(estimator)
+    if cls not in _declared_random:
+        try:
+            _declared_random[cls] = bool(get_tags(estimator).non_deterministic)
+        except Exception:  # not a scikit-learn estimator: nothing declared
+            _declared_random[cls] = False
+    return not _declared_random[cls]
+
+
+def params_for_rows(params: dict, n: int, start: int, stop: int) -> dict:
+    """The parameters of rows ``start:stop`` of a call on ``n`` rows.
+
+    As scikit-learn cuts the parameters of ``fit`` in cross-validation, a
+    parameter that is an array of ``n`` rows is taken to have one value per
+    row, and is cut with them; any other goes whole to every row range.
+    """
+    if not params or (start, stop) == (0, n):
+        return params
+    return {
+        name: _chunking.row_slice(value, start, stop) if _per_row(value, n) else value
+        for name, value in params.items()
+    }
+
+
+def _per_row(value, n: int) -> bool:
+    if not (
+        isinstance(value, np.ndarray | list | tuple)
+        or hasattr(value, "iloc")
+        or sp.issparse(value)
+    ):
+        return False
+    return getattr(value, "ndim", 1) >= 1 and _chunking.n_rows(value) == n

@@ -1,0 +1,246 @@
+"""Calls split by rows give the serial output, or are not split: parameters
+with a value per row, outputs that are not one row per row, estimators and
+parameters whose output couples the rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import assert_same_output
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
+from sklearn.dummy import DummyClassifier
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.model_selection import GridSearchCV
+from sklearn.multioutput import MultiOutputClassifier
+
+from sklearn_parpredict import ParallelPredictor, parallel_predict
+from sklearn_parpredict._chunking import NotPerRow, concatenate
+from sklearn_parpredict._rowwise import params_for_rows, splittable
+
+X = np.random.default_rng(0).normal(size=(60, 3))
+Y = (X[:, 0] > 0).astype(int)
+BACKENDS = ["loky", "threading"]
+
+
+class _Offset(RegressorMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X, offset=0.0, scale=1.0):
+        return X.sum(axis=1) * scale + offset
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_size", [1, 7, 20])
+def test_a_parameter_with_a_value_per_row_is_cut_with_the_rows(backend, chunk_size):
+    model = _Offset().fit(X)
+    params = {"offset": np.arange(60.0), "scale": 2.0}
+    got = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=chunk_size)
+    assert_same_output(got.predict(X, **params), model.predict(X, **params))
+    # A list and a Series of one value per row too.
+    offset = pd.Series(np.arange(60.0), index=range(100, 160))
+    assert_same_output(
+        parallel_predict(
+            model,
+            X,
+            params={"offset": offset},
+            n_jobs=2,
+            backend=backend,
+            chunk_size=chunk_size,
+        ),
+        model.predict(X, offset=offset),
+    )
+
+
+def test_params_for_rows_cuts_only_what_has_a_value_per_row():
+    params = {
+        "per_row": np.arange(6),
+        "listed": list("abcdef"),
+        "other_length": np.arange(4),
+        "scalar": np.float64(2.0),
+        "text": "abcdef",
+        "mapping": dict.fromkeys("abcdef"),
+    }
+    cut = params_for_rows(params, 6, 2, 4)
+    np.testing.assert_array_equal(cut["per_row"], [2, 3])
+    assert cut["listed"] == ["c", "d"]
+    for name in ("other_length", "scalar", "text", "mapping"):
+        assert cut[name] is params[name]
+    # All rows: the parameters as given.
+    assert params_for_rows(params, 6, 0, 6) is params
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_covariance_between_all_rows_is_not_split(backend):
+    gpr = GaussianProcessRegressor(alpha=0.1).fit(X, X[:, 0])
+    assert not splittable(gpr, {"return_cov": True})
+    assert splittable(gpr, {"return_std": True})
+    wrapper = ParallelPredictor(gpr, n_jobs=2, backend=backend, chunk_size=10)
+    mean, cov = wrapper.predict(X, return_cov=True)
+    assert cov.shape == (60, 60)
+    assert_same_output((mean, cov), gpr.predict(X, return_cov=True))
+    assert_same_output(
+        wrapper.predict(X, return_std=True), gpr.predict(X, return_std=True)
+    )
+
+
+class _PerRowArrays(TransformerMixin, BaseEstimator):
+    """One array per row, of a length that varies with the row."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return [np.arange(int(abs(row[0]) * 3) + 1) for row in X]
+
+
+class _BatchSum(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return float(X.sum())
+
+
+class _Dummies(TransformerMixin, BaseEstimator):
+    """One column per value seen in the batch (as pandas.get_dummies)."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return pd.get_dummies(pd.Series(np.sign(X[:, 0]).astype(int)), dtype=int)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", [_PerRowArrays(), _BatchSum(), _Dummies()])
+def test_outputs_that_are_not_one_row_per_row_are_the_serial_call(model, backend):
+    model.fit(X)
+    data = np.sort(X, axis=0)  # every chunk of _Dummies sees one sign
+    got = parallel_predict(
+        model, data, method="transform", n_jobs=2, backend=backend, chunk_size=10
+    )
+    expected = model.transform(data)
+    if isinstance(expected, float):
+        assert type(got) is float and got == expected
+    else:
+        assert_same_output(got, expected)
+
+
+def test_concatenate_refuses_what_is_not_one_row_per_row():
+    a = np.zeros((3, 2))
+    assert concatenate([a, a], [3, 3]).shape == (6, 2)
+    with pytest.raises(NotPerRow, match="2 rows for 3"):
+        concatenate([a, a[:2]], [3, 3])
+    with pytest.raises(NotPerRow, match="different shapes"):
+        concatenate([a, np.zeros((3, 1))], [3, 3])
+    with pytest.raises(NotPerRow, match="float"):
+        concatenate([1.0, 2.0], [3, 3])
+    # One array per output, each of the chunk's rows; or one item per row.
+    assert [p.shape for p in concatenate([[a, a], [a, a]], [3, 3])] == [(6, 2)] * 2
+    ragged = [np.zeros(1), np.zeros(2), np.zeros(5)]
+    assert len(concatenate([ragged, ragged], [3, 3])) == 6
+    assert len(concatenate([list("ab"), list("cde")], [2, 3])) == 5
+
+
+def _random_labels():
+    return DummyClassifier(strategy="stratified", random_state=0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GridSearchCV(_random_labels(), {"constant": [None]}, cv=2),
+        lambda: MultiOutputClassifier(_random_labels()),
+        lambda: ParallelPredictor(_random_labels(), n_jobs=1),
+    ],
+    ids=["grid-search", "multi-output", "wrapper"],
+)
+def test_random_predictions_inside_a_meta_estimator_are_not_split(make, backend):
+    y = np.column_stack([Y, 1 - Y]) if "MultiOutput" in repr(make()) else Y
+    model = make().fit(X, y)
+    assert not splittable(model, {})
+    got = parallel_predict(model, X, n_jobs=2, backend=backend, chunk_size=10)
+    assert_same_output(got, model.predict(X))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda docs: (doc for doc in docs),
+        lambda docs: map(str, docs),
+        lambda docs: dict(enumerate(docs)).values(),
+    ],
+    ids=["generator", "map", "dict-values"],
+)
+def test_an_input_that_cannot_be_cut_goes_whole_to_the_estimator(make, backend):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    docs = [f"w{i % 7} x{i % 3}" for i in range(100)]
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    model.fit(docs, np.arange(100) % 2)
+    got = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=25)
+    assert_same_output(got.predict(make(docs)), model.predict(make(docs)))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_rows", [400, 40_000], ids=["pickled", "shared"])
+def test_array_subclasses_and_byte_orders_come_back_as_given(n_rows, backend):
+    from sklearn.preprocessing import FunctionTransformer
+
+    data = np.random.default_rng(0).normal(size=(n_rows, 8))
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": n_rows // 4}
+    identity = FunctionTransformer().fit(data)
+    records = np.rec.fromarrays([data[:, 0], data[:, 1]], names="a,b")
+    for given in (
+        np.ma.masked_greater(data, 1.0),
+        records,
+        data.astype(">f8"),
+        data.astype(">i4"),
+    ):
+        got = parallel_predict(identity, given, method="transform", **engine)
+        assert type(got) is type(given) and got.dtype == given.dtype
+        np.testing.assert_array_equal(got, given)
+        if isinstance(given, np.ma.MaskedArray):
+            np.testing.assert_array_equal(got.mask, given.mask)
+    # np.matrix, which estimators refuse, is refused as the serial call does.
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(data[:100], data[:100, 0] > 0)
+    with pytest.raises(TypeError, match="matrix"):
+        model.predict(np.asmatrix(data))
+    with pytest.raises(TypeError, match="matrix"):
+        parallel_predict(model, np.asmatrix(data), **engine)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pyarrow_record_batch_is_cut_as_a_table(backend):
+    pa = pytest.importorskip("pyarrow")
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(pd.DataFrame(X, columns=list("abc")), Y)
+    batch = pa.RecordBatch.from_pydict({name: X[:, i] for i, name in enumerate("abc")})
+    try:
+        expected = model.predict(batch)
+    except ValueError:
+        # Older scikit-learn reads a batch as its columns' arrays: the
+        # chunks fail as the whole does.
+        with pytest.raises(ValueError):
+            parallel_predict(model, batch, n_jobs=2, backend=backend, chunk_size=10)
+        return
+    got = parallel_predict(model, batch, n_jobs=2, backend=backend, chunk_size=10)
+    assert_same_output(got, expected)
