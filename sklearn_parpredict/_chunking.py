@@ -169,6 +169,16 @@ def _is_per_output(parts, rows) -> bool:
 def _concat_pandas(parts):
     import pandas as pd
 
+    if isinstance(parts[0], pd.Series):
+        parts = _same_categories(parts) or parts
+    elif parts[0].columns.is_unique:
+        for name, dtype in parts[0].dtypes.items():
+            if isinstance(dtype, pd.CategoricalDtype):
+                columns = _same_categories([part[name] for part in parts])
+                if columns is not None:
+                    parts = [part.copy(deep=False) for part in parts]
+                    for part, column in zip(parts, columns):
+                        part[name] = column
     out = pd.concat(parts, axis=0)
     if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
         # Every chunk got a fresh default index (the estimator ignored the
@@ -176,3 +186,28 @@ def _concat_pandas(parts):
         # rows once.
         out.index = pd.RangeIndex(len(out))
     return out
+
+
+def _same_categories(columns: list) -> list | None:
+    """Categorical chunks with the union of their categories (None: no
+    change needed).
+
+    Each chunk's categories are inferred from the values it holds, the
+    serial call's from all of them; pandas joins categoricals of different
+    categories as strings.
+    """
+    import pandas as pd
+
+    dtypes = [column.dtype for column in columns]
+    if (
+        not all(isinstance(dtype, pd.CategoricalDtype) for dtype in dtypes)
+        or all(dtype == dtypes[0] for dtype in dtypes)
+        or any(dtype.ordered for dtype in dtypes)
+    ):
+        return None
+    categories = dtypes[0].categories.append([d.categories for d in dtypes[1:]])
+    categories = categories.unique()
+    if all(dtype.categories.is_monotonic_increasing for dtype in dtypes):
+        # Inferred categories are sorted: so are the serial call's.
+        categories = categories.sort_values()
+    return [column.astype(pd.CategoricalDtype(categories)) for column in columns]

@@ -244,3 +244,23 @@ def test_a_pyarrow_record_batch_is_cut_as_a_table(backend):
         return
     got = parallel_predict(model, batch, n_jobs=2, backend=backend, chunk_size=10)
     assert_same_output(got, expected)
+
+
+def _signs(frame):
+    return frame.assign(sign=pd.Categorical(np.where(frame["a"] > 0, "pos", "neg")))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_categories_inferred_per_chunk_are_joined_as_the_serial_call_infers(backend):
+    from sklearn.preprocessing import FunctionTransformer
+
+    frame = pd.DataFrame(np.sort(X, axis=0), columns=list("abc"))
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    for func in (_signs, lambda frame: _signs(frame)["sign"]):
+        model = FunctionTransformer(func).fit(frame)
+        got = parallel_predict(model, frame, method="transform", **engine)
+        expected = model.transform(frame)
+        assert_same_output(got, expected)
+        sign = got["sign"] if isinstance(got, pd.DataFrame) else got
+        assert list(sign.cat.categories) == ["neg", "pos"]
