@@ -66,11 +66,19 @@ class _ParquetReader(_Reader):
         self.file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         self.columns = list(self.file.schema_arrow.names)
         self.n_rows = self.file.metadata.num_rows
+        # A DataFrame's index stored with it: pandas reads it back as the
+        # index, not as features.
+        stored = (self.file.schema_arrow.pandas_metadata or {}).get("index_columns")
+        self.index_columns = [name for name in stored or () if isinstance(name, str)]
 
     def batches(self, columns, batch_rows):
         # Only the columns needed are decoded.
         for batch in self.file.iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch.to_pandas()
+            frame = batch.to_pandas()
+            if columns is not None and any(n in columns for n in frame.index.names):
+                # A stored index asked for as a column (the id column).
+                frame = frame.reset_index()
+            yield frame
 
 
 class _CSVReader(_Reader):
@@ -84,10 +92,39 @@ class _CSVReader(_Reader):
     def batches(self, columns, batch_rows):
         import pandas as pd
 
-        with pd.read_csv(self.path, usecols=columns, chunksize=batch_rows) as chunks:
+        # Every column is parsed (not usecols): a line with more fields than
+        # the header is an error, as when pandas reads the whole file.
+        dtype = self._dtypes(columns, batch_rows)
+        with pd.read_csv(self.path, chunksize=batch_rows, dtype=dtype) as chunks:
             for chunk in chunks:
-                # usecols keeps the file's order; the model wants its own.
                 yield chunk if columns is None else chunk[columns]
+
+    def _dtypes(self, columns, batch_rows) -> dict:
+        """Each column's dtype as one read of the whole file infers it.
+
+        Each batch would infer its own: a text column whose first rows look
+        like numbers would be numbers in the first batches only. So the file
+        is read once for its dtypes, in larger batches that keep nothing
+        else; a column they infer differently is text, or floats where
+        every batch found numbers.
+        """
+        import pandas as pd
+
+        seen: dict = {}
+        with pd.read_csv(
+            self.path, usecols=columns, chunksize=max(batch_rows, 100_000)
+        ) as chunks:
+            for chunk in chunks:
+                for name, dtype in chunk.dtypes.items():
+                    seen.setdefault(name, set()).add(dtype)
+        return {
+            name: dtypes.pop()
+            if len(dtypes) == 1
+            else float
+            if all(dtype.kind in "if" for dtype in dtypes)
+            else str
+            for name, dtypes in seen.items()
+        }
 
 
 class _NpyReader(_Reader):
@@ -182,6 +219,7 @@ class _Writer:
 
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
+                table = table.cast(_typed(table.schema, frame))
                 self._parquet = pq.ParquetWriter(self.path, table.schema)
             elif table.schema != self._parquet.schema:
                 # CSV chunks may infer different dtypes (int, then float);
@@ -195,6 +233,23 @@ class _Writer:
             self._parquet.close()
 
 
+def _typed(schema, frame):
+    """``schema`` with a type for the columns whose values are all missing
+    in ``frame`` (Arrow's null type, which no later batch could be cast to):
+    their dtype's."""
+    import pyarrow as pa
+
+    for i, field in enumerate(schema):
+        if pa.types.is_null(field.type):
+            dtype = frame[field.name].dtype
+            kind = getattr(dtype, "kind", "O")
+            typed = (
+                pa.from_numpy_dtype(dtype) if kind in "biufmM" else pa.large_string()
+            )
+            schema = schema.set(i, field.with_type(typed))
+    return schema
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """A temporary file next to ``path``, renamed to ``path`` on success.
@@ -205,6 +260,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     folder = path.parent
     if not folder.is_dir():
         raise CommandError(f"output folder not found: {folder}")
+    if path.is_dir():
+        raise CommandError(f"the output {path} is a folder")
     # In the same folder, so that the rename is atomic (same file system).
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -310,7 +367,8 @@ def _select_columns(reader: _Reader, model, columns, id_column, path):
     if columns is None and hasattr(model, "feature_names_in_"):
         columns, source = [str(c) for c in model.feature_names_in_], "the model"
     if columns is None:
-        return [c for c in reader.columns if c != id_column]
+        index = getattr(reader, "index_columns", ())
+        return [c for c in reader.columns if c != id_column and c not in index]
     missing = [c for c in columns if c not in reader.columns]
     if missing:
         raise CommandError(
@@ -318,6 +376,21 @@ def _select_columns(reader: _Reader, model, columns, id_column, path):
             f"needed by {source}: {', '.join(missing)}"
         )
     return list(columns)
+
+
+def _read(batches: Iterator, path: Path) -> Iterator:
+    """The non-empty batches, an error reading one named as the command's."""
+    n_read = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise CommandError(f"cannot read {path} after row {n_read}: {exc}") from exc
+        if len(batch):
+            n_read += len(batch)
+            yield batch
 
 
 def progress_bar(total: int | None, *, quiet: bool = False, file: TextIO | None = None):
@@ -387,6 +460,8 @@ def predict_file(
         raise CommandError(f"the model ({type(model).__name__}) has no method {method}")
     out_kind = _format(output_path, OUTPUT_FORMATS, "output")
     reader = open_input(input_path)
+    if output_path.exists() and output_path.samefile(input_path):
+        raise CommandError(f"the output {output_path} is the input")
     features = _select_columns(reader, model, columns, id_column, input_path)
     read = None
     if features is not None and reader.columns is not None:
@@ -404,7 +479,7 @@ def predict_file(
     ):
         writer = _Writer(tmp, out_kind)
         try:
-            for batch in reader.batches(read, batch_rows):
+            for batch in _read(reader.batches(read, batch_rows), input_path):
                 if reader.columns is None:
                     X, ids = batch, None
                     if names is not None and batch.shape[1] == len(names):
@@ -430,7 +505,7 @@ def predict_file(
                 frame = _output_frame(model, method, output, ids, id_column)
                 try:
                     writer.write(frame)
-                except (OSError, ValueError, TypeError) as exc:
+                except (OSError, ValueError, TypeError, NotImplementedError) as exc:
                     # pyarrow's errors derive from these (a later CSV chunk
                     # whose id column cannot take the first chunk's type).
                     raise CommandError(

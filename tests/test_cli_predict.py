@@ -358,8 +358,8 @@ def test_error_mid_file_leaves_nothing(books_dir, tmp_path, capsys):
     """A batch that fails after others were written: the old output stays."""
     folder, books, _ = books_dir
     bad = books.copy()
-    bad["pages"] = bad["pages"].astype(object)
-    bad.loc[2_500, "pages"] = "many"
+    bad["pages"] = bad["pages"].astype(float)
+    bad.loc[2_500, "pages"] = np.inf
     bad.to_csv(tmp_path / "bad.csv", index=False)
     out = tmp_path / "out.csv"
     out.write_text("previous results\n")
@@ -456,3 +456,85 @@ def test_progress_bar_on_a_real_terminal(books_dir, tmp_path):
     err = b"".join(chunks).decode()
     assert f"{N_BOOKS // 1000}.00k/{N_BOOKS // 1000}.00k" in err
     assert f"wrote {N_BOOKS:,} predictions" in err
+
+
+def _lines(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_csv_columns_have_the_dtypes_of_the_whole_file(tmp_path):
+    """A text column whose first rows look like numbers stays text in every
+    batch, as when pandas reads the whole file."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    data = _lines(tmp_path / "codes.csv", "code,x\n1,0.5\n2,1.5\n1,2\n2,3\nx,4\ny,5\n")
+    frame = pd.read_csv(data)
+    model = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression())
+    joblib.dump(model.fit(frame[["code"]], frame["x"] > 2), tmp_path / "m.joblib")
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
+    assert main([*args, "--trust-pickle", "-q", "--batch-rows", "2"]) == 0
+    np.testing.assert_array_equal(
+        pd.read_parquet(out)["prediction"], model.predict(frame[["code"]])
+    )
+
+
+def test_error_reading_a_later_batch_names_the_file(tmp_path, capsys):
+    """A malformed line (more fields than the header) fails as pandas does,
+    named in one line, and leaves no output."""
+    data = _lines(tmp_path / "ragged.csv", "a,b\n1,2\n3,4\n5,6,7,8\n9,10\n")
+    with pytest.raises(pd.errors.ParserError):
+        pd.read_csv(data)
+    joblib.dump(LinearRegression().fit([[0, 1], [1, 0]], [0, 1]), tmp_path / "m.joblib")
+    _fails(
+        capsys,
+        ["predict", tmp_path / "m.joblib", data, "--trust-pickle", "--batch-rows", "1"],
+        tmp_path / "out.csv",
+        f"cannot read {data} after row 2: Error tokenizing data",
+    )
+
+
+def test_a_stored_index_is_not_a_feature_and_may_be_the_id(tmp_path):
+    frame = pd.DataFrame({"a": [0.0, 1, 2, 3], "b": [1.0, 0, 1, 0]})
+    frame.index = pd.Index([10, 11, 12, 13], name="row_id")
+    frame.to_parquet(tmp_path / "indexed.parquet")
+    model = LinearRegression().fit(frame.to_numpy(), [0, 1, 2, 3])
+    joblib.dump(model, tmp_path / "m.joblib")
+    out = tmp_path / "out.csv"
+    args = ["predict", str(tmp_path / "m.joblib"), str(tmp_path / "indexed.parquet")]
+    assert (
+        main([*args, "-o", str(out), "--trust-pickle", "-q", "--id-column", "row_id"])
+        == 0
+    )
+    written = pd.read_csv(out)
+    assert list(written["row_id"]) == [10, 11, 12, 13]
+    np.testing.assert_allclose(written["prediction"], model.predict(frame.to_numpy()))
+
+
+def test_error_output_that_is_the_input_or_a_folder(books_dir, tmp_path, capsys):
+    folder, books, _ = books_dir
+    data = tmp_path / "books.csv"
+    books.to_csv(data, index=False)
+    (tmp_path / "dir.csv").mkdir()
+    for out, message in [(data, "is the input"), (tmp_path / "dir.csv", "is a folder")]:
+        command = ["predict", folder / "genre.skops", data, "--trust", TREE, "-o", out]
+        assert main([*map(str, command), "-q"]) == 1
+        assert f"sklearn-parpredict: error: the output {out} {message}" in (
+            capsys.readouterr().err
+        )
+    assert pd.read_csv(data).shape == books.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["books.csv", "dir.csv"]
+
+
+def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
+    data = _lines(tmp_path / "ids.csv", "id,a\n,0.5\n,1.5\nk2,2\nk3,3\n")
+    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
+    assert (
+        main([*args, "--trust-pickle", "-q", "--batch-rows", "2", "--id-column", "id"])
+        == 0
+    )
+    assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
