@@ -177,6 +177,11 @@ def run_jobs(
         return [job.call() for job in jobs]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
+    if not auto:
+        # joblib starts every worker asked for, even with fewer tasks:
+        # n_jobs=1000 started hundreds of processes for two chunks.
+        n_tasks = sum(-(-n // chunk_size) for n in sizes)
+        n_workers = min(n_workers, max(n_tasks, joblib.cpu_count()))
     if n_workers <= 1:
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]

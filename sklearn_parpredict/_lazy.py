@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn import config_context, get_config
 
 from sklearn_parpredict import _chunking
 from sklearn_parpredict._distributed import DaskCluster
@@ -33,14 +34,20 @@ def is_collection(X) -> bool:
     return dask.is_dask_collection(X)
 
 
-def _call_block(block, model, method, columns, params, empty):
-    """One block's output; an empty block gives the output's empty form."""
+def _call_block(block, model, method, columns, params, empty, config):
+    """One block's output; an empty block gives the output's empty form.
+
+    ``config`` is scikit-learn's configuration where the collection was
+    made (``transform_output``, ``assume_finite``): Dask's threads and
+    workers do not share it.
+    """
     if _chunking.n_rows(block) == 0:
         if hasattr(empty, "iloc"):
             return empty.set_axis(block.index[:0], axis=0)
         return empty
     X = _chunking.select_columns(block, columns)
-    return getattr(model, method)(X, **params)
+    with config_context(**config):
+        return getattr(model, method)(X, **params)
 
 
 def _model_ref(estimator):
@@ -79,7 +86,9 @@ def _sample_output(estimator, method, X, columns, params):
     else:
         made_up = np.zeros((1, *X.shape[1:]), dtype=X.dtype)
     try:
-        return _call_block(made_up, estimator, method, columns, params, None)
+        return _call_block(
+            made_up, estimator, method, columns, params, None, get_config()
+        )
     except Exception as exc:
         with warnings.catch_warnings():
             # head() warns when the first partition has fewer rows.
@@ -91,7 +100,9 @@ def _sample_output(estimator, method, X, columns, params):
                 f"on this Dask input: it rejects made-up rows ({exc}) and the "
                 f"first block is empty."
             ) from exc
-        return _call_block(first, estimator, method, columns, params, None)
+        return _call_block(
+            first, estimator, method, columns, params, None, get_config()
+        )
 
 
 def call(estimator, method: str, X, columns=None, params=None):
@@ -119,6 +130,7 @@ def call(estimator, method: str, X, columns=None, params=None):
         )
     empty = _chunking.row_slice(sample, 0, 0)
     model = _model_ref(estimator)
+    config = get_config()
     if hasattr(X, "map_partitions"):
         if sp.issparse(sample):
             raise TypeError(
@@ -127,7 +139,7 @@ def call(estimator, method: str, X, columns=None, params=None):
                 f"collection: pass a Dask array, or ask for dense output."
             )
         return X.map_partitions(
-            _call_block, model, method, columns, params, empty, meta=empty
+            _call_block, model, method, columns, params, empty, config, meta=empty
         )
     if hasattr(sample, "iloc"):
         raise TypeError(
@@ -152,6 +164,7 @@ def call(estimator, method: str, X, columns=None, params=None):
         columns,
         params,
         empty,
+        config,
         dtype=sample.dtype,
         meta=empty,
         **layout,

@@ -351,3 +351,23 @@ def test_output_that_cannot_be_one_collection_is_a_clear_error():
     )
     with pytest.raises(TypeError, match="one array per output"):
         ParallelPredictor(multi).predict_proba(da.from_array(X, chunks=100))
+
+
+def test_scikit_learn_config_reaches_the_blocks(client):
+    from sklearn import config_context
+
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(400, 4)))
+    frame.columns = list("abcd")
+    scaler = StandardScaler().fit(frame)
+    with_nan = frame.copy()
+    with_nan.iloc[5, 1] = np.nan
+    ridge = Ridge().fit(frame, frame["a"])
+    for scheduler in ("threads", client):
+        with dask.config.set(scheduler=scheduler):
+            with config_context(transform_output="pandas"):
+                lazy = ParallelPredictor(scaler).transform(dd.from_pandas(frame, 3))
+                expected = scaler.transform(frame)
+                assert_same_output(lazy.compute(), expected)
+            with config_context(assume_finite=True):
+                lazy = ParallelPredictor(ridge).predict(dd.from_pandas(with_nan, 3))
+                assert_same_output(lazy.compute(), ridge.predict(with_nan))

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 
+import joblib
 import numpy as np
 import pytest
 from _helpers import assert_same_output
@@ -780,6 +781,7 @@ def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
 
 _SLEEPER_SCRIPT = """
 import os, time
+import joblib
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn_parpredict import (
@@ -1392,3 +1394,22 @@ def test_a_warm_thread_run_raises_the_speedup_by_its_threads_cpu_time(monkeypatc
         assert cost.thread_speedup > 1.6
     else:
         assert cost.thread_speedup == 1.6
+
+
+@pytest.mark.timeout(120)
+def test_no_more_workers_than_tasks_or_cores(monkeypatch):
+    from sklearn_parpredict import _engine
+
+    asked = []
+    real = _engine._run_parallel
+
+    def spy(jobs, plan, costs, done, n_workers, *args, **kwargs):
+        asked.append(n_workers)
+        return real(jobs, plan, costs, done, n_workers, *args, **kwargs)
+
+    monkeypatch.setattr(_engine, "_run_parallel", spy)
+    model = LogisticRegression().fit(X, Y)
+    for backend in ("threading", "loky"):
+        got = parallel_predict(model, X, n_jobs=1000, backend=backend, chunk_size=200)
+        assert_same_output(got, model.predict(X))
+    assert asked == [max(2, joblib.cpu_count())] * 2
