@@ -117,14 +117,16 @@ class _CSVReader(_Reader):
             for chunk in chunks:
                 for name, dtype in chunk.dtypes.items():
                     seen.setdefault(name, set()).add(dtype)
-        return {
-            name: dtypes.pop()
-            if len(dtypes) == 1
-            else float
-            if all(dtype.kind in "if" for dtype in dtypes)
-            else str
-            for name, dtypes in seen.items()
-        }
+        return {name: _common_dtype(dtypes) for name, dtypes in seen.items()}
+
+
+def _common_dtype(dtypes: set):
+    """The dtype pandas infers for a column whose parts inferred ``dtypes``."""
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    if all(dtype.kind in "if" for dtype in dtypes):
+        return float
+    return str
 
 
 class _NpyReader(_Reader):
