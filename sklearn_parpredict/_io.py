@@ -111,12 +111,13 @@ class _CSVReader(_Reader):
         import pandas as pd
 
         seen: dict = {}
-        with pd.read_csv(
-            self.path, usecols=columns, chunksize=max(batch_rows, 100_000)
-        ) as chunks:
+        # Every column, as the batches are read: a line with more fields
+        # than the header is an error here too (pandas before 2 let it pass
+        # in batches of a few rows).
+        with pd.read_csv(self.path, chunksize=max(batch_rows, 100_000)) as chunks:
             for chunk in chunks:
-                for name, dtype in chunk.dtypes.items():
-                    seen.setdefault(name, set()).add(dtype)
+                for name in chunk.columns if columns is None else columns:
+                    seen.setdefault(name, set()).add(chunk[name].dtype)
         return {name: _common_dtype(dtypes) for name, dtypes in seen.items()}
 
 

@@ -481,9 +481,9 @@ def test_csv_columns_have_the_dtypes_of_the_whole_file(tmp_path):
     )
 
 
-def test_error_reading_a_later_batch_names_the_file(tmp_path, capsys):
+def test_error_reading_the_input_names_it(tmp_path, capsys):
     """A malformed line (more fields than the header) fails as pandas does,
-    named in one line, and leaves no output."""
+    whatever the batch size, named in one line, and leaves no output."""
     data = _lines(tmp_path / "ragged.csv", "a,b\n1,2\n3,4\n5,6,7,8\n9,10\n")
     with pytest.raises(pd.errors.ParserError):
         pd.read_csv(data)
@@ -492,7 +492,7 @@ def test_error_reading_a_later_batch_names_the_file(tmp_path, capsys):
         capsys,
         ["predict", tmp_path / "m.joblib", data, "--trust-pickle", "--batch-rows", "1"],
         tmp_path / "out.csv",
-        f"cannot read {data} after row 2: Error tokenizing data",
+        f"cannot read {data} after row 0: Error tokenizing data",
     )
 
 
