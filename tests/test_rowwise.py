@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _helpers import assert_same_output
-from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.dummy import DummyClassifier
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.model_selection import GridSearchCV
@@ -156,17 +156,16 @@ def _random_labels():
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "make",
+    "model, y",
     [
-        lambda: GridSearchCV(_random_labels(), {"constant": [None]}, cv=2),
-        lambda: MultiOutputClassifier(_random_labels()),
-        lambda: ParallelPredictor(_random_labels(), n_jobs=1),
+        (GridSearchCV(_random_labels(), {"constant": [None]}, cv=2), Y),
+        (MultiOutputClassifier(_random_labels()), np.column_stack([Y, 1 - Y])),
+        (ParallelPredictor(_random_labels(), n_jobs=1), Y),
     ],
     ids=["grid-search", "multi-output", "wrapper"],
 )
-def test_random_predictions_inside_a_meta_estimator_are_not_split(make, backend):
-    y = np.column_stack([Y, 1 - Y]) if "MultiOutput" in repr(make()) else Y
-    model = make().fit(X, y)
+def test_random_predictions_inside_a_meta_estimator_are_not_split(model, y, backend):
+    model = clone(model).fit(X, y)
     assert not splittable(model, {})
     got = parallel_predict(model, X, n_jobs=2, backend=backend, chunk_size=10)
     assert_same_output(got, model.predict(X))
