@@ -229,13 +229,15 @@ VERSUS_BUDGET_S = 1.0
 VERSUS_MIN = 9
 
 
-def versus(ours: Callable, others: dict[str, Callable]) -> dict[str, float]:
+def versus(ours: Callable, others: dict[str, Callable]) -> dict[str, list[float]]:
     """Each other method's time over ``ours``'s, from adjacent single calls.
 
     For each method in turn, pairs of calls, the wrapper's and the method's,
     in alternating order (each with the method's untimed set-up around it):
-    the median of the pairs' ratios. Like :func:`paired`, and unlike two
-    medians of samples taken seconds apart, this resolves a few percent on
+    the pairs' ratios, whose median is the figure judged and whose spread
+    gives its interval (:func:`benchmarks._targets.median_interval`). Like
+    :func:`paired`, and unlike two medians of samples taken seconds apart,
+    this resolves a few percent on
     a shared machine: the ceiling's share on SVC, 20,000 rows, measured 90%
     to 98% in three runs by medians of 3 samples, while 8 shuffled rounds of
     single calls gave the ceiling 0.610 s and the wrapper 0.608 s (2 cores).
@@ -253,7 +255,7 @@ def versus(ours: Callable, others: dict[str, Callable]) -> dict[str, float]:
             else:
                 mine, theirs = _once(ours), _once_set_up(other)
             ratios.append(theirs / mine)
-        found[name] = statistics.median(ratios)
+        found[name] = ratios
     return found
 
 

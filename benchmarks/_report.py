@@ -171,7 +171,14 @@ def _methods() -> list[str]:
         "pairs' ratios is the paired share of the ceiling or ratio to the "
         "peer. The targets on the ceiling's share, the parallel efficiency "
         "and the peers are judged on the paired figures where a row has "
-        "them; the medians' are given too.",
+        "them; the medians' are given too. Where a peer ties with parpredict "
+        "(both at the ceiling, nothing left to be faster by), the median of "
+        "their pairs lands either side of 1.00x by chance; so each paired "
+        "ratio below 1.00x is given with its 95% interval (the order "
+        "statistics of the pairs' ratios that hold their median with that "
+        "probability, without assuming a distribution), and a second line of "
+        "the peers' target counts a row as below only when its whole "
+        "interval is.",
         "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "

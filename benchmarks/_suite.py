@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import statistics
 import sys
 import tempfile
 import zlib
@@ -113,7 +114,12 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
                 "times": {name: t.median for name, t in timings.items()},
                 "samples": {name: t.samples for name, t in timings.items()},
                 "paired": pairs,
-                "versus": against,
+                "versus": (
+                    None
+                    if against is None
+                    else {k: statistics.median(v) for k, v in against.items()}
+                ),
+                "versus_pairs": against,
                 "errors": {
                     **errors,
                     **{name: t.error for name, t in timings.items() if t.error},

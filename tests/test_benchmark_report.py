@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 # Importable without the bench extra: the plotting library is imported only
@@ -191,3 +192,70 @@ def test_the_peers_are_judged_on_the_paired_calls_where_measured():
     assert (
         "paired calls (6 of 9; see Results): min 0.99x (vs tutorial, svc, 3" in figure
     )
+
+
+@pytest.mark.parametrize(
+    ("n", "bounds"),
+    # The order statistics that hold the median with probability >= 95%.
+    [(9, (2, 8)), (20, (6, 15)), (6, (1, 6)), (3, (1, 3))],
+)
+def test_the_median_interval_is_bounded_by_order_statistics(n, bounds):
+    # Shuffled: the interval sorts its values.
+    values = [float(v) for v in range(n, 0, -1)]
+    assert _targets.median_interval(values) == bounds
+
+
+def test_the_median_interval_covers_the_median_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    # 9 draws of a distribution whose median is 0, 4,000 times.
+    draws = rng.standard_normal((4000, 9))
+    held = [low <= 0 <= high for low, high in map(_targets.median_interval, draws)]
+    assert 0.95 <= np.mean(held) <= 0.975
+
+
+def _tied_row(peer_pairs, ceiling=1.0):
+    row = _row("svc", 20_000, 2.0, 1.0, 1.0)
+    row["times"].update({p: 1.2 for p in _targets.PEERS})
+    row["versus"] = {p: 1.2 for p in _targets.PEERS}
+    row["versus"]["ceiling"] = ceiling
+    row["versus_pairs"] = {"dask-ml": peer_pairs}
+    row["versus"]["dask-ml"] = float(np.median(peer_pairs))
+    return row
+
+
+@pytest.mark.parametrize(
+    ("pairs", "verdict"),
+    [
+        # The median below 1.0x, the interval reaching above it: a tie.
+        ([0.96, 0.97, 0.98, 0.99, 0.99, 1.0, 1.01, 1.02, 1.05], "PASS"),
+        # Every pair but one below: a loss.
+        ([0.9, 0.95, 0.96, 0.97, 0.97, 0.98, 0.98, 0.99, 1.1], "**FAIL**"),
+    ],
+)
+def test_a_peer_tied_within_its_interval_is_not_a_loss(pairs, verdict):
+    # The ceiling as fast as the peer.
+    results = {"rows": [_tied_row(pairs, ceiling=float(np.median(pairs)))]}
+    strict = _target(results, "At least 1.0x of every peer")
+    assert strict[2] == "**FAIL**"
+    assert "1 of 3 below: dask-ml svc 20,000" in strict[1]
+    _, figure, judged = _target(results, "The same, a row counting as below")
+    assert judged == verdict
+    low, high = _targets.median_interval(pairs)
+    assert f"95% interval {low:.2f}x to {high:.2f}x" in figure
+    # The ceiling's time over the peer's.
+    assert "the peer at 100% of the ceiling's speed" in figure
+
+
+def test_a_peer_below_without_recorded_pairs_counts_as_a_loss():
+    row = _tied_row([0.99] * 9)
+    del row["versus_pairs"]
+    _, figure, judged = _target({"rows": [row]}, "The same, a row counting")
+    assert judged == "**FAIL**"
+    assert "no interval" in figure
+
+
+def test_no_tie_target_when_no_paired_row_is_below():
+    results = {"rows": [_tied_row([1.01] * 9)]}
+    assert _target(results, "At least 1.0x of every peer")[2] == "PASS"
+    found = [t for t in _targets.targets(results) if t[0].startswith("The same, a")]
+    assert found == []
