@@ -237,10 +237,10 @@ def versus(ours: Callable, others: dict[str, Callable]) -> dict[str, list[float]
     the pairs' ratios, whose median is the figure judged and whose spread
     gives its interval (:func:`benchmarks._targets.median_interval`). Like
     :func:`paired`, and unlike two medians of samples taken seconds apart,
-    this resolves a few percent on
-    a shared machine: the ceiling's share on SVC, 20,000 rows, measured 90%
-    to 98% in three runs by medians of 3 samples, while 8 shuffled rounds of
-    single calls gave the ceiling 0.610 s and the wrapper 0.608 s (2 cores).
+    this resolves a few percent on a shared machine: the ceiling's share on
+    SVC, 20,000 rows, measured 90% to 98% in three runs by medians of 3
+    samples, while 8 shuffled rounds of single calls gave the ceiling 0.610 s
+    and the wrapper 0.608 s (2 cores).
     The alternation gives each call of a pair the other's after-effects half
     of the time.
     """
