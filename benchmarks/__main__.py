@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {','.join(names)} (default: all)",
     )
     parser.add_argument(
+        "--rows",
+        type=_row_counts,
+        default=None,
+        help="comma-separated row counts measured instead of the suite's "
+        "(each case up to its full row limit), for a short run such as "
+        "--cases rf,svc --rows 500000,20000 (default: the suite's)",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=None,
@@ -125,6 +133,31 @@ def _parser() -> argparse.ArgumentParser:
         help="output folder (default: benchmarks/results)",
     )
     return parser
+
+
+def _row_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part.replace("_", "")) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers, got {text!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"row counts must be at least 1: {text!r}")
+    return counts
+
+
+def _report(results: dict, meta: dict, out: Path, remaining=()) -> tuple[Path, Path]:
+    """Write the report of ``results``; ``remaining``: the parts a run has not
+    finished yet, named in a note (a run stopped now leaves this report)."""
+    results = dict(results)
+    notes = list(results.pop("notes", []))
+    if remaining:
+        notes.append(
+            "Partial results: written before " + ", ".join(remaining) + " finished; "
+            "this file is what a run stopped at that point leaves."
+        )
+    return write(results | {"meta": meta | {"notes": notes}}, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,11 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)
 
     suite = "quick" if args.quick else "full"
+    meta = machine(suite, argv)
     start = time.perf_counter()
-    results = run(args.cases, quick=args.quick, repeats=repeats)
-    results["meta"] = machine(suite, argv)
-    results["meta"]["notes"] = results.pop("notes")
-    md_path, png_path = write(results, args.out)
+    results = run(
+        args.cases,
+        quick=args.quick,
+        repeats=repeats,
+        rows=args.rows,
+        checkpoint=lambda so_far, remaining: _report(so_far, meta, args.out, remaining),
+    )
+    md_path, png_path = _report(results, meta, args.out)
     log(f"wrote {md_path} and {png_path} in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -9,7 +9,7 @@ import statistics
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,18 +40,33 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
-    """Time every method on ``case`` at each of its sizes.
+def run_case(
+    case: Case,
+    *,
+    quick: bool,
+    repeats: int,
+    unavailable: dict,
+    rows: Iterable[int] | None = None,
+    on_row: Callable[[dict, list[dict]], None] | None = None,
+):
+    """Time every method on ``case`` at each of its sizes (``rows``: only
+    these row counts, see :meth:`Case.sizes`).
 
-    Returns the case's description and one result row per size.
+    Returns the case's description and one result row per size;
+    ``on_row(description, rows so far)`` is called after each row.
     """
-    sizes = case.sizes(quick)
+    sizes = case.sizes(quick, rows)
     info = {
         "name": case.name,
         "description": case.description,
         "max_rows": case.max_rows,
         "sizes": sizes,
     }
+    if not sizes:
+        reason = f"no row count asked for is within its limit ({case.max_rows:,})"
+        info["skipped"] = reason
+        log(f"[{case.name}] skipped: {reason}")
+        return info, [{"case": case.name, "skipped": reason}]
     log(f"[{case.name}] fitting ({case.description})")
     try:
         work = case.build(max(sizes))
@@ -130,6 +145,8 @@ def run_case(case: Case, *, quick: bool, repeats: int, unavailable: dict):
             }
             rows.append(row)
             log(_summary(row))
+            if on_row is not None:
+                on_row(info, rows)
     finally:
         for method in methods.values():
             method.close()
@@ -210,37 +227,80 @@ def run_isolated_sections(sections: Iterable[str], *, quick: bool) -> dict:
     return out
 
 
-def run(selected: list[str], *, quick: bool, repeats: int) -> dict:
-    """Every selected case and section; the results a report is made from."""
+def run(
+    selected: list[str],
+    *,
+    quick: bool,
+    repeats: int,
+    rows: Iterable[int] | None = None,
+    checkpoint: Callable[[dict, list[str]], None] | None = None,
+) -> dict:
+    """Every selected case and section; the results a report is made from.
+
+    ``checkpoint(results, remaining)``, when given, is called after each
+    section and each case's row with the results so far and the parts not yet
+    finished, so that a run cut short (a time limit) still leaves what it
+    measured.
+    """
+    # In the order they run.
+    remaining = [s for s in SECTIONS if s in selected]
+    remaining += [name for name in selected if name in CASES]
+
+    def done(*parts: str) -> None:
+        finished = [part for part in parts if part in remaining]
+        for part in finished:
+            remaining.remove(part)
+        # The last part's results are written by the caller, complete.
+        if checkpoint is not None and finished and remaining:
+            checkpoint(results, list(remaining))
+
     unavailable = {}
     reason = dask_ml_available()
     if reason:
         unavailable["dask-ml"] = reason
     results = {"repeats": repeats, "cases": [], "rows": [], "load": [load()]}
+    results["notes"] = list(unavailable.values())
     results["overhead_s"] = wrapper_overhead()
     log(f"wrapper's fixed cost per in-process call: {results['overhead_s']:.2e} s")
     # The isolated sections first, before this process starts any pool.
     results.update(
         run_isolated_sections([s for s in ISOLATED if s in selected], quick=quick)
     )
+    done(*ISOLATED)
     if "dask" in selected:
         log("[dask] LocalCluster of 2 worker processes against loky")
         with OtherLoad() as other:
             results["dask"] = run_isolated("dask", quick=quick, repeats=repeats)
         results["dask"]["other_load"] = other.cores
         log(f"[dask] {results['dask']}")
+        done("dask")
     # Start joblib's worker pool now, so that no case's warm-up pays for it.
     joblib.Parallel(n_jobs=N_WORKERS)(
         joblib.delayed(load_sklearn)() for _ in range(N_WORKERS)
     )
+
+    def case_progress(info: dict, case_rows: list[dict]) -> None:
+        if checkpoint is not None:
+            so_far = {
+                **results,
+                "cases": [*results["cases"], info],
+                "rows": [*results["rows"], *case_rows],
+            }
+            checkpoint(so_far, list(remaining))
+
     for name in selected:
         if name in CASES:
-            info, rows = run_case(
-                CASES[name], quick=quick, repeats=repeats, unavailable=unavailable
+            info, case_rows = run_case(
+                CASES[name],
+                quick=quick,
+                repeats=repeats,
+                unavailable=unavailable,
+                rows=rows,
+                on_row=case_progress,
             )
             results["cases"].append(info)
-            results["rows"].extend(rows)
-    results["notes"] = list(unavailable.values())
+            results["rows"].extend(case_rows)
+            done(name)
     results["load"].append(load())
     return results
 
