@@ -7,6 +7,7 @@ from pathlib import Path
 
 from benchmarks._measure import (
     PAIRED_BUDGET_S,
+    PAIRED_EXTEND_S,
     PAIRED_MAX,
     PAIRED_MIN,
     VERSUS_BUDGET_S,
@@ -16,6 +17,7 @@ from benchmarks._peers import PEERS
 from benchmarks._targets import (
     BUSY_CORES,
     MB,
+    MIN_SPEEDUP,
     fmt_pct,
     fmt_ratio,
     fmt_seconds,
@@ -157,7 +159,10 @@ def _methods() -> list[str]:
         "groups of single calls, serial, serial, parpredict, serial, one after "
         "another (with an untimed serial call and the output check before "
         "each group), as many groups as fit in "
-        f"{PAIRED_BUDGET_S:.0f} s (at least {PAIRED_MIN}, at most {PAIRED_MAX}). "
+        f"{PAIRED_BUDGET_S:.0f} s (at least {PAIRED_MIN}, at most {PAIRED_MAX}), "
+        "then more, for up to "
+        f"{PAIRED_EXTEND_S:.0f} s, while the 95% interval of the paired ratio "
+        f"(see below) still holds {MIN_SPEEDUP}x. "
         "The medians of the differences between adjacent calls give "
         "parpredict's added time (against the serial call just before it), "
         "the A/A control (the second serial call against the first) and what "
@@ -178,7 +183,10 @@ def _methods() -> list[str]:
         "statistics of the pairs' ratios that hold their median with that "
         "probability, without assuming a distribution), and a second line of "
         "the peers' target counts a row as below only when its whole "
-        "interval is.",
+        "interval is. The same goes for a row whose paired ratio to serial "
+        f"is below {MIN_SPEEDUP}x: its interval is that of the median added "
+        "time, and a second line of that target counts the row as below only "
+        "when the whole interval is.",
         "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "

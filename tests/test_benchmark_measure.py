@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 # Importable without the bench extra: nothing here needs psutil.
-from benchmarks import _measure
+from benchmarks import _measure, _targets
 
 
 class _Machine:
@@ -88,6 +88,45 @@ def test_as_many_groups_as_fit_in_the_budget_within_bounds(machine):
         _measure.paired(machine.serial, machine.ours, _measure.Timing()).groups
         == _measure.PAIRED_MAX
     )
+
+
+@pytest.mark.parametrize(
+    "ours_s, extended",
+    [
+        # Always 1.5x serial's time, or always 0.9x: the interval is a point,
+        # off the target, and the budget's groups decide.
+        ([1.5], False),
+        ([0.9], False),
+        # 0.9 s and 1.2 s in turn: the ratio's interval (0.83x to 1.11x)
+        # holds the target, and groups are added up to PAIRED_EXTEND_S.
+        ([0.9, 1.2], True),
+    ],
+)
+def test_groups_are_added_while_the_interval_holds_the_target(
+    machine, ours_s, extended
+):
+    times = iter(ours_s * 1000)
+
+    def ours():
+        machine.ours_s = next(times)
+        return machine.ours()
+
+    got = _measure.paired(machine.serial, ours, _measure.Timing())
+    base = _measure.PAIRED_MIN
+    # The group sized by the first calls: 4 serial calls and the wrapper's.
+    more = int(_measure.PAIRED_EXTEND_S // (4 + ours_s[0]))
+    assert got.groups == (base + more if extended else base)
+    assert len(got.added_all) == got.groups
+    low, high = _targets.paired_interval(got.serial, got.added_all)
+    assert low <= got.serial / (got.serial + got.added) <= high
+
+
+def test_the_paired_interval_bounds_the_ratio_of_the_median():
+    # Added times of -0.1 s and +0.2 s on a 1 s call: 1/1.2 to 1/0.9.
+    low, high = _targets.paired_interval(1.0, [-0.1, 0.2] * 10)
+    assert (low, high) == pytest.approx((1 / 1.2, 1 / 0.9))
+    # An added time that cancels the serial call: no upper bound.
+    assert _targets.paired_interval(1.0, [-1.0] * 9)[1] == math.inf
 
 
 def test_a_wrong_output_of_the_wrapper_fails_the_paired_calls(machine):

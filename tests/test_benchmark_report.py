@@ -259,3 +259,35 @@ def test_no_tie_target_when_no_paired_row_is_below():
     assert _target(results, "At least 1.0x of every peer")[2] == "PASS"
     found = [t for t in _targets.targets(results) if t[0].startswith("The same, a")]
     assert found == []
+
+
+@pytest.mark.parametrize(
+    ("spread", "verdict"),
+    [
+        # Groups 0.93x give or take 10% of the call: the interval holds 0.95x.
+        (0.0010, "PASS"),
+        # Give or take 0.1%: wholly below.
+        (0.00001, "**FAIL**"),
+        # Not recorded (a run before intervals): a row below is a loss.
+        (None, "**FAIL**"),
+    ],
+)
+def test_a_row_below_within_its_interval_is_not_a_loss(spread, verdict):
+    results = _low_rows(1.0, 0.93)
+    pairs = results["rows"][0]["paired"]
+    if spread is not None:
+        pairs["added_all"] = [pairs["added"] + d for d in (-spread, spread) * 10]
+    _, figure, judged = _target(results, "The same, a row counting as below")
+    assert judged == verdict
+    assert "gb 1,000: 0.930x" in figure
+    assert ("95% interval" in figure) == (spread is not None)
+    # The strict line is judged on the median alone, as before.
+    assert _target(results, "Every estimator")[2] == "**FAIL**"
+
+
+def test_no_interval_target_when_no_paired_row_is_below():
+    results = _low_rows(0.90, 0.99)
+    found = [
+        t for t in _targets.targets(results) if "95% interval of paired calls" in t[0]
+    ]
+    assert found == []
