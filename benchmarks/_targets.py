@@ -424,12 +424,13 @@ def _never_slower_ties(table: list) -> list[tuple[str, str, str]]:
     single calls stray by more than its distance from the target (OpenMP or
     BLAS threads on a busy machine) lands either side by chance. Nothing when
     no row's paired ratio is below."""
-    low = [(q["paired"], r) for r, q in table if q["paired"] < MIN_SPEEDUP]
-    if not low:
+    judged = [(_judged(q, "speedup")[0], r) for r, q in table]
+    low = [(s, r) for s, r in judged if not s >= MIN_SPEEDUP]  # NaN: not measured
+    if not any(r.get("paired") for _, r in low):
         return []
     texts, losses = [], 0
     for ratio, row in low:
-        pairs = row["paired"]
+        pairs = row.get("paired") or {}
         text = f"{row['case']} {row['rows']:,}: {fmt_ratio(ratio, 3)}"
         if pairs.get("added_all"):
             a, b = paired_interval(pairs["serial"], pairs["added_all"])

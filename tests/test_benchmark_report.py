@@ -291,3 +291,15 @@ def test_no_interval_target_when_no_paired_row_is_below():
         t for t in _targets.targets(results) if "95% interval of paired calls" in t[0]
     ]
     assert found == []
+
+
+def test_a_row_without_paired_calls_below_the_target_is_a_loss_on_both_lines():
+    results = _low_rows(1.0, 0.93)
+    pairs = results["rows"][0]["paired"]
+    pairs["added_all"] = [pairs["added"] + d for d in (-0.001, 0.001) * 10]
+    # A second row judged on its medians alone (0.90x): no interval to give.
+    results["rows"].append(_low_rows(0.90, None)["rows"][0])
+    _, figure, judged = _target(results, "The same, a row counting as below")
+    assert judged == "**FAIL**"
+    assert "1 of 2 rows below are within noise" in figure
+    assert "no interval" in figure
