@@ -11,13 +11,16 @@ from benchmarks._measure import (
     PAIRED_MAX,
     PAIRED_MIN,
     VERSUS_BUDGET_S,
+    VERSUS_EXTEND_S,
     VERSUS_MIN,
 )
 from benchmarks._peers import PEERS
 from benchmarks._targets import (
     BUSY_CORES,
+    CEILING_SHARE,
     MB,
     MIN_SPEEDUP,
+    PEER_MIN,
     fmt_pct,
     fmt_ratio,
     fmt_seconds,
@@ -172,7 +175,10 @@ def _methods() -> list[str]:
         "judged on these. Then the ceiling and each peer in turn are paired "
         "with parpredict: single calls of the two, in alternating order "
         "(each with its untimed set-up), as many pairs as fit in "
-        f"{VERSUS_BUDGET_S:.0f} s (at least {VERSUS_MIN}); the median of the "
+        f"{VERSUS_BUDGET_S:.0f} s (at least {VERSUS_MIN}), then more, for up "
+        f"to {VERSUS_EXTEND_S:.0f} s, while the 95% interval of their ratios "
+        f"(see below) still holds the target ({fmt_pct(CEILING_SHARE)} of the "
+        f"ceiling, {PEER_MIN:.2f}x of a peer); the median of the "
         "pairs' ratios is the paired share of the ceiling or ratio to the "
         "peer. The targets on the ceiling's share, the parallel efficiency "
         "and the peers are judged on the paired figures where a row has "

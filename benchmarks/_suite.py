@@ -26,7 +26,7 @@ from benchmarks._measure import (
     wrapper_overhead,
 )
 from benchmarks._peers import METHODS, N_WORKERS, PEERS, dask_ml_available
-from benchmarks._targets import ratios
+from benchmarks._targets import CEILING_SHARE, PEER_MIN, ratios
 
 # The repeated-call case of the issue, and the rows of the memory case.
 REPEATED_CALLS = 20
@@ -120,6 +120,8 @@ def run_case(
                             for name in ("ceiling", *PEERS)
                             if name in timings and not timings[name].error
                         },
+                        targets={"ceiling": CEILING_SHARE}
+                        | dict.fromkeys(PEERS, PEER_MIN),
                     )
             row = {
                 "case": case.name,

@@ -183,3 +183,30 @@ def test_a_ratio_that_drifts_is_judged_by_its_median_pair(machine):
     got = statistics.median(pairs)
     # The middle of the pairs' ratios 1.1 ** -middle .. 1.1 ** middle.
     assert got == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "target, extended",
+    [
+        (None, False),  # no target: the budget's pairs
+        (0.5, False),  # the interval (0.6x to 0.8x) is above it: decided
+        (0.7, True),  # it holds the target: more pairs
+    ],
+)
+def test_pairs_are_added_while_their_interval_holds_the_target(
+    machine, target, extended
+):
+    # The other method's calls take 0.9 s and 1.2 s in turn; the wrapper's
+    # 1.5 s: ratios 0.6x and 0.8x.
+    times = iter([0.9, 1.2] * 1000)
+
+    def other():
+        machine.serial_s = next(times)
+        return machine.serial()
+
+    targets = None if target is None else {"other": target}
+    got = _measure.versus(machine.ours, {"other": other}, targets)["other"]
+    # Pairs sized by the first calls: 1.5 s and 0.9 s.
+    more = int(_measure.VERSUS_EXTEND_S // 2.4)
+    assert len(got) == _measure.VERSUS_MIN + (more if extended else 0)
+    assert {round(r, 9) for r in got} == {0.6, 0.8}
