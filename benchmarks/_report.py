@@ -189,10 +189,10 @@ def _methods() -> list[str]:
         "statistics of the pairs' ratios that hold their median with that "
         "probability, without assuming a distribution), and a second line of "
         "the peers' target counts a row as below only when its whole "
-        "interval is. The same goes for a row whose paired ratio to serial "
-        f"is below {MIN_SPEEDUP}x: its interval is that of the median added "
-        "time, and a second line of that target counts the row as below only "
-        "when the whole interval is.",
+        "interval is. The same goes for the ceiling's share on the large "
+        f"rows below {fmt_pct(CEILING_SHARE)}, and for a row whose paired "
+        f"ratio to serial is below {MIN_SPEEDUP}x: there the interval is that "
+        "of the median added time.",
         "",
         "Every timed output is checked against serial (labels equal, floats "
         "to `rtol=1e-9`); a wrong output shows as n/a. Peers split into at most "

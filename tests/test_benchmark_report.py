@@ -303,3 +303,29 @@ def test_a_row_without_paired_calls_below_the_target_is_a_loss_on_both_lines():
     assert judged == "**FAIL**"
     assert "1 of 2 rows below are within noise" in figure
     assert "no interval" in figure
+
+
+@pytest.mark.parametrize(
+    ("pairs", "verdict"),
+    [
+        # 90% of the ceiling by the median of pairs strayed from 0.81 to 1.22.
+        ([0.81, 0.82, 1.22, 1.17, 0.89, 0.90, 1.06, 1.02, 0.95], "PASS"),
+        # All of them below 95%.
+        ([0.88, 0.89, 0.90, 0.90, 0.90, 0.91, 0.91, 0.92, 0.93], "**FAIL**"),
+        (None, "**FAIL**"),
+    ],
+)
+def test_a_ceiling_share_below_within_its_interval_is_not_a_loss(pairs, verdict):
+    results = _with_versus(_results(1.0, 1.0), ceiling=0.90)
+    if pairs is not None:
+        for row in results["rows"]:
+            row["versus_pairs"] = {"ceiling": pairs}
+    found = [t[0] for t in _targets.targets(results)]
+    # Right after the ceiling's own target.
+    assert found[0].startswith("Large CPU-bound")
+    assert found[1].startswith("The same, a row counting as below")
+    _, figure, judged = _target(results, "The same, a row counting as below")
+    assert judged == verdict
+    assert figure.startswith(f"{2 if verdict == 'PASS' else 0} of 2 rows below")
+    # The strict line is judged on the median alone, as before.
+    assert _target(results, "Large CPU-bound")[2] == "**FAIL**"
