@@ -452,7 +452,7 @@ def _never_slower_ties(table: list) -> list[tuple[str, str, str]]:
     only when the whole 95% interval of its paired ratio is: a call whose
     single calls stray by more than its distance from the target (OpenMP or
     BLAS threads on a busy machine) lands either side by chance. Nothing when
-    no row's paired ratio is below."""
+    no row below has paired calls."""
     judged = [(_judged(q, "speedup")[0], r) for r, q in table]
     low = [(s, r) for s, r in judged if not s >= MIN_SPEEDUP]  # NaN: not measured
     if not any(r.get("paired") for _, r in low):
