@@ -207,11 +207,12 @@ def paired(serial: Callable, ours: Callable, timing: Timing) -> Paired | None:
     most = int(min(PAIRED_MAX, groups + PAIRED_EXTEND_S // group_s))
     first, second, wrapped, next_ = [], [], [], []
 
+    def added() -> list[float]:
+        return [b - a for a, b in zip(second, wrapped)]
+
     def undecided() -> bool:
-        low, high = paired_interval(
-            statistics.median(second), [b - a for a, b in zip(second, wrapped)]
-        )
-        return low < MIN_SPEEDUP <= high
+        interval = paired_interval(statistics.median(second), added())
+        return _holds(interval, MIN_SPEEDUP)
 
     while len(wrapped) < groups or (len(wrapped) < most and undecided()):
         # An untimed serial call between the check and the timed calls: a
@@ -231,11 +232,11 @@ def paired(serial: Callable, ours: Callable, timing: Timing) -> Paired | None:
             return None
     return Paired(
         serial=statistics.median(second),
-        added=statistics.median(b - a for a, b in zip(second, wrapped)),
+        added=statistics.median(added()),
         after=statistics.median(b - a for a, b in zip(second, next_)),
         aa=statistics.median(b - a for a, b in zip(first, second)),
         groups=len(wrapped),
-        added_all=[b - a for a, b in zip(second, wrapped)],
+        added_all=added(),
     )
 
 
@@ -281,7 +282,11 @@ def versus(
         most = int(min(PAIRED_MAX, pairs + VERSUS_EXTEND_S // pair_s))
         target = targets.get(name)
         ratios = []
-        while len(ratios) < pairs or (len(ratios) < most and _holds(ratios, target)):
+        while len(ratios) < pairs or (
+            len(ratios) < most
+            and target is not None
+            and _holds(median_interval(ratios), target)
+        ):
             i = len(ratios)
             if i % 2:
                 theirs, mine = _once_set_up(other), _once(ours)
@@ -292,11 +297,9 @@ def versus(
     return found
 
 
-def _holds(ratios: list[float], target: float | None) -> bool:
-    """Whether the 95% interval of ``ratios``' median holds ``target``."""
-    if target is None:
-        return False
-    low, high = median_interval(ratios)
+def _holds(interval: tuple[float, float], target: float) -> bool:
+    """Whether a 95% interval still holds ``target``: more calls may decide."""
+    low, high = interval
     return low < target <= high
 
 

@@ -140,8 +140,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     # Beside the ceiling's target, before the efficiency's.
     found[1:1] = _ceiling_within_noise(table)
 
-    found.append(_never_slower(table, results.get("overhead_s")))
-    found.extend(_never_slower_ties(table))
+    found.extend(_never_slower(table, results.get("overhead_s")))
 
     rep = results.get("repeated") or {}
     med = rep.get("median", {})
@@ -347,8 +346,9 @@ def _spread(values: list[float]) -> str:
     return f"{fmt_ratio(min(values))} to {fmt_ratio(max(values))}" if values else "n/a"
 
 
-def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
-    """The target that no row is slower than serial.
+def _never_slower(table: list, overhead: float | None) -> list[tuple[str, str, str]]:
+    """The target that no row is slower than serial, and the same telling a
+    row within noise of it from one below it (:func:`_never_slower_ties`).
 
     Judged on the paired calls where a row has them: the medians of samples
     taken seconds apart cannot resolve its 5% on a shared machine (their A/A
@@ -363,7 +363,7 @@ def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
     low = [(s, r) for s, r in measured if s < MIN_SPEEDUP]
     label = f"Every estimator and size >= {MIN_SPEEDUP}x of serial"
     if not measured:
-        return label, "n/a", _verdict(None)
+        return [(label, "n/a", _verdict(None))]
     n_paired = sum(not math.isnan(q["paired"]) for _, q in table)
     figure = (
         f"paired calls ({n_paired} of {len(table)} rows; see Results): "
@@ -416,7 +416,8 @@ def _never_slower(table: list, overhead: float | None) -> tuple[str, str, str]:
     figure += "; A/A control (the serial call against itself, same rows): " + _spread(
         [q["aa"] for _, q in table]
     )
-    return label, figure, _verdict(not low and not broken)
+    strict = (label, figure, _verdict(not low and not broken))
+    return [strict, *_never_slower_ties([*low, *((math.nan, r) for r in broken)])]
 
 
 def _ceiling_within_noise(table: list) -> list[tuple[str, str, str]]:
@@ -447,14 +448,13 @@ def _ceiling_within_noise(table: list) -> list[tuple[str, str, str]]:
     ]
 
 
-def _never_slower_ties(table: list) -> list[tuple[str, str, str]]:
+def _never_slower_ties(low: list[tuple[float, dict]]) -> list[tuple[str, str, str]]:
     """The target that no row is slower than serial, a row counting as below
     only when the whole 95% interval of its paired ratio is: a call whose
     single calls stray by more than its distance from the target (OpenMP or
-    BLAS threads on a busy machine) lands either side by chance. Nothing when
-    no row below has paired calls."""
-    judged = [(_judged(q, "speedup")[0], r) for r, q in table]
-    low = [(s, r) for s, r in judged if not s >= MIN_SPEEDUP]  # NaN: not measured
+    BLAS threads on a busy machine) lands either side by chance. ``low``: the
+    rows below the target or not measured (NaN), with their judged ratios.
+    Nothing when no row below has paired calls."""
     if not any(r.get("paired") for _, r in low):
         return []
     below = []

@@ -67,8 +67,9 @@ def test_a_report_is_left_after_every_row_until_the_last(fake_suite):
     )
     assert written == [
         ([("logreg", 1)], ["logreg"], ["logreg", "svc"]),
+        # The last row's report holds its case: not written again when the
+        # case is done.
         ([("logreg", 1), ("logreg", 2)], ["logreg"], ["logreg", "svc"]),
-        ([("logreg", 1), ("logreg", 2)], ["logreg"], ["svc"]),
         ([("logreg", 1), ("logreg", 2), ("svc", 1)], ["logreg", "svc"], ["svc"]),
         # After the last row too (its case not yet done); the complete
         # report, without the note, is then the caller's.
