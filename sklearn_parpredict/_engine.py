@@ -45,13 +45,13 @@ from sklearn_parpredict._fanout import (
     fan_out,
     parallel_config,
 )
-from sklearn_parpredict._jobs import Job, run_timed
+from sklearn_parpredict._jobs import Job, run_returned, run_timed
 from sklearn_parpredict._rows import (
-    PICKLED_MAX_BYTES,
     PickledRows,
     SharedArray,
-    nbytes,
+    Spool,
     pickling_per_row,
+    received,
     shares,
 )
 from sklearn_parpredict._sharing import ModelHandle
@@ -426,6 +426,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
     ranges = plan.ranges
     process = plan.kind == "process"
     shared: dict[int, SharedArray] = {}
+    spool = Spool()
     keys, tasks, weights = [], [], []
     for j, job in enumerate(jobs):
         if not ranges[j]:
@@ -441,15 +442,14 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         share = process and cluster is None and shares(X)
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
-        # Other rows for processes go pickled on their own up to a size.
-        row_bytes = nbytes(X) / max(_chunking.n_rows(X), 1) if process else 0.0
         for start, stop in ranges[j]:
             if share:
                 rows = ref.rows(start, stop)
             elif cluster is not None:
                 rows = cluster.rows(_chunking.row_slice(X, start, stop))
-            elif process and row_bytes * (stop - start) <= PICKLED_MAX_BYTES:
-                rows = PickledRows(_chunking.row_slice(X, start, stop))
+            elif process:
+                # Other rows for processes go pickled on their own.
+                rows = PickledRows(_chunking.row_slice(X, start, stop), spool)
             else:
                 rows = _chunking.row_slice(X, start, stop)
             keys.append((j, start, stop))
@@ -463,6 +463,8 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
     if not process:
         limits = _threads.limit_inner_threads(costs, n_workers)
     function, calls = run_timed, [tasks[i] for i in order]
+    if process and cluster is None:
+        function = run_returned
     if cluster is not None:
         # The worker finds the model behind its reference and the rows in
         # their carrier.
@@ -473,12 +475,13 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
                 function, calls, n_workers=n_workers, backend=backend, verbose=verbose
             )
     finally:
+        spool.close()
         for array in shared.values():
             array.close()
     timings = []
     for i, (out, wall, cpu) in zip(order, outputs):
         j, start, stop = keys[i]
-        done[j].append((start, stop, out))
+        done[j].append((start, stop, received(out)))
         timings.append((j, stop - start, wall, cpu))
     return timings
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn_parpredict import _chunking, _rowwise
-from sklearn_parpredict._rows import PickledRows, SharedRows
+from sklearn_parpredict._rows import PickledRows, Returned, SharedRows
 from sklearn_parpredict._sharing import ModelHandle
 
 
@@ -64,6 +64,13 @@ def run_timed(*task):
     start = time.perf_counter()
     out = run_task(*task)
     return out, time.perf_counter() - start, time.thread_time() - cpu
+
+
+def run_returned(*task):
+    """:func:`run_timed` on a worker process: the output goes back through
+    a file when it is large (see :class:`._rows.Returned`)."""
+    out, wall, cpu = run_timed(*task)
+    return Returned(out), wall, cpu
 
 
 def resolve(obj):

@@ -1,6 +1,7 @@
 """Rows sent to worker processes: dense arrays memory-mapped, written once
-per call; other rows pickled on their own with their tasks; and what a row
-costs to send.
+per call; other rows pickled on their own, through a file when they are
+large; what a row costs to send; and outputs sent back, through a file
+when they are large.
 
 Like the models' handles (:mod:`._sharing`), a row handle used in the same
 process is just the rows, and pickles for another process to what that
@@ -149,13 +150,6 @@ def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
     )
 
 
-# Rows pickled on their own up to this size per chunk (PickledRows): their
-# bytes and loky's copy of them are both in memory while a task is sent.
-# Past it, joblib's temporary files cost less than the copy, and its wait
-# of 0.1 s little next to sending that much.
-PICKLED_MAX_BYTES = 64 << 20
-
-
 def nbytes(X) -> int:
     """The bytes of ``X``'s data (0 when unknown): NumPy arrays, DataFrames
     without their objects' contents, sparse matrices."""
@@ -171,29 +165,181 @@ def nbytes(X) -> int:
     return sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
 
 
+# Pickled rows and outputs from this size on go between processes through
+# a file rather than through loky's pipe (see Spool).
+SPOOL_MIN_BYTES = 256 << 10
+# Where each part of a spooled pickle starts in its file: numpy arrays and
+# Arrow buffers rebuilt over the file's pages stay aligned.
+_ALIGN = 64
+
+
+class Spool:
+    """Files holding one call's pickled rows, removed when the call ends.
+
+    loky sends a task through a pipe that the worker reads as the parent
+    writes it, one task after the other: 50,000 DataFrame rows (3.5 MB
+    pickled) took 10 ms to reach a warm worker that way, two such tasks
+    19 ms, when pickling them took 1.2 ms and unpickling 0.4 ms (2 cores).
+    A file on shared memory is written at the speed of memory. The rows'
+    arrays (a DataFrame's blocks, Arrow string buffers, a sparse matrix's
+    data) go into it straight from the caller's memory, as pickle protocol
+    5 hands them over out of band, and the worker rebuilds them over the
+    file's pages, copied on write.
+    """
+
+    def __init__(self):
+        self._paths: list[str] = []
+        self._closed = False
+
+    def write(self, parts: list) -> tuple[str, list[tuple[int, int]]]:
+        """A new file holding the bytes-like ``parts``: its path, and where
+        each part lies in it."""
+        with _lock:
+            if self._closed:
+                # As for SharedArray: no file that nothing would remove.
+                raise RuntimeError("the call that spooled these rows has ended")
+            path = _spool_path("rows")
+            self._paths.append(path)
+            return path, _write_parts(path, parts)
+
+    def close(self) -> None:
+        # A worker maps its file before its task starts, and the call ends
+        # after its tasks.
+        with _lock:
+            self._closed = True
+            for path in self._paths:
+                unlink(path)
+            self._paths = []
+
+
+def _spool_path(what: str) -> str:
+    return os.path.join(temp_folder(), f"{what}-{uuid.uuid4().hex}.pkl")
+
+
+def _write_parts(path: str, parts: list) -> list[tuple[int, int]]:
+    """Write ``parts`` to a new file at ``path``, each aligned; their
+    ``(offset, length)``."""
+    layout = []
+    with open(path, "wb") as file:
+        for part in parts:
+            offset = -(-file.tell() // _ALIGN) * _ALIGN
+            file.seek(offset)
+            layout.append((offset, file.write(part)))
+    return layout
+
+
+def _load_spooled(path: str, layout: list[tuple[int, int]]):
+    """What was spooled to ``path`` as ``layout``: a pickle and its
+    out-of-band buffers, rebuilt over the file's pages.
+
+    The pages are mapped copied on write (as in :func:`_load_rows`): an
+    estimator may write into its rows, and the caller into an output.
+    """
+    with open(path, "rb") as file:
+        pages = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    view = memoryview(pages)
+    parts = [view[offset : offset + length] for offset, length in layout]
+    return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def _dumps(obj, **kwargs) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=5, **kwargs)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        # Objects holding functions or classes defined in a script.
+        return cloudpickle.dumps(obj, protocol=5, **kwargs)
+
+
+def _dumps_out_of_band(obj) -> list:
+    """``obj`` pickled, then the buffers pickle protocol 5 left out of it."""
+    buffers: list = []
+    data = _dumps(obj, buffer_callback=buffers.append)
+    return [data, *(buffer.raw() for buffer in buffers)]
+
+
+def _loads(data: bytes, buffers: list = ()):
+    return pickle.loads(data, buffers=buffers)
+
+
+def _reduce_spooled(obj, write):
+    """How to pickle ``obj``: as bytes when it is small, else in a file that
+    ``write(parts)`` makes (its ``(path, layout)``)."""
+    parts = _dumps_out_of_band(obj)
+    if sum(memoryview(part).nbytes for part in parts) < SPOOL_MIN_BYTES:
+        return _loads, (parts[0], [bytes(part) for part in parts[1:]])
+    return write(parts)
+
+
 class PickledRows:
-    """Rows for a process, pickled on their own and sent as ``bytes``.
+    """Rows for a process, pickled on their own and sent as ``bytes``, or
+    in a file of the call's :class:`Spool` when they are large.
 
     joblib's pickler writes every array over 1 MB that it finds in a task
     (the blocks of a DataFrame, the data of a sparse matrix) to a file in
     the call's temporary folder. At the end of the call it removes that
     folder, and waits 0.1 s when loky's resource tracker has not yet removed
     the files. A pipeline on 100,000 DataFrame rows on 2 processes took
-    150 ms instead of 40 ms. Sent as bytes, the rows hold no array for
+    150 ms instead of 40 ms. Pickled here, the rows hold no array for
     joblib to write. They are pickled when their task is, so the first
     task can start while the later ones are still being pickled.
     """
 
-    def __init__(self, rows):
+    def __init__(self, rows, spool: Spool | None = None):
         self.rows = rows
+        self.spool = spool
 
     def __reduce__(self):
-        try:
-            data = pickle.dumps(self.rows, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, AttributeError, TypeError):
-            # Rows holding functions or classes defined in a script.
-            data = cloudpickle.dumps(self.rows, protocol=pickle.HIGHEST_PROTOCOL)
-        return pickle.loads, (data,)
+        if self.spool is None:
+            return _loads, (_dumps(self.rows),)
+        return _reduce_spooled(
+            self.rows, lambda parts: (_load_spooled, self.spool.write(parts))
+        )
+
+
+class Returned:
+    """A task's output on its way back from a worker process: through a
+    file when it is large, which the caller removes once it has mapped it.
+
+    Through loky's pipe, a 2-process transform of 200,000 rows into 100
+    features (160 MB) took 0.70 s against 0.24 s serially (2 cores).
+    """
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        if nbytes(self.value) < SPOOL_MIN_BYTES:
+            # Small, or of a kind whose size is unknown: as loky would.
+            return _identity, (self.value,)
+        return _reduce_spooled(self.value, _spool_returned)
+
+
+def _spool_returned(parts: list):
+    path = _spool_path("out")
+    try:
+        layout = _write_parts(path, parts)
+    except BaseException:
+        unlink(path)
+        raise
+    return _load_returned, (path, layout)
+
+
+def _load_returned(path: str, layout: list[tuple[int, int]]):
+    try:
+        return _load_spooled(path, layout)
+    finally:
+        # The mapping keeps the pages; the name goes.
+        unlink(path)
+
+
+def _identity(value):
+    return value
+
+
+def received(output):
+    """A task's output as the caller gets it: a :class:`Returned` that was
+    not pickled (the task ran in this process) is unwrapped."""
+    return output.value if isinstance(output, Returned) else output
 
 
 def shares(X) -> bool:

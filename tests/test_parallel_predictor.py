@@ -452,6 +452,49 @@ def test_verbose_reports_progress(capsys):
 
 
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_large_outputs_come_back_from_processes_through_files_they_remove(
+    backend, monkeypatch
+):
+    import glob
+    import os
+
+    from sklearn_parpredict import _rows
+    from sklearn_parpredict._sharing import temp_folder
+
+    # Workers spool outputs of 256 KiB or more into their own temporary
+    # folders, next to this process's; this process maps each file (the
+    # call is unpickled here) and removes it.
+    loaded = []
+    load = _rows._load_returned
+
+    def spy(path, layout):
+        loaded.append(path)
+        return load(path, layout)
+
+    # Pickled by its module's name for it, which forked workers (the
+    # multiprocessing backend) inherit patched too.
+    spy.__module__, spy.__qualname__ = _rows.__name__, "_load_returned"
+    monkeypatch.setattr(_rows, "_load_returned", spy)
+    pattern = os.path.join(os.path.dirname(temp_folder()), "sklearn_parpredict_*")
+    X_big = np.random.default_rng(0).normal(size=(40_000, 6))
+    frame = pd.DataFrame(X_big, columns=[f"x{i}" for i in range(6)])
+    scaler = StandardScaler().set_output(transform="pandas").fit(frame)
+    wrapped = ParallelPredictor(scaler, n_jobs=2, backend=backend, chunk_size=20_000)
+    assert_same_output(wrapped.transform(frame), scaler.transform(frame))
+    assert frame.iloc[:20_000].to_numpy().nbytes > 256 << 10
+    assert len(loaded) == 2
+    wrapped = ParallelPredictor(
+        PCA(n_components=6).fit(X_big), n_jobs=2, backend=backend, chunk_size=10_000
+    )
+    out = wrapped.transform(X_big)
+    assert_same_output(out, wrapped.estimator.transform(X_big))
+    assert len(loaded) == 6
+    assert not any(map(os.path.exists, loaded))
+    out[:] = 0  # the caller's own output
+    assert glob.glob(os.path.join(pattern, "out-*")) == []
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
 def test_frame_rows_reach_processes_without_joblib_temporary_files(
     backend, monkeypatch
 ):
@@ -475,10 +518,10 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     assert_same_output(wrapped.predict(frame), model.predict(frame))
     assert frame.iloc[:30_000].to_numpy().nbytes > 1e6
     assert dumped == []
-    # Larger chunks keep joblib's files: their pickled bytes and loky's copy
-    # of them would both be in memory.
-    from sklearn_parpredict import _engine
+    # They went through files of the call's spool, which the call removed.
+    import glob
+    import os
 
-    monkeypatch.setattr(_engine, "PICKLED_MAX_BYTES", 1 << 20)
-    assert_same_output(wrapped.predict(frame), model.predict(frame))
-    assert dumped, "chunks over the bound were pickled whole"
+    from sklearn_parpredict._sharing import temp_folder
+
+    assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []

@@ -1,12 +1,13 @@
 """Rows sent to processes: shared arrays written once, as each task is sent;
 other rows pickled on their own."""
 
+import os
 import pickle
 import threading
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sklearn_parpredict import _rows
@@ -18,6 +19,7 @@ from sklearn_parpredict._rows import (
     _missing,
     nbytes,
 )
+from sklearn_parpredict._sharing import temp_folder
 
 
 @pytest.mark.parametrize(
@@ -191,3 +193,113 @@ def test_rows_of_a_closed_input_are_not_written_again():
     with pytest.raises(RuntimeError, match="has ended"):
         pickle.dumps(shared.rows(5, 10))
     assert shared._path is None
+
+
+def _spooled(obj, spool):
+    """``obj`` pickled through ``spool``, and whether a file carried it."""
+    loads, args = PickledRows(obj, spool).__reduce__()
+    return loads(*args), loads is _rows._load_spooled
+
+
+def test_large_pickled_rows_go_through_a_file_that_the_call_removes():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    n = 40_000
+    frame = pd.DataFrame(
+        {
+            "x": np.arange(float(n)),
+            "i": np.arange(n, dtype=np.int32),
+            "s": np.array(["ab", "c", "def"] * (n // 3) + ["g"] * (n % 3)),
+        },
+        index=np.arange(n) * 2,
+    )
+    matrix = sp.random(n, 50, density=0.05, format="csr", random_state=0)
+    spool = _rows.Spool()
+    try:
+        got, filed = _spooled(frame, spool)
+        assert filed
+        pd.testing.assert_frame_equal(got, frame)
+        got, filed = _spooled(matrix, spool)
+        assert filed
+        assert (got != matrix).nnz == 0 and got.format == "csr"
+        # The worker's rows are its own, aligned, and may be written to.
+        got, _ = _spooled(np.arange(float(n))[::-1].copy(), spool)
+        assert got.flags.aligned and got.flags.writeable
+        got[:] = 0
+        again, _ = _spooled(np.arange(float(n)), spool)
+        np.testing.assert_array_equal(again, np.arange(float(n)))
+        # Small rows go as bytes with their task.
+        got, filed = _spooled(frame.iloc[:10], spool)
+        assert not filed
+        pd.testing.assert_frame_equal(got, frame.iloc[:10])
+        paths = list(spool._paths)
+        assert len(paths) == 4 and all(map(os.path.exists, paths))
+    finally:
+        spool.close()
+    assert not any(map(os.path.exists, paths))
+    # A task still being sent after its call ended leaves no file behind.
+    with pytest.raises(RuntimeError, match="has ended"):
+        _spooled(frame, spool)
+    assert spool._paths == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(["float64", "float32", "int8", "complex128", "bool", "U3"]),
+    shape=st.tuples(st.integers(0, 300), st.integers(1, 40)),
+    order=st.sampled_from("CF"),
+    spooled=st.booleans(),
+)
+def test_rows_and_outputs_come_through_pickle_equal(dtype, shape, order, spooled):
+    rng = np.random.default_rng(0)
+    array = np.asarray(rng.integers(0, 100, shape), order=order).astype(dtype)
+    spool = _rows.Spool()
+    previous = _rows.SPOOL_MIN_BYTES
+    _rows.SPOOL_MIN_BYTES = 0 if spooled else previous
+    try:
+        got = pickle.loads(pickle.dumps(PickledRows(array, spool)))
+        returned = pickle.loads(pickle.dumps(_rows.Returned(array)))
+    finally:
+        _rows.SPOOL_MIN_BYTES = previous
+        spool.close()
+    for out in (got, returned):
+        assert out.dtype == array.dtype and out.shape == array.shape
+        np.testing.assert_array_equal(out, array)
+        assert out.flags.aligned
+
+
+def test_large_outputs_come_back_through_a_file_removed_once_read():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    outputs = [
+        np.arange(100_000.0).reshape(-1, 4),
+        pd.DataFrame({"a": np.arange(50_000.0), "b": np.arange(50_000)}),
+        sp.random(50_000, 20, density=0.1, format="csr", random_state=0),
+    ]
+    before = set(os.listdir(temp_folder()))
+    for output in outputs:
+        returned = _rows.Returned(output)
+        loads, args = returned.__reduce__()
+        assert loads is _rows._load_returned
+        path = args[0]
+        assert os.path.exists(path)
+        got = loads(*args)
+        assert not os.path.exists(path)
+        if sp.issparse(output):
+            assert (got != output).nnz == 0
+        elif isinstance(output, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, output)
+        else:
+            np.testing.assert_array_equal(got, output)
+            # The caller may write into its output.
+            got[:] = 0
+        # In this process (a task run by the caller), the output itself.
+        assert _rows.received(returned) is output
+    assert set(os.listdir(temp_folder())) == before
+    # Small outputs, or outputs of unknown size, go as loky sends them.
+    for small in (np.zeros(10), [[1.0] * 4] * 100_000):
+        loads, args = _rows.Returned(small).__reduce__()
+        assert loads is _rows._identity and args[0] is small
+    assert _rows.received(np.zeros(3)).shape == (3,)
