@@ -22,7 +22,12 @@ from collections import OrderedDict
 import numpy as np
 
 from sklearn_parpredict import _chunking
-from sklearn_parpredict._sharing import cloudpickle, temp_folder, unlink
+from sklearn_parpredict._sharing import (
+    cloudpickle,
+    temp_folder,
+    unlink,
+    unlink_soon,
+)
 
 # Dense inputs from this size on are written once to a memory-mapped file
 # rather than pickled chunk by chunk.
@@ -87,10 +92,11 @@ class SharedArray:
         self._path = path
 
     def close(self) -> None:
-        # Workers that still map the file keep its pages; the name goes now.
+        # Workers that still map the file keep its pages; the name goes
+        # soon, outside the call's time.
         with _lock:
             self._closed = True
-            unlink(self._path)
+            unlink_soon([self._path])
             self._path = None
             self._written = []
 
@@ -207,8 +213,7 @@ class Spool:
         # after its tasks.
         with _lock:
             self._closed = True
-            for path in self._paths:
-                unlink(path)
+            unlink_soon(self._paths)
             self._paths = []
 
 

@@ -26,6 +26,7 @@ import types
 import uuid
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import joblib
 import numpy as np
@@ -180,6 +181,45 @@ def unlink(path: str | None) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+_remover: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def unlink_soon(paths: list[str]) -> None:
+    """Remove ``paths`` on a thread of their own, not in the call's time.
+
+    Removing a file from shared memory frees its pages there and then:
+    80 MB of rows took 13 ms to remove (2 cores), added to every call on
+    500,000 rows. Files not yet removed at exit go with the folder.
+    """
+    global _remover
+    paths = [path for path in paths if path]
+    if not paths:
+        return
+    with _lock:
+        # A forked child holds the executor but not its thread.
+        if _remover is None or _remover[0] != os.getpid():
+            executor = ThreadPoolExecutor(1, thread_name_prefix="parpredict-unlink")
+            _remover = (os.getpid(), executor)
+        executor = _remover[1]
+    try:
+        executor.submit(_unlink_all, paths)
+    except RuntimeError:  # the interpreter is shutting down
+        _unlink_all(paths)
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        unlink(path)
+
+
+def removed() -> None:
+    """Wait until the files given to :func:`unlink_soon` are removed."""
+    with _lock:
+        remover = _remover
+    if remover is not None and remover[0] == os.getpid():
+        remover[1].submit(lambda: None).result()
 
 
 class _Entry:

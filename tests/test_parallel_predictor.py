@@ -518,10 +518,12 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     assert_same_output(wrapped.predict(frame), model.predict(frame))
     assert frame.iloc[:30_000].to_numpy().nbytes > 1e6
     assert dumped == []
-    # They went through files of the call's spool, which the call removed.
+    # They went through files of the call's spool, which the call removed
+    # (on another thread, outside the call's time).
     import glob
     import os
 
-    from sklearn_parpredict._sharing import temp_folder
+    from sklearn_parpredict._sharing import removed, temp_folder
 
+    removed()
     assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []

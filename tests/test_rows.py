@@ -19,7 +19,7 @@ from sklearn_parpredict._rows import (
     _missing,
     nbytes,
 )
-from sklearn_parpredict._sharing import temp_folder
+from sklearn_parpredict._sharing import removed, temp_folder
 
 
 @pytest.mark.parametrize(
@@ -237,6 +237,8 @@ def test_large_pickled_rows_go_through_a_file_that_the_call_removes():
         assert len(paths) == 4 and all(map(os.path.exists, paths))
     finally:
         spool.close()
+    # Removed on another thread, outside the call's time.
+    removed()
     assert not any(map(os.path.exists, paths))
     # A task still being sent after its call ended leaves no file behind.
     with pytest.raises(RuntimeError, match="has ended"):
