@@ -205,7 +205,7 @@ def test_large_pickled_rows_go_through_a_file_that_the_call_removes():
     import pandas as pd
     import scipy.sparse as sp
 
-    n = 40_000
+    n = 100_000
     frame = pd.DataFrame(
         {
             "x": np.arange(float(n)),
