@@ -1,7 +1,7 @@
 """Rows sent to worker processes: dense arrays memory-mapped, written once
-per call; other rows pickled on their own, through a file when they are
-large; what a row costs to send; and outputs sent back, through a file
-when they are large.
+per call unless the caller's array already maps a file; other rows pickled
+on their own, through a file when they are large; what a row costs to
+send; and outputs sent back, through a file when they are large.
 
 Like the models' handles (:mod:`._sharing`), a row handle used in the same
 process is just the rows, and pickles for another process to what that
@@ -46,59 +46,59 @@ class SharedArray:
     that reads it is pickled. Pickling happens as tasks are sent, so the
     first workers start on their rows while later rows are still being
     written, instead of all waiting for one write of the whole array.
+
+    An array that is already a memory map of a file (``np.load(path,
+    mmap_mode="r")``, :class:`numpy.memmap`), which the caller reads as the
+    file holds it, is not written at all: workers map the caller's file.
     """
 
     def __init__(self, array: np.ndarray):
         self.array = array
-        self._path: str | None = None
         self._closed = False
-        self._offset = 0
+        self._row_bytes = array.itemsize * math.prod(array.shape[1:])
         # Sorted, disjoint row ranges already in the file.
         self._written: list[tuple[int, int]] = []
+        backing = backing_file(array)
+        self._owned = backing is None
+        self._path, self._offset = backing or (None, 0)
+        if not self._owned:
+            self._written = [(0, len(array))]
 
     def rows(self, start: int, stop: int) -> SharedRows:
         """A handle on rows ``start:stop`` for one task."""
         return SharedRows(self, start, stop)
 
-    def _write(self, start: int, stop: int) -> str:
+    def _write(self, start: int, stop: int) -> tuple[str, int]:
+        """The file holding rows ``start:stop`` and where row 0 would be."""
         with _lock:
             if self._closed:
                 # A task still being sent after its call failed: no file may
                 # be created that nothing would remove.
                 raise RuntimeError("the call that shared this input has ended")
             if self._path is None:
-                self._create()
-            row_bytes = self.array.itemsize * int(np.prod(self.array.shape[1:]))
-            with open(self._path, "r+b") as file:
-                for a, b in _missing(self._written, start, stop):
-                    # C order, as a pickled chunk would be.
-                    chunk = np.ascontiguousarray(self.array[a:b])
-                    file.seek(self._offset + a * row_bytes)
-                    file.write(chunk.reshape(-1).view(np.uint8))
-            self._written = _merge([*self._written, (start, stop)])
-            return self._path
-
-    def _create(self) -> None:
-        path = os.path.join(temp_folder(), f"data-{uuid.uuid4().hex}.npy")
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.array.dtype),
-            "fortran_order": False,
-            "shape": self.array.shape,
-        }
-        with open(path, "wb") as file:
-            np.lib.format.write_array_header_1_0(file, header)
-            self._offset = file.tell()
-            file.truncate(self._offset + self.array.nbytes)
-        self._path = path
+                self._path = os.path.join(temp_folder(), f"data-{uuid.uuid4().hex}")
+                with open(self._path, "wb") as file:
+                    file.truncate(self.array.nbytes)
+            missing = list(_missing(self._written, start, stop))
+            if missing:
+                with open(self._path, "r+b") as file:
+                    for a, b in missing:
+                        # C order, as a pickled chunk would be.
+                        chunk = np.ascontiguousarray(self.array[a:b])
+                        file.seek(a * self._row_bytes)
+                        file.write(chunk.reshape(-1).view(np.uint8))
+                self._written = _merge([*self._written, (start, stop)])
+            return self._path, self._offset
 
     def close(self) -> None:
         # Workers that still map the file keep its pages; the name goes
-        # soon, outside the call's time.
+        # soon, outside the call's time. The caller's own file stays.
         with _lock:
             self._closed = True
-            unlink_soon([self._path])
-            self._path = None
-            self._written = []
+            if self._owned:
+                unlink_soon([self._path])
+                self._path = None
+                self._written = []
 
 
 def _missing(written: list[tuple[int, int]], start: int, stop: int):
@@ -132,28 +132,86 @@ class SharedRows:
         self.stop = stop
 
     def __reduce__(self):
-        path = self.shared._write(self.start, self.stop)
-        return _load_rows, (path, self.start, self.stop)
+        path, offset = self.shared._write(self.start, self.stop)
+        array = self.shared.array
+        shape = (self.stop - self.start, *array.shape[1:])
+        offset += self.start * self.shared._row_bytes
+        return _load_rows, (path, offset, array.dtype, shape)
 
 
-def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
+def _load_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """The C-ordered array of ``shape`` that starts ``offset`` bytes into
+    the file at ``path``."""
     # A plain array over the file's pages, copied on write, not an
     # np.memmap: joblib sends a worker's output that is a view of an
     # np.memmap back as a reference to the file, whose pages still hold the
     # rows as written. StandardScaler(copy=False), which scales its input in
-    # place and returns it, came back unscaled.
+    # place and returns it, came back unscaled. Copied on write, a worker
+    # never changes the caller's file either.
+    size = dtype.itemsize * math.prod(shape)
+    if size == 0:
+        return np.empty(shape, dtype)
+    # Only the task's rows are mapped, from the page they start in.
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
     with open(path, "rb") as file:
-        np.lib.format.read_magic(file)
-        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
-        offset = file.tell()
-        pages = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
-    row_bytes = dtype.itemsize * math.prod(shape[1:])
-    return np.ndarray(
-        (stop - start, *shape[1:]),
-        dtype,
-        buffer=pages,
-        offset=offset + start * row_bytes,
-    )
+        pages = mmap.mmap(
+            file.fileno(),
+            offset + size - start,
+            access=mmap.ACCESS_COPY,
+            offset=start,
+        )
+    return np.ndarray(shape, dtype, buffer=pages, offset=offset - start)
+
+
+def backing_file(array: np.ndarray) -> tuple[str, int] | None:
+    """The file that holds ``array`` as the caller reads it, and the byte at
+    which its first row starts there; None when another process could not
+    read it there.
+
+    That is a C-contiguous view of a :class:`numpy.memmap` in a mode whose
+    writes reach the file (not ``"c"``, whose changes only the caller sees),
+    mapped from the file that still has its name: one replaced or removed
+    since would give workers other bytes than the caller's.
+    """
+    if not array.flags.c_contiguous or array.size == 0:
+        return None
+    base = array
+    while not (isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap)):
+        base = getattr(base, "base", None)
+        if not isinstance(base, np.ndarray):
+            return None
+    if base.mode == "c":
+        return None
+    path = _mapped_path(base)
+    if path is None:
+        return None
+    start = base.__array_interface__["data"][0]
+    offset = base.offset + array.__array_interface__["data"][0] - start
+    try:
+        # A file cut short since would fault the worker reading past it.
+        if offset + array.nbytes > os.stat(path).st_size:
+            return None
+    except OSError:
+        return None
+    return path, offset
+
+
+def _mapped_path(memmap: np.memmap) -> str | None:
+    """Where the file that ``memmap`` maps is now, as the kernel names it
+    (``/proc/self/map_files``, Linux); None where unknown, or when the file
+    has been removed or replaced since (its name then ends in
+    " (deleted)")."""
+    granularity = mmap.ALLOCATIONGRANULARITY
+    low = memmap.__array_interface__["data"][0] - memmap.offset % granularity
+    high = low + -(-len(memmap.base) // mmap.PAGESIZE) * mmap.PAGESIZE
+    try:
+        # Read, not followed: following the link needs CAP_SYS_ADMIN.
+        path = os.readlink(f"/proc/self/map_files/{low:x}-{high:x}")
+    except OSError:
+        return None
+    if memmap.filename and os.path.realpath(memmap.filename) == path:
+        return path
+    return None
 
 
 def nbytes(X) -> int:

@@ -523,3 +523,29 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
 
     removed()
     assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_workers_map_a_memory_mapped_input_rather_than_a_copy(
+    backend, tmp_path, monkeypatch
+):
+    from sklearn_parpredict import _rows
+
+    X, y = make_classification(n_samples=40_000, n_features=8, random_state=0)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    assert mapped.nbytes >= _rows.SHARE_MIN_BYTES
+    created = []
+    create = _rows.SharedArray.__init__
+
+    def spy(self, array):
+        create(self, array)
+        created.append(self._owned)
+
+    monkeypatch.setattr(_rows.SharedArray, "__init__", spy)
+    model = LogisticRegression().fit(X, y)
+    wrapped = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=15_000)
+    assert_same_output(wrapped.predict_proba(mapped), model.predict_proba(X))
+    # The rows of an array in memory are written to a file for the workers.
+    assert_same_output(wrapped.predict_proba(X[5:]), model.predict_proba(X[5:]))
+    assert created == [False, True]

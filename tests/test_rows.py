@@ -305,3 +305,74 @@ def test_large_outputs_come_back_through_a_file_removed_once_read():
         loads, args = _rows.Returned(small).__reduce__()
         assert loads is _rows._identity and args[0] is small
     assert _rows.received(np.zeros(3)).shape == (3,)
+
+
+def _data_files() -> set[str]:
+    return {name for name in os.listdir(temp_folder()) if name.startswith("data-")}
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "w+"])
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda m: m,
+        lambda m: m[7:],
+        lambda m: np.asarray(m)[3:250],
+        lambda m: m.reshape(-1, 3, 2)[1:],
+    ],
+    ids=["memmap", "rows", "plain array over it", "3-D"],
+)
+def test_workers_read_a_memory_mapped_input_from_the_callers_file(tmp_path, mode, view):
+    path = tmp_path / "X.dat"
+    values = np.arange(300 * 6, dtype=np.float32).reshape(300, 6)
+    # At an offset that is not a multiple of the page.
+    shape, offset = (299, 6), 24
+    if mode == "w+":
+        mapped = np.memmap(path, np.float32, mode, offset, shape)
+        mapped[:] = values[1:]
+    else:
+        values.tofile(path)
+        mapped = np.memmap(path, np.float32, mode, offset, shape)
+    array = view(mapped)
+    before = _data_files()
+    shared = SharedArray(array)
+    try:
+        for start, stop in [(0, 5), (4, len(array)), (len(array) - 1, len(array))]:
+            rows = pickle.loads(pickle.dumps(shared.rows(start, stop)))
+            np.testing.assert_array_equal(rows, array[start:stop])
+            assert rows.dtype == array.dtype and not np.shares_memory(rows, array)
+            # The worker's rows are its own: the caller's file is unchanged.
+            rows[...] = -1
+        np.testing.assert_array_equal(
+            np.fromfile(path, np.float32)[6:], values[1:].ravel()
+        )
+        assert _data_files() == before
+    finally:
+        shared.close()
+    removed()
+    assert path.exists()
+
+
+def test_a_memory_map_that_workers_would_read_otherwise_is_copied(tmp_path):
+    path = tmp_path / "X.dat"
+    np.arange(600.0).tofile(path)
+    replaced = np.memmap(path, mode="r", shape=(200, 3), dtype=np.float64)
+    changed = np.memmap(path, mode="c", shape=(200, 3), dtype=np.float64)
+    # Copy-on-write: the caller's changes are not in the file.
+    changed[:10] = -1
+    shared_memmap = np.memmap(path, mode="r", shape=(200, 3), dtype=np.float64)
+    columns = shared_memmap[:, :2]
+    # The caller still reads the file it mapped; the name now holds another.
+    moved = tmp_path / "new.dat"
+    np.zeros(600).tofile(moved)
+    os.replace(moved, path)
+    for array in (replaced, changed, columns):
+        assert _rows.backing_file(array) is None
+        shared = SharedArray(array)
+        try:
+            rows = pickle.loads(pickle.dumps(shared.rows(0, 20)))
+            np.testing.assert_array_equal(rows, array[:20])
+        finally:
+            shared.close()
+    assert _rows.backing_file(np.zeros((5, 2))) is None
+    assert _rows.backing_file(np.memmap(path, mode="r", shape=(0, 3))) is None
