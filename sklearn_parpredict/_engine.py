@@ -49,6 +49,7 @@ from sklearn_parpredict._jobs import Job, run_returned, run_timed
 from sklearn_parpredict._rows import (
     PickledRows,
     SharedArray,
+    SharedRows,
     Spool,
     pickling_per_row,
     received,
@@ -470,6 +471,11 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         # their carrier.
         function, calls = _distributed.run_carried, [(run_timed, *c) for c in calls]
     try:
+        # Rows shared through files are written on threads of their own,
+        # several at once, in the order their tasks are sent.
+        for rows in (tasks[i][2] for i in order):
+            if isinstance(rows, SharedRows):
+                rows.write_ahead()
         with limits:
             outputs = fan_out(
                 function, calls, n_workers=n_workers, backend=backend, verbose=verbose

@@ -19,10 +19,12 @@ import time
 import uuid
 from collections import OrderedDict
 
+import joblib
 import numpy as np
 
 from sklearn_parpredict import _chunking
 from sklearn_parpredict._sharing import (
+    background,
     cloudpickle,
     temp_folder,
     unlink,
@@ -33,6 +35,9 @@ from sklearn_parpredict._sharing import (
 # rather than pickled chunk by chunk.
 SHARE_MIN_BYTES = 1 << 20
 
+# Threads writing shared rows at once: one per core the workers may use.
+_WRITERS = joblib.cpu_count()
+
 # Tasks are pickled on other threads (loky's feeder) while calls go on: the
 # shared arrays' files and the pickling costs are changed under this lock.
 _lock = threading.RLock()
@@ -41,11 +46,13 @@ _lock = threading.RLock()
 class SharedArray:
     """A dense array that workers memory-map, written as tasks need its rows.
 
-    The file is created at the array's full size (unwritten rows cost no
-    memory on tmpfs) and each row range is written the first time a task
-    that reads it is pickled. Pickling happens as tasks are sent, so the
-    first workers start on their rows while later rows are still being
-    written, instead of all waiting for one write of the whole array.
+    Each row range that tasks read is written once, to a file of its own, on
+    background threads, in the order the tasks are sent
+    (:meth:`write_ahead`): each task is sent as soon as its rows are
+    written, while later rows are being written, and several ranges are
+    written at once. Writes into one file on tmpfs go one after the other
+    (its inode's lock); into separate files they run in parallel: 80 MB in
+    16 ranges took 34 ms on one thread, 21 ms on two (2 cores).
 
     An array that is already a memory map of a file (``np.load(path,
     mmap_mode="r")``, :class:`numpy.memmap`), which the caller reads as the
@@ -56,53 +63,73 @@ class SharedArray:
         self.array = array
         self._closed = False
         self._row_bytes = array.itemsize * math.prod(array.shape[1:])
-        # Sorted, disjoint row ranges already in the file.
-        self._written: list[tuple[int, int]] = []
         backing = backing_file(array)
         self._owned = backing is None
-        self._path, self._offset = backing or (None, 0)
-        if not self._owned:
-            self._written = [(0, len(array))]
+        # Sorted, disjoint row ranges in files: (start, stop, path, byte at
+        # which row ``start`` is in the file, the write's future or None).
+        self._pieces: list[tuple] = []
+        if backing is not None:
+            self._pieces.append((0, len(array), *backing, None))
 
     def rows(self, start: int, stop: int) -> SharedRows:
         """A handle on rows ``start:stop`` for one task."""
         return SharedRows(self, start, stop)
 
-    def _write(self, start: int, stop: int) -> tuple[str, int]:
-        """The file holding rows ``start:stop`` and where row 0 would be."""
+    def write_ahead(self, start: int, stop: int) -> None:
+        """Start writing the rows ``start:stop`` not in a file yet."""
         with _lock:
             if self._closed:
                 # A task still being sent after its call failed: no file may
                 # be created that nothing would remove.
                 raise RuntimeError("the call that shared this input has ended")
-            if self._path is None:
-                self._path = os.path.join(temp_folder(), f"data-{uuid.uuid4().hex}")
-                with open(self._path, "wb") as file:
-                    file.truncate(self.array.nbytes)
-            missing = list(_missing(self._written, start, stop))
-            if missing:
-                with open(self._path, "r+b") as file:
-                    for a, b in missing:
-                        # C order, as a pickled chunk would be.
-                        chunk = np.ascontiguousarray(self.array[a:b])
-                        file.seek(a * self._row_bytes)
-                        file.write(chunk.reshape(-1).view(np.uint8))
-                self._written = _merge([*self._written, (start, stop)])
-            return self._path, self._offset
+            covered = [piece[:2] for piece in self._pieces]
+            for a, b in list(_missing(covered, start, stop)):
+                path = os.path.join(temp_folder(), f"data-{uuid.uuid4().hex}")
+                writers = background("write", _WRITERS)
+                future = writers.submit(self._write, a, b, path)
+                self._pieces.append((a, b, path, 0, future))
+            self._pieces.sort(key=lambda piece: piece[0])
+
+    def _write(self, start: int, stop: int, path: str) -> None:
+        # C order, as a pickled chunk would be.
+        rows = np.ascontiguousarray(self.array[start:stop])
+        with open(path, "wb") as file:
+            file.write(rows.reshape(-1).view(np.uint8))
+        with _lock:
+            if self._closed:  # closed while this was written: nothing reads it
+                unlink(path)
+
+    def _files(self, start: int, stop: int) -> list[tuple[str, int, int]]:
+        """The files holding rows ``start:stop``, written: path, byte of
+        the first row there, rows."""
+        self.write_ahead(start, stop)
+        with _lock:
+            pieces = [p for p in self._pieces if p[0] < stop and p[1] > start]
+        files = []
+        for a, b, path, offset, future in pieces:
+            if future is not None:
+                future.result()
+            first = max(a, start)
+            offset += (first - a) * self._row_bytes
+            files.append((path, offset, min(b, stop) - first))
+        return files
 
     def close(self) -> None:
-        # Workers that still map the file keep its pages; the name goes
+        # Workers that still map the files keep their pages; the names go
         # soon, outside the call's time. The caller's own file stays.
         with _lock:
             self._closed = True
-            if self._owned:
-                unlink_soon([self._path])
-                self._path = None
-                self._written = []
+            pieces, self._pieces = self._pieces, []
+        for piece in pieces:
+            if piece[4] is not None:
+                piece[4].cancel()
+        if self._owned:
+            unlink_soon([piece[2] for piece in pieces])
 
 
 def _missing(written: list[tuple[int, int]], start: int, stop: int):
-    """The parts of ``[start, stop)`` not covered by ``written``."""
+    """The parts of ``[start, stop)`` not covered by ``written`` (sorted,
+    disjoint ranges)."""
     for a, b in written:
         if b <= start or a >= stop:
             continue
@@ -113,16 +140,6 @@ def _missing(written: list[tuple[int, int]], start: int, stop: int):
         yield start, stop
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
 class SharedRows:
     """Rows ``start:stop`` of a :class:`SharedArray`, as one task reads them."""
 
@@ -131,15 +148,29 @@ class SharedRows:
         self.start = start
         self.stop = stop
 
+    def write_ahead(self) -> None:
+        """Start writing these rows to their file, if need be."""
+        self.shared.write_ahead(self.start, self.stop)
+
     def __reduce__(self):
-        path, offset = self.shared._write(self.start, self.stop)
+        files = self.shared._files(self.start, self.stop)
         array = self.shared.array
-        shape = (self.stop - self.start, *array.shape[1:])
-        offset += self.start * self.shared._row_bytes
-        return _load_rows, (path, offset, array.dtype, shape)
+        return _load_rows, (files, array.dtype, array.shape[1:])
 
 
-def _load_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+def _load_rows(files: list, dtype: np.dtype, row_shape: tuple) -> np.ndarray:
+    """The rows in ``files`` (path, byte of the first row, rows)."""
+    parts = [
+        _map_rows(path, offset, dtype, (n, *row_shape)) for path, offset, n in files
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    # Ranges written for other tasks (another model's chunks of the same
+    # input) hold these rows between them.
+    return np.concatenate(parts) if parts else np.empty((0, *row_shape), dtype)
+
+
+def _map_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
     """The C-ordered array of ``shape`` that starts ``offset`` bytes into
     the file at ``path``."""
     # A plain array over the file's pages, copied on write, not an

@@ -183,7 +183,21 @@ def unlink(path: str | None) -> None:
             pass
 
 
-_remover: tuple[int, ThreadPoolExecutor] | None = None
+# Executors of this process's background threads, by name, with the pid
+# that started them: a forked child holds the executor but not its threads.
+_executors: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+
+
+def background(name: str, max_workers: int = 1) -> ThreadPoolExecutor:
+    """This process's executor called ``name``, started on first use."""
+    with _lock:
+        pid, executor = _executors.get(name, (None, None))
+        if pid != os.getpid():
+            executor = ThreadPoolExecutor(
+                max_workers, thread_name_prefix=f"parpredict-{name}"
+            )
+            _executors[name] = (os.getpid(), executor)
+        return executor
 
 
 def unlink_soon(paths: list[str]) -> None:
@@ -194,18 +208,11 @@ def unlink_soon(paths: list[str]) -> None:
     16 MB of rows; 13 ms for 80 MB that nothing maps (2 cores). Files not
     yet removed at exit go with the folder.
     """
-    global _remover
     paths = [path for path in paths if path]
     if not paths:
         return
-    with _lock:
-        # A forked child holds the executor but not its thread.
-        if _remover is None or _remover[0] != os.getpid():
-            executor = ThreadPoolExecutor(1, thread_name_prefix="parpredict-unlink")
-            _remover = (os.getpid(), executor)
-        executor = _remover[1]
     try:
-        executor.submit(_unlink_all, paths)
+        background("unlink").submit(_unlink_all, paths)
     except RuntimeError:  # the interpreter is shutting down
         _unlink_all(paths)
 
@@ -218,9 +225,9 @@ def _unlink_all(paths: list[str]) -> None:
 def removed() -> None:
     """Wait until the files given to :func:`unlink_soon` are removed."""
     with _lock:
-        remover = _remover
-    if remover is not None and remover[0] == os.getpid():
-        remover[1].submit(lambda: None).result()
+        pid, executor = _executors.get("unlink", (None, None))
+    if pid == os.getpid():
+        executor.submit(lambda: None).result()
 
 
 class _Entry:

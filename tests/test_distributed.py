@@ -186,7 +186,7 @@ def test_no_local_shared_memory_files_on_a_cluster(client, monkeypatch):
         raise AssertionError("a local file handle was pickled for a cluster")
 
     monkeypatch.setattr(_sharing.ModelHandle, "__reduce__", refuse)
-    monkeypatch.setattr(_rows.SharedArray, "__reduce__", refuse)
+    monkeypatch.setattr(_rows.SharedRows, "__reduce__", refuse)
     big = np.repeat(X, 40, axis=0)  # 1.1 MB: shared through a file on loky
     estimator = _fitted(LogisticRegression())
     out = parallel_predict(

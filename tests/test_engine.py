@@ -165,6 +165,39 @@ def test_large_dense_input_is_memory_mapped_not_pickled():
 
 
 @pytest.mark.timeout(120)
+def test_shared_rows_are_written_ahead_of_their_tasks_in_the_order_sent(
+    monkeypatch,
+):
+    from sklearn_parpredict import _rows
+
+    events = []
+    ahead, reduce = _rows.SharedRows.write_ahead, _rows.SharedRows.__reduce__
+
+    def spy_ahead(self):
+        events.append(("ahead", self.start, self.stop))
+        ahead(self)
+
+    def spy_reduce(self):
+        events.append(("sent", self.start, self.stop))
+        return reduce(self)
+
+    monkeypatch.setattr(_rows.SharedRows, "write_ahead", spy_ahead)
+    monkeypatch.setattr(_rows.SharedRows, "__reduce__", spy_reduce)
+    big = np.arange(40_000 * 8.0).reshape(-1, 8)  # 2.5 MB
+    model = StandardScaler().fit(big)
+    got = parallel_predict(
+        model, big, method="transform", n_jobs=2, backend="loky", chunk_size=12_000
+    )
+    assert_same_output(got, model.transform(big))
+    # Every task's rows are queued for writing before the first task is
+    # sent, in the order the tasks are sent.
+    sent = [rows for kind, *rows in events if kind == "sent"]
+    assert len(sent) > 1
+    assert events[: len(sent)] == [("ahead", *rows) for rows in sent]
+    assert sorted(sent)[0][0] == 0 and sorted(sent)[-1][1] == len(big)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
 def test_an_output_written_into_memory_mapped_rows_comes_back_as_written(backend):
     # StandardScaler(copy=False) scales the rows it is given in place and

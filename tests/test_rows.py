@@ -1,6 +1,7 @@
 """Rows sent to processes: shared arrays written once, as each task is sent;
 other rows pickled on their own."""
 
+import concurrent.futures
 import os
 import pickle
 import threading
@@ -15,7 +16,6 @@ from sklearn_parpredict._jobs import resolve
 from sklearn_parpredict._rows import (
     PickledRows,
     SharedArray,
-    _merge,
     _missing,
     nbytes,
 )
@@ -150,40 +150,53 @@ def test_rows_are_written_only_when_a_task_needs_them_and_only_once(monkeypatch)
         return original(a, *args, **kwargs)
 
     monkeypatch.setattr(np, "ascontiguousarray", spy)
+
+    def written():
+        return [piece[:2] for piece in shared._pieces]
+
     try:
         pickle.dumps(shared.rows(0, 25))
         assert copied == [25]
-        assert shared._written == [(0, 25)]
+        assert written() == [(0, 25)]
         # Overlapping ranges (several models' tasks on one X) write only the
-        # rows not yet in the file.
-        pickle.dumps(shared.rows(10, 60))
-        pickle.dumps(shared.rows(0, 60))
+        # rows not yet in a file, and read the rows from the files that hold
+        # them.
+        assert_array_equal = np.testing.assert_array_equal
+        assert_array_equal(
+            pickle.loads(pickle.dumps(shared.rows(10, 60))), array[10:60]
+        )
+        assert_array_equal(pickle.loads(pickle.dumps(shared.rows(0, 60))), array[:60])
         assert copied == [25, 35]
-        assert shared._written == [(0, 60)]
+        assert written() == [(0, 25), (25, 60)]
+        # Written ahead of the tasks that read them, in the background.
+        shared.write_ahead(50, 100)
+        shared.rows(80, 90).write_ahead()
         got = pickle.loads(pickle.dumps(shared.rows(50, 100)))
         assert copied == [25, 35, 40]
-        np.testing.assert_array_equal(got, array[50:100])
+        assert written() == [(0, 25), (25, 60), (60, 100)]
+        assert_array_equal(got, array[50:100])
+        assert len({piece[2] for piece in shared._pieces}) == 3
     finally:
         shared.close()
 
 
-ranges = st.lists(
-    st.tuples(st.integers(0, 50), st.integers(0, 50)).map(sorted).map(tuple),
-    max_size=6,
-)
+ranges = st.lists(st.tuples(st.integers(0, 50), st.integers(1, 10)), max_size=6)
 
 
 @given(written=ranges, query=st.tuples(st.integers(0, 50), st.integers(0, 50)))
 def test_missing_is_what_the_written_ranges_do_not_cover(written, query):
+    # Sorted, disjoint ranges, some adjacent.
+    merged, at = [], 0
+    for gap, length in written:
+        merged.append((at + gap, at + gap + length))
+        at += gap + length
     start, stop = sorted(query)
-    merged = _merge(written)
     covered = {i for a, b in merged for i in range(a, b)}
-    assert covered == {i for a, b in written for i in range(a, b)}
-    assert all(b1 < a2 for (_, b1), (a2, _) in zip(merged, merged[1:]))
     missing = list(_missing(merged, start, stop))
     assert {i for a, b in missing for i in range(a, b)} == (
         set(range(start, stop)) - covered
     )
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(missing, missing[1:]))
 
 
 def test_rows_of_a_closed_input_are_not_written_again():
@@ -192,7 +205,7 @@ def test_rows_of_a_closed_input_are_not_written_again():
     shared.close()
     with pytest.raises(RuntimeError, match="has ended"):
         pickle.dumps(shared.rows(5, 10))
-    assert shared._path is None
+    assert shared._pieces == []
 
 
 def _spooled(obj, spool):
@@ -376,3 +389,35 @@ def test_a_memory_map_that_workers_would_read_otherwise_is_copied(tmp_path):
             shared.close()
     assert _rows.backing_file(np.zeros((5, 2))) is None
     assert _rows.backing_file(np.memmap(path, mode="r", shape=(0, 3))) is None
+
+
+def test_rows_written_ahead_of_a_call_that_ended_leave_no_file(monkeypatch):
+    # A call that fails while its rows are still being written (or queued
+    # for writing) closes its input: nothing may stay behind.
+    started, release = threading.Event(), threading.Event()
+    write = SharedArray._write
+
+    def slow(self, start, stop, path):
+        started.set()
+        release.wait(10)
+        write(self, start, stop, path)
+
+    monkeypatch.setattr(SharedArray, "_write", slow)
+    before = _data_files()
+    shared = SharedArray(np.ones((1000, 4)))
+    for start in range(0, 1000, 100):
+        shared.write_ahead(start, start + 100)
+    assert started.wait(10)
+    paths = [piece[2] for piece in shared._pieces]
+    writes = [piece[4] for piece in shared._pieces]
+    shared.close()
+    release.set()
+    with pytest.raises(RuntimeError, match="has ended"):
+        shared.write_ahead(0, 10)
+    # Those not started never start; those running finish, and remove the
+    # files they created after the call had removed what it knew of.
+    concurrent.futures.wait(writes)
+    assert any(write.cancelled() for write in writes)
+    removed()
+    assert not any(map(os.path.exists, paths))
+    assert _data_files() == before
