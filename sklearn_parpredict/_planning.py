@@ -44,11 +44,13 @@ COLD_POOL_S = 0.5
 COLD_MODEL_S = 0.05
 # Aim for this many tasks per worker when the fixed cost per task allows it:
 # more tasks balance uneven workers, fewer pay less fixed cost. Processes
-# take two, so that a worker computes one while the rows of the next are
-# written and its result read. Threads have nothing to overlap, and a second
-# task cost more than the cost model's fixed cost says: RandomForest (100
-# trees) on 500,000 rows, 2 threads, 1.189 s in 2 tasks against 1.234 s in 4
-# (medians of 8, 2 cores; the fork ceiling's 2 tasks took 1.14 to 1.17 s).
+# take two, so that a worker computes one while the result of the other is
+# sent back (a 5-tree forest on 500,000 rows, 2 processes: 124 ms in 2
+# tasks, 122 ms in 4, 142 ms in 16; 2 cores). Threads have nothing to
+# overlap, and a second task cost more than the cost model's fixed cost
+# says: RandomForest (100 trees) on 500,000 rows, 2 threads, 1.189 s in 2
+# tasks against 1.234 s in 4 (medians of 8, 2 cores; the fork ceiling's 2
+# tasks took 1.14 to 1.17 s).
 TASKS_PER_WORKER = {"process": 2, "thread": 1}
 MAX_OVERHEAD_FRACTION = 0.02
 
