@@ -4,6 +4,7 @@ other rows pickled on their own."""
 import concurrent.futures
 import os
 import pickle
+import sys
 import threading
 
 import numpy as np
@@ -324,6 +325,9 @@ def _data_files() -> set[str]:
     return {name for name in os.listdir(temp_folder()) if name.startswith("data-")}
 
 
+# Which file a memory map maps is read from /proc (Linux); elsewhere the
+# rows are copied, as any array's.
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/map_files")
 @pytest.mark.parametrize("mode", ["r", "r+", "w+"])
 @pytest.mark.parametrize(
     "view",
