@@ -84,7 +84,7 @@ class SharedArray:
                 raise RuntimeError("the call that shared this input has ended")
             covered = [piece[:2] for piece in self._pieces]
             for a, b in list(_missing(covered, start, stop)):
-                path = os.path.join(temp_folder(), f"data-{uuid.uuid4().hex}")
+                path = _temp_path("data")
                 writers = background("write", _WRITERS)
                 future = writers.submit(self._write, a, b, path)
                 self._pieces.append((a, b, path, 0, future))
@@ -184,14 +184,16 @@ def _map_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarr
         return np.empty(shape, dtype)
     # Only the task's rows are mapped, from the page they start in.
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with open(path, "rb") as file:
-        pages = mmap.mmap(
-            file.fileno(),
-            offset + size - start,
-            access=mmap.ACCESS_COPY,
-            offset=start,
-        )
+    pages = _copied_pages(path, start, offset + size - start)
     return np.ndarray(shape, dtype, buffer=pages, offset=offset - start)
+
+
+def _copied_pages(path: str, start: int = 0, length: int = 0) -> mmap.mmap:
+    """``length`` bytes of the file at ``path`` from ``start`` (0: to its
+    end), mapped copy-on-write: the process may write into what it maps, and
+    the file keeps what was written to it."""
+    with open(path, "rb") as file:
+        return mmap.mmap(file.fileno(), length, access=mmap.ACCESS_COPY, offset=start)
 
 
 def backing_file(array: np.ndarray) -> tuple[str, int] | None:
@@ -296,7 +298,7 @@ class Spool:
             if self._closed:
                 # As for SharedArray: no file that nothing would remove.
                 raise RuntimeError("the call that spooled these rows has ended")
-            path = _spool_path("rows")
+            path = _temp_path("rows")
             self._paths.append(path)
             return path, _write_parts(path, parts)
 
@@ -309,8 +311,9 @@ class Spool:
             self._paths = []
 
 
-def _spool_path(what: str) -> str:
-    return os.path.join(temp_folder(), f"{what}-{uuid.uuid4().hex}.pkl")
+def _temp_path(what: str) -> str:
+    """A new file name in this process's temporary folder."""
+    return os.path.join(temp_folder(), f"{what}-{uuid.uuid4().hex}")
 
 
 def _write_parts(path: str, parts: list) -> list[tuple[int, int]]:
@@ -329,12 +332,10 @@ def _load_spooled(path: str, layout: list[tuple[int, int]]):
     """What was spooled to ``path`` as ``layout``: a pickle and its
     out-of-band buffers, rebuilt over the file's pages.
 
-    The pages are mapped copied on write (as in :func:`_load_rows`): an
-    estimator may write into its rows, and the caller into an output.
+    The pages are mapped copied on write (as a shared array's rows are):
+    an estimator may write into its rows, and the caller into an output.
     """
-    with open(path, "rb") as file:
-        pages = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
-    view = memoryview(pages)
+    view = memoryview(_copied_pages(path))
     parts = [view[offset : offset + length] for offset, length in layout]
     return pickle.loads(parts[0], buffers=parts[1:])
 
@@ -412,7 +413,7 @@ class Returned:
 
 
 def _spool_returned(parts: list):
-    path = _spool_path("out")
+    path = _temp_path("out")
     try:
         layout = _write_parts(path, parts)
     except BaseException:
