@@ -10,7 +10,8 @@ Its parts: :mod:`._in_process` keeps the calls that need no plan in this
 process; :mod:`._probing` measures a job's cost on the call's own rows;
 :mod:`._planning` turns costs into a plan; :mod:`._pools` knows which pools
 of processes run and which models they hold; :mod:`._fanout` hands the tasks
-to joblib.
+to joblib; :mod:`._rows` and :mod:`._pickled` carry the tasks' rows to
+processes and their outputs back.
 """
 
 from __future__ import annotations
@@ -46,15 +47,13 @@ from sklearn_parpredict._fanout import (
     parallel_config,
 )
 from sklearn_parpredict._jobs import Job, run_returned, run_timed
-from sklearn_parpredict._rows import (
+from sklearn_parpredict._pickled import (
     PickledRows,
-    SharedArray,
-    SharedRows,
     Spool,
     pickling_per_row,
     received,
-    shares,
 )
+from sklearn_parpredict._rows import SharedArray, SharedRows, shares
 from sklearn_parpredict._sharing import ModelHandle
 
 # Why each call ran as it did, for users asking why a call stayed in-process:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn_parpredict import _chunking, _rowwise
-from sklearn_parpredict._rows import PickledRows, Returned, SharedRows
+from sklearn_parpredict._pickled import PickledRows, Returned
+from sklearn_parpredict._rows import SharedRows
 from sklearn_parpredict._sharing import ModelHandle
 
 
@@ -68,7 +69,7 @@ def run_timed(*task):
 
 def run_returned(*task):
     """:func:`run_timed` on a worker process: the output goes back through
-    a file when it is large (see :class:`._rows.Returned`)."""
+    a file when it is large (see :class:`._pickled.Returned`)."""
     out, wall, cpu = run_timed(*task)
     return Returned(out), wall, cpu
 

@@ -1,11 +1,10 @@
-"""Rows sent to worker processes: dense arrays memory-mapped, written once
-per call unless the caller's array already maps a file; other rows pickled
-on their own, through a file when they are large; what a row costs to
-send; and outputs sent back, through a file when they are large.
+"""Dense rows that worker processes memory-map: written to files once per
+call, a row range at a time, as tasks are sent; not written at all when the
+caller's array already maps a file.
 
 Like the models' handles (:mod:`._sharing`), a row handle used in the same
 process is just the rows, and pickles for another process to what that
-process loads.
+process maps. Other rows travel pickled (:mod:`._pickled`).
 """
 
 from __future__ import annotations
@@ -13,20 +12,15 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import pickle
 import threading
-import time
-import uuid
-from collections import OrderedDict
 
 import joblib
 import numpy as np
 
-from sklearn_parpredict import _chunking
-from sklearn_parpredict._sharing import (
+from sklearn_parpredict._files import (
     background,
-    cloudpickle,
-    temp_folder,
+    copied_pages,
+    temp_path,
     unlink,
     unlink_soon,
 )
@@ -38,8 +32,9 @@ SHARE_MIN_BYTES = 1 << 20
 # Threads writing shared rows at once: one per core the workers may use.
 _WRITERS = joblib.cpu_count()
 
-# Tasks are pickled on other threads (loky's feeder) while calls go on: the
-# shared arrays' files and the pickling costs are changed under this lock.
+# Tasks are pickled on other threads (loky's feeder) while calls go on, and
+# rows are written on background threads: the files of the shared arrays are
+# changed under this lock.
 _lock = threading.RLock()
 
 
@@ -84,7 +79,7 @@ class SharedArray:
                 raise RuntimeError("the call that shared this input has ended")
             covered = [piece[:2] for piece in self._pieces]
             for a, b in list(_missing(covered, start, stop)):
-                path = _temp_path("data")
+                path = temp_path("data")
                 writers = background("write", _WRITERS)
                 future = writers.submit(self._write, a, b, path)
                 self._pieces.append((a, b, path, 0, future))
@@ -184,16 +179,8 @@ def _map_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarr
         return np.empty(shape, dtype)
     # Only the task's rows are mapped, from the page they start in.
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    pages = _copied_pages(path, start, offset + size - start)
+    pages = copied_pages(path, start, offset + size - start)
     return np.ndarray(shape, dtype, buffer=pages, offset=offset - start)
-
-
-def _copied_pages(path: str, start: int = 0, length: int = 0) -> mmap.mmap:
-    """``length`` bytes of the file at ``path`` from ``start`` (0: to its
-    end), mapped copy-on-write: the process may write into what it maps, and
-    the file keeps what was written to it."""
-    with open(path, "rb") as file:
-        return mmap.mmap(file.fileno(), length, access=mmap.ACCESS_COPY, offset=start)
 
 
 def backing_file(array: np.ndarray) -> tuple[str, int] | None:
@@ -247,199 +234,6 @@ def _mapped_path(memmap: np.memmap) -> str | None:
     return None
 
 
-def nbytes(X) -> int:
-    """The bytes of ``X``'s data (0 when unknown): NumPy arrays, DataFrames
-    without their objects' contents, sparse matrices."""
-    if isinstance(X, np.ndarray):
-        return X.nbytes
-    usage = getattr(X, "memory_usage", None)
-    if callable(usage):
-        try:
-            return int(np.sum(usage(index=False)))
-        except Exception:  # a dataframe of another kind
-            return 0
-    parts = (getattr(X, name, None) for name in ("data", "indices", "indptr"))
-    return sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
-
-
-# Pickled rows and outputs from this size on go between processes through
-# a file rather than through loky's pipe (see Spool). An output sent back by
-# a warm worker took, through the pipe and through a file: 512 KiB 1.05 ms
-# and 1.47 ms, 640 KiB 1.59 ms and 1.51 ms, 768 KiB 3.57 ms and 1.29 ms
-# (2 cores).
-SPOOL_MIN_BYTES = 640 << 10
-# Where each part of a spooled pickle starts in its file: numpy arrays and
-# Arrow buffers rebuilt over the file's pages stay aligned.
-_ALIGN = 64
-
-
-class Spool:
-    """Files holding one call's pickled rows, removed when the call ends.
-
-    loky sends a task through a pipe that the worker reads as the parent
-    writes it, one task after the other: 50,000 DataFrame rows (3.5 MB
-    pickled) took 10 ms to reach a warm worker that way, two such tasks
-    19 ms, when pickling them took 1.2 ms and unpickling 0.4 ms (2 cores).
-    A file on shared memory is written at the speed of memory. The rows'
-    arrays (a DataFrame's blocks, Arrow string buffers, a sparse matrix's
-    data) go into it straight from the caller's memory, as pickle protocol
-    5 hands them over out of band, and the worker rebuilds them over the
-    file's pages, copied on write.
-    """
-
-    def __init__(self):
-        self._paths: list[str] = []
-        self._closed = False
-
-    def write(self, parts: list) -> tuple[str, list[tuple[int, int]]]:
-        """A new file holding the bytes-like ``parts``: its path, and where
-        each part lies in it."""
-        with _lock:
-            if self._closed:
-                # As for SharedArray: no file that nothing would remove.
-                raise RuntimeError("the call that spooled these rows has ended")
-            path = _temp_path("rows")
-            self._paths.append(path)
-            return path, _write_parts(path, parts)
-
-    def close(self) -> None:
-        # A worker maps its file before its task starts, and the call ends
-        # after its tasks.
-        with _lock:
-            self._closed = True
-            unlink_soon(self._paths)
-            self._paths = []
-
-
-def _temp_path(what: str) -> str:
-    """A new file name in this process's temporary folder."""
-    return os.path.join(temp_folder(), f"{what}-{uuid.uuid4().hex}")
-
-
-def _write_parts(path: str, parts: list) -> list[tuple[int, int]]:
-    """Write ``parts`` to a new file at ``path``, each aligned; their
-    ``(offset, length)``."""
-    layout = []
-    with open(path, "wb") as file:
-        for part in parts:
-            offset = -(-file.tell() // _ALIGN) * _ALIGN
-            file.seek(offset)
-            layout.append((offset, file.write(part)))
-    return layout
-
-
-def _load_spooled(path: str, layout: list[tuple[int, int]]):
-    """What was spooled to ``path`` as ``layout``: a pickle and its
-    out-of-band buffers, rebuilt over the file's pages.
-
-    The pages are mapped copied on write (as a shared array's rows are):
-    an estimator may write into its rows, and the caller into an output.
-    """
-    view = memoryview(_copied_pages(path))
-    parts = [view[offset : offset + length] for offset, length in layout]
-    return pickle.loads(parts[0], buffers=parts[1:])
-
-
-def _dumps(obj, **kwargs) -> bytes:
-    try:
-        return pickle.dumps(obj, protocol=5, **kwargs)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        # Objects holding functions or classes defined in a script.
-        return cloudpickle.dumps(obj, protocol=5, **kwargs)
-
-
-def _dumps_out_of_band(obj) -> list:
-    """``obj`` pickled, then the buffers pickle protocol 5 left out of it."""
-    buffers: list = []
-    data = _dumps(obj, buffer_callback=buffers.append)
-    return [data, *(buffer.raw() for buffer in buffers)]
-
-
-def _loads(data: bytes, buffers: list = ()):
-    return pickle.loads(data, buffers=buffers)
-
-
-def _reduce_spooled(obj, write):
-    """How to pickle ``obj``: as bytes when it is small, else in a file that
-    ``write(parts)`` makes (its ``(path, layout)``)."""
-    parts = _dumps_out_of_band(obj)
-    if sum(memoryview(part).nbytes for part in parts) < SPOOL_MIN_BYTES:
-        return _loads, (parts[0], [bytes(part) for part in parts[1:]])
-    return write(parts)
-
-
-class PickledRows:
-    """Rows for a process, pickled on their own and sent as ``bytes``, or
-    in a file of the call's :class:`Spool` when they are large.
-
-    joblib's pickler writes every array over 1 MB that it finds in a task
-    (the blocks of a DataFrame, the data of a sparse matrix) to a file in
-    the call's temporary folder. At the end of the call it removes that
-    folder, and waits 0.1 s when loky's resource tracker has not yet removed
-    the files. A pipeline on 100,000 DataFrame rows on 2 processes took
-    150 ms instead of 40 ms. Pickled here, the rows hold no array for
-    joblib to write. They are pickled when their task is, so the first
-    task can start while the later ones are still being pickled.
-    """
-
-    def __init__(self, rows, spool: Spool | None = None):
-        self.rows = rows
-        self.spool = spool
-
-    def __reduce__(self):
-        if self.spool is None:
-            return _loads, (_dumps(self.rows),)
-        return _reduce_spooled(
-            self.rows, lambda parts: (_load_spooled, self.spool.write(parts))
-        )
-
-
-class Returned:
-    """A task's output on its way back from a worker process: through a
-    file when it is large, which the caller removes once it has mapped it.
-
-    Through loky's pipe, a 2-process transform of 200,000 rows into 100
-    features (160 MB) took 0.70 s against 0.24 s serially (2 cores).
-    """
-
-    def __init__(self, value):
-        self.value = value
-
-    def __reduce__(self):
-        if nbytes(self.value) < SPOOL_MIN_BYTES:
-            # Small, or of a kind whose size is unknown: as loky would.
-            return _identity, (self.value,)
-        return _reduce_spooled(self.value, _spool_returned)
-
-
-def _spool_returned(parts: list):
-    path = _temp_path("out")
-    try:
-        layout = _write_parts(path, parts)
-    except BaseException:
-        unlink(path)
-        raise
-    return _load_returned, (path, layout)
-
-
-def _load_returned(path: str, layout: list[tuple[int, int]]):
-    try:
-        return _load_spooled(path, layout)
-    finally:
-        # The mapping keeps the pages; the name goes.
-        unlink(path)
-
-
-def _identity(value):
-    return value
-
-
-def received(output):
-    """A task's output as the caller gets it: a :class:`Returned` that was
-    not pickled (the task ran in this process) is unwrapped."""
-    return output.value if isinstance(output, Returned) else output
-
-
 def shares(X) -> bool:
     """Whether processes memory-map ``X`` (a :class:`SharedArray`) rather
     than get its rows pickled with their tasks."""
@@ -450,71 +244,3 @@ def shares(X) -> bool:
         and not X.dtype.hasobject
         and X.nbytes >= SHARE_MIN_BYTES
     )
-
-
-# Rows pickled to measure what a row costs to send to a process, and how
-# many kinds of input (type, dtypes, columns) the measurements are kept for.
-_PICKLING_SAMPLE_ROWS = 2_000
-_PICKLING_KINDS = 32
-_pickling_costs: OrderedDict = OrderedDict()
-
-
-def _input_kind(X) -> tuple | None:
-    """What the cost of pickling ``X``'s rows is remembered by; None where
-    it cannot be (dtypes that cannot be hashed)."""
-    dtypes = getattr(X, "dtypes", None)
-    if dtypes is not None:  # a DataFrame
-        dtypes = tuple(dtypes)
-    else:
-        dtypes = str(getattr(X, "dtype", None))
-    kind = type(X), dtypes, getattr(X, "shape", (0,))[1:]
-    try:
-        hash(kind)
-    except TypeError:
-        return None
-    return kind
-
-
-def pickling_per_row(X) -> float:
-    """Seconds a row of ``X`` costs to send to a process: pickled in this
-    process (one core, while the workers wait for their tasks) and
-    unpickled in the worker; 0 for input the workers memory-map, infinite
-    for rows that cannot be pickled.
-
-    Measured once per kind of input on its first rows: a plan on processes
-    must charge it up front. A pipeline on 100,000 DataFrame rows with three
-    text columns, predicted 0.066 s on 2 processes against 0.09 s serially,
-    took 0.09 s to 0.12 s, 22 ms of which pickling its rows (2 cores).
-    """
-    if shares(X):
-        return 0.0
-    kind = _input_kind(X)
-    with _lock:
-        known = _pickling_costs.get(kind)
-        if known is not None:
-            _pickling_costs.move_to_end(kind)
-            return known
-    rows = min(_chunking.n_rows(X), _PICKLING_SAMPLE_ROWS)
-    sample = _chunking.row_slice(X, 0, rows)
-    best = float("inf")
-    # The best of two: the first pickling of a kind pays for imports and
-    # caches that later ones do not.
-    for _ in range(2):
-        start = time.perf_counter()
-        try:
-            loads, (data,) = PickledRows(sample).__reduce__()
-            loads(data)
-        except Exception:
-            # Rows no pickler takes (objects holding locks, open files) can
-            # still run in this process, or on threads; not remembered, as
-            # other rows of this kind may pickle.
-            return float("inf")
-        best = min(best, time.perf_counter() - start)
-    per_row = best / max(rows, 1)
-    if kind is None:
-        return per_row
-    with _lock:
-        _pickling_costs[kind] = per_row
-        while len(_pickling_costs) > _PICKLING_KINDS:
-            _pickling_costs.popitem(last=False)
-    return per_row

@@ -5,7 +5,8 @@ process (threading backend, in-process path) is just the object. A handle that
 is pickled for another process pickles to a small reference: a token and a file
 path. The model is written once per fitted state (``joblib.dump``) and each
 worker loads it once and keeps it under its token. (Rows travel by the
-handles of :mod:`._rows`.)
+handles of :mod:`._rows` and :mod:`._pickled`; all go through the
+files of :mod:`._files`.)
 
 Tokens are never reused: a model whose fingerprint changed (refit,
 ``set_params``, a different object) gets a new token, so a worker can never
@@ -14,24 +15,22 @@ serve a stale model from its cache.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import itertools
 import os
 import pickle
-import shutil
-import tempfile
 import threading
 import types
 import uuid
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 import joblib
 import numpy as np
 from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
+
+from sklearn_parpredict._files import temp_folder, unlink
 
 try:
     import cloudpickle
@@ -52,7 +51,6 @@ _WORKER_CACHE_SIZE = 8
 _PREFIX = uuid.uuid4().hex[:12]
 _counter = itertools.count()
 _lock = threading.RLock()
-_temp_dir: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -158,76 +156,6 @@ def fingerprint(model) -> tuple[tuple, list]:
 # ---------------------------------------------------------------------------
 # Parent side: one registry entry per live model
 # ---------------------------------------------------------------------------
-
-
-def temp_folder() -> str:
-    """A private folder on shared memory when it has room, else on disk."""
-    global _temp_dir
-    with _lock:
-        if _temp_dir is None:
-            base = os.environ.get("JOBLIB_TEMP_FOLDER")
-            if base is None and os.path.isdir("/dev/shm"):
-                stats = os.statvfs("/dev/shm")
-                if stats.f_bavail * stats.f_frsize > 2 << 30:
-                    base = "/dev/shm"
-            _temp_dir = tempfile.mkdtemp(prefix="sklearn_parpredict_", dir=base)
-            atexit.register(shutil.rmtree, _temp_dir, ignore_errors=True)
-        return _temp_dir
-
-
-def unlink(path: str | None) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-# Executors of this process's background threads, by name, with the pid
-# that started them: a forked child holds the executor but not its threads.
-_executors: dict[str, tuple[int, ThreadPoolExecutor]] = {}
-
-
-def background(name: str, max_workers: int = 1) -> ThreadPoolExecutor:
-    """This process's executor called ``name``, started on first use."""
-    with _lock:
-        pid, executor = _executors.get(name, (None, None))
-        if pid != os.getpid():
-            executor = ThreadPoolExecutor(
-                max_workers, thread_name_prefix=f"parpredict-{name}"
-            )
-            _executors[name] = (os.getpid(), executor)
-        return executor
-
-
-def unlink_soon(paths: list[str]) -> None:
-    """Remove ``paths`` on a thread of their own, not in the call's time.
-
-    Removing a file from shared memory frees the pages no process maps
-    any more there and then: 1.1 to 1.7 ms at the end of each call on
-    16 MB of rows; 13 ms for 80 MB that nothing maps (2 cores). Files not
-    yet removed at exit go with the folder.
-    """
-    paths = [path for path in paths if path]
-    if not paths:
-        return
-    try:
-        background("unlink").submit(_unlink_all, paths)
-    except RuntimeError:  # the interpreter is shutting down
-        _unlink_all(paths)
-
-
-def _unlink_all(paths: list[str]) -> None:
-    for path in paths:
-        unlink(path)
-
-
-def removed() -> None:
-    """Wait until the files given to :func:`unlink_soon` are removed."""
-    with _lock:
-        pid, executor = _executors.get("unlink", (None, None))
-    if pid == os.getpid():
-        executor.submit(lambda: None).result()
 
 
 class _Entry:

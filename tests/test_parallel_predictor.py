@@ -458,13 +458,13 @@ def test_large_outputs_come_back_from_processes_through_files_they_remove(
 ):
     import os
 
-    from sklearn_parpredict import _rows
+    from sklearn_parpredict import _pickled
 
     # Workers spool outputs of 640 KiB or more into their own temporary
     # folders; this process, where the outputs are unpickled, maps each
     # file and removes it.
     loaded = []
-    load = _rows._load_returned
+    load = _pickled._load_returned
 
     def spy(path, layout):
         loaded.append(path)
@@ -472,8 +472,8 @@ def test_large_outputs_come_back_from_processes_through_files_they_remove(
 
     # Pickled by its module's name for it, which forked workers (the
     # multiprocessing backend) inherit patched too.
-    spy.__module__, spy.__qualname__ = _rows.__name__, "_load_returned"
-    monkeypatch.setattr(_rows, "_load_returned", spy)
+    spy.__module__, spy.__qualname__ = _pickled.__name__, "_load_returned"
+    monkeypatch.setattr(_pickled, "_load_returned", spy)
     X_big = np.random.default_rng(0).normal(size=(40_000, 6))
     frame = pd.DataFrame(X_big, columns=[f"x{i}" for i in range(6)])
     scaler = StandardScaler().set_output(transform="pandas").fit(frame)
@@ -520,7 +520,7 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     import glob
     import os
 
-    from sklearn_parpredict._sharing import removed, temp_folder
+    from sklearn_parpredict._files import removed, temp_folder
 
     removed()
     assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []

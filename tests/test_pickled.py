@@ -1,0 +1,213 @@
+"""Rows and outputs pickled between processes: on their own, through a file
+when they are large; and what a row costs to send."""
+
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sklearn_parpredict import _pickled, _rows
+from sklearn_parpredict._files import removed, temp_folder
+from sklearn_parpredict._jobs import resolve
+from sklearn_parpredict._pickled import PickledRows, nbytes
+
+
+def test_rows_sent_pickled_on_their_own_are_the_rows():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(5.0), "b": list("vwxyz")}, index=range(5, 10))
+    sent = pickle.loads(pickle.dumps(PickledRows(frame)))
+    pd.testing.assert_frame_equal(sent, frame)
+    # Rows plain pickle cannot take (a function defined here) go as cloudpickle
+    # takes them; in-process, the handle is the rows themselves.
+    rows = [lambda x: x + 1]
+    assert pickle.loads(pickle.dumps(PickledRows(rows)))[0](1) == 2
+    assert resolve(PickledRows(frame)) is frame
+
+
+def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
+    import pandas as pd
+    import scipy.sparse as sp
+
+    pickled = []
+
+    class Counted(PickledRows):
+        def __reduce__(self):
+            pickled.append(self.rows.shape[0])
+            return super().__reduce__()
+
+    monkeypatch.setattr(_pickled, "PickledRows", Counted)
+    monkeypatch.setattr(_pickled, "_pickling_costs", type(_pickled._pickling_costs)())
+    n = 3 * _pickled._PICKLING_SAMPLE_ROWS
+    frame = pd.DataFrame({"a": np.arange(float(n)), "b": ["text"] * n})
+    per_row = _pickled.pickling_per_row(frame)
+    assert per_row > 0
+    # Measured on the first rows, not all of them, and kept for later calls
+    # on input of that kind, whatever its rows.
+    assert pickled and set(pickled) == {_pickled._PICKLING_SAMPLE_ROWS}
+    count = len(pickled)
+    assert _pickled.pickling_per_row(frame.iloc[::-1]) == per_row
+    assert len(pickled) == count
+    # Other columns, dtypes or containers are another kind.
+    for other in (
+        frame[["a"]],
+        frame.astype({"a": "float32"}),
+        np.zeros((10, 3)),
+        sp.random(10, 3, density=0.5, format="csr", random_state=0),
+    ):
+        assert _pickled.pickling_per_row(other) >= 0
+        assert len(pickled) > count
+        count = len(pickled)
+    # What workers memory-map is not pickled, and costs nothing to send.
+    large = np.zeros((_rows.SHARE_MIN_BYTES // 8, 1))
+    assert _rows.shares(large) and not _rows.shares(large.astype(object))
+    assert _pickled.pickling_per_row(large) == 0.0
+    assert len(pickled) == count
+    # Rows no pickler takes cannot go to processes at any price, and are
+    # measured again next time.
+    locks = np.array([threading.Lock() for _ in range(4)], dtype=object)[:, None]
+    kinds = len(_pickled._pickling_costs)
+    assert _pickled.pickling_per_row(locks) == float("inf")
+    assert len(_pickled._pickling_costs) == kinds
+
+    # Input whose dtypes cannot be hashed is measured, and not remembered.
+    class Unhashable:
+        dtypes = [["float64"]]
+        shape = (3, 1)
+
+    assert _pickled._input_kind(Unhashable()) is None
+    assert _pickled._input_kind(frame) is not None
+    # Only so many kinds are kept.
+    for columns in range(1, _pickled._PICKLING_KINDS + 2):
+        _pickled.pickling_per_row(np.zeros((4, columns)))
+    assert len(_pickled._pickling_costs) == _pickled._PICKLING_KINDS
+
+
+def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    array = np.zeros((100, 4))
+    assert nbytes(array) == 3200
+    assert nbytes(pd.DataFrame(array)) == 3200
+    matrix = sp.random(100, 4, density=0.5, format="csr", random_state=0)
+    assert nbytes(matrix) == (
+        matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+    )
+    assert nbytes([[0.0] * 4] * 100) == 0
+
+
+def _spooled(obj, spool):
+    """``obj`` pickled through ``spool``, and whether a file carried it."""
+    loads, args = PickledRows(obj, spool).__reduce__()
+    return loads(*args), loads is _pickled._load_spooled
+
+
+def test_large_pickled_rows_go_through_a_file_that_the_call_removes():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    n = 100_000
+    frame = pd.DataFrame(
+        {
+            "x": np.arange(float(n)),
+            "i": np.arange(n, dtype=np.int32),
+            "s": np.array(["ab", "c", "def"] * (n // 3) + ["g"] * (n % 3)),
+        },
+        index=np.arange(n) * 2,
+    )
+    matrix = sp.random(n, 50, density=0.05, format="csr", random_state=0)
+    spool = _pickled.Spool()
+    try:
+        got, filed = _spooled(frame, spool)
+        assert filed
+        pd.testing.assert_frame_equal(got, frame)
+        got, filed = _spooled(matrix, spool)
+        assert filed
+        assert (got != matrix).nnz == 0 and got.format == "csr"
+        # The worker's rows are its own, aligned, and may be written to.
+        got, _ = _spooled(np.arange(float(n))[::-1].copy(), spool)
+        assert got.flags.aligned and got.flags.writeable
+        got[:] = 0
+        again, _ = _spooled(np.arange(float(n)), spool)
+        np.testing.assert_array_equal(again, np.arange(float(n)))
+        # Small rows go as bytes with their task.
+        got, filed = _spooled(frame.iloc[:10], spool)
+        assert not filed
+        pd.testing.assert_frame_equal(got, frame.iloc[:10])
+        paths = list(spool._paths)
+        assert len(paths) == 4 and all(map(os.path.exists, paths))
+    finally:
+        spool.close()
+    # Removed on another thread, outside the call's time.
+    removed()
+    assert not any(map(os.path.exists, paths))
+    # A task still being sent after its call ended leaves no file behind.
+    with pytest.raises(RuntimeError, match="has ended"):
+        _spooled(frame, spool)
+    assert spool._paths == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(["float64", "float32", "int8", "complex128", "bool", "U3"]),
+    shape=st.tuples(st.integers(0, 300), st.integers(1, 40)),
+    order=st.sampled_from("CF"),
+    spooled=st.booleans(),
+)
+def test_rows_and_outputs_come_through_pickle_equal(dtype, shape, order, spooled):
+    rng = np.random.default_rng(0)
+    array = np.asarray(rng.integers(0, 100, shape), order=order).astype(dtype)
+    spool = _pickled.Spool()
+    previous = _pickled.SPOOL_MIN_BYTES
+    _pickled.SPOOL_MIN_BYTES = 0 if spooled else previous
+    try:
+        got = pickle.loads(pickle.dumps(PickledRows(array, spool)))
+        returned = pickle.loads(pickle.dumps(_pickled.Returned(array)))
+    finally:
+        _pickled.SPOOL_MIN_BYTES = previous
+        spool.close()
+    for out in (got, returned):
+        assert out.dtype == array.dtype and out.shape == array.shape
+        np.testing.assert_array_equal(out, array)
+        assert out.flags.aligned
+
+
+def test_large_outputs_come_back_through_a_file_removed_once_read():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    outputs = [
+        np.arange(100_000.0).reshape(-1, 4),
+        pd.DataFrame({"a": np.arange(50_000.0), "b": np.arange(50_000)}),
+        sp.random(50_000, 20, density=0.1, format="csr", random_state=0),
+    ]
+    before = set(os.listdir(temp_folder()))
+    for output in outputs:
+        returned = _pickled.Returned(output)
+        loads, args = returned.__reduce__()
+        assert loads is _pickled._load_returned
+        path = args[0]
+        assert os.path.exists(path)
+        got = loads(*args)
+        assert not os.path.exists(path)
+        if sp.issparse(output):
+            assert (got != output).nnz == 0
+        elif isinstance(output, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, output)
+        else:
+            np.testing.assert_array_equal(got, output)
+            # The caller may write into its output.
+            got[:] = 0
+        # In this process (a task run by the caller), the output itself.
+        assert _pickled.received(returned) is output
+    assert set(os.listdir(temp_folder())) == before
+    # Small outputs, or outputs of unknown size, go as loky sends them.
+    for small in (np.zeros(10), [[1.0] * 4] * 100_000):
+        loads, args = _pickled.Returned(small).__reduce__()
+        assert loads is _pickled._identity and args[0] is small
+    assert _pickled.received(np.zeros(3)).shape == (3,)
