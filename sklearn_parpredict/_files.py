@@ -1,6 +1,7 @@
 """This process's temporary files: a private folder on shared memory, new
-names in it, their pages mapped copy-on-write, and their removal outside
-the calls' time, by background threads.
+names in it, their pages mapped copy-on-write, files kept for the next call
+to write into, and their removal outside the calls' time, by background
+threads.
 
 Models (:mod:`._sharing`), shared rows (:mod:`._rows`), and pickled rows
 and outputs (:mod:`._pickled`) go to other processes through these files.
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +41,100 @@ def temp_folder() -> str:
 def temp_path(what: str) -> str:
     """A new file name in this process's temporary folder."""
     return os.path.join(temp_folder(), f"{what}-{uuid.uuid4().hex}")
+
+
+# Files that a call wrote and no longer reads are kept for the next call to
+# write into, up to this many bytes, for this long after they were kept: a
+# write into pages that shared memory holds already is a copy, where a new
+# file's pages are first allocated and zeroed (80 MB of rows: 16.5 ms
+# against 35 ms). Calls on 2 processes, paired, ran 1.01x to 1.05x faster
+# (gradient boosting on 20,000 to 500,000 rows, a 20-tree forest on 100,000;
+# 2 cores). Bounded, as the pages count against the process's memory limit
+# (a container's) while they are kept.
+KEEP_BYTES = 256 << 20
+KEEP_S = 30.0
+# Kept files, (size, when kept, path), and the pid that kept them: a forked
+# child must not write into its parent's files.
+_kept: list[tuple[int, float, str]] = []
+_kept_pid: int | None = None
+_sweeping = False
+
+
+def _own_kept() -> list[tuple[int, float, str]]:
+    global _kept, _kept_pid, _sweeping
+    if _kept_pid != os.getpid():
+        _kept, _kept_pid, _sweeping = [], os.getpid(), False
+    return _kept
+
+
+def reused(nbytes: int) -> str | None:
+    """A kept file of at least ``nbytes``, the smallest, now the caller's to
+    write into from its start and to :func:`keep` again; None if none is."""
+    with _lock:
+        kept = _own_kept()
+        fits = [entry for entry in kept if entry[0] >= nbytes]
+        if not fits:
+            return None
+        entry = min(fits)
+        kept.remove(entry)
+        return entry[2]
+
+
+def keep(paths: list[str]) -> None:
+    """Keep the files at ``paths``, which nothing reads any more, for
+    :func:`reused`: up to ``KEEP_BYTES`` in all, each for ``KEEP_S``
+    seconds; the others are removed soon."""
+    global _sweeping
+    gone = []
+    with _lock:
+        kept = _own_kept()
+        total = sum(entry[0] for entry in kept)
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            if size == 0 or total + size > KEEP_BYTES:
+                gone.append(path)
+                continue
+            kept.append((size, time.monotonic(), path))
+            total += size
+        if kept and not _sweeping:
+            _sweeping = True
+            _sweep_later()
+    unlink_soon(gone)
+
+
+def _sweep_later() -> None:
+    timer = threading.Timer(KEEP_S, _sweep)
+    # Not waited for at exit: the folder goes then, and the files with it.
+    timer.daemon = True
+    timer.start()
+
+
+def _sweep() -> None:
+    """Remove the files kept longer than ``KEEP_S``; again later while any
+    are kept."""
+    global _sweeping
+    with _lock:
+        kept = _own_kept()
+        now = time.monotonic()
+        old = [entry for entry in kept if now - entry[1] >= KEEP_S]
+        for entry in old:
+            kept.remove(entry)
+        _sweeping = bool(kept)
+        if _sweeping:
+            _sweep_later()
+    _unlink_all([entry[2] for entry in old])
+
+
+def drop_kept() -> None:
+    """Remove every kept file now."""
+    with _lock:
+        kept = _own_kept()
+        paths = [entry[2] for entry in kept]
+        kept.clear()
+    _unlink_all(paths)
 
 
 def copied_pages(path: str, start: int = 0, length: int = 0) -> mmap.mmap:

@@ -1,6 +1,7 @@
 """Dense rows that worker processes memory-map: written to files once per
-call, a row range at a time, as tasks are sent; not written at all when the
-caller's array already maps a file.
+call, a row range at a time, as tasks are sent, into files that earlier
+calls kept where they can; not written at all when the caller's array
+already maps a file.
 
 Like the models' handles (:mod:`._sharing`), a row handle used in the same
 process is just the rows, and pickles for another process to what that
@@ -20,9 +21,9 @@ import numpy as np
 from sklearn_parpredict._files import (
     background,
     copied_pages,
+    keep,
+    reused,
     temp_path,
-    unlink,
-    unlink_soon,
 )
 
 # Dense inputs from this size on are written once to a memory-mapped file
@@ -41,7 +42,8 @@ _lock = threading.RLock()
 class SharedArray:
     """A dense array that workers memory-map, written as tasks need its rows.
 
-    Each row range that tasks read is written once, to a file of its own, on
+    Each row range that tasks read is written once, to a file of its own
+    (one that an earlier call kept, where one is large enough), on
     background threads, in the order the tasks are sent
     (:meth:`write_ahead`): each task is sent as soon as its rows are
     written, while later rows are being written, and several ranges are
@@ -59,6 +61,7 @@ class SharedArray:
         self._closed = False
         self._row_bytes = array.itemsize * math.prod(array.shape[1:])
         backing = backing_file(array)
+        # Whether the call writes the files, rather than map the caller's.
         self._owned = backing is None
         # Sorted, disjoint row ranges in files: (start, stop, path, byte at
         # which row ``start`` is in the file, the write's future or None).
@@ -79,20 +82,19 @@ class SharedArray:
                 raise RuntimeError("the call that shared this input has ended")
             covered = [piece[:2] for piece in self._pieces]
             for a, b in list(_missing(covered, start, stop)):
-                path = temp_path("data")
+                # Into a file an earlier call kept, where one is large enough.
+                path = reused((b - a) * self._row_bytes) or temp_path("data")
                 writers = background("write", _WRITERS)
                 future = writers.submit(self._write, a, b, path)
                 self._pieces.append((a, b, path, 0, future))
             self._pieces.sort(key=lambda piece: piece[0])
 
     def _write(self, start: int, stop: int, path: str) -> None:
-        # C order, as a pickled chunk would be.
+        # C order, as a pickled chunk would be; over a kept file's first
+        # bytes, which it keeps.
         rows = np.ascontiguousarray(self.array[start:stop])
-        with open(path, "wb") as file:
+        with open(path, "r+b" if os.path.exists(path) else "wb") as file:
             file.write(rows.reshape(-1).view(np.uint8))
-        with _lock:
-            if self._closed:  # closed while this was written: nothing reads it
-                unlink(path)
 
     def _files(self, start: int, stop: int) -> list[tuple[str, int, int]]:
         """The files holding rows ``start:stop``, written: path, byte of
@@ -110,16 +112,21 @@ class SharedArray:
         return files
 
     def close(self) -> None:
-        # Workers that still map the files keep their pages; the names go
-        # soon, outside the call's time. The caller's own file stays.
+        # The call's tasks have ended: its files are kept for the next call
+        # to write into, each once no write into it is running (a file whose
+        # write never started is kept as it was, if it exists). The caller's
+        # own file stays as it is.
         with _lock:
             self._closed = True
             pieces, self._pieces = self._pieces, []
+        if not self._owned:
+            return
         for piece in pieces:
-            if piece[4] is not None:
-                piece[4].cancel()
-        if self._owned:
-            unlink_soon([piece[2] for piece in pieces])
+            path, future = piece[2], piece[4]
+            if future.cancel():
+                keep([path])
+            else:
+                future.add_done_callback(lambda _, path=path: keep([path]))
 
 
 def _missing(written: list[tuple[int, int]], start: int, stop: int):

@@ -2,17 +2,19 @@
 as each task is sent; not written when the caller's array maps a file."""
 
 import concurrent.futures
+import multiprocessing
 import os
 import pickle
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sklearn_parpredict import _rows
+from sklearn_parpredict import _files, _rows
 from sklearn_parpredict._files import removed, temp_folder
 from sklearn_parpredict._jobs import resolve
 from sklearn_parpredict._rows import SharedArray, _missing
@@ -193,9 +195,10 @@ def test_a_memory_map_that_workers_would_read_otherwise_is_copied(tmp_path):
     assert _rows.backing_file(np.memmap(path, mode="r", shape=(0, 3))) is None
 
 
-def test_rows_written_ahead_of_a_call_that_ended_leave_no_file(monkeypatch):
+def test_rows_written_ahead_of_a_call_that_ended_leave_only_kept_files(monkeypatch):
     # A call that fails while its rows are still being written (or queued
-    # for writing) closes its input: nothing may stay behind.
+    # for writing) closes its input: no file is created after that, and
+    # those created are kept for the next call, once written, or removed.
     started, release = threading.Event(), threading.Event()
     write = SharedArray._write
 
@@ -205,6 +208,7 @@ def test_rows_written_ahead_of_a_call_that_ended_leave_no_file(monkeypatch):
         write(self, start, stop, path)
 
     monkeypatch.setattr(SharedArray, "_write", slow)
+    _files.drop_kept()
     before = _data_files()
     shared = SharedArray(np.ones((1000, 4)))
     for start in range(0, 1000, 100):
@@ -216,10 +220,79 @@ def test_rows_written_ahead_of_a_call_that_ended_leave_no_file(monkeypatch):
     release.set()
     with pytest.raises(RuntimeError, match="has ended"):
         shared.write_ahead(0, 10)
-    # Those not started never start; those running finish, and remove the
-    # files they created after the call had removed what it knew of.
+    # Those not started never start; those running finish, and are kept.
     concurrent.futures.wait(writes)
     assert any(write.cancelled() for write in writes)
-    removed()
+    written = [path for path, w in zip(paths, writes) if not w.cancelled()]
+    assert set(_kept_paths()) == set(written)
+    assert {os.path.basename(path) for path in written} == _data_files() - before
+    _files.drop_kept()
     assert not any(map(os.path.exists, paths))
     assert _data_files() == before
+
+
+def _kept_paths() -> list[str]:
+    with _files._lock:
+        return [entry[2] for entry in _files._own_kept()]
+
+
+def _reuse_in_child():
+    sys.exit(0 if _files.reused(1) is None else 1)
+
+
+def test_the_next_call_writes_into_the_files_a_call_kept():
+    _files.drop_kept()
+    first = SharedArray(np.arange(40.0).reshape(10, 4))
+    pickle.dumps(first.rows(0, 6))
+    pickle.dumps(first.rows(6, 10))
+    paths = {piece[2] for piece in first._pieces}
+    first.close()
+    assert set(_kept_paths()) == paths
+    # Smaller rows go to the smallest kept file that holds them, over its
+    # first bytes; what no kept file holds goes to a new one.
+    second = SharedArray(-np.arange(40.0).reshape(5, 8))
+    try:
+        small = pickle.loads(pickle.dumps(second.rows(0, 1)))
+        large = pickle.loads(pickle.dumps(second.rows(1, 5)))
+        np.testing.assert_array_equal(small, -np.arange(8.0).reshape(1, 8))
+        np.testing.assert_array_equal(large, -np.arange(8.0, 40.0).reshape(4, 8))
+        used = [piece[2] for piece in second._pieces]
+        assert used[0] in paths and used[1] not in paths
+        assert os.path.getsize(used[0]) == 4 * 4 * 8  # the 4-row file, kept as is
+    finally:
+        second.close()
+    # A forked child does not write into its parent's files.
+    assert _kept_paths()
+    child = multiprocessing.get_context("fork").Process(target=_reuse_in_child)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    _files.drop_kept()
+    assert not any(map(os.path.exists, paths | set(used)))
+
+
+def test_kept_files_are_bounded_and_removed_after_a_while(monkeypatch):
+    _files.drop_kept()
+    folder = _files.temp_folder()
+    paths = [os.path.join(folder, f"data-kept-{i}") for i in range(3)]
+    for path, size in zip(paths, (100, 200, 300)):
+        with open(path, "wb") as file:
+            file.write(b"x" * size)
+    monkeypatch.setattr(_files, "KEEP_BYTES", 350)
+    monkeypatch.setattr(_files, "KEEP_S", 2.0)
+    _files.keep(paths)
+    _files.removed()
+    # Beyond the bytes kept in all, files are removed at once.
+    assert sorted(_kept_paths()) == paths[:2]
+    assert not os.path.exists(paths[2])
+    assert _files.reused(150) == paths[1]
+    assert _files.reused(150) is None
+    _files.keep([paths[1]])
+    # A timer removes them (its first round may be due later than this).
+    assert _files._sweeping
+    _files._sweep()
+    assert sorted(_kept_paths()) == paths[:2]
+    time.sleep(2.1)
+    _files._sweep()
+    assert _kept_paths() == []
+    assert not any(map(os.path.exists, paths))
