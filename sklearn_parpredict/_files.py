@@ -101,20 +101,20 @@ def keep(paths: list[str]) -> None:
             total += size
         if kept and not _sweeping:
             _sweeping = True
-            _sweep_later()
+            _sweep_later(KEEP_S)
     unlink_soon(gone)
 
 
-def _sweep_later() -> None:
-    timer = threading.Timer(KEEP_S, _sweep)
+def _sweep_later(delay: float) -> None:
+    timer = threading.Timer(delay, _sweep)
     # Not waited for at exit: the folder goes then, and the files with it.
     timer.daemon = True
     timer.start()
 
 
 def _sweep() -> None:
-    """Remove the files kept longer than ``KEEP_S``; again later while any
-    are kept."""
+    """Remove the files kept for ``KEEP_S``; again when the next one is
+    due, while any are kept."""
     global _sweeping
     with _lock:
         kept = _own_kept()
@@ -124,7 +124,8 @@ def _sweep() -> None:
             kept.remove(entry)
         _sweeping = bool(kept)
         if _sweeping:
-            _sweep_later()
+            due = min(entry[1] for entry in kept) + KEEP_S
+            _sweep_later(max(due - now, 0.01))
     _unlink_all([entry[2] for entry in old])
 
 
