@@ -553,3 +553,37 @@ def test_workers_map_a_memory_mapped_input_rather_than_a_copy(
     # The rows of an array in memory are written to a file for the workers.
     assert_same_output(wrapped.predict_proba(X[5:]), model.predict_proba(X[5:]))
     assert created == [False, True]
+
+
+@pytest.mark.timeout(120)
+def test_calls_from_several_threads_write_into_kept_files_without_mixing_rows(
+    monkeypatch,
+):
+    # The files of one call's rows are kept and written into by the next
+    # calls, several at once here: each call must get its own rows back.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn_parpredict import _files, _rows
+
+    taken = []
+    reused = _rows.reused
+
+    def spy(nbytes):
+        path = reused(nbytes)
+        taken.append(path)
+        return path
+
+    monkeypatch.setattr(_rows, "reused", spy)
+    rng = np.random.default_rng(0)
+    scaler = StandardScaler().fit(rng.normal(size=(100, 16)))
+    # 1.5 MiB each, shared through files; distinct rows and sizes per call.
+    batches = [rng.normal(size=(12_000 + 1_000 * (i % 3), 16)) for i in range(12)]
+    assert all(batch.nbytes >= _rows.SHARE_MIN_BYTES for batch in batches)
+    wrapped = ParallelPredictor(scaler, n_jobs=2, backend="loky", chunk_size=4_000)
+    with ThreadPoolExecutor(3) as threads:
+        outputs = list(threads.map(wrapped.transform, batches))
+    for batch, out in zip(batches, outputs):
+        assert_same_output(out, scaler.transform(batch))
+    # Later calls did write into files that earlier ones kept.
+    assert any(path is not None for path in taken)
+    _files.drop_kept()
