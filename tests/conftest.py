@@ -19,6 +19,15 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# Many more examples, for hunting rare failures by hand (not in CI):
+# ``HYPOTHESIS_PROFILE=soak``. Tests that set their own ``max_examples``
+# (those that start a cluster or many pools) keep it.
+settings.register_profile(
+    "soak",
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 )
