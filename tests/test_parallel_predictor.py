@@ -526,6 +526,48 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []
 
 
+# The multiprocessing backend starts its workers the default way of the
+# platform: fork on Linux up to Python 3.13, forkserver from 3.14, spawn on
+# macOS and Windows. Workers that do not inherit this process must still get
+# the model, the shared rows and the pickled frames, and give outputs back.
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_multiprocessing_workers_not_forked_from_the_caller(method, monkeypatch):
+    import multiprocessing
+
+    from sklearn_parpredict import MultiModelPredictor, _rows
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    # What joblib takes from JOBLIB_START_METHOD, read by each Parallel.
+    monkeypatch.setattr(
+        joblib.parallel, "DEFAULT_MP_CONTEXT", multiprocessing.get_context(method)
+    )
+    X, y = make_classification(n_samples=30_000, n_features=8, random_state=0)
+    assert X[:15_000].nbytes < _rows.SHARE_MIN_BYTES <= X.nbytes
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    wrapped = ParallelPredictor(
+        forest, n_jobs=2, backend="multiprocessing", chunk_size=7_500
+    )
+    assert_same_output(wrapped.predict_proba(X), forest.predict_proba(X))
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(8)])
+    models = [
+        (LogisticRegression().fit(frame[["x0", "x1"]], y), ["x0", "x1"], "a"),
+        (LinearRegression().fit(frame[["x2"]], frame["x3"]), ["x2"], "b"),
+    ]
+    multi = MultiModelPredictor(
+        models, n_jobs=2, backend="multiprocessing", chunk_size=10_000
+    )
+    expected = pd.DataFrame(
+        {
+            "a": models[0][0].predict(frame[["x0", "x1"]]),
+            "b": models[1][0].predict(frame[["x2"]]),
+        },
+        index=frame.index,
+    )
+    pd.testing.assert_frame_equal(multi.predict(frame), expected)
+
+
 # Which file a memory map maps is read from /proc (Linux); elsewhere the
 # rows are copied, as any array's.
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/map_files")
