@@ -142,7 +142,11 @@ def _methods() -> list[str]:
         "of threads started and warmed (each thread predicts one row) before "
         "each sample and shut down after it, neither timed: idle threads that "
         "ran OpenMP made every small OpenMP call in the process about ten "
-        "times slower.",
+        "times slower. Its threads leave the estimator's own BLAS/OpenMP "
+        "threads unlimited, as dask-ml does: an OpenMP-threaded estimator "
+        "(`hgb`, `knn`) runs as many threads as cores on each of them, more "
+        "threads than cores, where parpredict and the ceiling keep workers x "
+        "threads within the cores (the issue's thread limit).",
         "",
         "Each repeat times serial, serial again, parpredict, ceiling and "
         "joblib once each, in a fresh random order; the tutorial's and "
