@@ -26,7 +26,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils import estimator_html_repr
 
 from sklearn_parpredict import ParallelPredictor
@@ -526,6 +526,15 @@ def test_frame_rows_reach_processes_without_joblib_temporary_files(
     assert glob.glob(os.path.join(temp_folder(), "rows-*")) == []
 
 
+# Set by the test below in this process: workers forked from it see it set,
+# workers that import this module afresh do not.
+_SET_IN_CALLER = False
+
+
+def _set_in_caller(X):
+    return np.full((len(X), 1), _SET_IN_CALLER)
+
+
 # The multiprocessing backend starts its workers the default way of the
 # platform: fork on Linux up to Python 3.13, forkserver from 3.14, spawn on
 # macOS and Windows. Workers that do not inherit this process must still get
@@ -543,8 +552,14 @@ def test_multiprocessing_workers_not_forked_from_the_caller(method, monkeypatch)
     monkeypatch.setattr(
         joblib.parallel, "DEFAULT_MP_CONTEXT", multiprocessing.get_context(method)
     )
+    monkeypatch.setattr(sys.modules[__name__], "_SET_IN_CALLER", True)
     X, y = make_classification(n_samples=30_000, n_features=8, random_state=0)
-    assert X[:15_000].nbytes < _rows.SHARE_MIN_BYTES <= X.nbytes
+    probe = FunctionTransformer(_set_in_caller).fit(X)
+    seen = ParallelPredictor(
+        probe, n_jobs=2, backend="multiprocessing", chunk_size=15_000
+    ).transform(X)
+    assert not seen.any()  # the workers were not forked
+    assert X.nbytes >= _rows.SHARE_MIN_BYTES  # rows go through shared files
     forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
     wrapped = ParallelPredictor(
         forest, n_jobs=2, backend="multiprocessing", chunk_size=7_500
