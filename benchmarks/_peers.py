@@ -31,7 +31,6 @@ already started (GNU OpenMP is not fork-safe).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks._cases import Workload, combine, predict_part
 
 N_WORKERS = joblib.cpu_count()
-THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // N_WORKERS)
+THREADS_PER_WORKER = max(1, joblib.cpu_count() // N_WORKERS)
 
 
 def _limit_threads(n_threads: int) -> None:

@@ -4,7 +4,6 @@ predictions and check that they are equal (``sklearn-parpredict demo``,
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -270,7 +269,7 @@ def run_demo(
     workers = joblib.effective_n_jobs(n_jobs)
     print(
         f"sklearn-parpredict {__version__} demo: {rows:,} books, "
-        f"{os.cpu_count()} cores, n_jobs={n_jobs} "
+        f"{joblib.cpu_count()} cores, n_jobs={n_jobs} "
         f"({workers} worker{'s' if workers != 1 else ''})",
         file=out,
         flush=True,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import pytest
 
 import sklearn_parpredict
@@ -18,7 +19,7 @@ ROWS = 2_000
 def _check_table(text, rows=ROWS):
     lines = text.strip().splitlines()
     assert lines[0].startswith(f"sklearn-parpredict {__version__} demo:")
-    assert f"{os.cpu_count()} cores" in lines[0]
+    assert f"{joblib.cpu_count()} cores" in lines[0]
     assert lines[1].split() == [
         "model",
         "estimator",

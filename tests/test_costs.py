@@ -15,6 +15,29 @@ X = np.random.default_rng(0).normal(size=(400, 5))
 Y = (X[:, 0] > 0).astype(int)
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a CPU affinity mask with two CPUs or more",
+)
+def test_cores_are_those_the_process_may_use():
+    # A process allowed one CPU (taskset, a container's cpuset) plans for
+    # one core, as joblib's n_jobs=-1 and scikit-learn's OpenMP threads do,
+    # not for the host's cores.
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from sklearn_parpredict import _costs, _planning\n"
+        "print(_costs.CORES, _planning.cores_per_worker(1))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]
+
+
 def test_fit_cost_separates_fixed_and_per_row_cost():
     cost = _costs.fit_cost([(64, 0.010 + 64e-5, 0.01), (256, 0.010 + 256e-5, 0.02)])
     assert cost.per_call == pytest.approx(0.010)
@@ -34,10 +57,7 @@ def test_timer_counts_the_time_a_thread_waited_for_a_core():
 
     # Busy processes, one per core, leave this thread part of a core.
     spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
-    busy = [
-        subprocess.Popen([sys.executable, "-c", spin])
-        for _ in range(os.cpu_count() or 1)
-    ]
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(_costs.CORES)]
     try:
         time.sleep(0.3)
         with _costs.Timer(waits=True) as timer:
@@ -85,7 +105,7 @@ def test_openmp_threaded_estimators_are_known_threaded():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    cores = os.cpu_count() or 1
+    cores = _costs.CORES
     sample = [(100, 0.01, 0.01)]
     for estimator in (
         HistGradientBoostingRegressor(),

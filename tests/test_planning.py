@@ -1,7 +1,5 @@
 """Plans: which chunks on which workers pay, and what runs teach them."""
 
-import os
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,7 +22,7 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
     )
     assert plan is not None
     # An estimator that already keeps every core busy gains nothing.
-    cores = os.cpu_count() or 1
+    cores = _costs.CORES
     threaded = _costs.Cost(per_call=1e-4, per_row=1e-3, threads=cores)
     if cores > 1:
         assert (
@@ -35,7 +33,7 @@ def test_plan_stays_serial_when_parallel_cannot_pay():
         )
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+@pytest.mark.skipif(_costs.CORES < 2, reason="needs 2 cores")
 def test_processes_are_chosen_over_threads_only_when_clearly_faster():
     cost = _costs.Cost(0.001, 1e-5, thread_speedup=1.9, thread_measurements=3)
     remaining = [(0, 100_000)]
