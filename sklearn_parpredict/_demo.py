@@ -266,10 +266,10 @@ def run_demo(
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    workers = joblib.effective_n_jobs(n_jobs)
+    workers, cores = joblib.effective_n_jobs(n_jobs), joblib.cpu_count()
     print(
         f"sklearn-parpredict {__version__} demo: {rows:,} books, "
-        f"{joblib.cpu_count()} cores, n_jobs={n_jobs} "
+        f"{cores} core{'s' if cores != 1 else ''}, n_jobs={n_jobs} "
         f"({workers} worker{'s' if workers != 1 else ''})",
         file=out,
         flush=True,

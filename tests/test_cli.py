@@ -19,7 +19,8 @@ ROWS = 2_000
 def _check_table(text, rows=ROWS):
     lines = text.strip().splitlines()
     assert lines[0].startswith(f"sklearn-parpredict {__version__} demo:")
-    assert f"{joblib.cpu_count()} cores" in lines[0]
+    cores = joblib.cpu_count()
+    assert f" {cores} core{'s' if cores != 1 else ''}," in lines[0]
     assert lines[1].split() == [
         "model",
         "estimator",
