@@ -181,7 +181,7 @@ def run_jobs(
         # joblib starts every worker asked for, even with fewer tasks:
         # n_jobs=1000 started hundreds of processes for two chunks.
         n_tasks = sum(-(-n // chunk_size) for n in sizes)
-        n_workers = min(n_workers, max(n_tasks, joblib.cpu_count()))
+        n_workers = min(n_workers, max(n_tasks, _costs.CORES))
     if n_workers <= 1:
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]

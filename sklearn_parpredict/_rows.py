@@ -15,9 +15,9 @@ import mmap
 import os
 import threading
 
-import joblib
 import numpy as np
 
+from sklearn_parpredict._costs import CORES
 from sklearn_parpredict._files import (
     background,
     copied_pages,
@@ -31,7 +31,7 @@ from sklearn_parpredict._files import (
 SHARE_MIN_BYTES = 1 << 20
 
 # Threads writing shared rows at once: one per core the workers may use.
-_WRITERS = joblib.cpu_count()
+_WRITERS = CORES
 
 # Tasks are pickled on other threads (loky's feeder) while calls go on, and
 # rows are written on background threads: the files of the shared arrays are
