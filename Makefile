@@ -43,6 +43,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The whole suite on the current releases (the docs build included: it takes
 # seconds, and it is how CI, which runs only `make test`, proves that the

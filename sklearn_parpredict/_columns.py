@@ -70,6 +70,7 @@ def _positions_key(X, features) -> tuple | None:
     for a callable (its answer may depend on anything in ``X``)."""
     if callable(features):
         return None
+    selector: tuple
     if features is None or isinstance(features, str | Integral):
         selector = (type(features), features)
     elif isinstance(features, slice):
@@ -271,7 +272,7 @@ def target_values(X, y, i: int, target):
         columns = list(y.columns)
         if target in columns:
             return y[target], None
-        if isinstance(target, Integral) and -len(columns) <= target < len(columns):
+        if isinstance(target, Integral) and -len(columns) <= int(target) < len(columns):
             return y.iloc[:, int(target)], None
         raise ValueError(
             f"Target column {target!r} not found in y; y's columns are "

@@ -166,8 +166,8 @@ def _demo_batch_scoring(books, models, n_jobs) -> list[DemoResult]:
     from sklearn_parpredict._loading import load_model
 
     model, features, target = models[0]
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
         data = folder / "books.parquet"
         books[features].rename_axis("book_id").reset_index().to_parquet(data)
         saved = folder / f"{target}.skops"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from sklearn_parpredict._sharing import ModelHandle, live_tokens
 
@@ -291,7 +292,9 @@ def _fetch_dask(key):
     client = distributed.get_client()
     # Known to be in memory: a future made here is told of nothing by the
     # scheduler, and gathering one still "pending" would wait forever.
-    future = distributed.Future(key, client, state="memory")
+    # distributed annotates ``state`` as a FutureState, but looks it up by
+    # name among its handlers of a key's states.
+    future: Any = distributed.Future(key, client, state="memory")  # type: ignore[arg-type]
     # ``who_has`` takes futures: given keys, it asks for none.
     if client.who_has([future]).get(key):
         return client.gather(future)

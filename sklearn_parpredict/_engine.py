@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from numbers import Integral
 from typing import Any
 
@@ -172,6 +173,7 @@ def run_jobs(
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
+    rows_per_task = 0 if auto else int(chunk_size)
     if auto and _in_process.too_small(jobs, sizes):
         _log(jobs, sizes, _in_process.TOO_LITTLE)
         return [job.call() for job in jobs]
@@ -180,7 +182,7 @@ def run_jobs(
     if not auto:
         # joblib starts every worker asked for, even with fewer tasks:
         # n_jobs=1000 started hundreds of processes for two chunks.
-        n_tasks = sum(-(-n // chunk_size) for n in sizes)
+        n_tasks = sum(-(-n // rows_per_task) for n in sizes)
         n_workers = min(n_workers, max(n_tasks, _costs.CORES))
     if n_workers <= 1:
         _log(jobs, sizes, "in-process: one worker")
@@ -202,7 +204,7 @@ def run_jobs(
             jobs, sizes, done, n_workers, kind, backend, pool_key, cluster, _settings
         )
     else:
-        ranges = [_chunking.split_bounds(0, n, -(-n // chunk_size)) for n in sizes]
+        ranges = [_chunking.split_bounds(0, n, -(-n // rows_per_task)) for n in sizes]
         if sum(map(len, ranges)) > 1:
             plan = _planning.Plan(kind, ranges, 0.0, 1)
 
@@ -232,8 +234,10 @@ def run_jobs(
         )
 
         # What the plan's rows cost serially, before its tasks teach the costs.
-        rows_s = costs and sum(
-            c.per_row * (b - a) for c, r in zip(costs, plan.ranges) for a, b in r
+        rows_s = (
+            sum(c.per_row * (b - a) for c, r in zip(costs, plan.ranges) for a, b in r)
+            if costs
+            else 0.0
         )
 
         def run():
@@ -328,7 +332,7 @@ def _auto_plan(
         # The rows each job has left: probes and measurements do some.
         return [(_probing.done_rows(p), n) for p, n in zip(done, sizes)]
 
-    pickling = []  # per job, seconds a row costs to send to a process
+    pickling: list[float] = []  # per job, seconds a row costs to send to a process
 
     def plan(kind, cold_s=0.0, costs=costs):
         rows = remaining()
@@ -443,6 +447,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
         for start, stop in ranges[j]:
+            rows: Any
             if share:
                 rows = ref.rows(start, stop)
             elif cluster is not None:
@@ -462,7 +467,8 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
     limits = contextlib.nullcontext()
     if not process:
         limits = _threads.limit_inner_threads(costs, n_workers)
-    function, calls = run_timed, [tasks[i] for i in order]
+    function: Callable = run_timed
+    calls: list = [tasks[i] for i in order]
     if process and cluster is None:
         function = run_returned
     if cluster is not None:

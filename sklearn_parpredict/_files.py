@@ -163,7 +163,7 @@ def background(name: str, max_workers: int = 1) -> ThreadPoolExecutor:
     """This process's executor called ``name``, started on first use."""
     with _lock:
         pid, executor = _executors.get(name, (None, None))
-        if pid != os.getpid():
+        if pid != os.getpid() or executor is None:
             executor = ThreadPoolExecutor(
                 max_workers, thread_name_prefix=f"parpredict-{name}"
             )
@@ -197,5 +197,5 @@ def removed() -> None:
     """Wait until the files given to :func:`unlink_soon` are removed."""
     with _lock:
         pid, executor = _executors.get("unlink", (None, None))
-    if pid == os.getpid():
+    if pid == os.getpid() and executor is not None:
         executor.submit(lambda: None).result()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
 from sklearn_parpredict._validation import validate_once
+
+if TYPE_CHECKING:
+    from joblib.parallel import ParallelBackendBase
 
 _CONSTRAINTS = {
     "X": ["array-like", "sparse matrix"],
@@ -14,15 +19,15 @@ _CONSTRAINTS = {
 
 
 def parallel_predict(
-    estimator,
-    X,
+    estimator: Any,
+    X: Any,
     *,
     method: str = "predict",
     n_jobs: int | None = -1,
-    backend: str | None = None,
+    backend: str | ParallelBackendBase | None = None,
     chunk_size: int | str = "auto",
     params: dict | None = None,
-):
+) -> Any:
     """Call a fitted estimator's method on ``X`` in parallel over row chunks.
 
     The function form of :class:`ParallelPredictor`: the same engine, for code

@@ -141,9 +141,10 @@ def too_small(jobs: list[Job], sizes: list[int]) -> bool:
     work whose remembered cost is below what any fan-out could save, on
     batches near enough in size to those it was timed on.
     """
-    costs = [_costs.remembered_cost(job.estimator, job.method) for job in jobs]
-    if not any(costs):
+    remembered = [_costs.remembered_cost(job.estimator, job.method) for job in jobs]
+    costs = [cost for cost in remembered if cost is not None]
+    if not costs:
         return max(sizes, default=0) <= _probing.PROBE_ROWS
-    if not all(costs) or any(n >= c.covered_rows for c, n in zip(costs, sizes)):
+    if len(costs) < len(jobs) or any(n >= c.covered_rows for c, n in zip(costs, sizes)):
         return False
     return sum(c.seconds(n) for c, n in zip(costs, sizes)) < _costs.FAST_SERIAL_S

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -204,7 +204,7 @@ class _Writer:
 
     def __init__(self, path: Path, kind: str):
         self.path, self.kind = path, kind
-        self._parquet = None
+        self._parquet: Any = None
         self._started = False
 
     def write(self, frame) -> None:
@@ -266,9 +266,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     if path.is_dir():
         raise CommandError(f"the output {path} is a folder")
     # In the same folder, so that the rename is atomic (same file system).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         # mkstemp creates the file readable by its owner only; give the output
@@ -355,7 +355,7 @@ def _select_columns(reader: _Reader, model, columns, id_column, path):
             raise CommandError(
                 f"{path} is a .npy array: --columns must be column positions"
             ) from None
-        n = reader.shape[1]
+        n = cast(_NpyReader, reader).shape[1]
         bad = [p for p in positions if not -n <= p < n]
         if bad:
             raise CommandError(

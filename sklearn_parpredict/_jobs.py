@@ -31,6 +31,8 @@ class Job:
         """Run the method in this process, on all rows or on ``start:stop``."""
         if start is None:
             return _call(self.estimator, self.method, self.X, self.columns, self.params)
+        if stop is None:
+            stop = _chunking.n_rows(self.X)
         X = _chunking.row_slice(self.X, start, stop)
         params = self.params_for(start, stop)
         return _call(self.estimator, self.method, X, self.columns, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import (
@@ -45,6 +46,9 @@ from sklearn_parpredict._parallel_predictor import (
 )
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._validation import validate_once
+
+if TYPE_CHECKING:
+    from joblib.parallel import ParallelBackendBase
 
 try:  # scikit-learn >= 1.7
     from sklearn.utils._repr_html.estimator import _VisualBlock
@@ -196,8 +200,14 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     }
 
     def __init__(
-        self, models, *, n_jobs=-1, backend=None, chunk_size="auto", verbose=0
-    ):
+        self,
+        models: list,
+        *,
+        n_jobs: int | None = -1,
+        backend: str | ParallelBackendBase | None = None,
+        chunk_size: int | str = "auto",
+        verbose: int = 0,
+    ) -> None:
         self.models = models
         self.n_jobs = n_jobs
         self.backend = backend
@@ -224,7 +234,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             for (_, estimator), (_, features, target) in zip(pairs, self.models)
         ]
 
-    def get_params(self, deep=True):
+    def get_params(self, deep: bool = True) -> dict:
         """Get parameters of this estimator.
 
         With ``deep=True``, the models' own parameters are included, each
@@ -242,7 +252,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         """
         return self._get_params("_models", deep=deep)
 
-    def set_params(self, **params):
+    def set_params(self, **params: Any) -> MultiModelPredictor:
         """Set the parameters of this estimator or of its models.
 
         A model's parameters are set as ``<target>__<parameter>``, and a
@@ -298,7 +308,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     # -- fit -----------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None):
+    def fit(self, X: Any, y: Any = None) -> MultiModelPredictor:
         """Fit a clone of every model, models in parallel.
 
         Model *i* is fitted on the columns ``features_i`` of ``X`` against
@@ -391,7 +401,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         # Models given fitted: estimators_ and targets_ are theirs. Reads
         # __dict__ directly so that unpickling cannot recurse.
         if name in ("estimators_", "targets_"):
-            models = self.__dict__.get("models")
+            models: Any = self.__dict__.get("models")
             try:
                 if all(is_fitted(estimator) for estimator, _, _ in models):
                     index = 0 if name == "estimators_" else 2
@@ -483,7 +493,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             cached = _in_process_copies[self] = (token, in_process)
         return cached[1]
 
-    def predict(self, X):
+    def predict(self, X: Any) -> Any:
         """Predict with every model, in parallel over models and row chunks.
 
         Parameters
@@ -528,7 +538,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             hasattr(estimator, "predict_proba") for estimator in self._shown()
         )
     )
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> list:
         """Class probabilities of every model, in parallel.
 
         Available when every model has ``predict_proba``.
@@ -550,7 +560,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
     @available_if(
         lambda self: all(hasattr(estimator, "score") for estimator in self._shown())
     )
-    def score(self, X, y=None, sample_weight=None):
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Mean over the models of each model's score on its own target.
 
         Each model is scored against its target, selected as in :meth:`fit`

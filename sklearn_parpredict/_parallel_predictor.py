@@ -8,7 +8,9 @@ from copy import deepcopy
 from functools import update_wrapper
 from operator import attrgetter, is_, itemgetter
 from types import MethodType
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
@@ -32,6 +34,9 @@ from sklearn_parpredict._costs import costs_of, keep_by_id
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
 from sklearn_parpredict._in_process import calls_directly
 from sklearn_parpredict._validation import seen_valid, validate_once
+
+if TYPE_CHECKING:
+    from joblib.parallel import ParallelBackendBase
 
 # The methods the wrapper runs in parallel, each present when the wrapped
 # estimator has it.
@@ -124,7 +129,7 @@ def _parallel_method(name: str, summary: str, returns: str):
     The methods differ only in their name: one definition serves them all.
     """
 
-    def method(self, X, **params):
+    def method(self, X: Any, **params: Any) -> Any:
         # The wrapper's checks and the planner's look-ups cost 5 µs, on a
         # linear model's call of 90 µs for a thousand rows. A call to a
         # wrapper unchanged since its last call passed them, on a batch that
@@ -168,7 +173,9 @@ class _IfEstimatorHas:
     def __init__(self, method):
         self.method = method
         self.check = _estimator_has(method.__name__)
-        update_wrapper(self, method)
+        # Its name and docstring, for help() and the API pages; typeshed
+        # expects a callable wrapper, which a descriptor is not.
+        update_wrapper(self, method)  # type: ignore[arg-type]
 
     def __get__(self, obj, owner=None):
         if obj is None:
@@ -263,8 +270,14 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     }
 
     def __init__(
-        self, estimator, *, n_jobs=-1, backend=None, chunk_size="auto", verbose=0
-    ):
+        self,
+        estimator: Any,
+        *,
+        n_jobs: int | None = -1,
+        backend: str | ParallelBackendBase | None = None,
+        chunk_size: int | str = "auto",
+        verbose: int = 0,
+    ) -> None:
         self.estimator = estimator
         self.n_jobs = n_jobs
         self.backend = backend
@@ -272,7 +285,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None, **fit_params):
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> ParallelPredictor:
         """Fit a clone of the estimator.
 
         Parameters
@@ -298,7 +311,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
 
     @available_if(_estimator_has("fit_transform"))
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_transform(self, X, y=None, **fit_params):
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit a clone of the estimator and transform ``X`` with it.
 
         This is the estimator's own ``fit_transform``, which fits and
@@ -324,7 +337,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
 
     @available_if(_estimator_has("fit_predict"))
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_predict(self, X, y=None, **fit_params):
+    def fit_predict(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit a clone of the estimator and predict ``X`` with it.
 
         This is the estimator's own ``fit_predict`` (clusterers, outlier
@@ -462,7 +475,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     )
 
     @available_if(_estimator_has("score"))
-    def score(self, X, y=None, **params):
+    def score(self, X: Any, y: Any = None, **params: Any) -> float:
         """The estimator's score, from parallel predictions where possible.
 
         Classifiers and regressors that use scikit-learn's default ``score``
@@ -496,7 +509,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         return estimator.score(X, y, **params)
 
     @available_if(_estimator_has("get_feature_names_out"))
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output feature names of the fitted transformer.
 
         Parameters
@@ -513,7 +526,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         return self._fitted().get_feature_names_out(input_features)
 
     @available_if(_estimator_has("set_output"))
-    def set_output(self, *, transform=None):
+    def set_output(self, *, transform: str | None = None) -> ParallelPredictor:
         """Set the output container of ``transform`` (see scikit-learn's API).
 
         The setting is applied to the wrapped estimator, so every worker

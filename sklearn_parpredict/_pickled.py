@@ -11,6 +11,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def _dumps_out_of_band(obj) -> list:
     return [data, *(buffer.raw() for buffer in buffers)]
 
 
-def _loads(data: bytes, buffers: list = ()):
+def _loads(data: bytes, buffers: Sequence = ()):
     return pickle.loads(data, buffers=buffers)
 
 

@@ -101,6 +101,8 @@ def probe(job: Job, n: int, pieces: list) -> _costs.Cost:
             and rows_share >= PROBE_ROW_SHARE
         ):
             break
+    # Planned only for batches of rows: the loop ran.
+    assert cost is not None
     _costs.remember_cost(job.estimator, job.method, cost)
     return cost
 

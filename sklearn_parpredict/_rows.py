@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import threading
+from typing import Any, cast
 
 import numpy as np
 
@@ -94,7 +95,7 @@ class SharedArray:
         # bytes, which it keeps.
         rows = np.ascontiguousarray(self.array[start:stop])
         with open(path, "r+b" if os.path.exists(path) else "wb") as file:
-            file.write(rows.reshape(-1).view(np.uint8))
+            file.write(rows.reshape(-1).view(np.uint8).data)
 
     def _files(self, start: int, stop: int) -> list[tuple[str, int, int]]:
         """The files holding rows ``start:stop``, written: path, byte of
@@ -202,7 +203,7 @@ def backing_file(array: np.ndarray) -> tuple[str, int] | None:
     """
     if not array.flags.c_contiguous or array.size == 0:
         return None
-    base = array
+    base: Any = array
     while not (isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap)):
         base = getattr(base, "base", None)
         if not isinstance(base, np.ndarray):
@@ -230,7 +231,7 @@ def _mapped_path(memmap: np.memmap) -> str | None:
     " (deleted)")."""
     granularity = mmap.ALLOCATIONGRANULARITY
     low = memmap.__array_interface__["data"][0] - memmap.offset % granularity
-    high = low + -(-len(memmap.base) // mmap.PAGESIZE) * mmap.PAGESIZE
+    high = low + -(-len(cast(mmap.mmap, memmap.base)) // mmap.PAGESIZE) * mmap.PAGESIZE
     try:
         # Read, not followed: following the link needs CAP_SYS_ADMIN.
         path = os.readlink(f"/proc/self/map_files/{low:x}-{high:x}")

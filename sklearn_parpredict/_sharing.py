@@ -66,7 +66,7 @@ def _digest(a: np.ndarray) -> bytes:
         # The element identities name the content while the array is kept
         # alive (the registry keeps it).
         a = np.fromiter(map(id, a.flat), dtype=np.uintp, count=a.size)
-    data = np.ascontiguousarray(a).view(np.uint8)
+    data = np.ascontiguousarray(a).view(np.uint8).data
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -272,16 +272,20 @@ class ModelHandle:
         with _lock:
             _forget_collected()
             entry = _entries.get(key)
-            alive = entry is not None and (entry.ref is None or entry.ref() is model)
-            if not (alive and entry.fp == fp):
+            if (
+                entry is None
+                or (entry.ref is not None and entry.ref() is not model)
+                or entry.fp != fp
+            ):
                 if entry is not None:
                     entry.close()
                 entry = _Entry(fp, keep)
+
+                def collected(_, key=key, entry=entry) -> None:
+                    _collected.append((key, entry))
+
                 try:
-                    entry.ref = weakref.ref(
-                        model,
-                        lambda _, key=key, entry=entry: _collected.append((key, entry)),
-                    )
+                    entry.ref = weakref.ref(model, collected)
                 except TypeError:
                     # Not weak-referenceable: keep it alive, and bound how
                     # many such models are kept.

@@ -22,6 +22,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from typing import Any
 
 from sklearn import config_context, get_config
 from threadpoolctl import ThreadpoolController
@@ -53,7 +54,7 @@ _modules_seen = 0
 # Calls inside limit_blas, and the limit they share.
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter = None
+_blas_limiter: Any = None
 
 
 def _inner_controller() -> ThreadpoolController:
@@ -256,7 +257,7 @@ def gather(
             more = len(done)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
-            raise failed[0].exception()
+            failed[0].result()  # raises its exception
         return [future.result() for future in futures]
     except BaseException as exc:
         if abort is not None and not all(future.done() for future in futures):

@@ -8,10 +8,14 @@ targets, ``genre`` and ``language``, each learnable from its own columns.
 from __future__ import annotations
 
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CATEGORICAL_FEATURES",
@@ -115,7 +119,9 @@ def _generator(random_state) -> np.random.Generator:
     if isinstance(random_state, np.random.Generator):
         return random_state
     if random_state is None or isinstance(random_state, Integral):
-        return np.random.default_rng(random_state)
+        return np.random.default_rng(
+            None if random_state is None else int(random_state)
+        )
     # A RandomState instance: seed from it, advancing it as sklearn does.
     seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
     return np.random.default_rng(seed)
@@ -155,7 +161,11 @@ def _categorical(codes, categories):
     },
     prefer_skip_nested_validation=True,
 )
-def make_books(n_rows: int = 10_000, *, random_state=None):
+def make_books(
+    n_rows: int = 10_000,
+    *,
+    random_state: int | np.random.RandomState | np.random.Generator | None = None,
+) -> pd.DataFrame:
     """Generate a synthetic table of books with a genre and a language.
 
     Each book has a hidden genre and a hidden language, drawn independently.
