@@ -35,20 +35,25 @@ def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
 
     pickled = []
 
+    spooled = []
+
     class Counted(PickledRows):
         def __reduce__(self):
             pickled.append(self.rows.shape[0])
+            spooled.append(self.spool is not None)
             return super().__reduce__()
 
     monkeypatch.setattr(_pickled, "PickledRows", Counted)
     monkeypatch.setattr(_pickled, "_pickling_costs", type(_pickled._pickling_costs)())
-    n = 3 * _pickled._PICKLING_SAMPLE_ROWS
+    fewest, most = _pickled._PICKLING_SAMPLE_ROWS
+    n = 3 * most
     frame = pd.DataFrame({"a": np.arange(float(n)), "b": ["text"] * n})
     per_row = _pickled.pickling_per_row(frame)
     assert per_row > 0
-    # Measured on the first rows, not all of them, and kept for later calls
-    # on input of that kind, whatever its rows.
-    assert pickled and set(pickled) == {_pickled._PICKLING_SAMPLE_ROWS}
+    # Measured on the first rows, not all of them, sent as a task's rows
+    # are, and kept for later calls on input of that kind, whatever its rows.
+    assert pickled and set(pickled) == {_pickled.sample_rows(frame)}
+    assert all(spooled)
     count = len(pickled)
     assert _pickled.pickling_per_row(frame.iloc[::-1]) == per_row
     assert len(pickled) == count
@@ -85,6 +90,23 @@ def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
     for columns in range(1, _pickled._PICKLING_KINDS + 2):
         _pickled.pickling_per_row(np.zeros((4, columns)))
     assert len(_pickled._pickling_costs) == _pickled._PICKLING_KINDS
+
+
+def test_pickling_is_measured_on_enough_rows_to_outweigh_a_pickles_own_cost():
+    import pandas as pd
+
+    fewest, most = _pickled._PICKLING_SAMPLE_ROWS
+    # A pickle's own cost (a DataFrame's columns and index) spread over too
+    # few rows passed for rows 3 to 4 times dearer than a task's (see
+    # _PICKLING_SAMPLE_BYTES): narrow rows are measured on more of them.
+    narrow = pd.DataFrame({"a": np.zeros(10), "b": ["text"] * 10})
+    assert _pickled.sample_rows(narrow) == most
+    # Wide rows on fewer, so that measuring them stays cheap.
+    assert _pickled.sample_rows(np.zeros((10, 100_000))) == fewest
+    middle = np.zeros((10, _pickled._PICKLING_SAMPLE_BYTES // 8 // (2 * fewest)))
+    assert fewest < _pickled.sample_rows(middle) < most
+    # Rows of unknown size: the fewest.
+    assert _pickled.sample_rows(np.zeros((0, 3))) == fewest
 
 
 def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
