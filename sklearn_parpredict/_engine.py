@@ -20,9 +20,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 from numbers import Integral
-from typing import Any
+from typing import Any, TypeAlias
 
 import joblib
+from joblib._parallel_backends import ParallelBackendBase
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
@@ -516,6 +517,10 @@ def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:
         # call's measure of how many cores it uses.
         cost.add(rows, serial_s, serial_s * cost.threads)
 
+
+# What ``backend`` may be, as the wrappers' signatures type it: a joblib
+# backend's name or instance (see ENGINE_CONSTRAINTS), or None.
+Backend: TypeAlias = str | ParallelBackendBase | None
 
 # Constraints of the engine's parameters, shared by the wrappers.
 ENGINE_CONSTRAINTS = {

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
+from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Backend, run_one
 from sklearn_parpredict._validation import validate_once
-
-if TYPE_CHECKING:
-    from joblib.parallel import ParallelBackendBase
 
 _CONSTRAINTS = {
     "X": ["array-like", "sparse matrix"],
@@ -24,7 +21,7 @@ def parallel_predict(
     *,
     method: str = "predict",
     n_jobs: int | None = -1,
-    backend: str | ParallelBackendBase | None = None,
+    backend: Backend = None,
     chunk_size: int | str = "auto",
     params: dict | None = None,
 ) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sklearn.base import (
@@ -36,7 +36,12 @@ from sklearn_parpredict._columns import (
     target_values,
 )
 from sklearn_parpredict._distributed import parallel_backend
-from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, _backend, run_jobs
+from sklearn_parpredict._engine import (
+    ENGINE_CONSTRAINTS,
+    Backend,
+    _backend,
+    run_jobs,
+)
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job
 from sklearn_parpredict._parallel_predictor import (
@@ -46,9 +51,6 @@ from sklearn_parpredict._parallel_predictor import (
 )
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._validation import validate_once
-
-if TYPE_CHECKING:
-    from joblib.parallel import ParallelBackendBase
 
 try:  # scikit-learn >= 1.7
     from sklearn.utils._repr_html.estimator import _VisualBlock
@@ -204,7 +206,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         models: list,
         *,
         n_jobs: int | None = -1,
-        backend: str | ParallelBackendBase | None = None,
+        backend: Backend = None,
         chunk_size: int | str = "auto",
         verbose: int = 0,
     ) -> None:

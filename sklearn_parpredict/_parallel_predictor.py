@@ -8,7 +8,7 @@ from copy import deepcopy
 from functools import update_wrapper
 from operator import attrgetter, is_, itemgetter
 from types import MethodType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sklearn.base import (
@@ -31,12 +31,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_parpredict._costs import costs_of, keep_by_id
-from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, run_one
+from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Backend, run_one
 from sklearn_parpredict._in_process import calls_directly
 from sklearn_parpredict._validation import seen_valid, validate_once
-
-if TYPE_CHECKING:
-    from joblib.parallel import ParallelBackendBase
 
 # The methods the wrapper runs in parallel, each present when the wrapped
 # estimator has it.
@@ -274,7 +271,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         estimator: Any,
         *,
         n_jobs: int | None = -1,
-        backend: str | ParallelBackendBase | None = None,
+        backend: Backend = None,
         chunk_size: int | str = "auto",
         verbose: int = 0,
     ) -> None:
