@@ -57,6 +57,9 @@ WATCHED_CALL_S = 0.01
 # rows fitted 0 s per row, and would have run 1,000,000 rows (15 ms) without
 # a plan or a timing ever after.
 EXTRAPOLATION = 16
+# A batch size timed once more than OUTLIER times slower than the timings of
+# fewer rows predict is left out of the fit, unless over a third would be.
+OUTLIER = 2.0
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Cost:
     thread_speedup: float | None = None
     thread_measurements: int = 0
     overhead: dict = field(default_factory=dict)
+    # One timing per band of batch sizes: (rows, wall, cpu, times timed).
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
     no_gain: dict = field(default_factory=dict, repr=False)
@@ -141,15 +145,17 @@ class Cost:
         # per row, nor fit a slope to the noise between 2,499 and 2,501 rows.
         band = _band(rows)
         same = [s for s in self.samples if _band(s[0]) == band]
+        times = 1
         if same:
-            old_rows, old_wall, old_cpu = same[0]
-            rows, wall, cpu = (
+            old_rows, old_wall, old_cpu, old_times = same[0]
+            rows, wall, cpu, times = (
                 (old_rows + rows) / 2,
                 (old_wall + wall) / 2,
                 (old_cpu + cpu) / 2,
+                old_times + 1,
             )
         others = [s for s in self.samples if _band(s[0]) != band]
-        self.samples = [*others, (rows, wall, cpu)][-MAX_SAMPLES:]
+        self.samples = [*others, (rows, wall, cpu, times)][-MAX_SAMPLES:]
         self.per_call, self.per_row, threads = _fit(self.samples)
         self.threads = max(threads, self.min_threads)
         self._refresh()
@@ -276,29 +282,75 @@ def run_queue_seconds() -> float:
 
 
 def _fit(samples) -> tuple[float, float, float]:
-    # Plain least squares: this runs after every in-process call, where
-    # numpy's polyfit would cost more than predicting a few rows.
-    n = len(samples)
-    rows = [float(s[0]) for s in samples]
     wall = [s[1] for s in samples]
     cores = float(CORES)
     threads = min(max(sum(s[2] for s in samples) / max(sum(wall), 1e-9), 1.0), cores)
-    mean_rows, mean_wall = sum(rows) / n, sum(wall) / n
-    spread = sum((r - mean_rows) ** 2 for r in rows)
-    if spread == 0:
-        # One size only: charge it all to the rows, which errs towards
-        # parallel only for work that is already slow.
-        return 0.0, mean_wall / max(mean_rows, 1.0), threads
-    per_row = (
-        sum((r - mean_rows) * (w - mean_wall) for r, w in zip(rows, wall)) / spread
-    )
-    if per_row <= 0:
-        # Within noise, the rows cost nothing: the call's fixed cost is all.
-        return mean_wall, 0.0, threads
-    per_call = mean_wall - per_row * mean_rows
-    if per_call < 0:
-        return 0.0, sum(wall) / sum(rows), threads
-    return per_call, per_row, threads
+    points = sorted((float(s[0]), s[1], s[3] > 1) for s in samples)
+    kept = _without_outliers(points)
+    if 3 * (len(points) - len(kept)) > len(points):
+        # Too many left out: the timings do not lie on a line; all are kept.
+        kept = points
+    sums = _Sums()
+    for r, w, _ in kept:
+        sums.add(r, w)
+    return (*sums.line(), threads)
+
+
+def _without_outliers(points: list) -> list:
+    # Noise only ever slows a call: another process on a core, BLAS threads
+    # woken from sleep (a LogisticRegression's 65,536 rows took 0.9 ms hot,
+    # 3.5-4.6 ms in probes; 2 cores). Least squares follows such a timing for
+    # good: a serial call planned 2-3x too slow, and threads chosen at 0.54x
+    # of it. Each point, in order of rows, is held against the line through
+    # the kept points with fewer rows; through one point, that line charges
+    # it all to the rows, the slowest a line with no negative fixed cost
+    # allows. A band timed again is held whatever it takes: the machine, not
+    # the noise, turned slower (a model that took 5 ms on 1,000 rows,
+    # then 20 ms).
+    kept = points[:1]
+    sums = _Sums()
+    sums.add(*points[0][:2])
+    for r, w, again in points[1:]:
+        per_call, per_row = sums.line()
+        if not again and w > OUTLIER * (per_call + per_row * r):
+            continue
+        kept.append((r, w, again))
+        sums.add(r, w)
+    return kept
+
+
+class _Sums:
+    """Least squares of wall time on rows, from running sums: this runs after
+    every timed call, where numpy's polyfit would cost more than predicting a
+    few rows. (Samples are one per band of sizes, so the rows never lie close
+    enough for the sums to lose the spread.)"""
+
+    def __init__(self):
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, rows: float, wall: float) -> None:
+        self.n += 1
+        self.sx += rows
+        self.sy += wall
+        self.sxx += rows * rows
+        self.sxy += rows * wall
+
+    def line(self) -> tuple[float, float]:
+        """``(per_call, per_row)``: neither negative."""
+        n, sx, sy = self.n, self.sx, self.sy
+        spread = self.sxx - sx * sx / n
+        if spread <= 1e-9 * self.sxx:
+            # One size only: charge it all to the rows, which errs towards
+            # parallel only for work that is already slow.
+            return 0.0, sy / max(sx, n)
+        per_row = (self.sxy - sx * sy / n) / spread
+        if per_row <= 0:
+            # Within noise, the rows cost nothing: the call's fixed cost is all.
+            return sy / n, 0.0
+        per_call = (sy - per_row * sx) / n
+        if per_call < 0:
+            return 0.0, sy / sx
+        return per_call, per_row
 
 
 # scikit-learn estimators whose predict already runs on every core through

@@ -143,9 +143,38 @@ def test_cost_keeps_one_sample_per_size_averaging_repeats():
     # The probe sizes stay beside the tasks' near-equal sizes, which make one
     # averaged sample: the fixed cost of a call is still told apart from its
     # cost per row, and no slope is fitted between 1,999 and 2,001 rows.
-    assert [round(rows) for rows, _, _ in cost.samples] == [64, 256, 2_000]
+    assert [round(rows) for rows, *_ in cost.samples] == [64, 256, 2_000]
     assert cost.samples[-1][1] == pytest.approx((0.032 + (0.030 + 0.034) / 2) / 2)
     assert cost.per_call > 0.005 and cost.per_row > 0
+
+
+def test_a_slow_timing_once_is_left_out_of_the_fit():
+    # 0.3 ms a call and 1.5e-8 s a row, as a LogisticRegression on 2 cores;
+    # one probe step woke BLAS threads from sleep (4.6 ms for 65,536 rows),
+    # one task waited for a core (3.4 ms for 29,000). Least squares through
+    # them predicted 5.2 ms for 100,000 rows, where the call took 1.5-2 ms.
+    line = [(rows, 3e-4 + 1.5e-8 * rows) for rows in (64, 256, 1_024, 4_096, 16_384)]
+    slow = [(65_536, 4.6e-3), (29_000, 3.4e-3)]
+    cost = _costs.fit_cost([(r, w, w) for r, w in [*line, (50_000, 1.05e-3), *slow]])
+    assert cost.seconds(100_000) == pytest.approx(1.8e-3, rel=0.01)
+    assert len(cost.samples) == 8  # left out of the line, still kept
+
+
+def test_a_slow_timing_seen_again_is_the_machine_not_noise():
+    cost = _costs.fit_cost([(64, 0.005, 0.005), (256, 0.005, 0.005)])
+    cost.add(1_000, 0.020, 0.020)
+    assert cost.seconds(1_000) == pytest.approx(0.005, rel=0.01)
+    # Timed again as slow: the machine turned slower, and the cost follows.
+    cost.add(1_000, 0.020, 0.020)
+    assert cost.seconds(1_000) > 0.015
+
+
+def test_timings_that_are_no_line_are_all_fitted():
+    # Each timing twice the line through those before it: left out, they
+    # would be half of them. A cost growing faster than its rows, not noise.
+    samples = [(1_000 * 4**i, 0.001 * 8**i, 0.0) for i in range(4)]
+    cost = _costs.fit_cost(samples)
+    assert cost.seconds(64_000) > 0.3
 
 
 def test_costs_are_forgotten_with_their_model():

@@ -507,7 +507,7 @@ def test_a_cost_decides_without_planning_only_near_the_rows_it_was_timed_on(
     big = np.zeros((10 * most, 2))
     assert (parallel_predict(model, big, n_jobs=2) == os.getpid()).all()
     assert planned == [10 * most]
-    assert max(rows for rows, _, _ in cost.samples) == 10 * most
+    assert max(rows for rows, *_ in cost.samples) == 10 * most
     # Now within reach of a timing: decided at once.
     parallel_predict(model, big, n_jobs=2)
     assert planned == [10 * most]
@@ -560,7 +560,7 @@ def test_a_probe_goes_on_until_its_rows_show_through_the_fixed_cost(monkeypatch)
     model = _Nominal(0.005, 1e-5).fit(data)
     pieces = []
     cost = _probing.probe(Job(model, "predict", data), len(data), pieces)
-    last = max(rows for rows, _, _ in cost.samples)
+    last = max(rows for rows, *_ in cost.samples)
     # Past 256 rows, where the step took PROBE_MIN_S but its rows a third.
     assert model.per_call + 256 * model.per_row >= _probing.PROBE_MIN_S
     assert last > 256
