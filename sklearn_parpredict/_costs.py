@@ -111,6 +111,11 @@ class Cost:
     slow_thread_runs: int = field(default=0, repr=False)
     # Whether slow runs lowered the thread speedup: it is not raised again.
     thread_lowered: bool = field(default=False, repr=False)
+    # Parallel plans predicted to gain little that ran since the serial call
+    # was last timed, and how many times it was timed so (see
+    # _planning.checks_serial).
+    unchecked_plans: int = field(default=0, repr=False)
+    serial_checks: int = field(default=0, repr=False)
     # Batches smaller than this are within reach of the timings (see
     # EXTRAPOLATION); those smaller than direct_rows are also predicted
     # faster than FAST_SERIAL_S. Kept up to date by add(): the engine asks

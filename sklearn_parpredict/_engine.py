@@ -209,10 +209,16 @@ def run_jobs(
         if sum(map(len, ranges)) > 1:
             plan = _planning.Plan(kind, ranges, 0.0, 1)
 
+    how = _in_process.NO_GAIN
+    # Now and then, a warm plan that gains little on remembered costs runs
+    # in-process, timed: its own runs never time the serial call it beats.
+    if plan is not None and costs is not None and not cold_s and not any(done):
+        if _planning.checks_serial(costs, plan):
+            plan, how = None, _in_process.SERIAL_CHECK
     if plan is None:
         # Serial is faster: finish each job with one in-process call, timed
         # to refine its cost.
-        _log(jobs, sizes, _in_process.NO_GAIN)
+        _log(jobs, sizes, how)
         for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
             start = _probing.done_rows(pieces)
             if pieces and start >= n:

@@ -53,6 +53,15 @@ COLD_MODEL_S = 0.05
 # tasks took 1.14 to 1.17 s).
 TASKS_PER_WORKER = {"process": 2, "thread": 1}
 MAX_OVERHEAD_FRACTION = 0.02
+# A warm plan predicted to gain less than CHECKED_GAIN over serial rests on
+# a serial time that its runs never observe again: every FIRST_CHECK-th such
+# run, then twice as many runs apart each time (up to LAST_CHECK), runs
+# in-process instead and is timed. Once in LAST_CHECK calls at most loses
+# little where the plan is right (a third of a call at 1.5x), and finds the
+# plan out where it is wrong.
+CHECKED_GAIN = 1.5
+FIRST_CHECK = 8
+LAST_CHECK = 1024
 
 
 @dataclass
@@ -63,6 +72,8 @@ class Plan:
     ranges: list[list[tuple[int, int]]]
     seconds: float
     waves: int
+    # Predicted seconds of the same rows in-process (0: not predicted).
+    serial_s: float = 0.0
 
 
 def fixed_seconds(costs: list[Cost], kind: str, n_workers: int) -> float:
@@ -218,7 +229,31 @@ def plan_chunks(
         split_bounds(start, stop, k) if k else []
         for (start, stop), k in zip(remaining, counts)
     ]
-    return Plan(kind, ranges, parallel_s, waves)
+    return Plan(kind, ranges, parallel_s, waves, serial_s)
+
+
+def checks_serial(costs: list[Cost], plan: Plan) -> bool:
+    """Whether a warm ``plan``, predicted to gain less than ``CHECKED_GAIN``,
+    runs in-process instead this time, to time the serial call again.
+
+    A plan's own runs teach the costs what their tasks took, scaled back to a
+    serial call by what the plan assumed; a serial time predicted too slow
+    stays so (a LogisticRegression planned at 5 ms for 1.5 ms ran on threads
+    at 0.54x of serial, call after call; 2 cores).
+    """
+    if plan.serial_s >= plan.seconds * CHECKED_GAIN:
+        return False
+    for cost in costs:
+        cost.unchecked_plans += 1
+    if any(
+        c.unchecked_plans < min(FIRST_CHECK << c.serial_checks, LAST_CHECK)
+        for c in costs
+    ):
+        return False
+    for cost in costs:
+        cost.unchecked_plans = 0
+        cost.serial_checks += 1
+    return True
 
 
 def ranking(plan: Plan, cold_s: float) -> float:

@@ -686,6 +686,36 @@ def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
     assert cost.seconds(len(data)) > before * _costs.NO_GAIN_DRIFT
 
 
+class _CallerThread(_Sleeper):
+    """Instant; predicts the id of the thread that ran it."""
+
+    def predict(self, X):
+        return np.full(len(X), threading.get_ident())
+
+
+def test_a_plan_that_gains_little_times_the_serial_call_again(monkeypatch):
+    # A serial time predicted 8 ms for an instant call, which nothing the
+    # plan's runs teach corrects: the cost learns it from a timed call
+    # in-process, at the FIRST_CHECK-th run of the plan.
+    from sklearn_parpredict import _engine
+
+    monkeypatch.setattr(_engine, "_learn_from_tasks", lambda *args: None)
+    monkeypatch.setattr(_planning, "learn_overhead", lambda *args: None)
+    model = _CallerThread().fit(X)
+    cost = _costs.Cost(0.0, 2e-6, thread_speedup=1.4, thread_measurements=3)
+    _costs.remember_cost(model, "predict", cost)
+    data = np.zeros((4_000, 2))
+
+    def in_caller():
+        out = parallel_predict(model, data, n_jobs=2, backend="threading")
+        return bool((out == threading.get_ident()).all())
+
+    runs = [in_caller() for _ in range(_planning.FIRST_CHECK)]
+    assert runs == [False] * (_planning.FIRST_CHECK - 1) + [True]
+    assert cost.seconds(len(data)) < 0.004
+    assert in_caller()
+
+
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
 
     # 0.8 s a call in-process; 0.4 s once the pool runs, but not with its

@@ -246,3 +246,13 @@ def test_threads_kept_busier_than_measured_raise_their_speedup():
     assert lowered.thread_lowered and lowered.thread_speedup < 1.6
     lowered.slow_thread_runs = 0
     assert run(lowered) < 1.6
+
+
+def test_plans_that_gain_little_time_the_serial_call_ever_more_rarely():
+    cost = _costs.Cost(0.0, 1e-3)
+    little = _planning.Plan("thread", [[(0, 10)]], 1.0, 1, serial_s=1.4)
+    checks = [i for i in range(1, 250) if _planning.checks_serial([cost], little)]
+    assert checks == [8, 24, 56, 120, 248]
+    # Plans predicted to gain more are taken at their word.
+    much = _planning.Plan("thread", [[(0, 10)]], 1.0, 1, serial_s=1.6)
+    assert not any(_planning.checks_serial([cost], much) for _ in range(100))
