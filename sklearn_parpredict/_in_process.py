@@ -21,7 +21,7 @@ logger = logging.getLogger("sklearn_parpredict")
 # Why a call stayed in-process, in the debug log.
 TOO_LITTLE = "in-process: too little work to plan"
 NO_GAIN = "in-process: parallel work would not pay"
-SERIAL_CHECK = "in-process: the serial time checked (see _planning.checks_serial)"
+SERIAL_CHECK = "in-process: the serial call timed again, as a split gains little"
 
 
 def _small_under(cost, X) -> bool:

@@ -56,9 +56,9 @@ MAX_OVERHEAD_FRACTION = 0.02
 # A warm plan predicted to gain less than CHECKED_GAIN over serial rests on
 # a serial time that its runs never observe again: every FIRST_CHECK-th such
 # run, then twice as many runs apart each time (up to LAST_CHECK), runs
-# in-process instead and is timed. Once in LAST_CHECK calls at most loses
-# little where the plan is right (a third of a call at 1.5x), and finds the
-# plan out where it is wrong.
+# in-process instead and is timed. Where the plan is right, a check loses a
+# third of a call at most (at 1.5x), ever more rarely; where it is wrong, a
+# check finds it out.
 CHECKED_GAIN = 1.5
 FIRST_CHECK = 8
 LAST_CHECK = 1024
