@@ -31,6 +31,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._sharing import ModelHandle, live_tokens
 
 # Fitted models a worker process keeps between tasks.
@@ -236,7 +237,7 @@ class RayCluster:
 # -- worker side ---------------------------------------------------------------
 
 _worker_models: OrderedDict[str, object] = OrderedDict()
-_worker_lock = threading.Lock()
+_worker_lock = fork_safe(globals(), "_worker_lock", threading.Lock)
 
 
 class ClusterModel:

@@ -19,7 +19,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-_lock = threading.RLock()
+from sklearn_parpredict._locks import fork_safe
+
+_lock = fork_safe(globals(), "_lock", threading.RLock)
 _temp_dir: str | None = None
 
 

@@ -17,12 +17,13 @@ import numpy as np
 
 from sklearn_parpredict import _chunking
 from sklearn_parpredict._files import copied_pages, temp_path, unlink, unlink_soon
+from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._rows import shares
 from sklearn_parpredict._sharing import cloudpickle
 
 # Tasks are pickled on other threads (loky's feeder) while calls go on: the
 # spools' files and the pickling costs are changed under this lock.
-_lock = threading.RLock()
+_lock = fork_safe(globals(), "_lock", threading.RLock)
 
 
 def nbytes(X) -> int:

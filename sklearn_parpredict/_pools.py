@@ -14,6 +14,7 @@ import numpy as np
 from sklearn_parpredict import _chunking, _costs, _loky
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job, run_task
+from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._sharing import ModelHandle
 
 # Seconds after which a process pool that sat idle is assumed to be gone
@@ -27,7 +28,7 @@ time_lost: dict[tuple, float] = {}
 # (see calm).
 _warming: set = set()
 _warm_ups = 0
-_warm_lock = threading.Lock()
+_warm_lock = fork_safe(globals(), "_warm_lock", threading.Lock)
 # Pools each model was sent to, by the model's id.
 _sent: dict[int, tuple] = {}
 

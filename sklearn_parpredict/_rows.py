@@ -26,6 +26,7 @@ from sklearn_parpredict._files import (
     reused,
     temp_path,
 )
+from sklearn_parpredict._locks import fork_safe
 
 # Dense inputs from this size on are written once to a memory-mapped file
 # rather than pickled chunk by chunk.
@@ -37,7 +38,7 @@ _WRITERS = CORES
 # Tasks are pickled on other threads (loky's feeder) while calls go on, and
 # rows are written on background threads: the files of the shared arrays are
 # changed under this lock.
-_lock = threading.RLock()
+_lock = fork_safe(globals(), "_lock", threading.RLock)
 
 
 class SharedArray:

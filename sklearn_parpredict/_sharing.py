@@ -31,6 +31,7 @@ from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
 
 from sklearn_parpredict._files import temp_folder, unlink
+from sklearn_parpredict._locks import fork_safe
 
 try:
     import cloudpickle
@@ -50,7 +51,7 @@ _WORKER_CACHE_SIZE = 8
 
 _PREFIX = uuid.uuid4().hex[:12]
 _counter = itertools.count()
-_lock = threading.RLock()
+_lock = fork_safe(globals(), "_lock", threading.RLock)
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sklearn import config_context, get_config
 from threadpoolctl import ThreadpoolController
 
 from sklearn_parpredict._costs import THREADED, Cost
+from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._planning import cores_per_worker
 
 # Longest wait before an interrupt of the caller is seen.
@@ -52,7 +53,7 @@ os.register_at_fork(after_in_child=_forget_pools)
 _controller: ThreadpoolController | None = None
 _modules_seen = 0
 # Calls inside limit_blas, and the limit they share.
-_blas_lock = threading.Lock()
+_blas_lock = fork_safe(globals(), "_blas_lock", threading.Lock)
 _blas_users = 0
 _blas_limiter: Any = None
 
