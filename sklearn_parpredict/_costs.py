@@ -291,17 +291,17 @@ def _fit(samples) -> tuple[float, float, float]:
     cores = float(CORES)
     threads = min(max(sum(s[2] for s in samples) / max(sum(wall), 1e-9), 1.0), cores)
     points = sorted((float(s[0]), s[1], s[3] > 1) for s in samples)
-    kept = _without_outliers(points)
-    if 3 * (len(points) - len(kept)) > len(points):
+    sums = _without_outliers(points)
+    if 3 * (len(points) - sums.n) > len(points):
         # Too many left out: the timings do not lie on a line; all are kept.
-        kept = points
-    sums = _Sums()
-    for r, w, _ in kept:
-        sums.add(r, w)
+        sums = _Sums()
+        for r, w, _ in points:
+            sums.add(r, w)
     return (*sums.line(), threads)
 
 
-def _without_outliers(points: list) -> list:
+def _without_outliers(points: list) -> _Sums:
+    """The sums of the points (sorted by rows) that are not slow outliers."""
     # Noise only ever slows a call: another process on a core, BLAS threads
     # woken from sleep (a LogisticRegression's 65,536 rows took 0.9 ms hot,
     # 3.5-4.6 ms in probes; 2 cores). Least squares follows such a timing for
@@ -312,16 +312,13 @@ def _without_outliers(points: list) -> list:
     # allows. A band timed again is held whatever it takes: the machine, not
     # the noise, turned slower (a model that took 5 ms on 1,000 rows,
     # then 20 ms).
-    kept = points[:1]
     sums = _Sums()
     sums.add(*points[0][:2])
     for r, w, again in points[1:]:
         per_call, per_row = sums.line()
-        if not again and w > OUTLIER * (per_call + per_row * r):
-            continue
-        kept.append((r, w, again))
-        sums.add(r, w)
-    return kept
+        if again or w <= OUTLIER * (per_call + per_row * r):
+            sums.add(r, w)
+    return sums
 
 
 class _Sums:

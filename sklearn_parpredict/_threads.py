@@ -35,16 +35,14 @@ from sklearn_parpredict._planning import cores_per_worker
 _WAKE_S = 0.1
 
 _pools: dict[int, ThreadPoolExecutor] = {}
-_lock = threading.Lock()
+_lock = fork_safe(globals(), "_lock", threading.Lock)
 _local = threading.local()
 
 
 def _forget_pools() -> None:
     # A forked child inherits the pools but none of their threads: tasks
     # given to them would wait forever. The child starts its own.
-    global _lock
     _pools.clear()
-    _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pools)
