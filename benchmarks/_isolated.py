@@ -158,7 +158,7 @@ def load_sklearn() -> int:
 # arenas) stays in the parent's resident size and would be charged to the
 # next method. Measured in one process, the ceiling and the tutorial left the
 # parent 120 MiB larger at rest than serial's (2 cores, 200,000 rows).
-MEMORY_PARTS = ("serial", "ceiling", "tutorial", "threads", "processes")
+MEMORY_PARTS = ("serial", "ceiling", "tutorial", "default", "threads", "processes")
 
 
 def memory(model_path: str, X_path: str, part: str) -> dict:
@@ -169,7 +169,10 @@ def memory(model_path: str, X_path: str, part: str) -> dict:
     records the process at rest. The ceiling and the tutorial give context
     (forked workers count the pages they share with the parent once in each
     resident size, so that overstates them; the proportional set size does
-    not). ``threads`` is ``parpredict`` with ``backend="threading"``.
+    not). ``default`` is ``parpredict`` as a user gets it, ``backend=None``:
+    two calls, the first cold, each with how it ran (it may run on threads or
+    in-process and start no workers). ``threads`` is ``parpredict`` with
+    ``backend="threading"``.
     ``processes`` first starts workers with scikit-learn imported but no
     model, to tell the fixed price of any worker process from what a call
     adds, then makes two ``parpredict`` calls on them (``backend="loky"``,
@@ -202,6 +205,13 @@ def memory(model_path: str, X_path: str, part: str) -> dict:
             return out
 
         measure(part, call)
+    elif part == "default":
+        default = ParallelPredictor(work.models[0][0], n_jobs=-1)
+        decisions = DecisionLog()
+        for label in ("parpredict_default_first", "parpredict_default_second"):
+            with decisions:
+                measure(label, lambda: default.predict(work.X))
+        result["default_ran"] = decisions.plans
     elif part == "threads":
         threads = ParallelPredictor(work.models[0][0], n_jobs=-1, backend="threading")
         measure("parpredict_threads", lambda: threads.predict(work.X))

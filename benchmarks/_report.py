@@ -392,8 +392,9 @@ def _memory(mem: dict | None) -> list[str]:
             "proportional set size (PSS, Linux) splits it between them, so its "
             "sum is what the tree takes. The targets are judged on RSS. "
             '*parpredict on workers* is `backend="loky"` with two chunks per '
-            "worker: by default the wrapper may keep a call in-process or run "
-            "it on threads, and neither needs workers' memory.",
+            "worker; *by default* is `backend=None`, as a user gets it, with "
+            "how each call ran: it may keep a call in-process or run it on "
+            "threads, and neither needs workers' memory.",
             "",
         ]
         body = [
@@ -406,6 +407,14 @@ def _memory(mem: dict | None) -> list[str]:
                 "parpredict_first",
             ],
             ["parpredict on workers, second call", "parpredict_second"],
+            *(
+                [f"parpredict by default, {which} call{how}", key]
+                for which, key, how in zip(
+                    ("first", "second"),
+                    ("parpredict_default_first", "parpredict_default_second"),
+                    [f" ({ran})" for ran in mem.get("default_ran", [])] or ["", ""],
+                )
+            ),
             ['parpredict, backend="threading"', "parpredict_threads"],
             ["idle workers with scikit-learn imported, no model", "idle_workers"],
         ]

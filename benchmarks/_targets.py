@@ -206,6 +206,18 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 *against(ours, idle=True),
             )
         )
+        if "parpredict_default_first" in mem:
+            ours = max(
+                ("parpredict_default_first", "parpredict_default_second"),
+                key=lambda k: mem[k],
+            )
+            ran = ", then ".join(mem.get("default_ran") or ()) or "n/a"
+            found.append(
+                (
+                    f"The first, by default (`backend=None`; the calls ran: {ran})",
+                    *against(ours),
+                )
+            )
         if "parpredict_threads" in mem:
             found.append(
                 (

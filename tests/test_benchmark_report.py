@@ -329,3 +329,62 @@ def test_a_ceiling_share_below_within_its_interval_is_not_a_loss(pairs, verdict)
     assert figure.startswith(f"{2 if verdict == 'PASS' else 0} of 2 rows below")
     # The strict line is judged on the median alone, as before.
     assert _target(results, "Large CPU-bound")[2] == "**FAIL**"
+
+
+MIB = 2**20
+
+
+def _memory_results(default_mib, ran=("2 thread tasks", "2 thread tasks")):
+    # Serial 300 MiB; a 10 MiB model on 2 workers: limit 1.1 * 320 = 352 MiB.
+    mem = {
+        "rows": 200_000,
+        "n_workers": 2,
+        "model_bytes": 10 * MIB,
+        "serial": 300 * MIB,
+        "parpredict_first": 800 * MIB,
+        "parpredict_second": 780 * MIB,
+        "idle_workers": 450 * MIB,
+        "parpredict_default_first": 340 * MIB,
+        "parpredict_default_second": default_mib * MIB,
+        "default_ran": list(ran),
+    }
+    return {"rows": [], "meta": {"workers": 2}, "memory": mem}
+
+
+@pytest.mark.parametrize(("second", "verdict"), [(350, "PASS"), (360, "**FAIL**")])
+def test_the_default_backend_memory_is_judged_on_its_larger_call(second, verdict):
+    results = _memory_results(second)
+    name, measured, got = _target(results, "The first, by default")
+    assert got == verdict
+    assert "2 thread tasks, then 2 thread tasks" in name
+    assert f"{second} MiB vs limit 352 MiB" in measured
+    # The workers' line is judged apart: 800 MiB is far over its limit.
+    assert _target(results, "Peak memory")[2] == "**FAIL**"
+    assert _target(results, "The same, with the idle")[2] == "PASS"
+
+
+def test_the_memory_table_says_how_the_default_calls_ran():
+    from benchmarks import _report
+
+    lines = _report._memory(
+        _memory_results(350, ("in-process", "2 process tasks"))["memory"]
+    )
+    table = "\n".join(lines)
+    assert "| parpredict by default, first call (in-process) | 340 | +40 |" in table
+    assert (
+        "| parpredict by default, second call (2 process tasks) | 350 | +50 |" in table
+    )
+
+
+def test_results_without_the_default_part_leave_its_target_out():
+    results = _memory_results(350)
+    for key in ("parpredict_default_first", "parpredict_default_second", "default_ran"):
+        del results["memory"][key]
+    assert not [t for t in _targets.targets(results) if "by default" in t[0]]
+    assert "by default, first" not in "\n".join(_report_memory(results))
+
+
+def _report_memory(results):
+    from benchmarks import _report
+
+    return _report._memory(results["memory"])
