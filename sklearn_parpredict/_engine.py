@@ -188,7 +188,9 @@ def run_jobs(
     if n_workers <= 1:
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]
-    if not all(_rowwise.splittable(job.estimator, job.params) for job in jobs):
+    if not all(
+        _rowwise.splittable(job.estimator, job.method, job.params) for job in jobs
+    ):
         _log(jobs, sizes, "in-process: predictions depend on the batch")
         return [job.call() for job in jobs]
 

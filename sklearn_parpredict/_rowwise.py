@@ -2,12 +2,15 @@
 parameters each row range takes.
 
 Splitting a call by rows assumes that a row's output depends on that row
-alone. Estimators that draw random predictions per call, and parameters
-that ask for an output coupling all rows (a covariance between every pair),
-break that assumption: such calls stay whole, in-process.
+alone. Estimators that draw random predictions per call, methods that fit
+something to the whole batch, and parameters that ask for an output
+coupling all rows (a covariance between every pair), break that
+assumption: such calls stay whole, in-process.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,19 +24,49 @@ from sklearn_parpredict import _chunking
 # GaussianProcessRegressor.predict(X, return_cov=True).
 JOINT_PARAMS = frozenset({"return_cov"})
 
+# scikit-learn's methods whose output for a row depends on the other rows of
+# the call, undeclared by any tag: NMF's transform starts every row's
+# solution from the mean of the whole batch and stops when the batch as a
+# whole has converged (split in 10-row chunks, outputs 2e-3 apart);
+# BernoulliRBM draws its random numbers for the call as a whole, so a row
+# gets other draws in another batch (score_samples 7.9 apart). Named by
+# module rather than imported: an instance's module is imported already,
+# and workers need not import these.
+BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
+    ("sklearn.decomposition._nmf", "NMF"): frozenset({"transform"}),
+    ("sklearn.decomposition._nmf", "MiniBatchNMF"): frozenset({"transform"}),
+    ("sklearn.neural_network._rbm", "BernoulliRBM"): frozenset(
+        {"score_samples", "gibbs"}
+    ),
+}
+
 _declared_random: dict[type, bool] = {}
 
 
-def splittable(estimator, params: dict) -> bool:
-    """Whether ``estimator``'s method, called with ``params``, can be split
-    by rows without changing its output."""
+def splittable(estimator, method: str, params: dict) -> bool:
+    """Whether ``estimator``'s ``method``, called with ``params``, can be
+    split by rows without changing its output."""
     if any(params.get(name) for name in JOINT_PARAMS):
         return False
-    return _deterministic(estimator) and all(
-        _deterministic(value)
+    if not _deterministic(estimator) or _batch_dependent(estimator, {method}):
+        return False
+    # A meta-estimator calls its inner estimators' method of the same name
+    # (an ensemble, a pipeline's last step) or their transform (a pipeline's
+    # other steps, a column transformer).
+    inner = {method, "transform"}
+    return all(
+        _deterministic(value) and not _batch_dependent(value, inner)
         for value in _inner_estimators(estimator)
         if isinstance(value, BaseEstimator)
     )
+
+
+def _batch_dependent(estimator, methods: set[str]) -> bool:
+    for (module, name), batch in BATCH_METHODS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(estimator, cls):
+            return not methods.isdisjoint(batch)
+    return False
 
 
 def _inner_estimators(estimator) -> list:

@@ -7,10 +7,15 @@ import pandas as pd
 import pytest
 from _helpers import assert_same_output
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
+from sklearn.decomposition import NMF, MiniBatchNMF
 from sklearn.dummy import DummyClassifier
 from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.multioutput import MultiOutputClassifier
+from sklearn.neural_network import BernoulliRBM
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sklearn_parpredict import ParallelPredictor, parallel_predict
 from sklearn_parpredict._chunking import NotPerRow, concatenate
@@ -75,8 +80,8 @@ def test_params_for_rows_cuts_only_what_has_a_value_per_row():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_covariance_between_all_rows_is_not_split(backend):
     gpr = GaussianProcessRegressor(alpha=0.1).fit(X, X[:, 0])
-    assert not splittable(gpr, {"return_cov": True})
-    assert splittable(gpr, {"return_std": True})
+    assert not splittable(gpr, "predict", {"return_cov": True})
+    assert splittable(gpr, "predict", {"return_std": True})
     wrapper = ParallelPredictor(gpr, n_jobs=2, backend=backend, chunk_size=10)
     mean, cov = wrapper.predict(X, return_cov=True)
     assert cov.shape == (60, 60)
@@ -166,7 +171,7 @@ def _random_labels():
 )
 def test_random_predictions_inside_a_meta_estimator_are_not_split(model, y, backend):
     model = clone(model).fit(X, y)
-    assert not splittable(model, {})
+    assert not splittable(model, "predict", {})
     got = parallel_predict(model, X, n_jobs=2, backend=backend, chunk_size=10)
     assert_same_output(got, model.predict(X))
 
@@ -263,3 +268,48 @@ def test_categories_inferred_per_chunk_are_joined_as_the_serial_call_infers(back
         assert_same_output(got, expected)
         sign = got["sign"] if isinstance(got, pd.DataFrame) else got
         assert list(sign.cat.categories) == ["neg", "pos"]
+
+
+def _nonnegative():
+    return np.abs(X) + 0.1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "make, method",
+    [
+        (lambda: NMF(n_components=2, max_iter=500, random_state=0), "transform"),
+        (lambda: MiniBatchNMF(n_components=2, random_state=0), "transform"),
+        (lambda: BernoulliRBM(n_components=3, random_state=0), "score_samples"),
+        (
+            lambda: make_pipeline(
+                NMF(n_components=2, max_iter=500, random_state=0),
+                LogisticRegression(),
+            ),
+            "predict_proba",
+        ),
+    ],
+    ids=["nmf", "minibatch-nmf", "rbm-score-samples", "nmf-pipeline"],
+)
+def test_methods_that_fit_the_whole_batch_are_not_split(make, method, backend):
+    # Their output for a row changes with the other rows of the call.
+    model = make().fit(_nonnegative(), Y)
+    assert not splittable(model, method, {})
+    got = parallel_predict(
+        model, _nonnegative(), method=method, n_jobs=2, backend=backend, chunk_size=10
+    )
+    assert_same_output(got, getattr(model, method)(_nonnegative()))
+
+
+def test_the_row_wise_methods_of_such_estimators_are_split():
+    rbm = BernoulliRBM(n_components=3, random_state=0).fit(_nonnegative())
+    assert splittable(rbm, "transform", {})
+    # Its Gibbs sampling draws from the model's own generator.
+    assert not splittable(rbm, "gibbs", {})
+    nmf = NMF(n_components=2, max_iter=500, random_state=0).fit(_nonnegative())
+    assert splittable(nmf, "inverse_transform", {})
+    # A pipeline's last step meets only the method of its name.
+    pipe = make_pipeline(StandardScaler(), rbm)
+    assert splittable(pipe, "transform", {})
+    assert not splittable(pipe, "score_samples", {})
