@@ -7,6 +7,8 @@ needs to know what it is carrying.
 
 from __future__ import annotations
 
+from numbers import Number
+
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils import _safe_indexing
@@ -31,7 +33,10 @@ def n_rows(X) -> int:
 
 def cuttable(X) -> bool:
     """Whether ``X`` can be cut by rows: not an iterator (a generator,
-    ``map``) or a view of a mapping, which only the estimator may consume."""
+    ``map``) or a view of a mapping, which only the estimator may consume,
+    and not a string (one value to scikit-learn, not rows of characters)."""
+    if isinstance(X, str | bytes):
+        return False
     return (
         isinstance(X, np.ndarray | list | tuple)
         or sp.issparse(X)
@@ -39,6 +44,15 @@ def cuttable(X) -> bool:
         or not hasattr(X, "__iter__")
         or (hasattr(X, "__len__") and hasattr(X, "__getitem__"))
     )
+
+
+def is_vector(X) -> bool:
+    """Whether ``X`` is one vector of numbers: a 1-D numeric array or Series,
+    or a list of numbers."""
+    if isinstance(X, list | tuple):
+        return len(X) > 0 and isinstance(X[0], Number)
+    kind = getattr(getattr(X, "dtype", None), "kind", None)
+    return getattr(X, "ndim", None) == 1 and kind in tuple("biufc")
 
 
 def prepare(X):

@@ -167,7 +167,10 @@ def run_jobs(
     for job in jobs:
         # Fail as the serial call does when the method is missing.
         getattr(job.estimator, job.method)
-    if not all(_chunking.cuttable(job.X) for job in jobs):
+    if not all(
+        _chunking.cuttable(job.X) and not _rowwise.rejects_whole(job.estimator, job.X)
+        for job in jobs
+    ):
         _log(jobs, [0] * len(jobs), "in-process: an input not to cut by rows")
         return [job.call() for job in jobs]
     for job in jobs:

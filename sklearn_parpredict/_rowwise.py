@@ -61,6 +61,18 @@ def splittable(estimator, method: str, params: dict) -> bool:
     )
 
 
+def rejects_whole(estimator, X) -> bool:
+    """Whether ``estimator`` rejects ``X`` as a whole: one vector of numbers
+    where it takes several features (a single row passed as 1-D). The
+    serial call's error quotes the whole vector; split, each chunk's error
+    would quote its own part."""
+    try:
+        n_features = getattr(estimator, "n_features_in_", None)
+    except Exception:  # a property of an estimator not fitted
+        return False
+    return n_features is not None and n_features != 1 and _chunking.is_vector(X)
+
+
 def _batch_dependent(estimator, methods: set[str]) -> bool:
     for (module, name), batch in BATCH_METHODS.items():
         cls = getattr(sys.modules.get(module), name, None)

@@ -252,9 +252,15 @@ def gather(
             idle = FIRST_COMPLETED if len(futures) < len(tasks) else FIRST_EXCEPTION
             done, unfinished = wait(unfinished, _WAKE_S, idle)
             if any(future.exception() is not None for future in done):
+                # The serial call meets the first rows' error first, whichever
+                # task failed first: the tasks before the failed ones run on.
+                first = futures.index(_failed(futures)[0])
+                while pending := [f for f in futures[:first] if not f.done()]:
+                    wait(pending, _WAKE_S, FIRST_EXCEPTION)
+                    first = futures.index(_failed(futures)[0])
                 break
             more = len(done)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
+        failed = _failed(futures)
         if failed:
             failed[0].result()  # raises its exception
         return [future.result() for future in futures]
@@ -271,3 +277,8 @@ def gather(
                 # returns at once.)
                 wait(futures)
         raise
+
+
+def _failed(futures: Iterable[Future]) -> list[Future]:
+    """The futures that raised, in the order given."""
+    return [f for f in futures if f.done() and f.exception() is not None]

@@ -79,6 +79,9 @@ CATALOGUE = {
     "empty": ("array", lambda: X[:0]),
     "empty-frame": ("frame", lambda: FRAME.iloc[:0]),
     "one-dimensional": ("array", lambda: X[:, 0]),
+    "one-dimensional-list": ("array", lambda: X[:, 0].tolist()),
+    "one-dimensional-series": ("frame", lambda: FRAME["f0"]),
+    "string": ("array", lambda: "abc"),
     "fortran-order": ("array", lambda: np.asfortranarray(X)),
     "strided-rows": ("array", lambda: np.repeat(X, 2, axis=0)[::2]),
     "strided-columns": ("array", lambda: np.repeat(X, 2, axis=1)[:, ::2]),
@@ -122,8 +125,11 @@ def test_bad_input_fails_or_equals_the_serial_call(case, entry, backend):
     n_rows = len(X_bad)
     engine = {"n_jobs": 2, "backend": backend, "chunk_size": max(1, -(-n_rows // 6))}
     if isinstance(expected, Exception):
-        with pytest.raises(type(expected)):
+        # The same error, word for word: a message that quotes the input
+        # quotes all of it, not one chunk's part.
+        with pytest.raises(type(expected)) as raised:
             _run(entry, estimator, X_bad, **engine)
+        assert str(raised.value) == str(expected)
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
