@@ -56,7 +56,7 @@ from sklearn_parpredict._pickled import (
     received,
 )
 from sklearn_parpredict._rows import SharedArray, SharedRows, shares
-from sklearn_parpredict._sharing import ModelHandle
+from sklearn_parpredict._sharing import ModelHandle, can_ship
 
 # Why each call ran as it did, for users asking why a call stayed in-process:
 # ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.
@@ -366,7 +366,21 @@ def _auto_plan(
     # estimator's work releases the GIL (again, a few times, while the
     # measurement may have been spoilt by load), and take the faster plan.
     try_threads = kind == "process" and backend is None and not backend_configured()
+    ours = try_threads
     kinds = (kind, "thread") if try_threads else (kind,)
+    shippable: list[bool] = []
+
+    def ships() -> bool:
+        # Whether the models pickle, found out only for a plan on processes
+        # (it writes them for the workers). One that does not runs on
+        # threads or in-process when the backend is ours to choose; a
+        # process backend asked for fails, naming the cause.
+        if kind != "process" or cluster is not None:
+            return True
+        if not shippable:
+            shippable.append(all(can_ship(job.estimator) for job in jobs))
+        return shippable[0]
+
     # Remembered for the next calls on as many rows or fewer: no plan pays.
     remember = settings is not None and len(jobs) == 1 and not done[0]
     # Estimators that run threads of their own, not measured yet, are
@@ -393,8 +407,11 @@ def _auto_plan(
     # Threads never measured (too few rows to measure them) are not guessed.
     try_threads = try_threads and all(c.thread_speedup is not None for c in costs)
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
+    plans = [p for p in plans if p.kind != "process" or not ours or ships()]
     best = min(plans, key=lambda p: _planning.ranking(p, cold_s), default=None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
+    if warm and not ships():
+        warm = None
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:
         # too few rows to measure them with (a forest's loop over its

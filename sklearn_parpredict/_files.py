@@ -26,18 +26,45 @@ _temp_dir: str | None = None
 
 
 def temp_folder() -> str:
-    """A private folder on shared memory when it has room, else on disk."""
+    """A private folder on shared memory when it has room, else on disk.
+
+    It is removed at exit and, should the process be killed, by loky's
+    resource tracker (as joblib's folders are): files on shared memory
+    otherwise hold memory until the machine restarts. A forked child
+    shares its parent's folder (a ``multiprocessing`` worker writes its
+    outputs there), which only the parent removes. A folder removed from
+    under the process is made anew.
+    """
     global _temp_dir
     with _lock:
-        if _temp_dir is None:
+        if _temp_dir is None or not os.path.isdir(_temp_dir):
             base = os.environ.get("JOBLIB_TEMP_FOLDER")
             if base is None and os.path.isdir("/dev/shm"):
                 stats = os.statvfs("/dev/shm")
                 if stats.f_bavail * stats.f_frsize > 2 << 30:
                     base = "/dev/shm"
             _temp_dir = tempfile.mkdtemp(prefix="sklearn_parpredict_", dir=base)
-            atexit.register(shutil.rmtree, _temp_dir, ignore_errors=True)
+            _track(_temp_dir, "register")
+            atexit.register(_remove_folder, _temp_dir, os.getpid())
         return _temp_dir
+
+
+def _remove_folder(path: str, owner: int) -> None:
+    # A forked child runs its parent's exit handlers too.
+    if os.getpid() == owner:
+        _track(path, "unregister")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _track(path: str, action: str) -> None:
+    """(Un)register ``path`` with loky's resource tracker, which removes it
+    once every process that could register it is gone."""
+    try:
+        from joblib.externals.loky.backend import resource_tracker
+
+        getattr(resource_tracker, action)(path, "folder")
+    except Exception:  # noqa: S110 - no tracker: the exit handler still removes it
+        pass
 
 
 def temp_path(what: str) -> str:

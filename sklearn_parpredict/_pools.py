@@ -6,6 +6,7 @@ Each pool is known by a key ``(backend class name, worker count)``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -31,6 +32,18 @@ _warm_ups = 0
 _warm_lock = fork_safe(globals(), "_warm_lock", threading.Lock)
 # Pools each model was sent to, by the model's id.
 _sent: dict[int, tuple] = {}
+
+
+def _forked() -> None:
+    # A forked child has none of its parent's pools, nor its warm-up threads.
+    last_used.clear()
+    time_lost.clear()
+    _warming.clear()
+    _sent.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
+    os.register_at_fork(after_in_child=_forked)
 
 
 def is_warm(pool_key: tuple, n_workers: int) -> bool:
@@ -93,16 +106,27 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
             return
         _warming.add(pool_key)
         _warm_ups += 1
-    tasks = [
-        (
-            ModelHandle(job.estimator),
-            job.method,
-            _chunking.row_slice(job.X, 0, 1),
-            job.columns,
-            job.params_for(0, 1),
-        )
-        for job in jobs
-    ]
+
+    def done() -> None:
+        with _warm_lock:
+            _warming.discard(pool_key)
+
+    try:
+        # Made here, while the caller holds the models still: a model
+        # changed during its pickling would be shipped half old, half new.
+        tasks = [
+            (
+                ModelHandle(job.estimator),
+                job.method,
+                _chunking.row_slice(job.X, 0, 1),
+                job.columns,
+                job.params_for(0, 1),
+            )
+            for job in jobs
+        ]
+    except Exception:
+        done()  # a warm-up that never started must not look under way
+        raise
 
     def start():
         try:
@@ -111,8 +135,7 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
         except Exception:  # noqa: S110 - a failed warm-up only costs speed
             pass
         finally:
-            with _warm_lock:
-                _warming.discard(pool_key)
+            done()
 
     # Not a daemon: the interpreter waits for it rather than killing it while
     # it talks to the workers.

@@ -168,12 +168,21 @@ class _Entry:
         self.keep = keep
         self.path: str | None = None
         self.ref = None
+        # Why this state of the model cannot be pickled, once found: not
+        # tried again on every call.
+        self.error: pickle.PicklingError | None = None
 
     def dump(self, model) -> str:
         with _lock:
+            if self.error is not None:
+                raise pickle.PicklingError(*self.error.args) from self.error.__cause__
             if self.path is None:
                 path = os.path.join(temp_folder(), f"model-{self.token}.pkl")
-                _dump_model(model, path)
+                try:
+                    _dump_model(model, path)
+                except pickle.PicklingError as exc:
+                    self.error = exc
+                    raise
                 self.path = path
             return self.path
 
@@ -244,11 +253,17 @@ def _dump_model(model, path: str) -> None:
         with open(path, "wb") as file:
             _ModelPickler(file).dump(model)
         return
+    except OSError:  # the folder, not the model (a full or missing folder)
+        unlink(path)
+        raise
     except Exception:  # unpicklable by name: try by value
         pass
     try:
         with open(path, "wb") as file:
             cloudpickle.dump(model, file)
+    except OSError:
+        unlink(path)
+        raise
     except Exception as exc:
         unlink(path)
         raise pickle.PicklingError(
@@ -300,6 +315,38 @@ class ModelHandle:
 
     def __reduce__(self):
         return _load_model, (self.token, self._entry.dump(self.model), live_tokens())
+
+
+def can_ship(model) -> bool:
+    """Whether ``model`` can be sent to worker processes: pickled, it is
+    written for them once (and not tried again while it is unchanged)."""
+    try:
+        ModelHandle(model)
+    except pickle.PicklingError:
+        return False
+    return True
+
+
+def _forked() -> None:
+    """In a forked child: its own model names, and none of its parent's
+    models, whose files are the parent's to remove. Without this, children
+    forked from one parent (a server's workers) named their models alike in
+    the parent's folder, and a child's worker loaded its sibling's model;
+    a child that let go of a model removed the parent's file."""
+    global _PREFIX, _counter
+    _PREFIX = uuid.uuid4().hex[:12]
+    _counter = itertools.count()
+    for entry in _entries.values():
+        entry.path = None
+    for _, entry in _collected:
+        entry.path = None
+    _entries.clear()
+    _strong.clear()
+    _collected.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
+    os.register_at_fork(after_in_child=_forked)
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Comparison of parallel outputs with the serial call, as DESIGN.md says."""
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -49,3 +51,16 @@ def _assert_values(parallel, serial):
         np.testing.assert_allclose(parallel, serial, rtol=RTOL, atol=ATOL)
     else:
         np.testing.assert_array_equal(parallel, serial)
+
+
+def in_child(function) -> int:
+    """Run ``function`` in a child forked now; 0 if it returned true, else 1
+    (also if it raised)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if function() else 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

@@ -4,6 +4,7 @@ import hashlib
 import logging
 import mmap
 import os
+import pickle
 import re
 import threading
 import time
@@ -11,7 +12,7 @@ import time
 import joblib
 import numpy as np
 import pytest
-from _helpers import assert_same_output
+from _helpers import assert_same_output, in_child
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.base import BaseEstimator
@@ -1476,3 +1477,62 @@ def test_no_more_workers_than_tasks_or_cores(monkeypatch):
         got = parallel_predict(model, X, n_jobs=1000, backend=backend, chunk_size=200)
         assert_same_output(got, model.predict(X))
     assert asked == [max(2, joblib.cpu_count())] * 2
+
+
+class _LockedSpinner(_Spinner):
+    """A spinner that cannot be pickled: it holds a lock."""
+
+    def fit(self, X, y=None):
+        self.lock_ = threading.Lock()
+        return super().fit(X, y)
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_be_pickled_stays_off_processes_left_to_us():
+    from joblib import Parallel, delayed
+
+    data = np.zeros((4_000, 2))
+    # Processes would be chosen (its threads gain nothing), and loky's
+    # workers are running: yet the model cannot reach them.
+    model = _measured_spinner(data, 1e-3, 1.0, spinner=_LockedSpinner)
+    Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
+    for _ in range(2):
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    # Asked for processes, the call fails, naming the cause.
+    with pytest.raises(pickle.PicklingError, match="backend='threading'"):
+        parallel_predict(model, data, n_jobs=2, backend="loky", chunk_size=1_000)
+
+
+@pytest.mark.timeout(120)
+def test_workers_are_not_started_for_a_model_that_cannot_be_pickled():
+    data = np.zeros((20_000, 2))
+    # Clearly faster on processes than on its threads, and earlier calls
+    # lost more than the pool's start-up (as in the test of cold workers
+    # above): but its workers could never get the model.
+    model = _measured_spinner(data, 2e-5, 1.4, spinner=_LockedSpinner)
+    _stop_pools()
+    _pools.time_lost[("LokyBackend", 2)] = 10.0
+    for _ in range(2):
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+        _join_warm_ups()
+        assert not _pools._warming
+        assert ("LokyBackend", 2) not in _pools.last_used
+    _pools.time_lost.clear()
+
+
+def test_a_warm_up_that_fails_to_start_is_not_left_under_way():
+    model = _LockedSpinner().fit(X)
+    job = Job(model, "predict", X)
+    with pytest.raises(pickle.PicklingError):
+        _pools.warm_up([job], 2, "loky", ("LokyBackend", 2))
+    assert not _pools._warming
+    assert _pools.calm() is not None
+
+
+def test_a_forked_child_has_none_of_its_parents_pools(monkeypatch):
+    key = ("LokyBackend", 2)
+    monkeypatch.setitem(_pools.last_used, key, time.monotonic())
+    # A warm-up under way in the parent: its thread is not in the child.
+    monkeypatch.setattr(_pools, "_warming", {key})
+    assert in_child(lambda: _pools.calm() is not None and not _pools.last_used) == 0
+    assert _pools.calm() is None

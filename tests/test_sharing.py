@@ -3,6 +3,8 @@
 import gc
 import os
 
+import pytest
+from _helpers import in_child
 from sklearn.base import BaseEstimator
 
 from sklearn_parpredict import _sharing
@@ -58,3 +60,62 @@ def test_a_stale_collection_notice_does_not_forget_a_newer_model_at_that_id():
     finally:
         _sharing._forget(key)
         del first, second
+
+
+def test_a_forked_child_names_its_models_apart_and_leaves_its_parents_files():
+    model = _Bare()
+    parent = ModelHandle(model)
+    path = parent._entry.path
+    assert os.path.exists(path)
+
+    def child():
+        # Its own names: children of one parent (a server's workers) wrote
+        # their models under the same names, and loaded each other's.
+        own = ModelHandle(_Bare())
+        again = ModelHandle(model)  # the parent's model, in the child
+        named_apart = own.token.split("-")[0] != parent.token.split("-")[0]
+        # Letting go of the models (a refit, the end of the child) removes
+        # the child's own files, never the parent's.
+        _sharing._forget(id(model))
+        _sharing._forget(id(own.model))
+        return named_apart and again.token != parent.token and os.path.exists(path)
+
+    assert in_child(child) == 0
+    assert os.path.exists(path)
+    assert parent.token in live_tokens()
+
+
+def test_a_model_that_cannot_be_pickled_is_tried_once_per_state():
+    import pickle
+    import threading
+
+    model = _Bare()
+    model.lock_ = threading.Lock()
+    tried = []
+    dump = _sharing._dump_model
+
+    def counted(model, path):
+        tried.append(path)
+        dump(model, path)
+
+    _sharing._dump_model = counted
+    try:
+        for _ in range(3):
+            assert not _sharing.can_ship(model)
+        assert len(tried) == 1
+        del model.lock_  # a new state: tried again, and picklable now
+        assert _sharing.can_ship(model)
+        assert len(tried) == 2
+        model.lock_ = threading.Lock()
+        with pytest.raises(pickle.PicklingError, match="backend='threading'"):
+            ModelHandle(model)
+    finally:
+        _sharing._dump_model = dump
+        _sharing._forget(id(model))
+
+
+def test_a_folder_that_fails_is_not_taken_for_a_model_that_cannot_be_pickled(
+    tmp_path,
+):
+    with pytest.raises(FileNotFoundError):
+        _sharing._dump_model(_Bare(), str(tmp_path / "gone" / "model.pkl"))
