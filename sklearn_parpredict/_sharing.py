@@ -181,7 +181,9 @@ class _Entry:
                 try:
                     _dump_model(model, path)
                 except pickle.PicklingError as exc:
-                    self.error = exc
+                    # (A full disk is not the model's doing, and may pass.)
+                    if not isinstance(exc.__cause__, OSError):
+                        self.error = exc
                     raise
                 self.path = path
             return self.path
@@ -249,29 +251,27 @@ def _dump_model(model, path: str) -> None:
     need their classes or functions pickled by value (as joblib's own process
     backends do with cloudpickle) are written by cloudpickle instead.
     """
-    try:
-        with open(path, "wb") as file:
+    # A folder that cannot be written to fails here, as what it is.
+    with open(path, "wb") as file:
+        try:
             _ModelPickler(file).dump(model)
-        return
-    except OSError:  # the folder, not the model (a full or missing folder)
-        unlink(path)
-        raise
-    except Exception:  # unpicklable by name: try by value
-        pass
-    try:
-        with open(path, "wb") as file:
+            return
+        except Exception:  # unpicklable by name: try by value
+            file.seek(0)
+            file.truncate()
+        try:
             cloudpickle.dump(model, file)
-    except OSError:
-        unlink(path)
-        raise
-    except Exception as exc:
-        unlink(path)
-        raise pickle.PicklingError(
-            f"The {type(model).__name__} cannot be sent to worker processes: "
-            f"pickling it failed with {type(exc).__name__}: {exc}. Use "
-            f"backend='threading' to predict on threads, which need no "
-            f"pickling, or make the estimator picklable."
-        ) from exc
+            return
+        except Exception as exc:
+            error = pickle.PicklingError(
+                f"The {type(model).__name__} cannot be sent to worker processes: "
+                f"pickling it failed with {type(exc).__name__}: {exc}. Use "
+                f"backend='threading' to predict on threads, which need no "
+                f"pickling, or make the estimator picklable."
+            )
+            error.__cause__ = exc
+    unlink(path)
+    raise error
 
 
 class ModelHandle:
