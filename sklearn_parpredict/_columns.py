@@ -10,6 +10,7 @@ or ``X``; and the models' predictions assembled as one DataFrame or array.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
@@ -291,9 +292,14 @@ def target_values(X, y, i: int, target):
     return y[:, int(column)], None
 
 
-def check_y(y, X):
+def check_y(y, X, targets: list):
     """``y`` as an array (a column vector as 1-D) or a DataFrame, as long as
-    ``X``."""
+    ``X``, in which no two of ``targets`` take the same column."""
+    if isinstance(y, Mapping):
+        raise TypeError(
+            f"y must be an array-like or a DataFrame, not a {type(y).__name__}: "
+            f"pass pandas.DataFrame(y) to give the targets by name."
+        )
     if not is_frame(y) and not hasattr(y, "iloc"):
         y = np.asarray(y)
         if y.ndim not in (1, 2):
@@ -302,4 +308,37 @@ def check_y(y, X):
             # A column vector is a 1-D y: every model's target.
             y = y[:, 0]
     check_consistent_length(X, y)
+    taken: dict[int, object] = {}
+    for i, target in enumerate(targets):
+        column = _y_column(y, i, target)
+        if column is None:
+            continue
+        if column in taken:
+            raise ValueError(
+                f"Targets {taken[column]!r} and {target!r} both take column "
+                f"{column} of y: an integer target is a column position, any "
+                f"other target takes its label's column (a DataFrame) or the "
+                f"column of its model's rank (an array). Give each model a "
+                f"column of its own."
+            )
+        taken[column] = target
     return y
+
+
+def _y_column(y, i: int, target) -> int | None:
+    """The position of the column of ``y`` that model ``i``'s ``target``
+    takes; None for a 1-D ``y`` (every model's) or a column that ``y`` lacks
+    (:func:`target_values` says so)."""
+    if is_frame(y):
+        columns = list(y.columns)
+        if target in columns:
+            return columns.index(target)
+        width = len(columns)
+    elif y.ndim == 2:
+        width = y.shape[1]
+        target = target if isinstance(target, Integral) else i
+    else:
+        return None
+    if isinstance(target, Integral) and -width <= int(target) < width:
+        return int(target) % width
+    return None

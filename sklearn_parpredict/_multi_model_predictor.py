@@ -341,7 +341,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         models = check_models(self.models, self._parameter_constraints)
         X = self._check_X(X, reset=True)
         if y is not None:
-            y = check_y(y, X)
+            y = check_y(y, X, [target for _, _, target in models])
         positions, inputs, targets = [], [], []
         for i, (_, features, target) in enumerate(models):
             columns = column_positions(X, features, target)
@@ -511,8 +511,10 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             A DataFrame with one column per target and ``X``'s index when
             ``X`` is a pandas DataFrame; else an array whose columns are the
             models' predictions in model order, of their common dtype when
-            they share a kind (all integers, all floats, all strings), else of
-            object dtype so that every label is kept exactly. A Dask
+            they share a numpy dtype kind (all signed integers, all unsigned
+            integers, all floats, all unicode strings), else of object dtype
+            so that every label is kept exactly (``uint8`` and ``int64``
+            labels give objects, where a common dtype could be ``float64``). A Dask
             DataFrame or array gives the same lazily, as a Dask DataFrame or
             array computed block by block.
         """
@@ -594,7 +596,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         """
         X, estimators, targets, columns, outputs = self._run("predict", X)
         if y is not None:
-            y = check_y(y, X)
+            y = check_y(y, X, targets)
         params = {} if sample_weight is None else {"sample_weight": sample_weight}
         scores = []
         for i, (estimator, target, y_pred) in enumerate(

@@ -535,6 +535,33 @@ def test_names_on_array_and_positions_out_of_range(books):
         model.predict(A[:, :3])
 
 
+def test_two_targets_taking_one_column_of_y_are_refused():
+    X, base = _data(0, 20)
+    Y = base[["value", "label_int"]]
+    # An integer target is a position; another takes its model's rank (an
+    # array) or its label (a DataFrame): here both column 1, column 0 unused.
+    clash = [(Ridge(), None, 1), (Ridge(), None, "q")]
+    with pytest.raises(ValueError, match="Targets 1 and 'q' both take column 1"):
+        MultiModelPredictor(clash).fit(X, Y.to_numpy())
+    clash = [(Ridge(), None, 0), (Ridge(), None, "value")]
+    with pytest.raises(ValueError, match="Targets 0 and 'value' both take column 0"):
+        MultiModelPredictor(clash).fit(X, Y)
+    apart = [(Ridge(), None, 1), (Ridge(), None, "value")]
+    fitted = MultiModelPredictor(apart, n_jobs=1).fit(X, Y)
+    # score reads y as fit does.
+    with pytest.raises(ValueError, match="both take column 1"):
+        fitted.score(X, Y.rename(columns={"label_int": "x"}).iloc[:, ::-1])
+    # A 1-D y is every model's target.
+    MultiModelPredictor(clash, n_jobs=1).fit(X, base["value"])
+
+
+def test_a_dict_of_targets_is_refused_naming_the_way_out():
+    X, base = _data(0, 20)
+    y = {"value": base["value"], "q": base["label_int"]}
+    with pytest.raises(TypeError, match="not a dict.*pandas.DataFrame"):
+        MultiModelPredictor([(Ridge(), None, "value")]).fit(X, y)
+
+
 def test_model_fitted_on_its_own_target(books):
     with pytest.raises(ValueError, match="'price' would be fitted on its own target"):
         MultiModelPredictor([(Ridge(), ["pages", "price"], "price")]).fit(books)
