@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from sklearn_parpredict import __version__
@@ -240,7 +243,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        return args.run(args)
+        with _terminated_as_exit():
+            return args.run(args)
     except CommandError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # What was written so far is removed on the way out (an existing
+        # output is kept): the traceback would say nothing more.
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+@contextlib.contextmanager
+def _terminated_as_exit():
+    """SIGTERM (``kill``, ``docker stop``) ends the command as an exit
+    does, running its clean-up, rather than there and then: a run stopped
+    so left its temporary output file behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -87,7 +88,7 @@ class _CSVReader(_Reader):
 
         self.path = path
         # The header alone, to check the columns before any row is read.
-        self.columns = list(pd.read_csv(path, nrows=0).columns)
+        self.columns = list(pd.read_csv(path, nrows=0, index_col=False).columns)
 
     def batches(self, columns, batch_rows):
         import pandas as pd
@@ -95,7 +96,12 @@ class _CSVReader(_Reader):
         # Every column is parsed (not usecols): a line with more fields than
         # the header is an error, as when pandas reads the whole file.
         dtype = self._dtypes(columns, batch_rows)
-        with pd.read_csv(self.path, chunksize=batch_rows, dtype=dtype) as chunks:
+        # index_col=False: a first line with one field more than the header
+        # would otherwise make the first column an index, silently (the
+        # dtype pass has refused such a line).
+        with pd.read_csv(
+            self.path, chunksize=batch_rows, dtype=dtype, index_col=False
+        ) as chunks:
             for chunk in chunks:
                 yield chunk if columns is None else chunk[columns]
 
@@ -113,20 +119,34 @@ class _CSVReader(_Reader):
         seen: dict = {}
         # Every column, as the batches are read: a line with more fields
         # than the header is an error here too (pandas before 2 let it pass
-        # in batches of a few rows).
-        with pd.read_csv(self.path, chunksize=max(batch_rows, 100_000)) as chunks:
+        # in batches of a few rows; on the first line, pandas only warns).
+        with (
+            warnings.catch_warnings(),
+            pd.read_csv(
+                self.path, chunksize=max(batch_rows, 100_000), index_col=False
+            ) as chunks,
+        ):
+            warnings.simplefilter("error", pd.errors.ParserWarning)
             for chunk in chunks:
                 for name in chunk.columns if columns is None else columns:
                     seen.setdefault(name, set()).add(chunk[name].dtype)
-        return {name: _common_dtype(dtypes) for name, dtypes in seen.items()}
+        common = {name: _common_dtype(dtypes) for name, dtypes in seen.items()}
+        return {name: dtype for name, dtype in common.items() if dtype is not None}
 
 
 def _common_dtype(dtypes: set):
-    """The dtype pandas infers for a column whose parts inferred ``dtypes``."""
+    """The dtype pandas infers for a column whose parts inferred ``dtypes``;
+    None where each batch's own inference gives its values."""
     if len(dtypes) == 1:
         return next(iter(dtypes))
-    if all(dtype.kind in "if" for dtype in dtypes):
+    kinds = {dtype.kind for dtype in dtypes}
+    if kinds <= set("if"):
         return float
+    if "b" in kinds and kinds <= set("bOf"):
+        # True/False with values missing in some parts (an object or, all
+        # missing, a float part): bools and NaN whole, as each part reads
+        # them (a dtype would read text).
+        return None
     return str
 
 
@@ -266,7 +286,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     if path.is_dir():
         raise CommandError(f"the output {path} is a folder")
     # In the same folder, so that the rename is atomic (same file system).
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise CommandError(f"cannot write to {folder}: {exc}") from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -275,8 +298,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         # the permissions any new file would get.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -466,7 +492,7 @@ def predict_file(
     if output_path.exists() and output_path.samefile(input_path):
         raise CommandError(f"the output {output_path} is the input")
     features = _select_columns(reader, model, columns, id_column, input_path)
-    read = None
+    read = features  # a .npy array's positions
     if features is not None and reader.columns is not None:
         read = list(dict.fromkeys(features + ([id_column] if id_column else [])))
     names = getattr(model, "feature_names_in_", None)

@@ -2,15 +2,20 @@
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 import sklearn_parpredict
 from sklearn_parpredict import _cli
@@ -538,3 +543,108 @@ def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
         == 0
     )
     assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
+
+
+def test_npy_columns_are_the_positions_given_in_their_order(books_dir, tmp_path):
+    folder, books, _ = books_dir
+    X = books[["pages", "price", "rating"]].to_numpy(dtype=float)
+    model = LinearRegression().fit(X[:, [2, 0]], books["accent_rate"])
+    joblib.dump(model, tmp_path / "m.joblib")
+    for order in ("C", "F"):
+        np.save(tmp_path / "X.npy", np.asarray(X, order=order))
+        out = tmp_path / f"{order}.csv"
+        args = ["predict", tmp_path / "m.joblib", tmp_path / "X.npy", "-o", out]
+        args += ["--trust-pickle", "-q", "--columns", "2,0", "--batch-rows", "700"]
+        assert main(list(map(str, args))) == 0
+        np.testing.assert_allclose(
+            pd.read_csv(out)["prediction"], model.predict(X[:, [2, 0]]), rtol=1e-9
+        )
+
+
+def test_error_a_first_line_with_a_field_more_than_the_header(tmp_path, capsys):
+    # pandas would take the first column for an index, and shift the others.
+    data = _lines(tmp_path / "shifted.csv", "a,b\n0.5,1,9\n2,3,4\n")
+    joblib.dump(LinearRegression().fit([[0, 1], [1, 0]], [0, 1]), tmp_path / "m.joblib")
+    _fails(
+        capsys,
+        ["predict", tmp_path / "m.joblib", data, "--trust-pickle"],
+        tmp_path / "out.csv",
+        "does not match length of data",
+    )
+
+
+def test_csv_true_false_with_values_missing_late_reads_as_bools(tmp_path):
+    # Missing values only past the dtype pass's first part: the parts infer
+    # bool and object (bools and NaN), as the whole file reads them.
+    n = 100_100
+    flag = np.where(np.arange(n) % 3 == 0, "True", "False").astype(object)
+    flag[-10:] = ""
+    x = np.arange(n) % 7
+    path = tmp_path / "flags.csv"
+    path.write_text("flag,x\n" + "".join(f"{f},{v}\n" for f, v in zip(flag, x)))
+    frame = pd.read_csv(path)
+    model = make_pipeline(SimpleImputer(strategy="most_frequent"), LinearRegression())
+    joblib.dump(model.fit(frame[["flag", "x"]].astype(float), x), tmp_path / "m.joblib")
+    out = tmp_path / "out.parquet"
+    args = ["predict", tmp_path / "m.joblib", path, "-o", out, "--trust-pickle", "-q"]
+    assert main(list(map(str, args))) == 0
+    np.testing.assert_allclose(
+        pd.read_parquet(out)["prediction"],
+        model.predict(frame[["flag", "x"]]),
+        rtol=1e-9,
+    )
+
+
+def test_error_an_output_folder_that_cannot_be_written(books_dir, tmp_path, capsys):
+    folder, _, _ = books_dir
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    args = ["predict", folder / "genre.skops", folder / "books.csv", "--trust", TREE]
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # (As root, a folder's permissions would not stop the write.)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", refuse)
+        _fails(capsys, args, locked / "out.csv", f"cannot write to {locked}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    "signum, status, message",
+    [
+        (signal.SIGINT, 130, "sklearn-parpredict: interrupted"),
+        (signal.SIGTERM, 143, ""),
+    ],
+)
+def test_a_run_stopped_by_a_signal_leaves_the_old_output(
+    books_dir, tmp_path, signum, status, message
+):
+    folder, books, _ = books_dir
+    big = tmp_path / "big.csv"
+    pd.concat([books] * 20).to_csv(big, index=False)
+    out = tmp_path / "out.csv"
+    out.write_text("previous results\n")
+    if not CONSOLE_SCRIPT.exists():
+        pytest.skip("the sklearn-parpredict console script is not installed")
+    proc = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "predict", str(folder / "genre.skops"), str(big),
+         "-o", str(out), "--trust", TREE, "--batch-rows", "20", "--n-jobs", "1"],
+        stderr=subprocess.PIPE, text=True, env=_env(),
+        # A shell started in the background ignores SIGINT for its children.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    # Until the temporary output holds rows: the run is under way.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+        p.name.startswith(".out.csv.") and p.stat().st_size for p in tmp_path.iterdir()
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == status
+    assert err.strip() == message  # one line, no traceback
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "out.csv"]
