@@ -514,9 +514,9 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             they share a numpy dtype kind (all signed integers, all unsigned
             integers, all floats, all unicode strings), else of object dtype
             so that every label is kept exactly (``uint8`` and ``int64``
-            labels give objects, where a common dtype could be ``float64``). A Dask
-            DataFrame or array gives the same lazily, as a Dask DataFrame or
-            array computed block by block.
+            labels give objects, where a common dtype could be
+            ``float64``). A Dask DataFrame or array gives the same lazily, as
+            a Dask DataFrame or array computed block by block.
         """
         if _lazy.is_collection(X):
             self._fitted()
