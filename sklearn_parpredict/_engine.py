@@ -17,6 +17,7 @@ processes and their outputs back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from numbers import Integral
@@ -368,8 +369,8 @@ def _auto_plan(
     try_threads = kind == "process" and backend is None and not backend_configured()
     ours = try_threads
     kinds = (kind, "thread") if try_threads else (kind,)
-    shippable: list[bool] = []
 
+    @functools.cache
     def ships() -> bool:
         # Whether the models pickle, found out only for a plan on processes
         # (it writes them for the workers). One that does not runs on
@@ -377,9 +378,7 @@ def _auto_plan(
         # process backend asked for fails, naming the cause.
         if kind != "process" or cluster is not None:
             return True
-        if not shippable:
-            shippable.append(all(can_ship(job.estimator) for job in jobs))
-        return shippable[0]
+        return all(can_ship(job.estimator) for job in jobs)
 
     # Remembered for the next calls on as many rows or fewer: no plan pays.
     remember = settings is not None and len(jobs) == 1 and not done[0]

@@ -1,4 +1,5 @@
-"""Module-level locks that a forked child gets free.
+"""Module-level locks that a forked child gets free, and other state a
+forked child resets (:func:`in_forked_child`).
 
 A child forked while another thread of its parent holds a lock inherits the
 lock held, by a thread that the child does not have: the child's first wait
@@ -27,8 +28,13 @@ def fork_safe(
     are worth no more than a lock that is never released.
     """
     namespace[name] = factory()
-    if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
-        os.register_at_fork(
-            after_in_child=lambda: namespace.__setitem__(name, factory())
-        )
+    in_forked_child(lambda: namespace.__setitem__(name, factory()))
     return namespace[name]
+
+
+def in_forked_child(function: Callable[[], None]) -> Callable[[], None]:
+    """Have ``function`` run in every child forked from now on, and return
+    it: the state a child must not take from its parent is reset there."""
+    if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
+        os.register_at_fork(after_in_child=function)
+    return function

@@ -6,7 +6,6 @@ Each pool is known by a key ``(backend class name, worker count)``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -15,7 +14,7 @@ import numpy as np
 from sklearn_parpredict import _chunking, _costs, _loky
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job, run_task
-from sklearn_parpredict._locks import fork_safe
+from sklearn_parpredict._locks import fork_safe, in_forked_child
 from sklearn_parpredict._sharing import ModelHandle
 
 # Seconds after which a process pool that sat idle is assumed to be gone
@@ -34,16 +33,13 @@ _warm_lock = fork_safe(globals(), "_warm_lock", threading.Lock)
 _sent: dict[int, tuple] = {}
 
 
+@in_forked_child
 def _forked() -> None:
     # A forked child has none of its parent's pools, nor its warm-up threads.
     last_used.clear()
     time_lost.clear()
     _warming.clear()
     _sent.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
-    os.register_at_fork(after_in_child=_forked)
 
 
 def is_warm(pool_key: tuple, n_workers: int) -> bool:

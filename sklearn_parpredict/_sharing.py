@@ -31,7 +31,7 @@ from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
 
 from sklearn_parpredict._files import temp_folder, unlink
-from sklearn_parpredict._locks import fork_safe
+from sklearn_parpredict._locks import fork_safe, in_forked_child
 
 try:
     import cloudpickle
@@ -327,6 +327,7 @@ def can_ship(model) -> bool:
     return True
 
 
+@in_forked_child
 def _forked() -> None:
     """In a forked child: its own model names, and none of its parent's
     models, whose files are the parent's to remove. Without this, children
@@ -343,10 +344,6 @@ def _forked() -> None:
     _entries.clear()
     _strong.clear()
     _collected.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
-    os.register_at_fork(after_in_child=_forked)
 
 
 # ---------------------------------------------------------------------------

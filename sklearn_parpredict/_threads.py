@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -28,7 +27,7 @@ from sklearn import config_context, get_config
 from threadpoolctl import ThreadpoolController
 
 from sklearn_parpredict._costs import THREADED, Cost
-from sklearn_parpredict._locks import fork_safe
+from sklearn_parpredict._locks import fork_safe, in_forked_child
 from sklearn_parpredict._planning import cores_per_worker
 
 # Longest wait before an interrupt of the caller is seen.
@@ -39,13 +38,11 @@ _lock = fork_safe(globals(), "_lock", threading.Lock)
 _local = threading.local()
 
 
+@in_forked_child
 def _forget_pools() -> None:
     # A forked child inherits the pools but none of their threads: tasks
     # given to them would wait forever. The child starts its own.
     _pools.clear()
-
-
-os.register_at_fork(after_in_child=_forget_pools)
 
 
 _controller: ThreadpoolController | None = None

@@ -5,6 +5,7 @@ import os
 import threading
 
 import pytest
+from _helpers import in_child
 
 # Every module-level lock that code in a worker may take: the multiprocessing
 # backend forks workers from whichever thread calls, while other threads may
@@ -37,12 +38,9 @@ def test_a_lock_held_by_another_thread_is_free_in_a_forked_child(module, name):
     holder.start()
     try:
         assert held.wait(30)
-        pid = os.fork()
-        if pid == 0:  # the child: the holder thread is not there
-            free = getattr(module, name).acquire(timeout=5)
-            os._exit(0 if free else 1)
-        _, status = os.waitpid(pid, 0)
+        # The child: the holder thread is not there.
+        status = in_child(lambda: getattr(module, name).acquire(timeout=5))
     finally:
         release.set()
         holder.join(30)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert status == 0
