@@ -43,27 +43,37 @@ def shorten(items, limit: int = 10) -> str:
 # Positions found before, by what decides them (see _positions_key): found on
 # every call of models given fitted, and scikit-learn's look-up of names
 # (through narwhals) costs 80 µs a model, 2% of a call on one row.
-_known_positions: dict[tuple, tuple[int, ...]] = {}
+_known_positions: dict[tuple, tuple[int, ...] | int] = {}
 _MAX_KNOWN = 256
 
 
-def column_positions(X, features, target) -> list[int]:
+def column_positions(X, features, target) -> list[int] | int:
     """Positions in ``X`` of the columns that model ``target`` uses.
 
     ``features`` is the model's selector: names, positions, a slice, a boolean
     mask, a callable returning one of those, or ``None`` for all columns.
-    Every error names the model and the offending columns.
+    One name or position (not in a list) gives one int: the model sees that
+    column as 1-D, as ``X[name]`` and :class:`~sklearn.compose.ColumnTransformer`
+    give it (a text vectorizer takes a column of strings). Every error names
+    the model and the offending columns.
     """
     key = _positions_key(X, features)
     known = _known_positions.get(key) if key is not None else None
     if known is not None:
-        return list(known)
+        return known if isinstance(known, int) else list(known)
     positions = _find_positions(X, features, target)
     if key is not None:
         if len(_known_positions) >= _MAX_KNOWN:
             _known_positions.clear()
-        _known_positions[key] = tuple(positions)
+        _known_positions[key] = (
+            positions if isinstance(positions, int) else tuple(positions)
+        )
     return positions
+
+
+def as_list(columns) -> list:
+    """``columns`` (from :func:`column_positions`, or their names) as a list."""
+    return [columns] if is_target(columns) else list(columns)
 
 
 def _positions_key(X, features) -> tuple | None:
@@ -99,13 +109,13 @@ def _positions_key(X, features) -> tuple | None:
     return key
 
 
-def _find_positions(X, features, target) -> list[int]:
+def _find_positions(X, features, target) -> list[int] | int:
     n_columns = X.shape[1]
     key = features(X) if callable(features) else features
     if key is None:
         return list(range(n_columns))
-    if isinstance(key, str | Integral) and not isinstance(key, bool):
-        # One column: still give the model a 2-D input.
+    single = is_target(key)
+    if single:
         key = [key]
     try:
         if hasattr(key, "__array__"):  # arrays, pandas Index, Series
@@ -155,14 +165,19 @@ def _find_positions(X, features, target) -> list[int]:
         positions = _get_column_indices_for_bool_or_int(key, n_columns)
     if not positions:
         raise ValueError(f"The features of model {target!r} select no columns.")
+    if single:
+        return int(positions[0])
     return [int(pos) for pos in positions]
 
 
 def column_key(X, cols):
     """``cols`` (names or positions) as a key for :func:`select_columns`.
 
-    None when they are all of ``X``'s columns in order (no copy needed).
+    None when they are all of ``X``'s columns in order (no copy needed); one
+    name or position as itself (it selects a 1-D column).
     """
+    if is_target(cols):
+        return cols
     if cols and isinstance(cols[0], str):
         return None if cols == list(X.columns) else cols
     if cols == list(range(X.shape[1])):

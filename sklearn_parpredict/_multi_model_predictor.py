@@ -26,12 +26,14 @@ from sklearn.utils.validation import (
 
 from sklearn_parpredict import _chunking, _lazy
 from sklearn_parpredict._columns import (
+    as_list,
     assemble,
     check_models,
     check_y,
     column_key,
     column_positions,
     is_frame,
+    is_target,
     shorten,
     target_values,
 )
@@ -97,7 +99,11 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
           names or integer positions, a single name or position, a slice, a
           boolean mask, a callable such as
           :func:`~sklearn.compose.make_column_selector` (called on ``X``,
-          returning one of those), or ``None`` for all columns.
+          returning one of those), or ``None`` for all columns. As in
+          :class:`~sklearn.compose.ColumnTransformer`, a single name or
+          position gives the model that column as 1-D (``X["title"]``, what a
+          text vectorizer takes), a list of one a one-column table
+          (``X[["pages"]]``, what most estimators need).
         - ``target``: the unique label (str or int) of the model's output.
           It names the output column, the column of ``y`` (or of ``X``) the
           model is fitted on, and the model in nested parameters
@@ -346,7 +352,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         for i, (_, features, target) in enumerate(models):
             columns = column_positions(X, features, target)
             y_i, from_X = target_values(X, y, i, target)
-            if from_X is not None and from_X in columns:
+            if from_X is not None and from_X in as_list(columns):
                 raise ValueError(
                     f"Model {target!r} would be fitted on its own target: its "
                     f"features include the target column. Exclude it from the "
@@ -427,10 +433,13 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             ]
         names = getattr(self, "feature_names_in_", None)
         if names is not None and _get_feature_names(X) is not None:
-            wanted = [list(names[pos]) for pos in self._positions]
+            wanted = [
+                names[pos] if is_target(pos) else list(names[pos])
+                for pos in self._positions
+            ]
             present = set(X.columns)
             missing = {
-                target: [col for col in cols if col not in present]
+                target: [col for col in as_list(cols) if col not in present]
                 for target, cols in zip(self.targets_, wanted)
             }
             missing = {target: cols for target, cols in missing.items() if cols}

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
 from sklearn.compose import make_column_selector
 from sklearn.exceptions import NotFittedError
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import (
     LinearRegression,
     LogisticRegression,
@@ -123,7 +125,11 @@ MODEL_KINDS = {
     "knn": (lambda: KNeighborsClassifier(n_neighbors=3), "label_str"),
     "ridge": (lambda: Ridge(alpha=0.5), "value"),
     "extra_tree": (lambda: ExtraTreeRegressor(max_depth=4, random_state=0), "value"),
+    # Takes a 1-D X: the model of every single-column selector.
+    "isotonic": (lambda: IsotonicRegression(out_of_bounds="clip"), "value"),
 }
+# The kinds that take a 2-D X, drawn for every other selector.
+TABLE_KINDS = sorted(set(MODEL_KINDS) - {"isotonic"})
 
 # Selectors valid on both containers, and those that need column names.
 POSITIONAL = [
@@ -167,21 +173,27 @@ def model_sets(draw):
     selectors = POSITIONAL + (BY_NAME if frame else [])
     n_models = draw(st.integers(1, 5))
     kinds = draw(
-        st.lists(
-            st.sampled_from(sorted(MODEL_KINDS)), min_size=n_models, max_size=n_models
-        )
+        st.lists(st.sampled_from(TABLE_KINDS), min_size=n_models, max_size=n_models)
     )
-    features = draw(
-        st.lists(
-            st.sampled_from(range(len(selectors))),
-            min_size=n_models,
-            max_size=n_models,
+    features = [
+        selectors[i]
+        for i in draw(
+            st.lists(
+                st.sampled_from(range(len(selectors))),
+                min_size=n_models,
+                max_size=n_models,
+            )
         )
-    )
+    ]
+    # One name or position selects a 1-D column: a model that takes one.
+    kinds = [
+        "isotonic" if isinstance(f, str | int) else kind
+        for kind, f in zip(kinds, features)
+    ]
     targets = draw(
         st.sampled_from([[f"t{i}" for i in range(n_models)], list(range(n_models))])
     )
-    return frame, kinds, [selectors[i] for i in features], targets
+    return frame, kinds, features, targets
 
 
 ENGINES = st.fixed_dictionaries(
@@ -217,8 +229,6 @@ def test_fit_and_predict_equal_the_serial_loop(spec, engine, seed, n_rows, n_pre
     for estimator, f, t in models:
         if callable(f):
             f = f(X)
-        if isinstance(f, str | int):
-            f = [f]  # one column, still 2-D
         X_i = X if f is None else _safe_indexing(X, f, axis=1)
         fitted.append((clone(estimator).fit(X_i, y[t]), f, t))
     serial_fitted = fitted
@@ -351,6 +361,90 @@ def test_callable_features_are_resolved_at_fit(books):
     X = books[["price", "pages"]].assign(prices=1.0)
     expected = model.estimators_[0].predict(books[["pages", "price"]])
     np.testing.assert_allclose(model.predict(X)["rating"], expected)
+
+
+def _titles(n_rows, seed):
+    rng = np.random.default_rng(seed)
+    words = np.array(
+        "magic dragon spell clue murder alibi kiss heart star atom".split()
+    )
+    titles = [" ".join(rng.choice(words, 3)) for _ in range(n_rows)]
+    X = pd.DataFrame({"title": titles, "pages": rng.integers(50, 900, n_rows)})
+    y = pd.DataFrame(
+        {
+            "genre": ["fantasy" if "magic" in t else "other" for t in titles],
+            "price": 0.02 * X["pages"] + rng.normal(size=n_rows),
+        }
+    )
+    return X, y
+
+
+def _text_model():
+    return make_pipeline(TfidfVectorizer(), LogisticRegression())
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_one_column_name_gives_the_model_a_1d_column(backend):
+    # As X["title"] and ColumnTransformer give it: a text pipeline takes the
+    # column of strings, which a list ["title"] (a one-column frame) is not.
+    X, y = _titles(600, seed=0)
+    X_new, _ = _titles(301, seed=1)
+    model = MultiModelPredictor(
+        [
+            (_text_model(), "title", "genre"),
+            (IsotonicRegression(out_of_bounds="clip"), "pages", "price"),
+        ],
+        n_jobs=2,
+        backend=backend,
+        chunk_size=40,
+    ).fit(X, y)
+    text = _text_model().fit(X["title"], y["genre"])
+    iso = IsotonicRegression(out_of_bounds="clip").fit(X["pages"], y["price"])
+    out = model.predict(X_new)
+    np.testing.assert_array_equal(out["genre"], text.predict(X_new["title"]))
+    np.testing.assert_array_equal(out["price"], iso.predict(X_new["pages"]))
+    proba = MultiModelPredictor(
+        [(text, "title", "genre")], n_jobs=2, backend=backend, chunk_size=40
+    ).predict_proba(X_new)
+    np.testing.assert_array_equal(proba[0], text.predict_proba(X_new["title"]))
+    # Matched by name: other column order, other columns.
+    shuffled = X_new[["pages", "title"]].assign(extra=1)
+    pd.testing.assert_frame_equal(model.predict(shuffled), out)
+    # Given fitted, the same.
+    fitted = MultiModelPredictor(
+        [(text, "title", "genre"), (iso, "pages", "price")], n_jobs=2, chunk_size=40
+    )
+    pd.testing.assert_frame_equal(fitted.predict(X_new), out)
+    # A list of one name is a one-column frame, as X[["pages"]] is.
+    table = MultiModelPredictor([(Ridge(), ["pages"], "price")]).fit(X, y)
+    np.testing.assert_array_equal(
+        table.predict(X_new)["price"],
+        Ridge().fit(X[["pages"]], y["price"]).predict(X_new[["pages"]]),
+    )
+
+
+def test_one_column_position_gives_the_model_a_1d_column():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = 2 * X[:, 1] + rng.normal(size=200)
+    model = MultiModelPredictor(
+        [(IsotonicRegression(out_of_bounds="clip"), 1, "y")], n_jobs=2, chunk_size=30
+    ).fit(X, y)
+    serial = IsotonicRegression(out_of_bounds="clip").fit(X[:, 1], y)
+    X_new = rng.normal(size=(97, 3))
+    np.testing.assert_array_equal(
+        model.predict(X_new)[:, 0], serial.predict(X_new[:, 1])
+    )
+    # A model that needs 2-D input gets the serial call's error.
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
+        MultiModelPredictor([(Ridge(), 1, "y")]).fit(X, y)
+
+
+def test_one_column_that_is_the_target_is_refused():
+    X, _ = _titles(50, seed=0)
+    X["genre"] = "x"
+    with pytest.raises(ValueError, match="fitted on its own target"):
+        MultiModelPredictor([(_text_model(), "genre", "genre")]).fit(X)
 
 
 def test_score_is_mean_of_model_scores(books):
@@ -674,6 +768,12 @@ def test_column_positions_are_remembered_by_all_that_decides_them(monkeypatch):
     assert len(found) == 1, "the same names in the same columns were looked up again"
     # Other column order, other features, features changed in place.
     assert positions(frame[["c", "b", "a"]], ["a", "c"], "m") == [2, 0]
+    # One name (a 1-D column) is not a list of one name (a table).
+    assert positions(frame, "b", "m") == 1
+    assert positions(frame, ["b"], "m") == [1]
+    assert positions(frame, "b", "m") == 1
+    assert positions(X := np.zeros((2, 3)), 2, "m") == 2
+    assert positions(X, [2], "m") == [2]
     features = ["b"]
     assert positions(frame, features, "m") == [1]
     features.append("a")
