@@ -161,9 +161,19 @@ def _add_predict(commands) -> None:
 
 
 def _run_predict(args) -> int:
+    from sklearn_parpredict._engine import _check_backend
     from sklearn_parpredict._io import predict_file
-    from sklearn_parpredict._loading import load_model
+    from sklearn_parpredict._loading import CommandError, load_model
 
+    # Before the model is loaded and any row read; raised by the first
+    # batch, joblib's error read as that batch's failure.
+    try:
+        _check_backend(args.backend)
+    except ValueError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise CommandError(
+            f"cannot use --backend {args.backend}: {first_line}"
+        ) from exc
     model = load_model(args.model, trusted=args.trust, trust_pickle=args.trust_pickle)
     # "a,b c" and "a b c" both name three columns.
     columns = None

@@ -73,13 +73,70 @@ class _ParquetReader(_Reader):
         self.index_columns = [name for name in stored or () if isinstance(name, str)]
 
     def batches(self, columns, batch_rows):
+        missing = self._with_missing(columns)
         # Only the columns needed are decoded.
         for batch in self.file.iter_batches(batch_size=batch_rows, columns=columns):
             frame = batch.to_pandas()
             if columns is not None and any(n in columns for n in frame.index.names):
                 # A stored index asked for as a column (the id column).
                 frame = frame.reset_index()
+            for name in missing.intersection(frame.columns):
+                dtype = frame[name].dtype
+                if isinstance(dtype, np.dtype) and dtype.kind in "iub":
+                    frame[name] = frame[name].astype(
+                        object if dtype.kind == "b" else np.float64
+                    )
             yield frame
+
+    def _with_missing(self, columns) -> set[str]:
+        """The integer and boolean columns read with a value missing
+        somewhere in the file.
+
+        pandas reads such a column of the whole file as float64 (booleans as
+        object), but a batch without a missing value as int64 (bool): an id
+        column would be written ``3`` in some batches and ``3.0`` in others.
+        Counted from the row groups' statistics, or by reading the column
+        where a row group has none.
+        """
+        import pyarrow.types as pat
+
+        schema = self.file.schema_arrow
+        names = schema.names if columns is None else columns
+        wanted = [
+            name
+            for name in names
+            if name in schema.names
+            and (
+                pat.is_integer(schema.field(name).type)
+                or pat.is_boolean(schema.field(name).type)
+            )
+        ]
+        leaves = {
+            self.file.metadata.schema.column(j).path: j
+            for j in range(self.file.metadata.num_columns)
+        }
+        found = set()
+        for name in wanted:
+            counts: list = [None]
+            if name in leaves:
+                counts = [
+                    _null_count(self.file.metadata.row_group(i).column(leaves[name]))
+                    for i in range(self.file.metadata.num_row_groups)
+                ]
+            if None in counts:
+                counts = [
+                    batch.column(0).null_count
+                    for batch in self.file.iter_batches(columns=[name])
+                ]
+            if any(counts):
+                found.add(name)
+        return found
+
+
+def _null_count(chunk) -> int | None:
+    """A Parquet column chunk's count of missing values, None if unknown."""
+    stats = chunk.statistics
+    return stats.null_count if stats is not None and stats.has_null_count else None
 
 
 class _CSVReader(_Reader):

@@ -18,7 +18,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 import sklearn_parpredict
-from sklearn_parpredict import _cli
+from sklearn_parpredict import _cli, _loading
 from sklearn_parpredict._cli import main
 from sklearn_parpredict._io import progress_bar
 from sklearn_parpredict.datasets import GENRE_FEATURES, make_books
@@ -322,6 +322,22 @@ def test_error_missing_id_column(books_dir, tmp_path, capsys):
     )  # fmt: skip
 
 
+def test_error_unknown_backend_before_any_row(books_dir, tmp_path, capsys, monkeypatch):
+    folder, _, _ = books_dir
+    loads = []
+    monkeypatch.setattr(_loading, "load_model", lambda *a, **k: loads.append(a))
+    err = _fails(
+        capsys,
+        ["predict", folder / "genre.skops", folder / "books.csv", "--trust", TREE,
+         "--backend", "nope"],
+        tmp_path / "out.csv",
+        "cannot use --backend nope: Invalid backend: nope, expected one of [",
+    )  # fmt: skip
+    # Not a batch's failure ("failed on rows 0-..."), and the model not loaded.
+    assert "failed on rows" not in err and not loads
+    assert err.count("\n") == 1
+
+
 def test_error_model_without_method(books_dir, tmp_path, capsys):
     folder, books, _ = books_dir
     model = LinearRegression().fit(books[GENRE_FEATURES], books["rating"])
@@ -543,6 +559,38 @@ def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
         == 0
     )
     assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_parquet_ids_missing_in_a_later_batch_read_as_over_the_whole_file(
+    tmp_path, statistics
+):
+    # Written by pyarrow (as by Spark): no pandas metadata to keep Int64.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3, None, 5, 6], pa.int64()),
+            "flag": pa.array([True, False, True, True, None, False]),
+            "a": pa.array([0.5, 1.5, 2.0, 3.0, 4.0, 5.0]),
+        }
+    )
+    data = tmp_path / "ids.parquet"
+    pq.write_table(table, data, row_group_size=3, write_statistics=statistics)
+    model = LinearRegression().fit([[0], [1]], [0, 1])
+    joblib.dump(model, tmp_path / "m.joblib")
+    whole = pd.read_parquet(data)
+    predictions = model.predict(whole[["a"]].to_numpy())
+    for id_column in ("id", "flag"):
+        out = tmp_path / f"{id_column}.csv"
+        args = ["predict", tmp_path / "m.joblib", data, "-o", out, "--columns", "a"]
+        args += ["--trust-pickle", "-q", "--batch-rows", "3", "--id-column", id_column]
+        assert main(list(map(str, args))) == 0
+        # Word for word what the whole file read at once gives: 1.0 ... in
+        # every batch, not 1 in the batch without a missing id.
+        expected = whole[[id_column]].assign(prediction=predictions)
+        assert out.read_text() == expected.to_csv(index=False)
 
 
 def test_npy_columns_are_the_positions_given_in_their_order(books_dir, tmp_path):
