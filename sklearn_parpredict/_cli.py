@@ -256,7 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminated_as_exit():
             return args.run(args)
     except CommandError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        # One line, for logs and scripts: scikit-learn's and pandas' own
+        # messages may run over several (a list of missing features).
+        lines = [line.strip() for line in str(exc).splitlines()]
+        message = " ".join(line for line in lines if line)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # What was written so far is removed on the way out (an existing

@@ -29,6 +29,8 @@ from sklearn_parpredict._loading import CommandError
 INPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy"}
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 DEFAULT_BATCH_ROWS = 100_000
+# Rows a part of a CSV file has at least in the pass that finds its dtypes.
+_DTYPE_PASS_ROWS = 100_000
 
 
 def _format(path: Path, formats: dict, role: str) -> str:
@@ -56,6 +58,10 @@ class _Reader:
     def batches(self, columns: list | None, batch_rows: int) -> Iterator[Any]:
         raise NotImplementedError
 
+    def arrow_types(self) -> dict:
+        """The Arrow type of each column, where the file records it."""
+        return {}
+
 
 class _ParquetReader(_Reader):
     def __init__(self, path: Path):
@@ -80,6 +86,11 @@ class _ParquetReader(_Reader):
             if columns is not None and any(n in columns for n in frame.index.names):
                 # A stored index asked for as a column (the id column).
                 frame = frame.reset_index()
+            if not all(isinstance(name, str) for name in frame.columns):
+                # pandas' metadata gives back the labels a frame was saved
+                # with (0, 1, ... from pd.DataFrame(X)); the columns are
+                # chosen by the file's names, their text.
+                frame.columns = [str(name) for name in frame.columns]
             for name in missing.intersection(frame.columns):
                 dtype = frame[name].dtype
                 if isinstance(dtype, np.dtype) and dtype.kind in "iub":
@@ -87,6 +98,9 @@ class _ParquetReader(_Reader):
                         object if dtype.kind == "b" else np.float64
                     )
             yield frame
+
+    def arrow_types(self) -> dict:
+        return {field.name: field.type for field in self.file.schema_arrow}
 
     def _with_missing(self, columns) -> set[str]:
         """The integer and boolean columns read with a value missing
@@ -153,6 +167,8 @@ class _CSVReader(_Reader):
         # Every column is parsed (not usecols): a line with more fields than
         # the header is an error, as when pandas reads the whole file.
         dtype = self._dtypes(columns, batch_rows)
+        objects = [name for name, kind in dtype.items() if kind is _OBJECTS]
+        dtype = {name: kind for name, kind in dtype.items() if kind is not _OBJECTS}
         # index_col=False: a first line with one field more than the header
         # would otherwise make the first column an index, silently (the
         # dtype pass has refused such a line).
@@ -160,6 +176,8 @@ class _CSVReader(_Reader):
             self.path, chunksize=batch_rows, dtype=dtype, index_col=False
         ) as chunks:
             for chunk in chunks:
+                for name in objects:
+                    chunk[name] = chunk[name].astype(object)
                 yield chunk if columns is None else chunk[columns]
 
     def _dtypes(self, columns, batch_rows) -> dict:
@@ -168,8 +186,8 @@ class _CSVReader(_Reader):
         Each batch would infer its own: a text column whose first rows look
         like numbers would be numbers in the first batches only. So the file
         is read once for its dtypes, in larger batches that keep nothing
-        else; a column they infer differently is text, or floats where
-        every batch found numbers.
+        else, and what they found is merged as pandas merges the parts of a
+        whole file (see :func:`_common_dtype`).
         """
         import pandas as pd
 
@@ -180,30 +198,68 @@ class _CSVReader(_Reader):
         with (
             warnings.catch_warnings(),
             pd.read_csv(
-                self.path, chunksize=max(batch_rows, 100_000), index_col=False
+                self.path, chunksize=max(batch_rows, _DTYPE_PASS_ROWS), index_col=False
             ) as chunks,
         ):
             warnings.simplefilter("error", pd.errors.ParserWarning)
             for chunk in chunks:
                 for name in chunk.columns if columns is None else columns:
-                    seen.setdefault(name, set()).add(chunk[name].dtype)
-        common = {name: _common_dtype(dtypes) for name, dtypes in seen.items()}
-        return {name: dtype for name, dtype in common.items() if dtype is not None}
+                    seen.setdefault(name, set()).add(_part(chunk[name]))
+        return {name: _common_dtype(parts) for name, parts in seen.items()}
 
 
-def _common_dtype(dtypes: set):
-    """The dtype pandas infers for a column whose parts inferred ``dtypes``;
-    None where each batch's own inference gives its values."""
-    if len(dtypes) == 1:
+# A column read as objects in the whole file that are not text (True/False
+# with values missing, integers past 64 bits): each batch infers its values,
+# as pandas does, and holds them as objects. Read with dtype=object, pandas
+# would keep their text.
+_OBJECTS = object()
+
+
+def _part(column) -> tuple:
+    """What a part of a file made of a column: ``("text",)``, ``("empty",)``
+    (every value missing), ``("objects", what they are)``, or ``(dtype,
+    whether any value is negative)``."""
+    import pandas as pd
+
+    dtype = column.dtype
+    if not isinstance(dtype, np.dtype):
+        # pandas 3's str dtype; any other extension dtype as itself.
+        is_text = isinstance(dtype, pd.StringDtype)
+        return ("text",) if is_text else (dtype, False)
+    if dtype.kind == "O":
+        held = pd.api.types.infer_dtype(column, skipna=True)
+        if held == "string":
+            return ("text",)
+        return ("empty",) if held == "empty" else ("objects", held)
+    if dtype.kind == "f" and column.isna().all():
+        return ("empty",)
+    return (dtype, dtype.kind == "i" and bool(len(column)) and column.min() < 0)
+
+
+def _common_dtype(parts: set):
+    """The dtype pandas infers for a column whose parts are ``parts`` (from
+    :func:`_part`): a dtype to read every batch with, or ``_OBJECTS``."""
+    kinds = {part[0] for part in parts}
+    if "text" in kinds:
+        # Text in any part: the whole column is text ("01" stays "01").
+        return str
+    if "objects" in kinds:
+        return _OBJECTS
+    dtypes = {part[0] for part in parts if part[0] != "empty"}
+    if not dtypes:
+        return float  # every value missing
+    if len(dtypes) == 1 and "empty" not in kinds:
         return next(iter(dtypes))
-    kinds = {dtype.kind for dtype in dtypes}
-    if kinds <= set("if"):
+    numeric = {getattr(dtype, "kind", "O") for dtype in dtypes}
+    if numeric == {"b"}:
+        return _OBJECTS  # True/False with values missing
+    if numeric <= set("iu") and "empty" not in kinds:
+        # Past int64 in some parts: uint64 when no part is negative, else
+        # neither type holds every value, and pandas keeps the text.
+        negative = any(part[1] for part in parts if part[0] != "empty")
+        return str if negative else np.uint64
+    if numeric <= set("iuf"):
         return float
-    if "b" in kinds and kinds <= set("bOf"):
-        # True/False with values missing in some parts (an object or, all
-        # missing, a float part): bools and NaN whole, as each part reads
-        # them (a dtype would read text).
-        return None
     return str
 
 
@@ -279,8 +335,10 @@ def open_input(path: str | Path) -> _Reader:
 class _Writer:
     """Appends DataFrames to a Parquet or CSV file."""
 
-    def __init__(self, path: Path, kind: str):
-        self.path, self.kind = path, kind
+    def __init__(self, path: Path, kind: str, types: dict | None = None):
+        # types: Arrow types for columns that may be all missing in the
+        # first batch (an id column read from Parquet).
+        self.path, self.kind, self.types = path, kind, types or {}
         self._parquet: Any = None
         self._started = False
 
@@ -299,7 +357,7 @@ class _Writer:
 
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
-                table = table.cast(_typed(table.schema, frame))
+                table = table.cast(_typed(table.schema, frame, self.types))
                 self._parquet = pq.ParquetWriter(self.path, table.schema)
             elif table.schema != self._parquet.schema:
                 # CSV chunks may infer different dtypes (int, then float);
@@ -313,17 +371,17 @@ class _Writer:
             self._parquet.close()
 
 
-def _typed(schema, frame):
+def _typed(schema, frame, types: dict):
     """``schema`` with a type for the columns whose values are all missing
     in ``frame`` (Arrow's null type, which no later batch could be cast to):
-    their dtype's."""
+    the type in ``types``, else their dtype's (text for objects)."""
     import pyarrow as pa
 
     for i, field in enumerate(schema):
         if pa.types.is_null(field.type):
             dtype = frame[field.name].dtype
             kind = getattr(dtype, "kind", "O")
-            typed = (
+            typed = types.get(field.name) or (
                 pa.from_numpy_dtype(dtype) if kind in "biufmM" else pa.large_string()
             )
             schema = schema.set(i, field.with_type(typed))
@@ -365,14 +423,19 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _output_names(model, method: str, n_columns: int) -> list[str]:
-    """Column names of a 2-D output of ``method``."""
-    classes = getattr(model, "classes_", None)
+def _prefix(method: str) -> str:
+    """What names the output columns of ``method``."""
     prefix = {
         "predict_proba": "proba",
         "predict_log_proba": "log_proba",
     }.get(method, method.removeprefix("predict_") if method != "predict" else "")
-    prefix = prefix or "prediction"
+    return prefix or "prediction"
+
+
+def _output_names(model, method: str, n_columns: int) -> list[str]:
+    """Column names of a 2-D output of ``method``."""
+    classes = getattr(model, "classes_", None)
+    prefix = _prefix(method)
     if (
         classes is not None
         and method in ("predict_proba", "predict_log_proba", "decision_function")
@@ -397,30 +460,34 @@ def _output_frame(model, method: str, output, ids, id_column):
         columns[id_column] = np.asarray(ids)
     if hasattr(output, "toarray"):  # a sparse transform
         output = output.toarray()
+    names: list[str] = []
+    values: list = []
     if isinstance(output, list):
         # Multi-output predict_proba: one array per output, one column per
         # class of that output.
         classes = getattr(model, "classes_", None)
         for k, out in enumerate(output):
             labels = classes[k] if isinstance(classes, list) else range(out.shape[1])
-            prefix = "proba" if method == "predict_proba" else method
-            for label, values in zip(labels, np.asarray(out).T):
-                columns[f"{prefix}_{k}_{label}"] = values
+            for label, column in zip(labels, np.asarray(out).T):
+                names.append(f"{_prefix(method)}_{k}_{label}")
+                values.append(column)
+    elif isinstance(output, pd.DataFrame):
+        # Column by column: each keeps its dtype (to_numpy would give all
+        # of them one).
+        names = [str(c) for c in output.columns]
+        values = [column.array for _, column in output.items()]
     else:
-        if isinstance(output, pd.DataFrame):
-            names, values = [str(c) for c in output.columns], output.to_numpy().T
+        output = np.asarray(output)
+        if output.ndim == 1:
+            names = ["prediction" if method == "predict" else method]
+            values = [output]
         else:
-            output = np.asarray(output)
-            if output.ndim == 1:
-                names = ["prediction" if method == "predict" else method]
-                values = [output]
-            else:
-                names = _output_names(model, method, output.shape[1])
-                values = output.T
-        for name, column in zip(names, values):
-            if name in columns:
-                raise CommandError(f"output column {name!r} clashes with the id column")
-            columns[name] = column
+            names = _output_names(model, method, output.shape[1])
+            values = list(output.T)
+    for name, column in zip(names, values):
+        if name in columns:
+            raise CommandError(f"output column {name!r} clashes with the id column")
+        columns[name] = column
     return pd.DataFrame(columns)
 
 
@@ -563,7 +630,10 @@ def predict_file(
         atomic_output(output_path) as tmp,
         progress_bar(reader.n_rows, quiet=quiet) as bar,
     ):
-        writer = _Writer(tmp, out_kind)
+        types = reader.arrow_types()
+        writer = _Writer(
+            tmp, out_kind, {id_column: types[id_column]} if id_column in types else None
+        )
         try:
             for batch in _read(reader.batches(read, batch_rows), input_path):
                 if reader.columns is None:

@@ -696,3 +696,168 @@ def test_a_run_stopped_by_a_signal_leaves_the_old_output(
     assert err.strip() == message  # one line, no traceback
     assert out.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "out.csv"]
+
+
+# Batches read as the whole file reads: the values each column holds, their
+# Python types and dtypes, whatever the batch size and however many parts the
+# dtype pass reads.
+WHOLE_FILE_CSV = {
+    "bools with a value missing": "flag,x\nTrue,1\nFalse,2\n,3\nTrue,4\n",
+    "an integer past 64 bits": "a\n1\n2\n-9223372036854775809\n4\n",
+    "text that looks like numbers first": "a\n01\n02\nx\n03\n",
+    "integers, one missing": "a\n1\n\n2\n3\n",
+    "every value missing": "a,b\n,1\n,2\n,3\n",
+    "integers past int64 last": "a\n1\n2\n3\n9223372036854775813\n",
+    "negative integers, then past int64": "a\n-1\n2\n3\n9223372036854775813\n",
+    "bools, then text": "a\nTrue\nFalse\nTrue\nx\n",
+    "bools, then one missing": "a,b\nTrue,1\nTrue,2\nFalse,3\n,4\n",
+    "integers, then floats": "a\n1\n2\n3\n4.5\n",
+}
+
+
+@pytest.mark.parametrize("text", WHOLE_FILE_CSV.values(), ids=WHOLE_FILE_CSV.keys())
+@pytest.mark.parametrize("part_rows", [2, 100_000])
+def test_csv_batches_hold_what_the_whole_file_holds(
+    tmp_path, monkeypatch, text, part_rows
+):
+    from sklearn_parpredict import _io
+
+    # Parts of 2 rows: the dtype pass merges what parts of a large file find.
+    monkeypatch.setattr(_io, "_DTYPE_PASS_ROWS", part_rows)
+    path = _lines(tmp_path / "t.csv", text)
+    whole = pd.read_csv(path)
+    for batch_rows in (1, 2, 3):
+        batches = list(_io.open_input(path).batches(None, batch_rows))
+        read = pd.concat(batches, ignore_index=True)
+        for name in whole.columns:
+            assert read[name].dtype == whole[name].dtype, (name, batch_rows)
+            assert list(map(type, read[name])) == list(map(type, whole[name]))
+            pd.testing.assert_series_equal(read[name], whole[name])
+
+
+def test_csv_bools_with_a_value_missing_reach_the_model_as_bools(tmp_path):
+    # Read with dtype=object, they reached the model as the text "True" and
+    # "False": every prediction 1 where the serial answer is 1 0 1 1.
+    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.tree import DecisionTreeClassifier
+
+    data = _lines(tmp_path / "b.csv", "flag,x\nTrue,1\nFalse,2\n,3\nTrue,4\n")
+    frame = pd.read_csv(data)
+    model = make_pipeline(
+        OneHotEncoder(handle_unknown="ignore"), DecisionTreeClassifier(random_state=0)
+    ).fit(frame[["flag"]], [1, 0, 1, 1])
+    joblib.dump(model, tmp_path / "m.joblib")
+    for batch_rows in ("1", "4"):
+        out = tmp_path / f"out{batch_rows}.csv"
+        args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
+        assert main([*args, "--trust-pickle", "-q", "--batch-rows", batch_rows]) == 0
+        assert pd.read_csv(out)["prediction"].tolist() == [1, 0, 1, 1]
+
+
+def test_parquet_with_column_labels_that_are_not_text(tmp_path):
+    # pd.DataFrame(X).to_parquet(): labels 0, 1, 2, named "0", "1", "2".
+    frame = pd.DataFrame(np.arange(12.0).reshape(4, 3))
+    try:
+        frame.to_parquet(tmp_path / "X.parquet")
+    except ValueError as exc:  # pandas < 2: "must have string column names"
+        pytest.skip(f"this pandas cannot write such a file: {exc}")
+    model = LinearRegression().fit(frame.to_numpy(), [1, 2, 3, 4])
+    joblib.dump(model, tmp_path / "m.joblib")
+    args = ["predict", str(tmp_path / "m.joblib"), str(tmp_path / "X.parquet")]
+    args += ["--trust-pickle", "-q", "--batch-rows", "3"]
+    out = tmp_path / "out.csv"
+    assert main([*args, "-o", str(out)]) == 0
+    np.testing.assert_allclose(pd.read_csv(out)["prediction"], model.predict(frame))
+    assert (
+        main([*args, "-o", str(out), "--columns", "0", "1", "2", "--id-column", "1"])
+        == 0
+    )
+    assert pd.read_csv(out)["1"].tolist() == frame[1].tolist()
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_multi_output_probabilities_named_and_clashing_as_single_output(
+    tmp_path, capsys
+):
+    from sklearn.tree import DecisionTreeClassifier
+
+    X = np.arange(8.0).reshape(4, 2)
+    model = DecisionTreeClassifier(random_state=0).fit(X, [[0, 1], [1, 0]] * 2)
+    joblib.dump(model, tmp_path / "m.joblib")
+    data = tmp_path / "X.csv"
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "log_proba_0_0": [7, 8, 9, 10]}).to_csv(
+        data, index=False
+    )
+    args = ["predict", tmp_path / "m.joblib", data, "--trust-pickle", "--columns"]
+    args += ["a", "b", "--method", "predict_log_proba"]
+    out = tmp_path / "out.csv"
+    assert main([*map(str, args), "-o", str(out), "-q"]) == 0
+    assert list(pd.read_csv(out).columns) == [
+        "log_proba_0_0", "log_proba_0_1", "log_proba_1_0", "log_proba_1_1"
+    ]  # fmt: skip
+    # The id column was overwritten by a probability column, silently.
+    _fails(
+        capsys,
+        [*args, "--id-column", "log_proba_0_0"],
+        tmp_path / "clash.csv",
+        "output column 'log_proba_0_0' clashes with the id column",
+    )
+
+
+def test_a_transform_to_a_dataframe_keeps_each_column_dtype(tmp_path):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame({"f": [0.5, 1.5, 2.5], "i": [1, 2, 3]})
+    data = tmp_path / "X.csv"
+    frame.to_csv(data, index=False)
+    model = ColumnTransformer(
+        [("scaled", StandardScaler(), ["f"])], remainder="passthrough"
+    ).set_output(transform="pandas")
+    joblib.dump(model.fit(frame), tmp_path / "m.joblib")
+    out = tmp_path / "out.csv"
+    args = ["predict", tmp_path / "m.joblib", data, "-o", out, "--trust-pickle", "-q"]
+    assert main([*map(str, args), "--method", "transform", "--batch-rows", "2"]) == 0
+    # 1, 2, 3 as the whole frame writes them, not 1.0, 2.0, 3.0.
+    assert out.read_text() == model.transform(frame).to_csv(index=False)
+
+
+def test_parquet_id_column_missing_in_the_whole_first_batch_keeps_its_type(
+    tmp_path,
+):
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "flag": [None, None, True, False],
+            "price": pa.array([None, None, decimal.Decimal("1.50"), None]),
+            "x": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    joblib.dump(LinearRegression().fit([[0.0], [1.0]], [0, 1]), tmp_path / "m.joblib")
+    for id_column in ("flag", "price"):
+        out = tmp_path / f"{id_column}.parquet"
+        args = ["predict", tmp_path / "m.joblib", tmp_path / "in.parquet", "-o", out]
+        args += ["--trust-pickle", "-q", "--batch-rows", "2", "--columns", "x"]
+        assert main([*map(str, args), "--id-column", id_column]) == 0
+        written = pq.read_table(out).column(id_column)
+        assert written.type == table.schema.field(id_column).type  # not text
+        assert written.to_pylist() == table.column(id_column).to_pylist()
+
+
+def test_an_error_over_several_lines_is_printed_on_one(tmp_path, capsys):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 1.0, 0.0]})
+    joblib.dump(LinearRegression().fit(frame, [1, 2, 3]), tmp_path / "m.joblib")
+    data = tmp_path / "X.csv"
+    frame.to_csv(data, index=False)
+    err = _fails(
+        capsys,
+        ["predict", tmp_path / "m.joblib", data, "--trust-pickle", "--columns", "a"],
+        tmp_path / "out.csv",
+        "passed during fit. Feature names seen at fit time, yet now missing: - b",
+    )
+    assert err.count("\n") == 1
