@@ -30,6 +30,13 @@ def is_frame(X) -> bool:
     return hasattr(X, "columns") and hasattr(X, "shape") and not hasattr(X, "tocsr")
 
 
+def names_of(X) -> list:
+    """The column names of a dataframe (a pyarrow Table's ``columns`` are
+    its columns' data)."""
+    names = getattr(X, "column_names", None)
+    return list(X.columns if names is None else names)
+
+
 def is_target(target) -> bool:
     return isinstance(target, str | Integral) and not isinstance(target, bool)
 
@@ -98,9 +105,7 @@ def _positions_key(X, features) -> tuple | None:
         return None
     names = None
     if is_frame(X):
-        columns = X.columns
-        tolist = getattr(columns, "tolist", None)
-        names = tuple(tolist() if tolist is not None else columns)
+        names = tuple(names_of(X))
     key = (type(X), X.shape[1], names, selector)
     try:
         hash(key)
@@ -123,6 +128,10 @@ def _find_positions(X, features, target) -> list[int] | int:
         elif not isinstance(key, slice):
             key = [k.item() if isinstance(k, np.generic) else k for k in key]
         kind = _determine_key_type(key)
+        if isinstance(key, slice) and key.start is None and key.stop is None:
+            # slice(None), slice(None, None, -1): positions, though
+            # scikit-learn finds no type in them.
+            kind = "int"
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"The features of model {target!r} must be column names, integer "
@@ -139,7 +148,7 @@ def _find_positions(X, features, target) -> list[int] | int:
                 f"({type(X).__name__}) has no column names: pass a DataFrame, "
                 f"or select the columns by position."
             )
-        columns = list(X.columns)
+        columns = names_of(X)
         wanted = [key.start, key.stop] if isinstance(key, slice) else key
         missing = [col for col in wanted if col is not None and col not in columns]
         if missing:
@@ -179,7 +188,7 @@ def column_key(X, cols):
     if is_target(cols):
         return cols
     if cols and isinstance(cols[0], str):
-        return None if cols == list(X.columns) else cols
+        return None if cols == names_of(X) else cols
     if cols == list(range(X.shape[1])):
         return None
     return np.asarray(cols, dtype=np.intp)
@@ -267,12 +276,12 @@ def target_values(X, y, i: int, target):
     of their column in ``X`` when they are taken from it (``y`` is None)."""
     if y is None:
         if is_frame(X):
-            if target not in list(X.columns):
+            if target not in names_of(X):
                 raise ValueError(
                     f"Target column {target!r} not found in X (y is None, "
                     f"so each target is taken from X)."
                 )
-            return X[target], list(X.columns).index(target)
+            return X[target], names_of(X).index(target)
         if not isinstance(target, Integral) or not (-X.shape[1] <= target < X.shape[1]):
             raise ValueError(
                 f"Target {target!r} cannot be taken from X: y is None and X "

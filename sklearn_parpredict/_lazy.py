@@ -34,6 +34,11 @@ def is_collection(X) -> bool:
     return dask.is_dask_collection(X)
 
 
+def computed(X):
+    """``X`` computed when it is a Dask collection, else ``X`` itself."""
+    return X.compute() if is_collection(X) else X
+
+
 def _call_block(block, model, method, columns, params, empty, config):
     """One block's output; an empty block gives the output's empty form.
 

@@ -34,6 +34,7 @@ from sklearn_parpredict._columns import (
     column_positions,
     is_frame,
     is_target,
+    names_of,
     shorten,
     target_values,
 )
@@ -329,7 +330,8 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         X : {array-like, sparse matrix, DataFrame} of shape \
                 (n_samples, n_features)
             Training data: the models' features, and their targets when ``y``
-            is None.
+            is None. A Dask collection is computed first, as scikit-learn's
+            estimators compute it in their ``fit``.
 
         y : array-like or DataFrame of shape (n_samples,) or \
                 (n_samples, n_targets), default=None
@@ -345,6 +347,9 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             The fitted estimator.
         """
         models = check_models(self.models, self._parameter_constraints)
+        # Fitted in memory: the models take the computed data, as they would
+        # have computed it themselves.
+        X, y = (_lazy.computed(value) for value in (X, y))
         X = self._check_X(X, reset=True)
         if y is not None:
             y = check_y(y, X, [target for _, _, target in models])
@@ -437,7 +442,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
                 names[pos] if is_target(pos) else list(names[pos])
                 for pos in self._positions
             ]
-            present = set(X.columns)
+            present = set(names_of(X))
             missing = {
                 target: [col for col in as_list(cols) if col not in present]
                 for target, cols in zip(self.targets_, wanted)

@@ -237,9 +237,10 @@ def _input_kind(X) -> tuple | None:
     """What the cost of pickling ``X``'s rows is remembered by; None where
     it cannot be (dtypes that cannot be hashed)."""
     dtypes = getattr(X, "dtypes", None)
-    if dtypes is not None:  # a DataFrame
+    if dtypes is not None and getattr(X, "ndim", 2) != 1:  # a DataFrame
         dtypes = tuple(dtypes)
     else:
+        # A Series' dtypes is its one dtype.
         dtypes = str(getattr(X, "dtype", None))
     kind = type(X), dtypes, getattr(X, "shape", (0,))[1:]
     try:

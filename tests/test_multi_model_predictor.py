@@ -440,6 +440,52 @@ def test_one_column_position_gives_the_model_a_1d_column():
         MultiModelPredictor([(Ridge(), 1, "y")]).fit(X, y)
 
 
+@pytest.mark.parametrize("step", [None, 2, -1])
+def test_a_slice_without_bounds_selects_columns(books, step):
+    # scikit-learn finds no key type in slice(None): no longer "select no
+    # columns".
+    X = books[["pages", "price", "year"]]
+    y = books["rating"]
+    model = MultiModelPredictor([(Ridge(), slice(None, None, step), "r")]).fit(X, y)
+    serial = Ridge().fit(X.iloc[:, ::step], y)
+    expected = serial.predict(X.iloc[:, ::step])
+    np.testing.assert_allclose(model.predict(X)["r"], expected)
+    array = MultiModelPredictor([(Ridge(), slice(None, None, step), "r")])
+    np.testing.assert_allclose(
+        array.fit(X.to_numpy(), y).predict(X.to_numpy())[:, 0], expected
+    )
+
+
+def test_pyarrow_table_columns_by_name(books):
+    pa = pytest.importorskip("pyarrow")
+    X = books[["pages", "price", "year"]]
+    table = pa.Table.from_pandas(X, preserve_index=False)
+    try:
+        _safe_indexing(table, ["pages"], axis=1)
+    except TypeError as exc:  # scikit-learn < 1.7
+        pytest.skip(f"this scikit-learn cannot select a Table's columns: {exc}")
+    expected = (
+        Ridge().fit(X[["pages", "year"]], books["rating"]).predict(X[["pages", "year"]])
+    )
+    fitted = MultiModelPredictor([(Ridge(), ["pages", "year"], "r")]).fit(
+        table, books["rating"]
+    )
+    np.testing.assert_allclose(fitted.predict(table)[:, 0], expected)
+    # Fitted on pandas, predicting a table: its columns matched by name.
+    model = MultiModelPredictor([(Ridge(), ["pages", "year"], "r")])
+    model.fit(X, books["rating"])
+    np.testing.assert_allclose(model.predict(table)[:, 0], expected)
+
+
+def test_fit_on_a_dask_collection_fits_on_it_computed(books):
+    dd = pytest.importorskip("dask.dataframe")
+    frame = books[["pages", "price", "rating"]]
+    lazy = dd.from_pandas(frame, npartitions=3)
+    model = MultiModelPredictor([(Ridge(), ["pages", "price"], "rating")]).fit(lazy)
+    serial = Ridge().fit(frame[["pages", "price"]], frame["rating"])
+    np.testing.assert_allclose(model.estimators_[0].coef_, serial.coef_)
+
+
 def test_one_column_that_is_the_target_is_refused():
     X, _ = _titles(50, seed=0)
     X["genre"] = "x"

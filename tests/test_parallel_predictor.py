@@ -277,6 +277,20 @@ def test_series_output_keeps_index():
     assert_same_output(model.predict(frame), model.estimator_.predict(frame))
 
 
+@pytest.mark.parametrize("backend", [None, "loky"])
+def test_series_input_of_text_on_processes_by_default_chunking(backend):
+    # chunk_size="auto" measures what pickling a row costs, by the input's
+    # kind: a Series' dtypes is one dtype, not a DataFrame's list of them.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.RandomState(0)
+    titles = pd.Series(rng.choice(["dragon magic", "murder noon", "magic wand"], 3000))
+    pipe = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    pipe.fit(titles, titles == "murder noon")
+    model = ParallelPredictor(pipe, n_jobs=2, backend=backend)
+    assert_same_output(model.predict(titles), pipe.predict(titles))
+
+
 def test_batch_dependent_estimator_is_not_split():
     # Random predictions depend on the batch: splitting would change them.
     dummy = DummyClassifier(strategy="stratified", random_state=0).fit(X, Y)
