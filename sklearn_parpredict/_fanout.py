@@ -11,12 +11,15 @@ backend, the package's own threads.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
+import select
 import signal
 import sys
 import threading
 import traceback
 import warnings
+from multiprocessing.pool import RUN
 
 import joblib
 from joblib._parallel_backends import (
@@ -241,6 +244,7 @@ class _WatchedMultiprocessingBackend(MultiprocessingBackend):
         # the watcher's first look.
         workers = {worker.pid: worker for worker in self._pool._pool}
         _unread_writes_given_up(self._pool)
+        _unread_tasks_given_up(self._pool)
         threading.Thread(
             target=_watch_pool,
             args=(self._pool, workers, self._stop_watch),
@@ -283,6 +287,40 @@ def _unread_writes_given_up(pool) -> None:
             lock.release()
 
     queue.put = put
+
+
+def _unread_tasks_given_up(pool) -> None:
+    """Let the pool's task handler give up writing a task once the pool is
+    ending and no worker is left to read it.
+
+    ``Pool.terminate`` reads the tasks still queued so that the handler can
+    end, but stops as soon as the pipe is empty for a moment: while the
+    handler pickles its next task (a task that failed to pickle ends a call
+    while the next is being pickled). It then ends the workers and waits
+    for the handler, whose write of that task, larger than the pipe holds,
+    would wait forever for a reader.
+    """
+    writer = getattr(getattr(pool, "_inqueue", None), "_writer", None)
+    handle = getattr(writer, "_handle", None)
+    if sys.platform == "win32" or not isinstance(handle, int):
+        return
+    os.set_blocking(handle, False)
+
+    def send(buf):
+        # Connection._send's loop, waiting with a timeout rather than in
+        # the write itself (the task handler is the pipe's only writer).
+        view = memoryview(buf)
+        while view:
+            try:
+                view = view[os.write(handle, view) :]
+            except BlockingIOError:
+                if pool._state != RUN and not any(w.is_alive() for w in pool._pool):
+                    raise BrokenPipeError(
+                        "no worker is left to read the task"
+                    ) from None
+                select.select([], [handle], [], _WATCH_S)
+
+    writer._send = send
 
 
 def _one_openmp_thread() -> None:

@@ -230,6 +230,32 @@ def test_multiprocessing_pool_ends_with_a_worker_stuck_writing_a_result():
     assert all(worker.exitcode is not None for worker in pool._pool)
 
 
+class _SlowToPickle:
+    """Pickled in 0.5 s, as 4 MB: more than a pipe holds."""
+
+    def __reduce__(self):
+        time.sleep(0.5)
+        return bytes, (bytes(4 << 20),)
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_pool_ends_while_a_task_is_being_pickled():
+    # Pool.terminate reads the queued tasks only while there are some: the
+    # task handler, still pickling, writes its task after that, to workers
+    # that are gone (a fit whose first model failed to pickle hung 1 time
+    # in 6 while the second model's data was pickled).
+    backend = _fanout._WatchedMultiprocessingBackend()
+    # Workers that read nothing for a while: the task is not taken either.
+    backend.configure(n_jobs=2, initializer=time.sleep, initargs=(2,))
+    backend._pool.apply_async(len, (_SlowToPickle(),))
+    time.sleep(0.1)  # the task handler is pickling
+    ended = threading.Event()
+    threading.Thread(
+        target=lambda: (backend.terminate(), ended.set()), daemon=True
+    ).start()
+    assert ended.wait(20), "Pool.terminate waits for the task handler for good"
+
+
 # ---------------------------------------------------------------------------
 # A worker process that dies
 # ---------------------------------------------------------------------------
