@@ -20,6 +20,7 @@ import threading
 import traceback
 import warnings
 from multiprocessing.pool import RUN
+from typing import Any
 
 import joblib
 from joblib._parallel_backends import (
@@ -300,7 +301,7 @@ def _unread_tasks_given_up(pool) -> None:
     for the handler, whose write of that task, larger than the pipe holds,
     would wait forever for a reader.
     """
-    writer = getattr(getattr(pool, "_inqueue", None), "_writer", None)
+    writer: Any = getattr(getattr(pool, "_inqueue", None), "_writer", None)
     handle = getattr(writer, "_handle", None)
     if sys.platform == "win32" or not isinstance(handle, int):
         return
