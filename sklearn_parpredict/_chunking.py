@@ -172,12 +172,40 @@ def _check_rows(parts, rows, rest) -> None:
 
 
 def _is_per_output(parts, rows) -> bool:
-    """Whether list outputs are one array per output rather than one per row."""
-    return all(
+    """Whether list outputs are one array per output rather than one per row.
+
+    Raises
+    ------
+    NotPerRow
+        When they could as well be something else: one array per row, or
+        an array for the whole batch that has as many items as the chunks
+        have rows.
+    """
+    if not all(
         len(part) == len(parts[0])
         and all(getattr(item, "ndim", 0) >= 1 and item.shape[0] == n for item in part)
         for part, n in zip(parts, rows)
-    )
+    ):
+        return False
+    if all(len(part) == n for part, n in zip(parts, rows)):
+        # The top 4 labels of each row, in chunks of 4 rows, read as 4
+        # outputs of 4 rows each.
+        raise NotPerRow("the method returned as many arrays as rows")
+    if len(set(rows)) == 1:
+        # Chunks of equal rows cannot tell an output of one row per row from
+        # one the same for any batch (a forest's decision_path returns its
+        # trees' node offsets: 11 of them, in chunks of 11 rows); the latter
+        # is the same in every chunk. An output per row the same in every
+        # chunk is rare (a constant prediction), and only costs a call.
+        for items in zip(*parts):
+            first = items[0]
+            if (
+                isinstance(first, np.ndarray)
+                and not first.dtype.hasobject
+                and all(np.array_equal(first, item) for item in items[1:])
+            ):
+                raise NotPerRow("an output is the same for every chunk of rows")
+    return True
 
 
 def _concat_pandas(parts):

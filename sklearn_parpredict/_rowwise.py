@@ -29,15 +29,18 @@ JOINT_PARAMS = frozenset({"return_cov"})
 # solution from the mean of the whole batch and stops when the batch as a
 # whole has converged (split in 10-row chunks, outputs 2e-3 apart);
 # BernoulliRBM draws its random numbers for the call as a whole, so a row
-# gets other draws in another batch (score_samples 7.9 apart). Named by
-# module rather than imported: an instance's module is imported already,
-# and workers need not import these.
+# gets other draws in another batch (score_samples 7.9 apart). A forest's
+# decision_path returns, with its rows, its trees' node offsets, the same
+# for any batch: they are not rows to join, and in chunks of as many rows
+# as offsets they read as rows. Named by module rather than imported: an
+# instance's module is imported already, and workers need not import these.
 BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
     ("sklearn.decomposition._nmf", "NMF"): frozenset({"transform"}),
     ("sklearn.decomposition._nmf", "MiniBatchNMF"): frozenset({"transform"}),
     ("sklearn.neural_network._rbm", "BernoulliRBM"): frozenset(
         {"score_samples", "gibbs"}
     ),
+    ("sklearn.ensemble._forest", "BaseForest"): frozenset({"decision_path"}),
 }
 
 _declared_random: dict[type, bool] = {}

@@ -148,10 +148,75 @@ def test_concatenate_refuses_what_is_not_one_row_per_row():
     with pytest.raises(NotPerRow, match="float"):
         concatenate([1.0, 2.0], [3, 3])
     # One array per output, each of the chunk's rows; or one item per row.
-    assert [p.shape for p in concatenate([[a, a], [a, a]], [3, 3])] == [(6, 2)] * 2
+    b = np.ones((3, 2))
+    assert [p.shape for p in concatenate([[a, b], [b, a]], [3, 3])] == [(6, 2)] * 2
     ragged = [np.zeros(1), np.zeros(2), np.zeros(5)]
     assert len(concatenate([ragged, ragged], [3, 3])) == 6
     assert len(concatenate([list("ab"), list("cde")], [2, 3])) == 5
+
+
+def test_concatenate_refuses_outputs_that_read_two_ways():
+    a, b = np.zeros((2, 3)), np.ones((2, 3))
+    # Two arrays per chunk of two rows: two outputs, or one array per row.
+    with pytest.raises(NotPerRow, match="as many arrays as rows"):
+        concatenate([[a, b], [b, a]], [2, 2])
+    # An item the same in chunks of equal rows: maybe not rows at all.
+    offsets = np.arange(3)
+    with pytest.raises(NotPerRow, match="same for every chunk"):
+        concatenate([(a.T, offsets), (b.T, offsets)], [3, 3])
+    # Chunks of other rows tell them apart.
+    assert len(concatenate([[a, b], [b, a], [a[:1]]], [2, 2, 1])) == 5
+    got = concatenate([(a.T, offsets), (b.T[:1], offsets[:1])], [3, 1])
+    assert [p.shape for p in got] == [(4, 2), (4,)]
+
+
+class _TopK(BaseEstimator):
+    """The positions of each row's 4 largest values: one array per row."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X):
+        return [np.argsort(-row)[:4] for row in np.asarray(X)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_that_read_as_per_output_or_per_row_are_the_serial_call(backend):
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = np.random.default_rng(0).normal(size=(44, 10))
+    engine = {"n_jobs": 2, "backend": backend}
+    top = _TopK().fit(data)
+    got = ParallelPredictor(top, chunk_size=4, **engine).predict(data[:16])
+    assert_same_output(got, top.predict(data[:16]))
+    # A forest's node offsets, 11 of them, in chunks of 11 rows.
+    forest = RandomForestClassifier(10, random_state=0).fit(data, data[:, 0] > 0)
+    assert not splittable(forest, "decision_path", {})
+    got = parallel_predict(
+        forest, data, method="decision_path", chunk_size=11, **engine
+    )
+    assert_same_output(got, forest.decision_path(data))
+    chunks = [forest.decision_path(data[i : i + 11]) for i in range(0, 44, 11)]
+    with pytest.raises(NotPerRow):
+        concatenate(chunks, [11] * 4)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_probabilities_of_several_outputs_are_joined_from_chunks(backend, caplog):
+    from sklearn.ensemble import RandomForestClassifier
+
+    targets = np.column_stack([Y, X[:, 1] > 0, X[:, 2] > 0.5])
+    forest = RandomForestClassifier(10, random_state=0).fit(X, targets)
+    wrapper = ParallelPredictor(forest, n_jobs=2, backend=backend, chunk_size=10)
+    with caplog.at_level("DEBUG", logger="sklearn_parpredict"):
+        got = wrapper.predict_proba(X)
+    assert_same_output(got, forest.predict_proba(X))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("6 tasks on 2" in message for message in messages), messages
+    assert not any("again in-process" in message for message in messages)
 
 
 def _random_labels():
