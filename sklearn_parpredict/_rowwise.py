@@ -25,14 +25,19 @@ from sklearn_parpredict import _chunking
 JOINT_PARAMS = frozenset({"return_cov"})
 
 # scikit-learn's methods whose output for a row depends on the other rows of
-# the call, undeclared by any tag: NMF's transform starts every row's
-# solution from the mean of the whole batch and stops when the batch as a
-# whole has converged (split in 10-row chunks, outputs 2e-3 apart);
-# BernoulliRBM draws its random numbers for the call as a whole, so a row
-# gets other draws in another batch (score_samples 7.9 apart). A forest's
-# decision_path returns, with its rows, its trees' node offsets, the same
-# for any batch: they are not rows to join, and in chunks of as many rows
-# as offsets they read as rows. Named by module rather than imported: an
+# the call, or that is not rows, undeclared by any tag: NMF's transform starts
+# every row's solution from the mean of the whole batch and stops when the
+# batch as a whole has converged (split in 10-row chunks, outputs 2e-3 apart);
+# BernoulliRBM draws its random numbers for the call as a whole, so a row gets
+# other draws in another batch (score_samples 7.9 apart). A forest's
+# decision_path returns, with its rows, its trees' node offsets, the same for
+# any batch: they are not rows to join, and in chunks of as many rows as
+# offsets they read as rows. IterativeImputer's transform, with
+# sample_posterior, draws its random numbers for the call as a whole (outputs
+# 4 apart in 10-row chunks); without, a batch with no value given at all gets
+# only the first guess, the means (a row of no values alone in its chunk:
+# 2.6e-4 apart). GaussianProcessRegressor's sample_y draws the rows' samples
+# jointly, from their covariance. Named by module rather than imported: an
 # instance's module is imported already, and workers need not import these.
 BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
     ("sklearn.decomposition._nmf", "NMF"): frozenset({"transform"}),
@@ -41,6 +46,10 @@ BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
         {"score_samples", "gibbs"}
     ),
     ("sklearn.ensemble._forest", "BaseForest"): frozenset({"decision_path"}),
+    ("sklearn.impute._iterative", "IterativeImputer"): frozenset({"transform"}),
+    ("sklearn.gaussian_process._gpr", "GaussianProcessRegressor"): frozenset(
+        {"sample_y"}
+    ),
 }
 
 _declared_random: dict[type, bool] = {}

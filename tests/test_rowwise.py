@@ -367,6 +367,43 @@ def test_methods_that_fit_the_whole_batch_are_not_split(make, method, backend):
     assert_same_output(got, getattr(model, method)(_nonnegative()))
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sample_posterior", [True, False])
+def test_an_iterative_imputer_is_not_split(sample_posterior, backend):
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    data = X.copy()
+    data[np.random.default_rng(1).random(X.shape) < 0.2] = np.nan
+    # A row of no values alone in its chunk gets only the first guess.
+    data[5] = np.nan
+
+    def fitted():
+        # Each transform with sample_posterior draws from the fitted
+        # generator: one model for each call.
+        imputer = IterativeImputer(sample_posterior=sample_posterior, random_state=0)
+        return imputer.fit(data)
+
+    assert not splittable(fitted(), "transform", {})
+    got = parallel_predict(
+        fitted(), data, method="transform", n_jobs=2, backend=backend, chunk_size=1
+    )
+    assert_same_output(got, fitted().transform(data))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_drawn_jointly_for_all_rows_are_not_split(backend):
+    gpr = GaussianProcessRegressor(alpha=0.1).fit(X, X[:, 0])
+    assert not splittable(gpr, "sample_y", {})
+    data = X + 0.5
+    got = parallel_predict(
+        gpr, data, method="sample_y", n_jobs=2, backend=backend, chunk_size=10
+    )
+    assert_same_output(got, gpr.sample_y(data))
+
+
 def test_the_row_wise_methods_of_such_estimators_are_split():
     rbm = BernoulliRBM(n_components=3, random_state=0).fit(_nonnegative())
     assert splittable(rbm, "transform", {})
@@ -378,3 +415,5 @@ def test_the_row_wise_methods_of_such_estimators_are_split():
     pipe = make_pipeline(StandardScaler(), rbm)
     assert splittable(pipe, "transform", {})
     assert not splittable(pipe, "score_samples", {})
+    gpr = GaussianProcessRegressor(alpha=0.1).fit(X, X[:, 0])
+    assert splittable(gpr, "predict", {})
