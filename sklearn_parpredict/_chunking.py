@@ -59,7 +59,7 @@ def prepare(X):
     """Return ``X`` in a form that can be cut into row chunks cheaply.
 
     Lists and tuples stay lists (text estimators take lists of strings); sparse
-    formats without row slicing become CSR.
+    formats without row slicing become CSR (see :func:`serial_format`).
     """
     if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
         return X.tocsr()
@@ -67,6 +67,14 @@ def prepare(X):
         # Array-likes that only implement __array__.
         return np.asarray(X)
     return X
+
+
+def serial_format(X) -> str | None:
+    """The sparse format that :func:`prepare` converts ``X`` from, which its
+    chunks are converted back to (None: ``X`` is cut as it is)."""
+    if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
+        return X.format
+    return None
 
 
 def row_slice(X, start: int, stop: int, fmt: str | None = None):

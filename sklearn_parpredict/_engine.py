@@ -175,6 +175,7 @@ def run_jobs(
         _log(jobs, [0] * len(jobs), "in-process: an input not to cut by rows")
         return [job.call() for job in jobs]
     for job in jobs:
+        job.fmt = _chunking.serial_format(job.X)
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
@@ -479,12 +480,12 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
             if share:
                 rows = ref.rows(start, stop)
             elif cluster is not None:
-                rows = cluster.rows(_chunking.row_slice(X, start, stop))
+                rows = cluster.rows(job.rows(start, stop))
             elif process:
                 # Other rows for processes go pickled on their own.
-                rows = PickledRows(_chunking.row_slice(X, start, stop), spool)
+                rows = PickledRows(job.rows(start, stop), spool)
             else:
-                rows = _chunking.row_slice(X, start, stop)
+                rows = job.rows(start, stop)
             keys.append((j, start, stop))
             tasks.append(
                 (model, job.method, rows, job.columns, job.params_for(start, stop))

@@ -26,16 +26,25 @@ class Job:
     X: Any
     columns: Any = None
     params: dict = field(default_factory=dict)
+    # The sparse format the caller gave X in, when it was converted to
+    # another to be cut (see _chunking.prepare): the method is given its
+    # rows in the caller's.
+    fmt: str | None = None
 
     def call(self, start: int | None = None, stop: int | None = None):
         """Run the method in this process, on all rows or on ``start:stop``."""
         if start is None:
-            return _call(self.estimator, self.method, self.X, self.columns, self.params)
+            X = self.X if self.fmt is None else self.X.asformat(self.fmt)
+            return _call(self.estimator, self.method, X, self.columns, self.params)
         if stop is None:
             stop = _chunking.n_rows(self.X)
-        X = _chunking.row_slice(self.X, start, stop)
+        X = self.rows(start, stop)
         params = self.params_for(start, stop)
         return _call(self.estimator, self.method, X, self.columns, params)
+
+    def rows(self, start: int, stop: int):
+        """Rows ``start:stop`` of ``X``, as the method is given them."""
+        return _chunking.row_slice(self.X, start, stop, self.fmt)
 
     def params_for(self, start: int, stop: int) -> dict:
         """The method's parameters for rows ``start:stop`` (see

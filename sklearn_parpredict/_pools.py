@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from sklearn_parpredict import _chunking, _costs, _loky
+from sklearn_parpredict import _costs, _loky
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._locks import fork_safe, in_forked_child
@@ -114,7 +114,7 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
             (
                 ModelHandle(job.estimator),
                 job.method,
-                _chunking.row_slice(job.X, 0, 1),
+                job.rows(0, 1),
                 job.columns,
                 job.params_for(0, 1),
             )

@@ -296,6 +296,28 @@ def test_array_subclasses_and_byte_orders_come_back_as_given(n_rows, backend):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", [*BACKENDS, "multiprocessing"])
+@pytest.mark.parametrize("fmt", ["coo", "dok", "bsr", "dia"])
+def test_sparse_rows_are_given_in_the_callers_format(fmt, backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer
+
+    matrix = sp.random(100, 5, density=0.3, format=fmt, random_state=0)
+    for given in (matrix, sp.coo_array(matrix).asformat(fmt)):
+        identity = FunctionTransformer(accept_sparse=True).fit(given)
+        expected = identity.transform(given)
+        assert type(expected) is type(given)
+        # Cut in chunks, and whole on one worker.
+        for n_jobs in (2, 1):
+            wrapper = ParallelPredictor(
+                identity, n_jobs=n_jobs, backend=backend, chunk_size=25
+            )
+            got = wrapper.transform(given)
+            assert type(got) is type(expected)
+            assert_same_output(got, expected)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pyarrow_record_batch_is_cut_as_a_table(backend):
     pa = pytest.importorskip("pyarrow")
