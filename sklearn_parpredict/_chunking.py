@@ -34,8 +34,9 @@ def n_rows(X) -> int:
 def cuttable(X) -> bool:
     """Whether ``X`` can be cut by rows: not an iterator (a generator,
     ``map``) or a view of a mapping, which only the estimator may consume,
-    and not a string (one value to scikit-learn, not rows of characters)."""
-    if isinstance(X, str | bytes):
+    not a string (one value to scikit-learn, not rows of characters), and
+    not None (to a neighbors estimator, the samples it was fitted on)."""
+    if X is None or isinstance(X, str | bytes):
         return False
     return (
         isinstance(X, np.ndarray | list | tuple)

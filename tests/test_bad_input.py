@@ -255,3 +255,24 @@ def test_skip_parameter_validation_is_honoured(monkeypatch):
     assert_same_output(out, FITTED["array"].predict(X[:10]))
     parallel_predict(FITTED["array"], X[:10], n_jobs=1, chunk_size=3)
     assert checked == [1]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("chunk_size", ["auto", 40])
+def test_none_goes_to_the_estimator_as_it_is(chunk_size, backend):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": chunk_size}
+    # A neighbors estimator's samples each without itself among its neighbors.
+    knn = KNeighborsClassifier().fit(X, Y)
+    assert_same_output(
+        ParallelPredictor(knn, **engine).predict(None), knn.predict(None)
+    )
+    # Others fail as the serial call does.
+    model = FITTED["array"]
+    with pytest.raises(ValueError) as serial:
+        model.predict(None)
+    with pytest.raises(ValueError) as raised:
+        ParallelPredictor(model, **engine).predict(None)
+    assert str(raised.value) == str(serial.value)
