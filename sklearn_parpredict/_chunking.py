@@ -7,6 +7,7 @@ needs to know what it is carrying.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Number
 
 import numpy as np
@@ -34,9 +35,10 @@ def n_rows(X) -> int:
 def cuttable(X) -> bool:
     """Whether ``X`` can be cut by rows: not an iterator (a generator,
     ``map``) or a view of a mapping, which only the estimator may consume,
-    not a string (one value to scikit-learn, not rows of characters), and
-    not None (to a neighbors estimator, the samples it was fitted on)."""
-    if X is None or isinstance(X, str | bytes):
+    not a string (one value to scikit-learn, not rows of characters) or a
+    mapping (one sample to a DictVectorizer, not rows of keys), and not
+    None (to a neighbors estimator, the samples it was fitted on)."""
+    if X is None or isinstance(X, str | bytes | Mapping):
         return False
     return (
         isinstance(X, np.ndarray | list | tuple)

@@ -276,3 +276,26 @@ def test_none_goes_to_the_estimator_as_it_is(chunk_size, backend):
     with pytest.raises(ValueError) as raised:
         ParallelPredictor(model, **engine).predict(None)
     assert str(raised.value) == str(serial.value)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("chunk_size", ["auto", 10])
+def test_a_mapping_is_one_sample(chunk_size, backend):
+    from types import MappingProxyType
+
+    from sklearn.feature_extraction import DictVectorizer
+
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": chunk_size}
+    # Keys enough for the engine to consider cutting it.
+    sample = {f"k{i}": float(i) for i in range(100)}
+    vectorizer = DictVectorizer().fit([sample])
+    for given in (sample, MappingProxyType(sample)):
+        expected = vectorizer.transform(given)
+        assert expected.shape == (1, 100)
+        got = ParallelPredictor(vectorizer, **engine).transform(given)
+        assert_same_output(got, expected)
+        assert_same_output(
+            parallel_predict(vectorizer, given, method="transform", **engine),
+            expected,
+        )
