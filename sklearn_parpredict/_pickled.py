@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from sklearn_parpredict import _chunking
 from sklearn_parpredict._files import copied_pages, temp_path, unlink, unlink_soon
@@ -37,6 +38,10 @@ def nbytes(X) -> int:
             return int(np.sum(usage(index=False)))
         except Exception:  # a dataframe of another kind
             return 0
+    if not sp.issparse(X):
+        # Elsewhere ``data`` may mean anything: a pyarrow ChunkedArray warns,
+        # on every call, that reading it is deprecated.
+        return 0
     parts = (getattr(X, name, None) for name in ("data", "indices", "indptr"))
     return sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
 

@@ -123,6 +123,18 @@ def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
     assert nbytes([[0.0] * 4] * 100) == 0
 
 
+def test_nbytes_reads_no_deprecated_attribute():
+    import warnings
+
+    pa = pytest.importorskip("pyarrow")
+    chunked = pa.chunked_array([np.arange(50.0), np.arange(50.0)])
+    # Its ``data`` warns: once per task's output, from every worker.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nbytes(chunked) == 0
+        _pickled.Returned(chunked).__reduce__()
+
+
 def _spooled(obj, spool):
     """``obj`` pickled through ``spool``, and whether a file carried it."""
     loads, args = PickledRows(obj, spool).__reduce__()
