@@ -139,7 +139,17 @@ def concatenate(parts: list, rows: list[int]):
     if isinstance(first, np.ndarray):
         _check_rows(parts, rows, lambda part: part.shape[1:])
         if isinstance(first, np.ma.MaskedArray):
-            return np.ma.concatenate(parts, axis=0)
+            out = np.ma.concatenate(parts, axis=0)
+            fill = np.asarray(first.fill_value)
+            if all(
+                part.dtype == first.dtype
+                and np.asarray(part.fill_value).tobytes() == fill.tobytes()
+                for part in parts
+            ):
+                # np.ma gives the joined array the default fill value; the
+                # bytes compare a NaN fill value equal to itself.
+                out.fill_value = first.fill_value
+            return out
         out = np.concatenate(parts, axis=0)
         if all(part.dtype == first.dtype for part in parts):
             # NumPy joins in native byte order: '>i8' labels would come back

@@ -276,6 +276,8 @@ def test_array_subclasses_and_byte_orders_come_back_as_given(n_rows, backend):
     records = np.rec.fromarrays([data[:, 0], data[:, 1]], names="a,b")
     for given in (
         np.ma.masked_greater(data, 1.0),
+        np.ma.masked_array(data, mask=data > 1.0, fill_value=-99.0),
+        np.ma.masked_array(data, mask=data > 1.0, fill_value=np.nan),
         records,
         data.astype(">f8"),
         data.astype(">i4"),
@@ -285,6 +287,7 @@ def test_array_subclasses_and_byte_orders_come_back_as_given(n_rows, backend):
         np.testing.assert_array_equal(got, given)
         if isinstance(given, np.ma.MaskedArray):
             np.testing.assert_array_equal(got.mask, given.mask)
+            np.testing.assert_array_equal(got.fill_value, given.fill_value)
     # np.matrix, which estimators refuse, is refused as the serial call does.
     from sklearn.linear_model import LogisticRegression
 
