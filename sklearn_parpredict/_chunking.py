@@ -72,24 +72,30 @@ def prepare(X):
     return X
 
 
-def serial_format(X) -> str | None:
-    """The sparse format that :func:`prepare` converts ``X`` from, which its
-    chunks are converted back to (None: ``X`` is cut as it is)."""
+def serial_format(X) -> type | None:
+    """The sparse class that :func:`prepare` converts ``X`` from, which its
+    chunks are converted back to (None: ``X`` is cut as it is). The class,
+    not the format: older SciPy converts a sparse array to a matrix."""
     if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
-        return X.format
+        return type(X)
     return None
 
 
-def row_slice(X, start: int, stop: int, fmt: str | None = None):
+def as_sparse(X, sparse_type: type | None):
+    """``X`` as ``sparse_type`` (a class from :func:`serial_format`)."""
+    return X if sparse_type is None or type(X) is sparse_type else sparse_type(X)
+
+
+def row_slice(X, start: int, stop: int, sparse_type: type | None = None):
     """Rows ``start:stop`` of ``X`` (a view where the container allows it).
 
-    ``fmt`` is the sparse format the chunk must be returned in.
+    ``sparse_type`` is the sparse class the chunk must be returned as.
     """
     if isinstance(X, np.ndarray | list | tuple):
         return X[start:stop]
     if sp.issparse(X):
         chunk = X[start:stop]
-        return chunk.asformat(fmt) if fmt and chunk.format != fmt else chunk
+        return as_sparse(chunk, sparse_type)
     if hasattr(X, "iloc"):
         return X.iloc[start:stop]
     if hasattr(X, "num_rows") and hasattr(X, "slice"):
@@ -161,7 +167,8 @@ def concatenate(parts: list, rows: list[int]):
         return out
     if sp.issparse(first):
         _check_rows(parts, rows, lambda part: (part.shape[1:], part.format))
-        out = sp.vstack(parts, format=first.format)
+        # As the parts' class: older SciPy stacks sparse arrays as a matrix.
+        out = as_sparse(sp.vstack(parts, format=first.format), type(first))
         return out.astype(first.dtype, copy=False)
     if hasattr(first, "iloc"):
         _check_rows(parts, rows, lambda part: tuple(getattr(part, "columns", ())))

@@ -29,12 +29,12 @@ class Job:
     # The sparse format the caller gave X in, when it was converted to
     # another to be cut (see _chunking.prepare): the method is given its
     # rows in the caller's.
-    fmt: str | None = None
+    sparse_type: type | None = None
 
     def call(self, start: int | None = None, stop: int | None = None):
         """Run the method in this process, on all rows or on ``start:stop``."""
         if start is None:
-            X = self.X if self.fmt is None else self.X.asformat(self.fmt)
+            X = _chunking.as_sparse(self.X, self.sparse_type)
             return _call(self.estimator, self.method, X, self.columns, self.params)
         if stop is None:
             stop = _chunking.n_rows(self.X)
@@ -44,7 +44,7 @@ class Job:
 
     def rows(self, start: int, stop: int):
         """Rows ``start:stop`` of ``X``, as the method is given them."""
-        return _chunking.row_slice(self.X, start, stop, self.fmt)
+        return _chunking.row_slice(self.X, start, stop, self.sparse_type)
 
     def params_for(self, start: int, stop: int) -> dict:
         """The method's parameters for rows ``start:stop`` (see
