@@ -720,7 +720,7 @@ WHOLE_FILE_CSV = {
 def test_csv_batches_hold_what_the_whole_file_holds(
     tmp_path, monkeypatch, text, part_rows
 ):
-    from sklearn_parpredict import _io
+    from sklearn_parpredict import _readers as _io
 
     # Parts of 2 rows: the dtype pass merges what parts of a large file find.
     monkeypatch.setattr(_io, "_DTYPE_PASS_ROWS", part_rows)
