@@ -23,7 +23,13 @@ from typing import Any, TextIO, cast
 import numpy as np
 
 from sklearn_parpredict._loading import CommandError
-from sklearn_parpredict._readers import NpyReader, Reader, file_format, open_input
+from sklearn_parpredict._readers import (
+    NpyReader,
+    Reader,
+    file_format,
+    open_input,
+    time_precision,
+)
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 DEFAULT_BATCH_ROWS = 100_000
@@ -32,15 +38,26 @@ DEFAULT_BATCH_ROWS = 100_000
 class _Writer:
     """Appends DataFrames to a Parquet or CSV file."""
 
-    def __init__(self, path: Path, kind: str, types: dict | None = None):
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        types: dict | None = None,
+        widest: dict | None = None,
+    ):
         # types: Arrow types for columns that may be all missing in the
-        # first batch (an id column read from Parquet).
-        self.path, self.kind, self.types = path, kind, types or {}
+        # first batch (an id column read from Parquet). widest: for a
+        # column of times, its value that pandas writes widest (see
+        # _readers.time_precision).
+        self.path, self.kind = path, kind
+        self.types, self.widest = types or {}, widest or {}
         self._parquet: Any = None
         self._started = False
 
     def write(self, frame) -> None:
         if self.kind == "csv":
+            for name, value in self.widest.items():
+                frame = _as_wide_as(frame, name, value)
             # The header once, then rows appended.
             frame.to_csv(
                 self.path,
@@ -66,6 +83,18 @@ class _Writer:
     def close(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
+
+
+def _as_wide_as(frame, name, value):
+    """``frame`` with its times in column ``name`` written as text as wide as
+    ``value`` (a one-row Series) is, when pandas would write them narrower."""
+    import pandas as pd
+
+    column = frame[name]
+    if time_precision(column).max(initial=-1) >= time_precision(value)[0]:
+        return frame
+    text = pd.concat([column, value]).astype(str).iloc[:-1]
+    return frame.assign(**{name: text.where(column.notna(), None)})
 
 
 def _typed(schema, frame, types: dict):
@@ -328,8 +357,14 @@ def predict_file(
         progress_bar(reader.n_rows, quiet=quiet) as bar,
     ):
         types = reader.arrow_types()
+        widest = None
+        if id_column is not None and out_kind == "csv":
+            widest = reader.widest_time(id_column, batch_rows)
         writer = _Writer(
-            tmp, out_kind, {id_column: types[id_column]} if id_column in types else None
+            tmp,
+            out_kind,
+            {id_column: types[id_column]} if id_column in types else None,
+            {id_column: widest} if widest is not None else None,
         )
         try:
             for batch in _read(reader.batches(read, batch_rows), input_path):

@@ -52,6 +52,12 @@ class Reader:
         """The Arrow type of each column, where the file records it."""
         return {}
 
+    def widest_time(self, name, batch_rows: int) -> Any:
+        """The value of column ``name`` that pandas writes widest, as a
+        one-row Series, when the column holds datetimes (without a time
+        zone) or timedeltas; else None (see :func:`time_precision`)."""
+        return None
+
 
 class _ParquetReader(Reader):
     def __init__(self, path: Path):
@@ -91,6 +97,21 @@ class _ParquetReader(Reader):
 
     def arrow_types(self) -> dict:
         return {field.name: field.type for field in self.file.schema_arrow}
+
+    def widest_time(self, name, batch_rows):
+        import pyarrow.types as pat
+
+        kind = self.arrow_types().get(name)
+        naive = kind is not None and pat.is_timestamp(kind) and kind.tz is None
+        if not (naive or (kind is not None and pat.is_duration(kind))):
+            return None
+        widest, value = -1, None
+        for frame in self.batches([name], batch_rows):
+            precision = time_precision(frame[name])
+            i = int(np.argmax(precision)) if len(precision) else 0
+            if len(precision) and precision[i] > widest:
+                widest, value = precision[i], frame[name].iloc[i : i + 1]
+        return value
 
     def _with_missing(self, columns) -> set[str]:
         """The integer and boolean columns read with a value missing
@@ -135,6 +156,34 @@ class _ParquetReader(Reader):
             if any(counts):
                 found.add(name)
         return found
+
+
+def time_precision(column) -> np.ndarray:
+    """How much of each value of a datetime64 or timedelta64 column pandas
+    writes: 0 a whole day, 1 a time of day in whole seconds, 2, 3 and 4
+    milli-, micro- and nanoseconds; -1 where missing.
+
+    pandas writes every value of a column as its widest needs (``2020-01-01``
+    only where all are whole days, else ``2020-01-01 00:00:00``, with as many
+    decimals as the finest value): a batch is written as the whole file is
+    when it holds a value as wide as the file's widest.
+    """
+    values = np.asarray(column)
+    unit, _ = np.datetime_data(values.dtype)
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    ticks = values.view(np.int64)
+    nanos = (ticks % per_second) * (10**9 // per_second)
+    precision = np.select(
+        [
+            nanos % 10**3 != 0,
+            nanos % 10**6 != 0,
+            nanos != 0,
+            ticks % (86_400 * per_second) != 0,
+        ],
+        [4, 3, 2, 1],
+        0,
+    )
+    return np.where(np.isnat(values), -1, precision)
 
 
 def _null_count(chunk) -> int | None:

@@ -861,3 +861,38 @@ def test_an_error_over_several_lines_is_printed_on_one(tmp_path, capsys):
         "passed during fit. Feature names seen at fit time, yet now missing: - b",
     )
     assert err.count("\n") == 1
+
+
+def _times(*texts):
+    """A column of datetimes or, for texts with "days", timedeltas."""
+    if "days" in texts[0]:
+        return pd.Series([pd.Timedelta(t) if t else pd.NaT for t in texts])
+    return pd.Series([pd.Timestamp(t) if t else pd.NaT for t in texts])
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        _times("2020-01-01", "2020-01-02 10:00", "", "2020-01-03"),
+        _times("2020-01-01", "2020-01-02", "2020-01-02 10:00:00.5", ""),
+        _times("1 days", "2 days", "1 days 00:00:01.5", ""),
+        _times("2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"),
+    ],
+    ids=["a time of day", "milliseconds", "timedeltas", "dates only"],
+)
+def test_a_parquet_id_of_times_is_written_as_the_whole_file_writes_it(tmp_path, times):
+    # pandas writes a column of times as wide as its widest value needs: a
+    # batch of midnights alone was written 2020-01-01 where the whole file
+    # writes 2020-01-01 00:00:00.
+    frame = pd.DataFrame({"t": times, "x": [1.0, 2.0, 3.0, 4.0]})
+    frame.to_parquet(tmp_path / "in.parquet")
+    joblib.dump(LinearRegression().fit([[0.0], [1.0]], [0, 1]), tmp_path / "m.joblib")
+    whole = pd.read_parquet(tmp_path / "in.parquet")
+    model = joblib.load(tmp_path / "m.joblib")
+    expected = whole[["t"]].assign(prediction=model.predict(whole[["x"]].to_numpy()))
+    for batch_rows in ("1", "2", "4"):
+        out = tmp_path / f"out{batch_rows}.csv"
+        args = ["predict", tmp_path / "m.joblib", tmp_path / "in.parquet", "-o", out]
+        args += ["--trust-pickle", "-q", "--columns", "x", "--id-column", "t"]
+        assert main([*map(str, args), "--batch-rows", batch_rows]) == 0
+        assert out.read_text() == expected.to_csv(index=False), batch_rows
