@@ -223,13 +223,18 @@ def _is_per_output(parts, rows) -> bool:
         # Chunks of equal rows cannot tell an output of one row per row from
         # one the same for any batch (a forest's decision_path returns its
         # trees' node offsets: 11 of them, in chunks of 11 rows); the latter
-        # is the same in every chunk. An output per row the same in every
-        # chunk is rare (a constant prediction), and only costs a call.
+        # is the same in every chunk, and varies along it. An output per row
+        # that does so needs other rows that repeat chunk after chunk, and
+        # only costs a call; one the same for every row (the probabilities
+        # of a class always predicted, a Gaussian process's prior standard
+        # deviation far from its data) is joined.
         for items in zip(*parts):
             first = items[0]
             if (
                 isinstance(first, np.ndarray)
                 and not first.dtype.hasobject
+                and len(first) > 1
+                and not (first == first[:1]).all()
                 and all(np.array_equal(first, item) for item in items[1:])
             ):
                 raise NotPerRow("an output is the same for every chunk of rows")

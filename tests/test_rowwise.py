@@ -208,7 +208,9 @@ def test_outputs_that_read_as_per_output_or_per_row_are_the_serial_call(backend)
 def test_the_probabilities_of_several_outputs_are_joined_from_chunks(backend, caplog):
     from sklearn.ensemble import RandomForestClassifier
 
-    targets = np.column_stack([Y, X[:, 1] > 0, X[:, 2] > 0.5])
+    # The last output has one class: its probabilities, 1 for every row, are
+    # the same in every chunk of equal rows, and still rows.
+    targets = np.column_stack([Y, X[:, 1] > 0, X[:, 2] > 0.5, np.zeros_like(Y)])
     forest = RandomForestClassifier(10, random_state=0).fit(X, targets)
     wrapper = ParallelPredictor(forest, n_jobs=2, backend=backend, chunk_size=10)
     with caplog.at_level("DEBUG", logger="sklearn_parpredict"):
