@@ -32,9 +32,11 @@ def is_frame(X) -> bool:
 
 def names_of(X) -> list:
     """The column names of a dataframe (a pyarrow Table's ``columns`` are
-    its columns' data)."""
-    names = getattr(X, "column_names", None)
-    return list(X.columns if names is None else names)
+    its columns' data). Asked of the class: a pandas frame gives a column
+    named ``column_names`` as an attribute."""
+    if hasattr(type(X), "column_names"):
+        return list(X.column_names)
+    return list(X.columns)
 
 
 def is_target(target) -> bool:

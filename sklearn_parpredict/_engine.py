@@ -194,7 +194,8 @@ def run_jobs(
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]
     if not all(
-        _rowwise.splittable(job.estimator, job.method, job.params) for job in jobs
+        _rowwise.splittable(job.estimator, job.method, job.params, job.X)
+        for job in jobs
     ):
         _log(jobs, sizes, "in-process: predictions depend on the batch")
         return [job.call() for job in jobs]

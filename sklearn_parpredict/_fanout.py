@@ -306,6 +306,10 @@ def _unread_tasks_given_up(pool) -> None:
     if sys.platform == "win32" or not isinstance(handle, int):
         return
     os.set_blocking(handle, False)
+    # poll, not select: select refuses descriptors past 1,023, which a
+    # process with many files or sockets open hands out.
+    writable = select.poll()
+    writable.register(handle, select.POLLOUT)
 
     def send(buf):
         # Connection._send's loop, waiting with a timeout rather than in
@@ -319,7 +323,7 @@ def _unread_tasks_given_up(pool) -> None:
                     raise BrokenPipeError(
                         "no worker is left to read the task"
                     ) from None
-                select.select([], [handle], [], _WATCH_S)
+                writable.poll(_WATCH_S * 1000)
 
     writer._send = send
 

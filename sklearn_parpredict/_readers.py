@@ -282,14 +282,18 @@ def _common_dtype(parts: set):
     if "text" in kinds:
         # Text in any part: the whole column is text ("01" stays "01").
         return str
+    dtypes = {part[0] for part in parts if part[0] not in ("empty", "objects")}
+    numeric = {getattr(dtype, "kind", "O") for dtype in dtypes}
     if "objects" in kinds:
-        return _OBJECTS
-    dtypes = {part[0] for part in parts if part[0] != "empty"}
+        # Bools with values missing, integers past 64 bits: objects when
+        # every other part holds the like (bools; integers), else text.
+        held = {part[1] for part in parts if part[0] == "objects"}
+        alike = {"boolean": {"b"}, "integer": {"i", "u"}}.get(held.pop(), set())
+        return _OBJECTS if not held and numeric <= alike else str
     if not dtypes:
         return float  # every value missing
     if len(dtypes) == 1 and "empty" not in kinds:
         return next(iter(dtypes))
-    numeric = {getattr(dtype, "kind", "O") for dtype in dtypes}
     if numeric == {"b"}:
         return _OBJECTS  # True/False with values missing
     if numeric <= set("iu") and "empty" not in kinds:

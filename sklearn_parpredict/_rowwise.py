@@ -32,11 +32,8 @@ JOINT_PARAMS = frozenset({"return_cov"})
 # other draws in another batch (score_samples 7.9 apart). A forest's
 # decision_path returns, with its rows, its trees' node offsets, the same for
 # any batch: they are not rows to join, and in chunks of as many rows as
-# offsets they read as rows. IterativeImputer's transform, with
-# sample_posterior, draws its random numbers for the call as a whole (outputs
-# 4 apart in 10-row chunks); without, a batch with no value given at all gets
-# only the first guess, the means (a row of no values alone in its chunk:
-# 2.6e-4 apart). GaussianProcessRegressor's sample_y draws the rows' samples
+# offsets they read as rows. GaussianProcessRegressor's sample_y draws the
+# rows' samples
 # jointly, from their covariance. Named by module rather than imported: an
 # instance's module is imported already, and workers need not import these.
 BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
@@ -46,7 +43,6 @@ BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
         {"score_samples", "gibbs"}
     ),
     ("sklearn.ensemble._forest", "BaseForest"): frozenset({"decision_path"}),
-    ("sklearn.impute._iterative", "IterativeImputer"): frozenset({"transform"}),
     ("sklearn.gaussian_process._gpr", "GaussianProcessRegressor"): frozenset(
         {"sample_y"}
     ),
@@ -55,22 +51,52 @@ BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
 _declared_random: dict[type, bool] = {}
 
 
-def splittable(estimator, method: str, params: dict) -> bool:
-    """Whether ``estimator``'s ``method``, called with ``params``, can be
-    split by rows without changing its output."""
+def splittable(estimator, method: str, params: dict, X=None) -> bool:
+    """Whether ``estimator``'s ``method``, called with ``params`` on ``X``
+    (None: any input), can be split by rows without changing its output."""
     if any(params.get(name) for name in JOINT_PARAMS):
         return False
     if not _deterministic(estimator) or _batch_dependent(estimator, {method}):
+        return False
+    if method == "transform" and _imputes_by_batch(estimator, X):
         return False
     # A meta-estimator calls its inner estimators' method of the same name
     # (an ensemble, a pipeline's last step) or their transform (a pipeline's
     # other steps, a column transformer).
     inner = {method, "transform"}
     return all(
-        _deterministic(value) and not _batch_dependent(value, inner)
+        _deterministic(value)
+        and not _batch_dependent(value, inner)
+        and not _imputes_by_batch(value, X)
         for value in _inner_estimators(estimator)
         if isinstance(value, BaseEstimator)
     )
+
+
+def _imputes_by_batch(estimator, X) -> bool:
+    """Whether an ``IterativeImputer``'s transform of ``X`` depends on the
+    batch: with ``sample_posterior``, it draws its random numbers for the
+    call as a whole (outputs 4 apart in 10-row chunks); without, only a
+    batch of nothing but missing values is imputed otherwise (the first
+    guess, the means alone: a row of no values alone in its chunk, 2.6e-4
+    apart), which a chunk can be only where a row of ``X`` is. For an
+    imputer inside a pipeline, ``X`` is the pipeline's input."""
+    module = sys.modules.get("sklearn.impute._iterative")
+    imputer = getattr(module, "IterativeImputer", None)
+    if imputer is None or not isinstance(estimator, imputer):
+        return False
+    if estimator.sample_posterior or X is None:
+        return True
+    try:
+        from sklearn.utils._mask import _get_mask
+
+        values = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X)
+        if values.ndim != 2 or sp.issparse(X):
+            return True
+        missing = _get_mask(values, estimator.missing_values)
+        return bool(missing.all(axis=1).any())
+    except Exception:  # any input it cannot look into: kept whole
+        return True
 
 
 def rejects_whole(estimator, X) -> bool:

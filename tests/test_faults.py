@@ -9,6 +9,7 @@ test instead of stalling the suite.
 import _thread
 import contextlib
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -254,6 +255,36 @@ def test_multiprocessing_pool_ends_while_a_task_is_being_pickled():
         target=lambda: (backend.terminate(), ended.set()), daemon=True
     ).start()
     assert ended.wait(20), "Pool.terminate waits for the task handler for good"
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_tasks_written_through_a_descriptor_past_1023():
+    # A process with many files or sockets open gives the pool's pipes
+    # descriptors that select() refuses ("filedescriptor out of range").
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"at most {hard} open files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    opened = []
+    try:
+        while len(opened) < 1100:
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        backend = _fanout._WatchedMultiprocessingBackend()
+        # Workers that read nothing for a while: the task fills the pipe.
+        backend.configure(n_jobs=2, initializer=time.sleep, initargs=(0.5,))
+        try:
+            assert backend._pool._inqueue._writer.fileno() > 1023
+            task = backend._pool.apply_async(len, (bytes(4 << 20),))
+            assert task.get(timeout=30) == 4 << 20
+        finally:
+            backend.terminate()
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # ---------------------------------------------------------------------------

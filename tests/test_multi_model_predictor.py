@@ -477,6 +477,16 @@ def test_pyarrow_table_columns_by_name(books):
     np.testing.assert_allclose(model.predict(table)[:, 0], expected)
 
 
+def test_a_column_named_column_names_is_a_column(books):
+    # pandas gives a column as an attribute: it is not the frame's names.
+    X = books[["pages", "price"]].assign(column_names=1.0)
+    model = MultiModelPredictor([(Ridge(), ["price"], "r")]).fit(X, books["rating"])
+    expected = Ridge().fit(X[["price"]], books["rating"]).predict(X[["price"]])
+    np.testing.assert_allclose(model.predict(X)["r"], expected)
+    reordered = X[["column_names", "price", "pages"]]
+    np.testing.assert_allclose(model.predict(reordered)["r"], expected)
+
+
 def test_fit_on_a_dask_collection_fits_on_it_computed(books):
     dd = pytest.importorskip("dask.dataframe")
     frame = books[["pages", "price", "rating"]]

@@ -397,7 +397,9 @@ def test_methods_that_fit_the_whole_batch_are_not_split(make, method, backend):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sample_posterior", [True, False])
-def test_an_iterative_imputer_is_not_split(sample_posterior, backend):
+def test_an_iterative_imputer_is_split_where_rows_are_imputed_alone(
+    sample_posterior, backend
+):
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer
 
@@ -413,10 +415,21 @@ def test_an_iterative_imputer_is_not_split(sample_posterior, backend):
         return imputer.fit(data)
 
     assert not splittable(fitted(), "transform", {})
+    assert not splittable(fitted(), "transform", {}, data)
     got = parallel_predict(
         fitted(), data, method="transform", n_jobs=2, backend=backend, chunk_size=1
     )
     assert_same_output(got, fitted().transform(data))
+    # Without sample_posterior and a row of no values, rows are imputed
+    # alone: split, inside a pipeline too.
+    complete = np.delete(data, 5, axis=0)
+    assert splittable(fitted(), "transform", {}, complete) != sample_posterior
+    pipe = make_pipeline(fitted(), LogisticRegression()).fit(data, Y)
+    assert splittable(pipe, "predict", {}, complete) != sample_posterior
+    got = parallel_predict(
+        fitted(), complete, method="transform", n_jobs=2, backend=backend, chunk_size=7
+    )
+    assert_same_output(got, fitted().transform(complete))
 
 
 @pytest.mark.timeout(120)
