@@ -33,9 +33,10 @@ JOINT_PARAMS = frozenset({"return_cov"})
 # decision_path returns, with its rows, its trees' node offsets, the same for
 # any batch: they are not rows to join, and in chunks of as many rows as
 # offsets they read as rows. GaussianProcessRegressor's sample_y draws the
-# rows' samples
-# jointly, from their covariance. Named by module rather than imported: an
-# instance's module is imported already, and workers need not import these.
+# rows' samples jointly, from their covariance. (IterativeImputer's depends
+# on its settings and the input: see _imputes_by_batch.) Named by module
+# rather than imported: an instance's module is imported already, and
+# workers need not import these.
 BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
     ("sklearn.decomposition._nmf", "NMF"): frozenset({"transform"}),
     ("sklearn.decomposition._nmf", "MiniBatchNMF"): frozenset({"transform"}),
