@@ -64,7 +64,7 @@ def prepare(X):
     Lists and tuples stay lists (text estimators take lists of strings); sparse
     formats without row slicing become CSR (see :func:`serial_format`).
     """
-    if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
+    if serial_format(X) is not None:
         return X.tocsr()
     if not hasattr(X, "shape") and not hasattr(X, "__len__"):
         # Array-likes that only implement __array__.

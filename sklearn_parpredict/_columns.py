@@ -295,27 +295,24 @@ def target_values(X, y, i: int, target):
         if hasattr(column, "toarray"):
             column = column.toarray()
         return np.ravel(column), position
-    if is_frame(y):
-        columns = list(y.columns)
-        if target in columns:
-            return y[target], None
-        if isinstance(target, Integral) and -len(columns) <= int(target) < len(columns):
-            return y.iloc[:, int(target)], None
-        raise ValueError(
-            f"Target column {target!r} not found in y; y's columns are "
-            f"{shorten(columns)}."
-        )
-    if y.ndim == 1:
+    if not is_frame(y) and y.ndim == 1:
         return y, None
-    # A 2-D array: an integer target is a position, any other target
-    # takes the column of its model's rank.
-    column = target if isinstance(target, Integral) else i
-    if not -y.shape[1] <= column < y.shape[1]:
+    column = _y_column(y, i, target)
+    if is_frame(y):
+        if column is None:
+            raise ValueError(
+                f"Target column {target!r} not found in y; y's columns are "
+                f"{shorten(y.columns)}."
+            )
+        # By label where it is one, as y[target] gives it.
+        return (y[target] if target in list(y.columns) else y.iloc[:, column]), None
+    if column is None:
+        wanted = target if isinstance(target, Integral) else i
         raise ValueError(
-            f"Target {target!r} needs column {column} of y, but y has "
+            f"Target {target!r} needs column {wanted} of y, but y has "
             f"{y.shape[1]} columns."
         )
-    return y[:, int(column)], None
+    return y[:, column], None
 
 
 def check_y(y, X, targets: list):
@@ -353,8 +350,10 @@ def check_y(y, X, targets: list):
 
 def _y_column(y, i: int, target) -> int | None:
     """The position of the column of ``y`` that model ``i``'s ``target``
-    takes; None for a 1-D ``y`` (every model's) or a column that ``y`` lacks
-    (:func:`target_values` says so)."""
+    takes: its label's in a DataFrame (else an integer target's position),
+    in a 2-D array an integer target's position or, for any other target,
+    its model's rank. None for a 1-D ``y`` (every model's) or a column that
+    ``y`` lacks (:func:`target_values` says so)."""
     if is_frame(y):
         columns = list(y.columns)
         if target in columns:
