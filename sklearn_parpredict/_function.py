@@ -8,7 +8,9 @@ from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Backend, run_one
 from sklearn_parpredict._validation import validate_once
 
 _CONSTRAINTS = {
-    "X": ["array-like", "sparse matrix"],
+    # The estimator checks its input, as in the serial call: some take
+    # None (neighbors: each sample without itself) or an iterable of texts.
+    "X": "no_validation",
     "method": [str],
     **{k: v for k, v in ENGINE_CONSTRAINTS.items() if k != "verbose"},
     "params": [dict, None],
@@ -36,7 +38,9 @@ def parallel_predict(
     estimator : estimator instance
         A fitted estimator.
     X : {array-like, sparse matrix, DataFrame} of shape (n_samples, ...)
-        The input, split by rows.
+        The input, split by rows. It is the estimator's to check, as in the
+        serial call: ``None`` for a neighbors estimator's own samples, an
+        iterable of texts for a vectorizer.
     method : str, default="predict"
         The method to call: ``"predict"``, ``"predict_proba"``,
         ``"transform"``, ...
@@ -80,9 +84,8 @@ def parallel_predict(
     True
     """
     settings = (method, n_jobs, backend, chunk_size)
-    # Whether ``X`` is array-like or a sparse matrix depends on its type.
     validate_once(
-        ("parallel_predict", type(X), type(params), settings, *map(type, settings)),
+        ("parallel_predict", type(params), settings, *map(type, settings)),
         _CONSTRAINTS,
         lambda: {
             "X": X,

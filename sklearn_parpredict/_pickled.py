@@ -11,7 +11,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -166,11 +166,52 @@ class PickledRows:
         self.spool = spool
 
     def __reduce__(self):
+        rows = _NanKept.around(self.rows)
         if self.spool is None:
-            return _loads, (_dumps(self.rows),)
+            return _loads, (_dumps(rows),)
         return _reduce_spooled(
-            self.rows, lambda parts: (_load_spooled, self.spool.write(parts))
+            rows, lambda parts: (_load_spooled, self.spool.write(parts))
         )
+
+
+class _NanKept:
+    """An array or list of objects that holds ``np.nan`` itself, pickled so
+    that it does again once unpickled.
+
+    A float is pickled by value: ``np.nan`` would reach the worker as
+    another NaN. scikit-learn's text vectorizers tell a missing document by
+    identity (``doc is np.nan``): a ``ValueError`` naming it in the serial
+    call, an ``AttributeError`` ('float' object has no attribute 'lower')
+    from a worker. pandas restores ``np.nan`` in its own columns.
+    """
+
+    def __init__(self, items, positions: list[int]):
+        self.items = items
+        self.positions = positions
+
+    @classmethod
+    def around(cls, rows):
+        """``rows`` as they are, or wrapped when they hold ``np.nan``."""
+        items: Iterable
+        if isinstance(rows, np.ndarray) and rows.dtype == object:
+            items = rows.flat
+        elif isinstance(rows, list):
+            items = rows
+        else:
+            return rows
+        nan = np.nan
+        positions = [i for i, item in enumerate(items) if item is nan]
+        return cls(rows, positions) if positions else rows
+
+    def __reduce__(self):
+        return _with_nan, (self.items, self.positions)
+
+
+def _with_nan(items, positions: list[int]):
+    flat = items.flat if isinstance(items, np.ndarray) else items
+    for i in positions:
+        flat[i] = np.nan
+    return items
 
 
 class Returned:

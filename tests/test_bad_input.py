@@ -208,9 +208,17 @@ def test_parallel_predict_checks_settings_once_then_remembers(monkeypatch):
     for _ in range(3):
         parallel_predict(FITTED["array"], X[:10], n_jobs=2)
     assert checked == ["parallel_predict"]
-    # Another type of input is checked again: X must be array-like.
-    with pytest.raises(ValueError, match="X"):
+    # The input is the estimator's to check, as in the serial call: another
+    # type of input checks no setting again, and fails as serial does.
+    with pytest.raises(ValueError) as serial:
+        FITTED["array"].predict("not an array")
+    with pytest.raises(ValueError) as raised:
         parallel_predict(FITTED["array"], "not an array", n_jobs=2)
+    assert str(raised.value) == str(serial.value)
+    parallel_predict(FITTED["array"], X[:10].tolist(), n_jobs=2)
+    assert checked == ["parallel_predict"]
+    # Another type of setting is checked again.
+    parallel_predict(FITTED["array"], X[:10], n_jobs=np.int64(2))
     assert checked == ["parallel_predict"] * 2
 
 
@@ -269,6 +277,7 @@ def test_none_goes_to_the_estimator_as_it_is(chunk_size, backend):
     assert_same_output(
         ParallelPredictor(knn, **engine).predict(None), knn.predict(None)
     )
+    assert_same_output(parallel_predict(knn, None, **engine), knn.predict(None))
     # Others fail as the serial call does.
     model = FITTED["array"]
     with pytest.raises(ValueError) as serial:
@@ -299,3 +308,43 @@ def test_a_mapping_is_one_sample(chunk_size, backend):
             parallel_predict(vectorizer, given, method="transform", **engine),
             expected,
         )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("chunk_size", ["auto", 2])
+def test_an_iterable_without_a_length_goes_to_the_estimator_whole(chunk_size, backend):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": chunk_size}
+    # A vectorizer takes any iterable of texts, one pass over it.
+    docs = ["red apple", "green pear", "red pear", "blue plum", "apple"]
+    vectorizer = HashingVectorizer(n_features=16)
+    expected = vectorizer.transform(docs)
+    for run in (
+        lambda given: ParallelPredictor(vectorizer, **engine).transform(given),
+        lambda given: parallel_predict(vectorizer, given, method="transform", **engine),
+    ):
+        assert_same_output(run(doc for doc in docs), expected)
+        assert_same_output(run(iter(docs)), expected)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
+def test_a_missing_document_fails_as_in_the_serial_call(backend):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    docs = ["red apple", "green pear", "red pear", "blue plum"] * 10
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    model.fit(docs, [0, 1] * 20)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    # The vectorizer tells np.nan by identity, which pickling does not keep.
+    bad = np.array(docs + [np.nan], dtype=object)
+    for given in (bad, bad.tolist()):
+        with pytest.raises(ValueError) as serial:
+            model.predict(given)
+        with pytest.raises(ValueError) as raised:
+            ParallelPredictor(model, **engine).predict(given)
+        assert str(raised.value) == str(serial.value)

@@ -29,6 +29,30 @@ def test_rows_sent_pickled_on_their_own_are_the_rows():
     assert resolve(PickledRows(frame)) is frame
 
 
+@pytest.mark.parametrize("spooled", [False, True])
+def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch):
+    import math
+
+    if spooled:
+        monkeypatch.setattr(_pickled, "SPOOL_MIN_BYTES", 0)
+    # Other NaNs stay other NaNs: a text vectorizer raises another error.
+    column = np.array(["a", np.nan, "b", math.nan, float("nan"), np.nan], object)
+    table = np.asfortranarray(np.stack([column, column[::-1]], axis=1))
+    spool = _pickled.Spool()
+    try:
+        for rows in (column, table, column.tolist()):
+            sent, filed = _spooled(rows, spool)
+            assert filed == spooled and type(sent) is type(rows)
+            given, got = np.asarray(rows, object).flat, np.asarray(sent, object).flat
+            assert [x is np.nan for x in got] == [x is np.nan for x in given]
+            assert list(map(str, got)) == list(map(str, given))
+    finally:
+        spool.close()
+    # Rows without it go as they are.
+    assert _pickled._NanKept.around(column[[0, 2, 3]]).tolist() == ["a", "b", math.nan]
+    assert type(_pickled._NanKept.around(column[[0, 2, 3]])) is np.ndarray
+
+
 def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
     import pandas as pd
     import scipy.sparse as sp
