@@ -7,13 +7,7 @@ import weakref
 from typing import Any
 
 import numpy as np
-from sklearn.base import (
-    ClassifierMixin,
-    MetaEstimatorMixin,
-    RegressorMixin,
-    _fit_context,
-    clone,
-)
+from sklearn.base import MetaEstimatorMixin, _fit_context, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import _BaseComposition, available_if
@@ -48,8 +42,8 @@ from sklearn_parpredict._engine import (
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job
 from sklearn_parpredict._parallel_predictor import (
-    _Predicted,
     is_fitted,
+    score,
     validate_engine_params,
 )
 from sklearn_parpredict._sharing import ModelHandle
@@ -617,12 +611,11 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             zip(estimators, targets, outputs)
         ):
             y_i, _ = target_values(X, y, i, target)
-            own = type(estimator).score
-            if own in (ClassifierMixin.score, RegressorMixin.score):
-                scores.append(own(_Predicted(estimator, y_pred), X, y_i, **params))
-            else:
-                X_i = _chunking.select_columns(X, columns[i])
-                scores.append(estimator.score(X_i, y_i, **params))
+            X_i = _chunking.select_columns(X, columns[i])
+            # Predicted already, for every model at once.
+            scores.append(
+                score(estimator, X_i, y_i, params, lambda y_pred=y_pred: y_pred)
+            )
         return float(np.mean(scores))
 
     # -- display and tags ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from copy import deepcopy
 from functools import update_wrapper
 from operator import attrgetter, is_, itemgetter
@@ -36,7 +37,7 @@ from sklearn_parpredict._in_process import calls_directly
 from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped
-# estimator has it.
+# estimator has it, and that the command line offers.
 PARALLEL_METHODS = (
     "predict",
     "predict_proba",
@@ -45,15 +46,21 @@ PARALLEL_METHODS = (
     "transform",
     "score_samples",
 )
-# Those scikit-learn's metadata routing knows; the parameters of the others
-# (score_samples) go to the estimator as given, routing or not.
-ROUTED_METHODS = tuple(m for m in PARALLEL_METHODS if m != "score_samples")
+# Those scikit-learn's metadata routing knows, inverse_transform with them
+# (a wrapped step keeps a pipeline's, and TransformedTargetRegressor calls
+# its transformer's); the parameters of the others (score_samples) go to the
+# estimator as given, routing or not.
+ROUTED_METHODS = (
+    *(m for m in PARALLEL_METHODS if m != "score_samples"),
+    "inverse_transform",
+)
 
 
 # Estimators seen fitted, by id, each with a weak reference that tells a live
 # one from a later object at the same address: an estimator does not become
-# unfitted, and checking again on every call would cost more than predicting
-# a few rows (a WeakSet's look-up alone is a Python call and a new weakref).
+# unfitted (a composite can: see is_fitted), and checking again on every
+# call would cost more than predicting a few rows (a WeakSet's look-up alone
+# is a Python call and a new weakref).
 _seen_fitted: dict[int, tuple] = {}
 # The settings of each wrapper class, read in one call.
 _settings_of: dict[type, attrgetter] = {}
@@ -79,7 +86,11 @@ def is_fitted(estimator) -> bool:
             check_is_fitted(estimator)
         except NotFittedError:
             return False
-    keep_by_id(_seen_fitted, estimator, True)
+    # A pipeline (or a frozen estimator, a feature union) is fitted when the
+    # estimators it holds are, and set_params replaces those with unfitted
+    # ones: asked again each time.
+    if not hasattr(type(estimator), "__sklearn_is_fitted__"):
+        keep_by_id(_seen_fitted, estimator, True)
     return True
 
 
@@ -190,13 +201,13 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     """Run any estimator's batch methods in parallel over chunks of rows.
 
     The methods are ``predict``, ``predict_proba``, ``predict_log_proba``,
-    ``decision_function``, ``transform`` and ``score_samples``, each present
-    when the wrapped estimator has it. The rows of ``X`` are split into
-    chunks that a pool of workers predicts concurrently; the outputs are
-    joined into exactly what the serial call returns. The model is shipped
-    to each worker once per fitted state, and ``chunk_size="auto"`` stays
-    in-process when parallelism cannot pay for itself (small batches, cheap
-    models, one core).
+    ``decision_function``, ``transform``, ``score_samples`` and
+    ``inverse_transform``, each present when the wrapped estimator has it.
+    The rows of ``X`` are split into chunks that a pool of workers predicts
+    concurrently; the outputs are joined into exactly what the serial call
+    returns. The model is shipped to each worker once per fitted state, and
+    ``chunk_size="auto"`` stays in-process when parallelism cannot pay for
+    itself (small batches, cheap models, one core).
 
     Parameters
     ----------
@@ -470,6 +481,11 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         "Per-sample scores",
         "scores : ndarray of shape (n_samples,)",
     )
+    inverse_transform = _parallel_method(
+        "inverse_transform",
+        "Transform back to the original space",
+        "X_original : {ndarray, sparse matrix, DataFrame} of shape (n_samples, ...)",
+    )
 
     @available_if(_estimator_has("score"))
     def score(self, X: Any, y: Any = None, **params: Any) -> float:
@@ -497,13 +513,9 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             What ``estimator_.score(X, y, **params)`` returns.
         """
         check_is_fitted(self)
-        estimator = self._fitted()
-        own = type(estimator).score
-        if own in (ClassifierMixin.score, RegressorMixin.score):
-            # The mixins' score is a metric of predict: compute predict here,
-            # in parallel, and let the mixin do the rest.
-            return own(_Predicted(estimator, self.predict(X)), X, y, **params)
-        return estimator.score(X, y, **params)
+        if _routing_enabled():
+            params = process_routing(self, "score", **params).estimator.score
+        return score(self._fitted(), X, y, params, lambda: self.predict(X))
 
     @available_if(_estimator_has("get_feature_names_out"))
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -569,6 +581,16 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         tags = deepcopy(get_tags(self.estimator))
         tags.requires_fit = True
         return tags
+
+
+def score(estimator, X, y, params: dict, predict: Callable[[], Any]) -> float:
+    """``estimator.score(X, y, **params)``, its predictions from ``predict()``
+    when the score is the mixins' metric of them (computed in parallel)."""
+    # Looked up on the instance: a frozen estimator has its estimator's.
+    own = getattr(getattr(estimator, "score", None), "__func__", None)
+    if own in (ClassifierMixin.score, RegressorMixin.score):
+        return own(_Predicted(estimator, predict()), X, y, **params)
+    return estimator.score(X, y, **params)
 
 
 class _Predicted:

@@ -49,6 +49,12 @@ BATCH_METHODS: dict[tuple[str, str], frozenset[str]] = {
     ),
 }
 
+# Methods that fit the estimator to the batch (``fit_transform``, a
+# clusterer's ``fit_predict``) or sum over it (``score``): split, each chunk
+# would fit its own rows, and the function form takes any method's name.
+_WHOLE_BATCH_PREFIXES = ("fit", "partial_fit")
+_WHOLE_BATCH_METHODS = frozenset({"score"})
+
 _declared_random: dict[type, bool] = {}
 
 
@@ -56,6 +62,8 @@ def splittable(estimator, method: str, params: dict, X=None) -> bool:
     """Whether ``estimator``'s ``method``, called with ``params`` on ``X``
     (None: any input), can be split by rows without changing its output."""
     if any(params.get(name) for name in JOINT_PARAMS):
+        return False
+    if method.startswith(_WHOLE_BATCH_PREFIXES) or method in _WHOLE_BATCH_METHODS:
         return False
     if not _deterministic(estimator) or _batch_dependent(estimator, {method}):
         return False

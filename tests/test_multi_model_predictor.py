@@ -525,6 +525,18 @@ def test_score_is_mean_of_model_scores(books):
     assert model.score(books, y) == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_frozen_models_score_is_its_models(books):
+    from sklearn.frozen import FrozenEstimator
+
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0)
+    tree.fit(books[GENRE_FEATURES], books["genre"])
+    model = MultiModelPredictor(
+        [(FrozenEstimator(tree), GENRE_FEATURES, "genre")], n_jobs=2, chunk_size=50
+    )
+    expected = tree.score(books[GENRE_FEATURES], books["genre"])
+    assert model.score(books) == expected
+
+
 def test_pre_fitted_models_and_not_fitted(books):
     fitted = [(clone(m).fit(books[f], books[t]), f, t) for m, f, t in _books_models()]
     model = MultiModelPredictor(fitted, n_jobs=1)

@@ -63,6 +63,29 @@ def test_frozen_estimator():
     assert_same_output(model.predict(X), trained.predict(X))
 
 
+def test_a_frozen_estimators_score_is_its_estimators():
+    trained = LogisticRegression().fit(X, Y)
+    frozen = FrozenEstimator(trained)
+    # FrozenEstimator has score through its instance only.
+    assert not hasattr(FrozenEstimator, "score")
+    assert ParallelPredictor(frozen, **FORCE).score(X, Y) == trained.score(X, Y)
+
+
+def test_a_pipeline_given_an_unfitted_step_is_unfitted_again():
+    from sklearn.utils.validation import check_is_fitted
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
+    ParallelPredictor(pipe, **FORCE).predict(X)
+    pipe.set_params(logisticregression=LogisticRegression())
+    with pytest.raises(NotFittedError):
+        check_is_fitted(pipe)
+    for model in (ParallelPredictor(pipe, **FORCE), ParallelPredictor(pipe)):
+        with pytest.raises(NotFittedError):
+            check_is_fitted(model)
+        with pytest.raises(NotFittedError):
+            model.predict(X)
+
+
 def test_unfitted_raises_not_fitted():
     model = ParallelPredictor(LogisticRegression())
     with pytest.raises(NotFittedError, match="not fitted"):
@@ -354,6 +377,69 @@ def test_metadata_routing():
             unrequested.predict(X, offset=offset)
         with pytest.raises(UnsetMetadataPassedError, match="offset"):
             make_pipeline(_Offset()).fit(X).predict(X, offset=offset)
+
+
+def test_score_routes_its_parameters():
+    weights = np.random.RandomState(0).rand(len(Y))
+    trained = LogisticRegression().fit(X, Y)
+    weighted, plain = trained.score(X, Y, sample_weight=weights), trained.score(X, Y)
+    assert weighted != plain
+    with config_context(enable_metadata_routing=True):
+        # An alias reaches the estimator under its own name.
+        trained.set_score_request(sample_weight="w")
+        assert ParallelPredictor(trained, **FORCE).score(X, Y, w=weights) == weighted
+        # Not requested: refused, as by any scikit-learn meta-estimator.
+        trained.set_score_request(sample_weight=False)
+        with pytest.raises(TypeError, match="not routed"):
+            ParallelPredictor(trained, **FORCE).score(X, Y, sample_weight=weights)
+        unset = LogisticRegression().fit(X, Y)
+        with pytest.raises(UnsetMetadataPassedError, match="sample_weight"):
+            ParallelPredictor(unset, **FORCE).score(X, Y, sample_weight=weights)
+        # Cross-validation scores with the weights, as the estimator alone.
+        try:
+            serial = cross_validate(
+                LogisticRegression().set_score_request(sample_weight="w"),
+                X,
+                Y,
+                params={"w": weights},
+                cv=3,
+            )
+        except TypeError:  # scikit-learn 1.6 fails under routing itself
+            return
+        wrapped = ParallelPredictor(
+            LogisticRegression().set_score_request(sample_weight="w"), **FORCE
+        )
+        results = cross_validate(wrapped, X, Y, params={"w": weights}, cv=3)
+        np.testing.assert_array_equal(results["test_score"], serial["test_score"])
+
+
+@pytest.mark.parametrize(
+    "transformer",
+    [StandardScaler(), PCA(n_components=3), FunctionTransformer(np.exp, np.log)],
+    ids=["scaler", "pca", "function"],
+)
+def test_inverse_transform_in_parallel(transformer):
+    from sklearn.compose import TransformedTargetRegressor
+
+    fitted = clone(transformer).fit(np.abs(XR) + 1)
+    Xt = fitted.transform(np.abs(XR) + 1)
+    model = ParallelPredictor(fitted, **FORCE)
+    assert_same_output(model.inverse_transform(Xt), fitted.inverse_transform(Xt))
+    # A wrapped step keeps its pipeline's inverse_transform, and a target
+    # transformer wrapped works as the transformer.
+    pipe = make_pipeline(ParallelPredictor(clone(transformer), **FORCE)).fit(
+        np.abs(XR) + 1
+    )
+    serial = make_pipeline(clone(transformer)).fit(np.abs(XR) + 1)
+    assert_same_output(pipe.inverse_transform(Xt), serial.inverse_transform(Xt))
+    y = np.abs(YR) + 1
+    regressors = [
+        TransformedTargetRegressor(LinearRegression(), transformer=t).fit(XR, y)
+        for t in (ParallelPredictor(StandardScaler(), **FORCE), StandardScaler())
+    ]
+    assert_same_output(regressors[0].predict(XR), regressors[1].predict(XR))
+    # Present only where the estimator has it.
+    assert not hasattr(ParallelPredictor(LogisticRegression()), "inverse_transform")
 
 
 @pytest.mark.timeout(120)

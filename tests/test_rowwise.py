@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from _helpers import assert_same_output
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
+from sklearn.cluster import DBSCAN, KMeans
 from sklearn.decomposition import NMF, MiniBatchNMF
 from sklearn.dummy import DummyClassifier
 from sklearn.gaussian_process import GaussianProcessRegressor
@@ -392,6 +393,46 @@ def test_methods_that_fit_the_whole_batch_are_not_split(make, method, backend):
         model, _nonnegative(), method=method, n_jobs=2, backend=backend, chunk_size=10
     )
     assert_same_output(got, getattr(model, method)(_nonnegative()))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "make, method",
+    [
+        (StandardScaler, "fit_transform"),
+        (lambda: KMeans(n_clusters=3, n_init=1, random_state=0), "fit_predict"),
+        (lambda: DBSCAN(eps=2.0), "fit_predict"),
+        (StandardScaler, "partial_fit"),
+        (LogisticRegression, "score"),
+    ],
+    ids=["fit-transform", "kmeans-fit-predict", "dbscan", "partial-fit", "score"],
+)
+def test_methods_that_fit_or_sum_over_the_batch_run_whole(make, method, backend):
+    # The function form takes any method's name: one that fits the estimator
+    # to the batch fits it to all the rows, once, as the serial call does.
+    X, y = _nonnegative(), Y
+    args = (y,) if method == "score" else ()
+    fitted, given = make(), make()
+    if method == "score":
+        fitted.fit(X, y)
+        given.fit(X, y)
+    assert not splittable(given, method, {})
+    expected = getattr(fitted, method)(X, *args)
+    params = {"y": y} if method == "score" else {}
+    got = parallel_predict(
+        given, X, method=method, n_jobs=2, backend=backend, chunk_size=10, params=params
+    )
+    if method == "score":
+        assert got == expected
+    elif method == "partial_fit":
+        assert got is given
+        np.testing.assert_array_equal(given.mean_, fitted.mean_)
+        assert given.n_samples_seen_ == fitted.n_samples_seen_ == len(X)
+    else:
+        assert_same_output(got, expected)
+    if method == "fit_transform":
+        assert given.n_samples_seen_ == len(X)
 
 
 @pytest.mark.timeout(120)
