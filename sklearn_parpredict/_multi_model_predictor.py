@@ -612,10 +612,12 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         ):
             y_i, _ = target_values(X, y, i, target)
             X_i = _chunking.select_columns(X, columns[i])
-            # Predicted already, for every model at once.
-            scores.append(
-                score(estimator, X_i, y_i, params, lambda y_pred=y_pred: y_pred)
-            )
+
+            def predicted(y_pred=y_pred):
+                # Predicted already, for every model at once.
+                return y_pred
+
+            scores.append(score(estimator, X_i, y_i, params, predicted))
         return float(np.mean(scores))
 
     # -- display and tags ------------------------------------------------------
