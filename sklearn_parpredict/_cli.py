@@ -231,6 +231,10 @@ def _run_bench(args) -> int:
     return subprocess.run([sys.executable, "-m", "benchmarks", *args.extra]).returncode
 
 
+# The packages of the io extra (pyproject.toml).
+_IO_EXTRA = frozenset({"pandas", "pyarrow", "skops", "tqdm"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sklearn-parpredict`` command line.
 
@@ -261,6 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = [line.strip() for line in str(exc).splitlines()]
         message = " ".join(line for line in lines if line)
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        # The commands' files, progress bar and demo data need the io extra,
+        # which the core package does not install.
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _IO_EXTRA:
+            raise
+        print(
+            f"{parser.prog}: error: {args.command} needs {missing}, which is "
+            f"not installed: pip install 'sklearn-parpredict[io]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         # What was written so far is removed on the way out (an existing

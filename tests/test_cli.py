@@ -107,3 +107,54 @@ def test_version(capsys):
         main(["--version"])
     assert exc_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"sklearn-parpredict {__version__}"
+
+
+# Run with an import hook that finds no such package, as where it is not
+# installed (a module already imported cannot be taken away in this process).
+_WITHOUT = """
+import sys
+missing = sys.argv.pop(1)
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == missing:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+from sklearn_parpredict._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("missing", ["pandas", "pyarrow", "skops", "tqdm"])
+def test_a_missing_optional_package_is_a_one_line_error(missing, tmp_path):
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    X = np.arange(20.0).reshape(10, 2)
+    np.save(tmp_path / "rows.npy", X)
+    sio = pytest.importorskip("skops.io")
+    sio.dump(LinearRegression().fit(X, X[:, 0]), tmp_path / "model.skops")
+    predict = ["predict", str(tmp_path / "model.skops"), str(tmp_path / "rows.npy")]
+    predict += ["-o", str(tmp_path / "out.parquet")]
+    env = dict(os.environ)
+    package_root = str(Path(sklearn_parpredict.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root, *filter(None, [env.get("PYTHONPATH")])]
+    )
+    statuses = []
+    for argv in (["demo", "--rows", "100", "--n-jobs", "1"], predict):
+        done = subprocess.run(
+            [sys.executable, "-c", _WITHOUT, missing, *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        statuses.append(done.returncode)
+        if done.returncode != 0:  # not every command needs every package
+            assert done.returncode == 1, done.stderr
+            assert done.stderr.startswith("sklearn-parpredict: error: ")
+            assert done.stderr.count("\n") == 1
+            assert f"needs {missing}" in done.stderr
+            assert "pip install 'sklearn-parpredict[io]'" in done.stderr
+    assert 1 in statuses
