@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from sklearn_parpredict._locks import fork_safe
+from sklearn_parpredict._locks import fork_safe, in_forked_child
 
 _lock = fork_safe(globals(), "_lock", threading.RLock)
 _temp_dir: str | None = None
@@ -165,6 +165,18 @@ def drop_kept() -> None:
         paths = [entry[2] for entry in kept]
         kept.clear()
     _unlink_all(paths)
+
+
+@in_forked_child
+def _forked() -> None:
+    # A forked child keeps its files in its parent's folder, which goes only
+    # when the parent exits, and its sweeping timer does not outlive it.
+    atexit.register(_drop_own_kept, os.getpid())
+
+
+def _drop_own_kept(owner: int) -> None:
+    if os.getpid() == owner:
+        drop_kept()
 
 
 def copied_pages(path: str, start: int = 0, length: int = 0) -> mmap.mmap:

@@ -15,6 +15,7 @@ serve a stale model from its cache.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import os
@@ -344,6 +345,18 @@ def _forked() -> None:
     _entries.clear()
     _strong.clear()
     _collected.clear()
+    atexit.register(_remove_own_models, os.getpid())
+
+
+def _remove_own_models(owner: int) -> None:
+    """At a forked child's exit, the files of the models it wrote: they are
+    in its parent's folder, which goes only when the parent exits (a server
+    that recycles its forked workers filled it)."""
+    if os.getpid() == owner:
+        with _lock:
+            entries = [*_entries.values(), *(entry for _, entry in _collected)]
+            for entry in entries:
+                entry.close()
 
 
 # ---------------------------------------------------------------------------

@@ -85,6 +85,59 @@ def test_a_forked_child_names_its_models_apart_and_leaves_its_parents_files():
     assert parent.token in live_tokens()
 
 
+# A parent that predicted on processes forks children (a server's workers)
+# that predict on processes of their own, then exit as a program does.
+_FORKING_PARENT = """
+import os, sys
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn_parpredict import ParallelPredictor, _files
+X = np.random.default_rng(0).normal(size=(20_000, 8))
+y = X[:, 0] > 0
+def predict(seed):
+    model = RandomForestClassifier(5, random_state=seed).fit(X[:500], y[:500])
+    engine = {"n_jobs": 2, "backend": "multiprocessing", "chunk_size": 5_000}
+    ParallelPredictor(model, **engine).predict(X)
+predict(0)
+_files.drop_kept()
+_files.removed()
+before = sorted(os.listdir(_files.temp_folder()))
+for seed in (1, 2):
+    pid = os.fork()
+    if pid == 0:
+        predict(seed)
+        sys.exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+print(len(before), len(os.listdir(_files.temp_folder())))
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_forked_child_removes_its_files_from_its_parents_folder_at_exit():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sklearn_parpredict
+
+    env = dict(os.environ)
+    root = str(Path(sklearn_parpredict.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKING_PARENT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    # The parent's model file alone, before and after: the children's
+    # models and the rows they kept for their next call are gone.
+    assert before == after == 1
+
+
 def test_a_model_that_cannot_be_pickled_is_tried_once_per_state():
     import pickle
     import threading
