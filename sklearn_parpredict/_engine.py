@@ -194,7 +194,7 @@ def run_jobs(
         _log(jobs, sizes, "in-process: one worker")
         return [job.call() for job in jobs]
     if not all(
-        _rowwise.splittable(job.estimator, job.method, job.params, job.X)
+        _rowwise.splittable(job.estimator, job.method, job.params, job.X, job.columns)
         for job in jobs
     ):
         _log(jobs, sizes, "in-process: predictions depend on the batch")

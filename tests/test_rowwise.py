@@ -437,6 +437,100 @@ def test_methods_that_fit_or_sum_over_the_batch_run_whole(make, method, backend)
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chosen", ["nmf", "stratified"])
+def test_the_fitted_estimators_of_a_search_are_looked_into(chosen, backend):
+    # A search's parameters name its template (PCA, the dummy's default
+    # strategy); what predicts is its best estimator.
+    from sklearn.decomposition import PCA
+
+    if chosen == "nmf":
+        template = make_pipeline(PCA(n_components=2), LogisticRegression())
+        grid = {"pca": [NMF(n_components=2, max_iter=500, random_state=0)]}
+    else:
+        template = DummyClassifier(random_state=0)
+        grid = {"strategy": ["stratified"]}
+    search = GridSearchCV(template, grid, cv=2).fit(_nonnegative(), Y)
+    assert not splittable(search, "predict_proba", {})
+    got = ParallelPredictor(
+        search, n_jobs=2, backend=backend, chunk_size=10
+    ).predict_proba(_nonnegative())
+    assert_same_output(got, search.predict_proba(_nonnegative()))
+    # The members of an ensemble are looked into too.
+    from sklearn.ensemble import BaggingClassifier
+
+    bagging = BaggingClassifier(DummyClassifier(), n_estimators=20, random_state=0)
+    bagging.fit(_nonnegative(), Y)
+    assert splittable(bagging, "predict", {})
+    for member in bagging.estimators_:
+        member.strategy = "uniform"
+    assert not splittable(bagging, "predict", {})
+
+
+class _Noisy(RegressorMixin, BaseEstimator):
+    """Draws noise per call when ``noise`` is set, and declares it."""
+
+    def __init__(self, noise=0.0):
+        self.noise = noise
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def predict(self, X):
+        rng = np.random.default_rng(0)
+        return np.asarray(X)[:, 0] + self.noise * rng.normal(size=len(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.noise > 0
+        return tags
+
+
+def test_a_tag_that_follows_the_parameters_is_read_each_time():
+    model = _Noisy().fit(X)
+    assert splittable(model, "predict", {})
+    model.set_params(noise=1.0)
+    assert not splittable(model, "predict", {})
+    assert splittable(_Noisy().fit(X), "predict", {})
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_imputer_given_some_columns_is_not_split_by_the_rows_of_all(backend):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    from sklearn_parpredict import MultiModelPredictor
+
+    rng = np.random.RandomState(0)
+    a = rng.rand(300)
+    data = np.c_[a, 3 * a + 0.1 * rng.rand(300), rng.rand(300)]
+    data[::5, 0] = np.nan
+    data[2::7, 1] = np.nan
+    query = rng.rand(100, 3)
+    # No row is all missing, but rows 50 to 59 are for the imputer.
+    query[50:60, :2] = np.nan
+    imputer = IterativeImputer(random_state=0)
+    columns = ColumnTransformer([("imp", imputer, [0, 1])], remainder="passthrough")
+    columns.fit(data)
+    assert not splittable(columns, "transform", {}, query)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    got = ParallelPredictor(columns, **engine).transform(query)
+    assert_same_output(got, columns.transform(query))
+    # A model of several on the same rows is given its columns alone.
+    from sklearn.linear_model import LinearRegression
+
+    fitted = make_pipeline(clone(imputer), LinearRegression())
+    fitted.fit(data[:, :2], data[:, 2])
+    assert not splittable(fitted, "predict", {}, query, [0, 1])
+    assert splittable(fitted, "predict", {}, query[:50], [0, 1])
+    multi = MultiModelPredictor([(fitted, [0, 1], "y")], **engine)
+    assert_same_output(multi.predict(query)[:, 0], fitted.predict(query[:, :2]))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sample_posterior", [True, False])
 def test_an_iterative_imputer_is_split_where_rows_are_imputed_alone(
     sample_posterior, backend
