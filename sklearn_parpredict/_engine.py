@@ -157,7 +157,8 @@ def run_jobs(
     The outputs are in job order; each is what
     ``getattr(job.estimator, job.method)(X, **job.params)`` returns, where
     ``X`` is ``job.X`` restricted to ``job.columns``. Dask collections give
-    lazy Dask collections, computed block by block by Dask's scheduler.
+    lazy Dask collections, computed block by block by Dask's scheduler
+    (see :func:`._lazy.call`).
     """
     _check_backend(backend)
     if any(_lazy.is_collection(job.X) for job in jobs):

@@ -4,7 +4,10 @@ A ``dask.array.Array`` or ``dask.dataframe.DataFrame`` input is not computed:
 the method is mapped over its blocks (row chunks) and the result is a lazy
 collection whose ``compute()`` is what the serial call returns on the
 computed input. Dask then runs the blocks wherever its scheduler runs tasks,
-a ``distributed`` cluster included.
+a ``distributed`` cluster included. A call whose output for a row depends
+on the other rows (see :func:`._rowwise.splittable`) is one task on the
+whole input, and a method that fits the estimator or scores it is the serial
+call itself.
 
 The output's type and block shapes are known before anything is computed by
 calling the method on one row made up from the input's dtypes (or, when the
@@ -13,6 +16,8 @@ estimator rejects made-up values, on the input's first row).
 
 from __future__ import annotations
 
+import copy
+import math
 import sys
 import warnings
 
@@ -20,8 +25,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn import config_context, get_config
 
-from sklearn_parpredict import _chunking
+from sklearn_parpredict import _chunking, _rowwise
 from sklearn_parpredict._distributed import DaskCluster
+from sklearn_parpredict._jobs import run_task
 from sklearn_parpredict._sharing import ModelHandle
 
 
@@ -39,20 +45,55 @@ def computed(X):
     return X.compute() if is_collection(X) else X
 
 
-def _call_block(block, model, method, columns, params, empty, config):
-    """One block's output; an empty block gives the output's empty form.
+def _call_block(block, model, method, columns, params, empty, config, block_info=None):
+    """One block's output.
 
-    ``config`` is scikit-learn's configuration where the collection was
-    made (``transform_output``, ``assume_finite``): Dask's threads and
-    workers do not share it.
+    ``empty`` is the output's empty form, which an empty block gives without
+    calling the estimator; None where the estimator must see empty blocks
+    too (see :func:`call`). ``config`` is scikit-learn's configuration where
+    the collection was made (``transform_output``, ``assume_finite``): Dask's
+    threads and workers do not share it. ``block_info`` is Dask's
+    description of a Dask array's block: its row range cuts the parameters
+    that have one value per row.
     """
-    if _chunking.n_rows(block) == 0:
+    if empty is not None and _chunking.n_rows(block) == 0:
         if hasattr(empty, "iloc"):
             return empty.set_axis(block.index[:0], axis=0)
         return empty
-    X = _chunking.select_columns(block, columns)
+    if block_info is not None:
+        rows = block_info[0]
+        (start, stop), n = rows["array-location"][0], rows["shape"][0]
+        params = _rowwise.params_for_rows(params, n, start, stop)
     with config_context(**config):
-        return getattr(model, method)(X, **params)
+        return run_task(model, method, block, columns, params)
+
+
+def _is_frame(X) -> bool:
+    return hasattr(X, "map_partitions")
+
+
+def _row_blocks(X) -> int:
+    return X.npartitions if _is_frame(X) else X.numblocks[0]
+
+
+def _known_rows(X) -> int | None:
+    """``X``'s number of rows where Dask knows it without computing (a Dask
+    array of known chunks), else None."""
+    if _is_frame(X) or math.isnan(X.shape[0]):
+        return None
+    return int(X.shape[0])
+
+
+def _one_block(X):
+    """``X`` as one row block: the whole input in one task."""
+    if _is_frame(X):
+        return X.repartition(npartitions=1)
+    import dask
+    import dask.array as da
+
+    # Not rechunk: it needs the chunks' sizes, unknown in an array made from
+    # a Dask DataFrame.
+    return da.from_delayed(dask.delayed(X), shape=X.shape, dtype=X.dtype, meta=X._meta)
 
 
 def _model_ref(estimator):
@@ -84,30 +125,47 @@ def _sample_output(estimator, method, X, columns, params):
 
     A row of zeros (arrays) or Dask's made-up values (frames) is tried
     first; estimators that reject it (unknown categories, ...) get the first
-    row of ``X``, which computes its first block only.
+    row of ``X``. Their warnings are silenced: the serial call makes no
+    such calls, and with warnings turned into errors a warning would send
+    the probe down the other path.
     """
+    n = _known_rows(X)
+    if n is not None:
+        params = _rowwise.params_for_rows(params, n, 0, 1)
     if hasattr(X, "_meta_nonempty"):
         made_up = X._meta_nonempty.iloc[:1]
     else:
         made_up = np.zeros((1, *X.shape[1:]), dtype=X.dtype)
-    try:
+    config = get_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _call_block(
+                made_up, estimator, method, columns, params, None, config
+            )
+        except Exception:  # noqa: S110 - made-up values rejected: a real row
+            pass
         return _call_block(
-            made_up, estimator, method, columns, params, None, get_config()
+            _first_row(X), estimator, method, columns, params, None, config
         )
-    except Exception as exc:
-        with warnings.catch_warnings():
-            # head() warns when the first partition has fewer rows.
-            warnings.simplefilter("ignore", UserWarning)
-            first = X.head(1) if hasattr(X, "head") else X[:1].compute()
-        if _chunking.n_rows(first) == 0:
-            raise ValueError(
-                f"Cannot tell the output of {type(estimator).__name__}.{method} "
-                f"on this Dask input: it rejects made-up rows ({exc}) and the "
-                f"first block is empty."
-            ) from exc
-        return _call_block(
-            first, estimator, method, columns, params, None, get_config()
-        )
+
+
+def _first_row(X):
+    """The first row of ``X``, or no rows where ``X`` has none (the serial
+    call on them then raises as it does, in most estimators).
+
+    Blocks are computed in order up to the first that has rows: Dask's
+    ``head`` looks in the first one only, which a filter may have emptied.
+    """
+    if _known_rows(X) is not None:
+        return X[:1].compute()
+    frame = _is_frame(X)
+    blocks = X.partitions if frame else X.blocks
+    for i in range(_row_blocks(X)):
+        block = blocks[i].head(1, npartitions=1) if frame else blocks[i].compute()
+        if _chunking.n_rows(block):
+            break
+    return _chunking.row_slice(block, 0, 1)
 
 
 def call(estimator, method: str, X, columns=None, params=None):
@@ -115,25 +173,44 @@ def call(estimator, method: str, X, columns=None, params=None):
 
     Returns a lazy Dask collection: a Dask array for array outputs (with
     known block sizes when ``X`` is a Dask array), a Dask DataFrame or Series
-    for pandas outputs.
+    for pandas outputs. A method that fits the estimator or scores it
+    (``fit_transform``, ``score``) returns what the serial call on ``X``
+    returns.
     """
     import dask.array as da
 
     params = params or {}
     getattr(estimator, method)  # fail as the serial call does
+    if _rowwise.fits_or_sums(method):
+        # Lazily, a worker would fit its own copy and leave this process's
+        # estimator as it was; a score is one number, not rows.
+        return run_task(estimator, method, X, columns, params)
     if not hasattr(X, "ndim") or X.ndim != 2:
         raise ValueError(
             f"Expected a 2-D Dask array or a Dask DataFrame, got "
             f"{type(X).__name__} with {getattr(X, 'ndim', '?')} dimensions."
         )
-    sample = _sample_output(estimator, method, X, columns, params)
+    probed = estimator
+    if not _rowwise.splittable(estimator, method, params):
+        # A row's output depends on the other rows of the call.
+        X = _one_block(X)
+        # Such an estimator may draw from a random state it keeps: probed,
+        # the state would move on before the blocks draw from it.
+        probed = copy.deepcopy(estimator)
+    n = _known_rows(X)
+    if n is None:
+        _check_no_rows_to_cut(estimator, method, params)
+    sample = _sample_output(probed, method, X, columns, params)
     if isinstance(sample, list | tuple):
         raise TypeError(
             f"{type(estimator).__name__}.{method} returns one array per output, "
             f"which cannot be one Dask collection: call it on each output's "
             f"model, or compute the input first."
         )
-    empty = _chunking.row_slice(sample, 0, 0)
+    meta = _chunking.row_slice(sample, 0, 0)
+    # On no rows at all the serial call raises, in most estimators: an empty
+    # block gives an empty output only beside others that may have rows.
+    empty = meta if _row_blocks(X) > 1 and n != 0 else None
     model = _model_ref(estimator)
     config = get_config()
     if hasattr(X, "map_partitions"):
@@ -144,7 +221,7 @@ def call(estimator, method: str, X, columns=None, params=None):
                 f"collection: pass a Dask array, or ask for dense output."
             )
         return X.map_partitions(
-            _call_block, model, method, columns, params, empty, config, meta=empty
+            _call_block, model, method, columns, params, empty, config, meta=meta
         )
     if hasattr(sample, "iloc"):
         raise TypeError(
@@ -171,6 +248,21 @@ def call(estimator, method: str, X, columns=None, params=None):
         empty,
         config,
         dtype=sample.dtype,
-        meta=empty,
+        meta=meta,
         **layout,
     )
+
+
+def _check_no_rows_to_cut(estimator, method: str, params: dict) -> None:
+    """Raise where a parameter may have one value per row of an input whose
+    row blocks' sizes are unknown: it could not be cut with the blocks."""
+    names = [name for name, value in params.items() if _rowwise.row_like(value)]
+    if names:
+        raise ValueError(
+            f"Cannot tell whether the parameters {names} of "
+            f"{type(estimator).__name__}.{method} have one value per row of "
+            f"this Dask input, whose row chunks are unknown (a Dask DataFrame, "
+            f"or an array made from one): give a Dask array of known chunks "
+            f"(ddf.to_dask_array(lengths=True), x.compute_chunk_sizes()), or "
+            f"compute the input first."
+        )

@@ -31,6 +31,7 @@ from sklearn.utils.metadata_routing import (
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn_parpredict import _lazy
 from sklearn_parpredict._costs import costs_of, keep_by_id
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Backend, run_one
 from sklearn_parpredict._in_process import calls_directly
@@ -589,7 +590,10 @@ def score(estimator, X, y, params: dict, predict: Callable[[], Any]) -> float:
     # Looked up on the instance: a frozen estimator has its estimator's.
     own = getattr(getattr(estimator, "score", None), "__func__", None)
     if own in (ClassifierMixin.score, RegressorMixin.score):
-        return own(_Predicted(estimator, predict()), X, y, **params)
+        # A Dask input's are lazy; the serial call's, from the computed
+        # input, are not: the metric takes no lazy array of unknown length.
+        y_pred = _lazy.computed(predict())
+        return own(_Predicted(estimator, y_pred), X, y, **params)
     return estimator.score(X, y, **params)
 
 

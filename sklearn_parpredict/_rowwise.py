@@ -66,7 +66,7 @@ def splittable(estimator, method: str, params: dict, X=None, columns=None) -> bo
     without changing its output."""
     if any(params.get(name) for name in JOINT_PARAMS):
         return False
-    if method.startswith(_WHOLE_BATCH_PREFIXES) or method in _WHOLE_BATCH_METHODS:
+    if fits_or_sums(method):
         return False
     # A meta-estimator calls its inner estimators' method of the same name
     # (an ensemble, a pipeline's last step) or their transform (a pipeline's
@@ -86,6 +86,12 @@ def splittable(estimator, method: str, params: dict, X=None, columns=None) -> bo
         if _imputes_by_batch(value, X, columns):
             return False
     return True
+
+
+def fits_or_sums(method: str) -> bool:
+    """Whether ``method`` fits the estimator to its whole input or sums over
+    it (``fit_transform``, ``fit_predict``, ``partial_fit``, ``score``)."""
+    return method.startswith(_WHOLE_BATCH_PREFIXES) or method in _WHOLE_BATCH_METHODS
 
 
 def _held_estimators(estimator) -> list:
@@ -234,11 +240,16 @@ def params_for_rows(params: dict, n: int, start: int, stop: int) -> dict:
     }
 
 
-def _per_row(value, n: int) -> bool:
-    if not (
+def row_like(value) -> bool:
+    """Whether ``value`` may have one value per row of a call's input: an
+    array, list, Series or sparse matrix (of one value per row when it has
+    as many rows as the input)."""
+    return (
         isinstance(value, np.ndarray | list | tuple)
         or hasattr(value, "iloc")
         or sp.issparse(value)
-    ):
-        return False
-    return getattr(value, "ndim", 1) >= 1 and _chunking.n_rows(value) == n
+    ) and getattr(value, "ndim", 1) >= 1
+
+
+def _per_row(value, n: int) -> bool:
+    return row_like(value) and _chunking.n_rows(value) == n

@@ -5,10 +5,12 @@ numpy, pandas and Dask inputs; the model reaches each worker once per fitted
 state; a worker killed mid-call neither loses nor corrupts rows.
 """
 
+import copy
 import os
 import signal
 import threading
 import time
+import warnings
 
 import joblib
 import numpy as np
@@ -371,3 +373,149 @@ def test_scikit_learn_config_reaches_the_blocks(client):
             with config_context(assume_finite=True):
                 lazy = ParallelPredictor(ridge).predict(dd.from_pandas(with_nan, 3))
                 assert_same_output(lazy.compute(), ridge.predict(with_nan))
+
+
+def _iterative_imputer():
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    with_nan = X[:200, :4].copy()
+    with_nan[np.random.default_rng(1).random(with_nan.shape) < 0.2] = np.nan
+    return IterativeImputer(sample_posterior=True, random_state=0), with_nan
+
+
+@pytest.mark.parametrize(
+    "case", ["dummy", "dummy_frame", "unknown_chunks", "imputer", "nmf", "gpr"]
+)
+def test_calls_that_depend_on_the_batch_are_one_task_equal_serial(client, case):
+    # Mapped over the blocks, each block would draw its own random numbers
+    # or start from its own rows' mean.
+    from sklearn.decomposition import NMF
+    from sklearn.dummy import DummyClassifier
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    data, method, params = X, "predict", {}
+    if case.startswith("dummy") or case == "unknown_chunks":
+        estimator = DummyClassifier(strategy="stratified", random_state=0)
+    elif case == "imputer":
+        estimator, data = _iterative_imputer()
+        method = "transform"
+    elif case == "nmf":
+        estimator, data, method = (
+            NMF(3, max_iter=2000, random_state=0),
+            np.abs(X),
+            "transform",
+        )
+    else:
+        estimator, data = GaussianProcessRegressor(random_state=0), X[:60]
+        method, params = "sample_y", {"n_samples": 2}
+    estimator.fit(data, Y[: len(data)])
+    # Copied before the parallel call: the imputer draws from a random
+    # state it keeps, which every call moves on.
+    expected = getattr(copy.deepcopy(estimator), method)(data, **params)
+    lazy_input = da.from_array(data, chunks=25)
+    if case == "dummy_frame":
+        lazy_input = dd.from_pandas(pd.DataFrame(data), npartitions=4)
+    elif case == "unknown_chunks":
+        lazy_input = dd.from_pandas(pd.DataFrame(data), npartitions=4).to_dask_array()
+    lazy = parallel_predict(estimator, lazy_input, method=method, params=params)
+    assert isinstance(lazy, da.Array)
+    assert lazy.numblocks[0] == 1
+    assert_same_output(lazy.compute(), expected)
+
+
+# scikit-learn's own check of a Dask input, in the serial call as well.
+@pytest.mark.filterwarnings("ignore:The `numpy.may_share_memory`:FutureWarning")
+def test_methods_that_fit_or_score_are_the_serial_call(client):
+    dX = da.from_array(X, chunks=100)
+    kmeans = KMeans(3, n_init=1, random_state=0)
+    labels = parallel_predict(kmeans, dX, method="fit_predict")
+    assert_same_output(labels, KMeans(3, n_init=1, random_state=0).fit_predict(X))
+    # Fitted in this process, as by the serial call.
+    assert_same_output(kmeans.predict(X), labels)
+    scaled = parallel_predict(StandardScaler(), dX, method="fit_transform")
+    assert_same_output(scaled, StandardScaler().fit_transform(X))
+    logistic = _fitted(LogisticRegression())
+    assert parallel_predict(
+        logistic, dX, method="score", params={"y": Y}
+    ) == logistic.score(X, Y)
+
+
+def test_per_row_parameters_are_cut_with_the_blocks(client):
+    offset = np.arange(len(X)) * 100.0
+    model = ce.Offset().fit(X)
+    expected = model.predict(X, offset=offset)
+    for chunks in [1, (250, 0, 250, 100), len(X)]:
+        dX = da.from_array(X, chunks=(chunks, 3))
+        lazy = ParallelPredictor(model).predict(dX, offset=offset)
+        assert_same_output(lazy.compute(), expected)
+    # Not one value per row: the same to every block.
+    whole = ParallelPredictor(model).predict(da.from_array(X, chunks=50), offset=[1.0])
+    assert_same_output(whole.compute(), model.predict(X, offset=[1.0]))
+    # Blocks of unknown sizes cannot be matched with the values.
+    ddf = dd.from_pandas(pd.DataFrame(X), npartitions=3)
+    for data in [ddf, ddf.to_dask_array()]:
+        with pytest.raises(ValueError, match=r"\['offset'\].*row chunks are unknown"):
+            ParallelPredictor(model).predict(data, offset=offset)
+
+
+def test_estimator_rejecting_made_up_rows_with_empty_first_block(client):
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng_ = np.random.default_rng(0)
+    frame = pd.DataFrame({"s": rng_.choice(["p", "q"], 300)})
+    # Dask's made-up strings are unknown categories.
+    encoder = OneHotEncoder(sparse_output=False).fit(frame)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    filtered = ddf[ddf.index.to_series() >= 150]
+    expected = encoder.transform(frame.iloc[150:])
+    lazy = ParallelPredictor(encoder).transform(filtered)
+    assert_same_output(lazy.compute(), expected)
+    # Arrays: made-up zeros are an unknown category of numbers.
+    numbers = OneHotEncoder(sparse_output=False).fit(np.c_[rng_.integers(1, 3, 300)])
+    values = numbers.categories_[0][rng_.integers(0, 2, 300)][:, None]
+    known = da.concatenate([da.zeros((0, 1), dtype=int), da.from_array(values)])
+    unknown = dd.from_pandas(pd.DataFrame(values), npartitions=3)
+    unknown = unknown[unknown.index.to_series() >= 150].to_dask_array()
+    for data, serial_input in [(known, values), (unknown, values[150:])]:
+        lazy = ParallelPredictor(numbers).transform(data)
+        assert_same_output(lazy.compute(), numbers.transform(serial_input))
+
+
+def test_score_of_a_dask_input_equals_serial(client):
+    logistic = _fitted(LogisticRegression(), frame=True)
+    ridge = _fitted(Ridge())
+    ddf = dd.from_pandas(FRAME, npartitions=3)
+    assert ParallelPredictor(logistic).score(ddf, Y) == logistic.score(FRAME, Y)
+    dX = da.from_array(X, chunks=100)
+    assert ParallelPredictor(ridge).score(dX, X[:, 0]) == ridge.score(X, X[:, 0])
+
+
+@pytest.mark.parametrize("shape", ["one_block", "empty_blocks", "frame"])
+def test_input_without_rows_raises_as_serial(client, shape):
+    logistic = _fitted(LogisticRegression())
+    if shape == "one_block":
+        data = da.from_array(X[:0])
+    elif shape == "empty_blocks":
+        data = da.concatenate([da.from_array(X[:0])] * 2)
+    else:
+        data = dd.from_pandas(pd.DataFrame(X[:0]), npartitions=1)
+    with pytest.raises(ValueError, match="0 sample"):
+        logistic.predict(X[:0])
+    with pytest.raises(ValueError, match="0 sample"):
+        ParallelPredictor(logistic).predict(data).compute()
+
+
+def test_building_the_graph_warns_no_more_than_serial(client):
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"s": np.random.default_rng(0).choice(["p", "q"], 300)})
+    # Dask's made-up strings are unknown categories, which it warns about.
+    encoder = OneHotEncoder(handle_unknown="warn", sparse_output=False).fit(frame)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected = encoder.transform(frame)
+        lazy = ParallelPredictor(encoder).transform(ddf)
+        assert_same_output(lazy.compute(), expected)
+    assert [str(warning.message) for warning in caught] == []
