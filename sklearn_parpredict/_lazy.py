@@ -101,8 +101,10 @@ def _model_ref(estimator):
 
     With a ``distributed`` client as Dask's scheduler, the model is the
     future that :class:`~sklearn_parpredict._distributed.DaskCluster` keeps,
-    scattered once per fitted state, which Dask moves to each worker that
-    needs it. Otherwise it is one key of the graph, sent once per
+    scattered once per fitted state. The graph depends on it: Dask moves it
+    to each worker that runs a block on every computation (its memory
+    manager drops the extra copies in between), and no other scheduler can
+    compute the graph. Otherwise it is one key of the graph, sent once per
     computation.
     """
     import dask
