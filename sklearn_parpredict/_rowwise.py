@@ -110,8 +110,9 @@ def _held_estimators(estimator) -> list:
     stack = [estimator]
     while stack:
         obj = stack.pop()
-        if isinstance(obj, BaseEstimator):
-            values = list(vars(obj).values())
+        if obj is estimator or isinstance(obj, BaseEstimator):
+            # (A model of another kind may hold scikit-learn's too.)
+            values = list(getattr(obj, "__dict__", {}).values())
         elif isinstance(obj, dict):
             values = list(obj.values())
         else:
