@@ -246,43 +246,53 @@ def _concat_pandas(parts):
 
     if isinstance(parts[0], pd.Series):
         parts = _same_categories(parts) or parts
-    elif parts[0].columns.is_unique:
-        for name, dtype in parts[0].dtypes.items():
+    else:
+        # By position: column names may repeat.
+        for i, dtype in enumerate(parts[0].dtypes):
             if isinstance(dtype, pd.CategoricalDtype):
-                columns = _same_categories([part[name] for part in parts])
+                columns = _same_categories([part.iloc[:, i] for part in parts])
                 if columns is not None:
                     parts = [part.copy(deep=False) for part in parts]
                     for part, column in zip(parts, columns):
-                        part[name] = column
+                        part.isetitem(i, column)
+    if isinstance(parts[0].index, pd.CategoricalIndex):
+        # Categories inferred per chunk (an index set from a column).
+        _same_categories([part.index for part in parts], join=False)
     out = pd.concat(parts, axis=0)
+    first = parts[0].index
     if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
         # Every chunk got a fresh default index (the estimator ignored the
         # input's index, or the input had none): the serial call numbers all
         # rows once.
-        out.index = pd.RangeIndex(len(out))
+        out.index = pd.RangeIndex(len(out), name=first.name)
     return out
 
 
-def _same_categories(columns: list) -> list | None:
+def _same_categories(columns: list, join: bool = True) -> list | None:
     """Categorical chunks with the union of their categories (None: no
     change needed).
 
     Each chunk's categories are inferred from the values it holds, the
     serial call's from all of them; pandas joins categoricals of different
-    categories as strings.
+    categories as strings. Where the serial call's categories cannot be
+    told from the chunks' (ordered ones, values of types that do not sort,
+    or ``join=False``), raises :class:`NotPerRow`: the call runs whole.
     """
     import pandas as pd
 
     dtypes = [column.dtype for column in columns]
-    if (
-        not all(isinstance(dtype, pd.CategoricalDtype) for dtype in dtypes)
-        or all(dtype == dtypes[0] for dtype in dtypes)
-        or any(dtype.ordered for dtype in dtypes)
+    if not all(isinstance(dtype, pd.CategoricalDtype) for dtype in dtypes) or all(
+        dtype == dtypes[0] for dtype in dtypes
     ):
         return None
+    if not join or any(dtype.ordered for dtype in dtypes):
+        raise NotPerRow("categories inferred per chunk of rows")
     categories = dtypes[0].categories.append([d.categories for d in dtypes[1:]])
     categories = categories.unique()
     if all(dtype.categories.is_monotonic_increasing for dtype in dtypes):
         # Inferred categories are sorted: so are the serial call's.
-        categories = categories.sort_values()
+        try:
+            categories = categories.sort_values()
+        except TypeError:
+            raise NotPerRow("categories inferred per chunk of rows") from None
     return [column.astype(pd.CategoricalDtype(categories)) for column in columns]

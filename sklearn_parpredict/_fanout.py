@@ -132,16 +132,28 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
     # caller waits on them rather than polling. (joblib's progress report,
     # verbose, needs joblib's loop.)
     direct = type(active) is LokyBackend and not verbose
-    with runner if direct else contextlib.nullcontext():
-        if direct and _loky.usable(runner):
-            tasks = [(function, *task) for task in tasks]
-            results = _loky.run(runner, _recording_warnings, tasks)
-        else:
-            results = runner(
-                delayed(_recording_warnings)(function, *task) for task in tasks
-            )
+    try:
+        with runner if direct else contextlib.nullcontext():
+            if direct and _loky.usable(runner):
+                tasks = [(function, *task) for task in tasks]
+                results = _loky.run(runner, _recording_warnings, tasks)
+            else:
+                results = runner(
+                    delayed(_recording_warnings)(function, *task) for task in tasks
+                )
+    except Exception as exc:
+        # The failing task's warnings, raised before its error as the serial
+        # call raises them (scikit-learn warns of sparse columns, then fails
+        # on their missing values).
+        _warn_again([exc.__dict__.pop(_CAUGHT, ())])
+        raise
     _warn_again(caught for _, caught in results)
     return [out for out, _ in results]
+
+
+# Where a failing task's exception carries its warnings back (an attribute
+# pickles with the exception).
+_CAUGHT = "_sklearn_parpredict_warnings"
 
 
 def _recording_warnings(function, *args):
@@ -159,12 +171,19 @@ def _recording_warnings(function, *args):
         except Exception as exc:
             stand_in = _stand_in(exc)
             if stand_in is None:
+                setattr(exc, _CAUGHT, _described(caught))
                 raise
     if stand_in is not None:
+        setattr(stand_in, _CAUGHT, _described(caught))
         # Raised here, it has no context: where distributed is imported,
         # tblib pickles an exception's context with it.
         raise stand_in
-    return out, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+    return out, _described(caught)
+
+
+def _described(caught: list) -> list[tuple]:
+    """Warnings as they go back to the caller (see :func:`_warn_again`)."""
+    return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 def _stand_in(exc: Exception) -> RuntimeError | None:
@@ -199,17 +218,20 @@ def _warn_again(caught) -> None:
             category,
             filename,
             lineno,
-            module=_module_name(filename),
             registry=_warning_registries.setdefault(filename, {}),
+            **_module_of(filename),
         )
 
 
-def _module_name(filename: str) -> str | None:
-    """The name of the loaded module of that file (filters match on it)."""
+def _module_of(filename: str) -> dict:
+    """The name of the loaded module of that file (filters match on it), as
+    ``warn_explicit``'s keyword; none where no module loaded here has that
+    file (one the worker alone imported, a function pickled by value):
+    ``module=None`` would drop the warning, as at interpreter exit."""
     for name, module in list(sys.modules.items()):
         if getattr(module, "__file__", None) == filename:
-            return name
-    return None
+            return {"module": name}
+    return {}
 
 
 # Seconds between two looks at a multiprocessing pool's workers.

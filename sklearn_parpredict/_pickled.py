@@ -166,12 +166,46 @@ class PickledRows:
         self.spool = spool
 
     def __reduce__(self):
-        rows = _NanKept.around(self.rows)
+        rows = _NanKept.around(_ByteOrderKept.around(self.rows))
         if self.spool is None:
             return _loads, (_dumps(rows),)
         return _reduce_spooled(
             rows, lambda parts: (_load_spooled, self.spool.write(parts))
         )
+
+
+class _ByteOrderKept:
+    """An array subclass (a memmap, a masked array, a matrix) of a byte
+    order other than the machine's, pickled so that it keeps it.
+
+    NumPy pickles such arrays in the machine's order: ``>f4`` rows arrived
+    as ``float32``, which scikit-learn keeps, where it converts ``>f4`` to
+    ``float64`` in the serial call (a scaler's output 7e-7 apart, in another
+    dtype). Their bytes go as they are, read in the machine's order, and
+    are read in theirs again once unpickled.
+    """
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    @classmethod
+    def around(cls, rows):
+        """``rows`` as they are, or wrapped when NumPy would lose their order."""
+        if (
+            isinstance(rows, np.ndarray)
+            and type(rows) is not np.ndarray
+            and not rows.dtype.isnative
+        ):
+            return cls(rows)
+        return rows
+
+    def __reduce__(self):
+        dtype = self.rows.dtype
+        return _viewed_as, (self.rows.view(dtype.newbyteorder("=")), dtype)
+
+
+def _viewed_as(rows, dtype):
+    return rows.view(dtype)
 
 
 class _NanKept:

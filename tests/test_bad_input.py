@@ -351,3 +351,24 @@ def test_a_missing_document_fails_as_in_the_serial_call(backend):
         with pytest.raises(ValueError) as raised:
             ParallelPredictor(model, **engine).predict(given)
         assert str(raised.value) == str(serial.value)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_array_subclasses_of_another_byte_order_reach_workers_as_given(
+    backend, tmp_path
+):
+    from sklearn.preprocessing import StandardScaler
+
+    values = np.random.default_rng(0).normal(size=(300, 4)) * 1000 + 12345.678
+    mapped = np.memmap(tmp_path / "rows.dat", dtype=">f4", mode="w+", shape=(300, 4))
+    mapped[:] = values
+    scaler = StandardScaler().fit(values)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 100}
+    # scikit-learn converts >f4 to float64 (it keeps native float32): NumPy
+    # pickled these subclasses as native float32.
+    for given in (mapped, np.ma.masked_array(np.array(mapped))):
+        expected = scaler.transform(given)
+        assert expected.dtype == np.float64
+        got = ParallelPredictor(scaler, **engine).transform(given)
+        assert_same_output(got, expected)

@@ -113,6 +113,41 @@ def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+@pytest.mark.parametrize("pickles", [True, False])
+def test_a_failing_chunks_warnings_reach_the_caller_before_its_error(backend, pickles):
+    import warnings
+
+    def warn_then_fail(X):
+        warnings.warn("about to fail", UserWarning, stacklevel=2)
+        if (X[:, 0] == MARK).any():
+            raise ChunkError("failed") if pickles else UnpicklableChunkError("failed")
+        return X
+
+    model = FunctionTransformer(warn_then_fail).fit(X)
+    expected = ChunkError if pickles else RuntimeError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(expected, match="failed"):
+            ParallelPredictor(model, backend=backend, **ENGINE).transform(_marked())
+    assert "about to fail" in [str(w.message) for w in caught]
+
+
+def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
+    import warnings
+
+    # A module the worker alone imported, a function pickled by value
+    # ("<dynamic-code>"): warn_explicit(module=None) drops a warning.
+    for filename in ("/nowhere/imported_in_the_worker.py", "<dynamic-code>"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _fanout._warn_again([[("from a worker", UserWarning, filename, 3)]])
+        assert [(str(w.message), w.filename) for w in caught] == [
+            ("from a worker", filename)
+        ]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backend):

@@ -53,6 +53,25 @@ def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch
     assert type(_pickled._NanKept.around(column[[0, 2, 3]])) is np.ndarray
 
 
+def test_array_subclasses_keep_their_byte_order_once_sent():
+    data = np.arange(6, dtype=">f4").reshape(3, 2)
+    records = np.zeros(3, dtype=[("x", ">i4"), ("y", "<f8")]).view(np.recarray)
+    records["x"] = [1, 2, 3]
+    masked = np.ma.masked_array(data, mask=[[0, 1], [0, 0], [1, 0]])
+    with pytest.warns(PendingDeprecationWarning):
+        matrix = np.matrix(data)
+    for rows in (matrix, masked, records, data):
+        sent = pickle.loads(pickle.dumps(PickledRows(rows)))
+        assert type(sent) is type(rows)
+        assert sent.dtype == rows.dtype
+        np.testing.assert_array_equal(np.asarray(sent), np.asarray(rows))
+    np.testing.assert_array_equal(sent_mask(masked), masked.mask)
+
+
+def sent_mask(masked):
+    return pickle.loads(pickle.dumps(PickledRows(masked))).mask
+
+
 def test_rows_are_charged_their_pickling_once_per_kind_of_input(monkeypatch):
     import pandas as pd
     import scipy.sparse as sp

@@ -363,6 +363,54 @@ def test_categories_inferred_per_chunk_are_joined_as_the_serial_call_infers(back
         assert list(sign.cat.categories) == ["neg", "pos"]
 
 
+class _Apply(TransformerMixin, BaseEstimator):
+    """A function applied as it is (FunctionTransformer checks the column
+    names, which may not repeat)."""
+
+    def __init__(self, func=None):
+        self.func = func
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return self.func(X)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case", ["ordered", "repeated-names", "unsortable", "index", "named-range"]
+)
+def test_categories_the_chunks_cannot_agree_on_are_the_serial_calls(case, backend):
+    # Each chunk infers its own categories; where the serial call's cannot
+    # be told from them, the call runs whole.
+    from sklearn.preprocessing import FunctionTransformer
+
+    letters = pd.DataFrame({"k": list("aaaaaaaaaabbbbbbbbbbcccccccccc")})
+    given, func = letters, None
+    if case == "ordered":
+        func = lambda d: d.astype(pd.CategoricalDtype(ordered=True))  # noqa: E731
+    elif case == "repeated-names":
+        given = pd.concat([letters, letters], axis=1)
+        func = lambda d: d.astype("category")  # noqa: E731
+    elif case == "unsortable":
+        mixed = [1] * 10 + ["a"] * 10 + [2.5] * 10
+        given = pd.DataFrame({"k": pd.Series(mixed, dtype=object)})
+        func = lambda d: d.astype("category")  # noqa: E731
+    elif case == "index":
+        func = lambda d: d.set_index(pd.CategoricalIndex(d["k"]))  # noqa: E731
+    else:
+        func = lambda d: d.set_axis(pd.RangeIndex(len(d), name="row"))  # noqa: E731
+    model = _Apply(func) if case == "repeated-names" else FunctionTransformer(func)
+    model.fit(given)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    got = parallel_predict(model, given, method="transform", **engine)
+    expected = model.transform(given)
+    pd.testing.assert_frame_equal(got, expected)
+    assert list(got.dtypes) == list(expected.dtypes)
+
+
 def _nonnegative():
     return np.abs(X) + 0.1
 
