@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import pickle
 import random
 import statistics
 import subprocess
@@ -26,7 +27,7 @@ from benchmarks._cases import Workload
 from benchmarks._machine import PeakRSS, tree_memory
 from benchmarks._measure import DecisionLog, after, assert_same, before
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
-from sklearn_parpredict import ParallelPredictor
+from sklearn_parpredict import ParallelPredictor, _sharing
 
 
 def run_isolated(kind: str, **kwargs) -> dict:
@@ -44,6 +45,47 @@ def run_isolated(kind: str, **kwargs) -> dict:
     return json.loads(lines[-1])
 
 
+class ModelShipping:
+    """Within ``with``: how often this process wrote a fitted model for
+    worker processes, and which written state each reference pickled into a
+    task named (its token).
+
+    Counted by wrapping the package's own writer and its handle's pickling,
+    so a model written again (a new token) or put into a task whole would
+    show. Each worker loads a written state once and keeps it under its
+    token (:mod:`sklearn_parpredict._sharing`); that side is not counted.
+    """
+
+    def __init__(self):
+        self.writes = 0
+        self.tokens: list[str] = []
+
+    def __enter__(self):
+        self._dump = _sharing._dump_model
+        self._reduce = _sharing.ModelHandle.__reduce__
+        dump, reduce = self._dump, self._reduce
+
+        def counted_dump(model, path):
+            self.writes += 1
+            return dump(model, path)
+
+        def counted_reduce(handle):
+            self.tokens.append(handle.token)
+            return reduce(handle)
+
+        _sharing._dump_model = counted_dump
+        _sharing.ModelHandle.__reduce__ = counted_reduce
+        return self
+
+    def __exit__(self, *exc):
+        _sharing._dump_model = self._dump
+        _sharing.ModelHandle.__reduce__ = self._reduce
+
+    def mark(self) -> tuple[int, int]:
+        """Writes and references so far, to tell the phases of a run apart."""
+        return self.writes, len(self.tokens)
+
+
 def _load(model_path: str, X_path: str) -> Workload:
     model, X = joblib.load(model_path), joblib.load(X_path)
     return Workload([(model, None)], X, ParallelPredictor(model, n_jobs=-1))
@@ -58,74 +100,96 @@ def repeated(
     ``ParallelPredictor``; the ceiling's fork pool); the tutorial pickles the
     model with every chunk of every call, as written. The first call of
     ``parpredict`` in this fresh process (pool start, model shipping, cost
-    probe) is reported on its own as ``cold``.
+    probe) is reported on its own as ``cold``, and each method's second
+    call, made before the rounds, as ``warm_up``.
 
-    The first round is what the calls after a first one cost, while
+    The first round is what the calls after those cost, while
     ``parpredict`` may still run them in-process: it starts its pool in the
     background only once the time that calls lost without it reaches what
     starting it costs. The second round (every method but the tutorial,
     whose calls are all alike) is the steady state, ``parpredict``'s pool
-    warm as the ceiling's is from the start. Which of ``parpredict``'s calls
-    ran on workers is read from its debug log.
+    warm as the ceiling's is from the start. Every call's time is kept
+    (``per_call``, one dict per round): a median hides the calls a round
+    ran at serial speed while the pool started, a mean does not. How each
+    of ``parpredict``'s calls ran is read from its debug log, per round
+    (``round_plans``), and how often the model was written for workers and
+    referenced in tasks is counted per phase (``shipping``, see
+    :class:`ModelShipping`).
     """
     work = _load(model_path, X_path)
     bounds = [(i * rows_per_call, (i + 1) * rows_per_call) for i in range(calls)]
     expected = [work.serial(rows(work.X, a, b)) for a, b in bounds]
     log = DecisionLog()
+    shipping = ModelShipping()
+    # Writes and references at the end of each phase: before, cold call,
+    # warm-up calls, first round, second round.
+    marks = [(0, 0)]
+    plan_marks = []
 
-    start = time.perf_counter()
-    with log:
-        out = work.ours.predict(rows(work.X, *bounds[0]))
-    cold = time.perf_counter() - start
-    assert_same(expected[0], out)
+    with shipping:
+        start = time.perf_counter()
+        with log:
+            out = work.ours.predict(rows(work.X, *bounds[0]))
+        cold = time.perf_counter() - start
+        assert_same(expected[0], out)
+        marks.append(shipping.mark())
 
-    built, errors = {}, {}
-    for name in methods:
-        try:
-            built[name] = METHODS[name](work)
-            # Warm-up, not timed.
-            warm_up = built[name].bind(*bounds[0])
-            before(warm_up)
+        built, errors, warm_up_s = {}, {}, {}
+        for name in methods:
             try:
-                with log if name == "parpredict" else contextlib.nullcontext():
-                    assert_same(expected[0], warm_up())
-            finally:
-                after(warm_up)
-        except Exception as exc:  # a peer that is unavailable or wrong
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    methods = built
-    rounds: list[dict[str, list[float]]] = [
-        {name: [] for name in methods},
-        {name: [] for name in methods if name != Tutorial.name},
-    ]
+                built[name] = METHODS[name](work)
+                # Warm-up, not in the rounds.
+                warm_up = built[name].bind(*bounds[0])
+                before(warm_up)
+                try:
+                    with log if name == "parpredict" else contextlib.nullcontext():
+                        start = time.perf_counter()
+                        out = warm_up()
+                        warm_up_s[name] = time.perf_counter() - start
+                    assert_same(expected[0], out)
+                finally:
+                    after(warm_up)
+            except Exception as exc:  # a peer that is unavailable or wrong
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        marks.append(shipping.mark())
+        methods = built
+        rounds: list[dict[str, list[float]]] = [
+            {name: [] for name in methods},
+            {name: [] for name in methods if name != Tutorial.name},
+        ]
 
-    def timed(name: str, i: int, samples: dict) -> None:
-        call = methods[name].bind(*bounds[i])
-        before(call)
-        with log if name == "parpredict" else contextlib.nullcontext():
-            start = time.perf_counter()
-            out = call()
-            samples[name].append(time.perf_counter() - start)
-        after(call)
-        try:
-            assert_same(expected[i], out)
-        except AssertionError as exc:
-            errors.setdefault(name, f"wrong output: {exc}")
+        def timed(name: str, i: int, samples: dict) -> None:
+            call = methods[name].bind(*bounds[i])
+            before(call)
+            with log if name == "parpredict" else contextlib.nullcontext():
+                start = time.perf_counter()
+                out = call()
+                samples[name].append(time.perf_counter() - start)
+            after(call)
+            try:
+                assert_same(expected[i], out)
+            except AssertionError as exc:
+                errors.setdefault(name, f"wrong output: {exc}")
 
-    # As in the suite: the others interleaved in a random order per call,
-    # then the tutorial's calls, whose forks would slow whatever came next.
-    rng = random.Random(0)
-    for samples in rounds:
-        names = [n for n in samples if n not in errors and n != Tutorial.name]
-        for i in range(calls):
-            rng.shuffle(names)
-            for name in names:
-                timed(name, i, samples)
-    if Tutorial.name in methods and Tutorial.name not in errors:
-        for i in range(calls):
-            timed(Tutorial.name, i, rounds[0])
-    for method in methods.values():
-        method.close()
+        # As in the suite: the others interleaved in a random order per call,
+        # then the tutorial's calls, whose forks would slow whatever came next.
+        rng = random.Random(0)
+        for samples in rounds:
+            plan_marks.append(len(log.plans))
+            names = [n for n in samples if n not in errors and n != Tutorial.name]
+            for i in range(calls):
+                rng.shuffle(names)
+                for name in names:
+                    timed(name, i, samples)
+            marks.append(shipping.mark())
+        plan_marks.append(len(log.plans))
+        if Tutorial.name in methods and Tutorial.name not in errors:
+            for i in range(calls):
+                timed(Tutorial.name, i, rounds[0])
+        for method in methods.values():
+            method.close()
+    # What one task carries in place of the model (outside the count).
+    reference_bytes = len(pickle.dumps(_sharing.ModelHandle(work.models[0][0])))
 
     def medians(samples: dict) -> dict:
         return {
@@ -137,10 +201,25 @@ def repeated(
         "calls": calls,
         "rows": rows_per_call,
         "cold": cold,
+        "warm_up": warm_up_s,
         "median": medians(rounds[0]),
         "steady": medians(rounds[1]),
+        "per_call": [
+            {name: s for name, s in samples.items() if name not in errors}
+            for samples in rounds
+        ],
         "on_workers": log.on_workers,
         "plans": log.plans,
+        "round_plans": [
+            log.plans[a:b] for a, b in zip(plan_marks[:-1], plan_marks[1:])
+        ],
+        "shipping": {
+            "phases": ["cold call", "warm-up calls", "first round", "second round"],
+            "writes": [b[0] - a[0] for a, b in zip(marks[:-1], marks[1:])],
+            "references": [b[1] - a[1] for a, b in zip(marks[:-1], marks[1:])],
+            "tokens": len(set(shipping.tokens)),
+            "reference_bytes": reference_bytes,
+        },
         "errors": errors,
         "model_bytes": work.model_bytes,
     }

@@ -388,3 +388,115 @@ def _report_memory(results):
     from benchmarks import _report
 
     return _report._memory(results["memory"])
+
+
+def _repeated(first_ours, first_ran, steady_ours=0.105, writes=(1, 0, 0, 0)):
+    # The ceiling takes 0.1 s per call in both rounds of 20; parpredict
+    # ``first_ours`` s per call in the first round, each call ran as
+    # ``first_ran`` says, and ``steady_ours`` s on workers in the second.
+    calls = len(first_ours)
+    return {
+        "calls": calls,
+        "rows": 10_000,
+        "cold": 0.5,
+        "warm_up": {"parpredict": 0.3},
+        "median": {"parpredict": float(np.median(first_ours)), "ceiling": 0.1},
+        "steady": {"parpredict": steady_ours, "ceiling": 0.1},
+        "per_call": [
+            {"parpredict": list(first_ours), "ceiling": [0.1] * calls},
+            {"parpredict": [steady_ours] * calls, "ceiling": [0.1] * calls},
+        ],
+        "round_plans": [list(first_ran), ["2 process tasks"] * calls],
+        "shipping": {
+            "phases": ["cold call", "warm-up calls", "first round", "second round"],
+            "writes": list(writes),
+            "references": [0, 4, 40, 40],
+            "tokens": max(1, sum(writes)),
+            "reference_bytes": 150,
+        },
+        "errors": {},
+        "model_bytes": 35 * MIB,
+    }
+
+
+# The issue's 20 calls: 6 in-process at serial speed (0.2 s) while the pool
+# started, 14 on workers at the ceiling's speed. Median 1.00x, mean 1.30x.
+STARTING = [0.2] * 6 + [0.1] * 14
+STARTING_RAN = ["in-process"] * 6 + ["2 process tasks"] * 14
+
+
+def test_repeated_calls_are_judged_on_the_mean_of_the_issues_calls():
+    results = {"rows": [], "repeated": _repeated(STARTING, STARTING_RAN)}
+    label, figure, judged = _target(results, "Repeated calls, the issue's 20 calls")
+    assert judged == "**FAIL**"
+    assert figure.startswith(
+        "mean 1.30x the ceiling's (0.13 s vs 0.1 s; medians 1.00x)"
+    )
+    assert "6 of its 20 calls ran in-process" in figure
+    # The warm round is a line of its own, judged apart.
+    _, figure, judged = _target(results, "The same, warm")
+    assert judged == "PASS"
+    assert figure.startswith("mean 1.05x the ceiling's")
+    assert "0 of its 20 calls ran in-process" in figure
+
+
+def test_a_warm_round_over_the_ceiling_fails_its_own_line():
+    results = {"rows": [], "repeated": _repeated([0.1] * 20, ["2"] * 20, 0.12)}
+    assert _target(results, "Repeated calls, the issue's")[2] == "PASS"
+    assert _target(results, "The same, warm")[2] == "**FAIL**"
+
+
+@pytest.mark.parametrize(
+    ("writes", "tokens", "reference_bytes", "verdict"),
+    [
+        ((1, 0, 0, 0), 1, 150, "PASS"),
+        # Written again on every call of the rounds: a new state each time.
+        ((1, 0, 20, 20), 41, 150, "**FAIL**"),
+        # Written once, but every task carried the model itself.
+        ((1, 0, 0, 0), 1, 35 * MIB, "**FAIL**"),
+    ],
+)
+def test_the_model_is_not_re_sent(writes, tokens, reference_bytes, verdict):
+    rep = _repeated([0.1] * 20, ["2"] * 20, writes=writes)
+    rep["shipping"].update(tokens=tokens, reference_bytes=reference_bytes)
+    _, figure, judged = _target({"rows": [], "repeated": rep}, "Repeated calls: the")
+    assert judged == verdict
+    assert figure.startswith(f"model written {sum(writes)} time(s) in all")
+    assert f"{sum(writes[2:])} during the 40 timed calls" in figure
+
+
+def test_the_repeated_section_shows_every_call_and_the_models_shipping():
+    from benchmarks import _report
+
+    text = "\n".join(_report._repeated(_repeated(STARTING, STARTING_RAN)))
+    # Means and medians of both rounds, against the ceiling's.
+    assert "| parpredict | 0.13 | 0.1 | 1.30x | 1.00x | 0.105 | 0.105 | 1.05x" in text
+    assert "parpredict (6 in-process: *): 0.2*, 0.2*" in text
+    assert "first round: 0 write(s), 40 reference(s) pickled" in text
+    assert "| parpredict, second call (before the rounds) |  | 0.3 |  | 3.00x |" in text
+
+
+def test_repeated_results_with_medians_only_are_not_judged():
+    # An older run: medians and one list of plans (cold call, the call
+    # before the rounds, then the rounds').
+    rep = _repeated(STARTING, STARTING_RAN)
+    for key in ("per_call", "round_plans", "shipping", "warm_up"):
+        del rep[key]
+    rep["plans"] = ["in-process"] * 2 + STARTING_RAN + ["2 process tasks"] * 20
+    results = {"rows": [], "repeated": rep}
+    _, figure, judged = _target(results, "Repeated calls, the issue's")
+    assert judged == "not measured"
+    assert figure == (
+        "n/a: per-call times not recorded (median 1.00x the ceiling's; "
+        "6 of its 20 calls ran in-process)"
+    )
+    assert _target(results, "Repeated calls: the")[1:] == (
+        "n/a: not counted in this run",
+        "not measured",
+    )
+    from benchmarks import _report
+
+    text = "\n".join(_report._repeated(rep))
+    row = "| parpredict | n/a | 0.1 | n/a | 1.00x | n/a | 0.105 | n/a | 1.05x |"
+    assert row in text
+    assert "not recorded in this run (medians only)" in text
