@@ -500,3 +500,59 @@ def test_repeated_results_with_medians_only_are_not_judged():
     row = "| parpredict | n/a | 0.1 | n/a | 1.00x | n/a | 0.105 | n/a | 1.05x |"
     assert row in text
     assert "not recorded in this run (medians only)" in text
+
+
+def _sampled_row(rows, medians, aa):
+    # Paired calls at serial's speed; the samples' medians at ``medians`` of
+    # serial's speed, the row's own A/A at ``aa``.
+    row = _low_rows(medians, 1.0)["rows"][0]
+    row["rows"] = rows
+    row["times"]["serial again"] = row["times"]["serial"] / aa
+    return row
+
+
+@pytest.mark.parametrize(
+    ("medians", "aa", "verdict"),
+    [
+        # 0.66x with an A/A of 0.99x: slow beyond the row's own noise.
+        (0.66, 0.99, "**FAIL**"),
+        # 0.90x with an A/A of 1.10x (or 0.91x): within it.
+        (0.90, 1.10, "PASS"),
+        (0.90, 1 / 1.10, "PASS"),
+        (0.97, 1.0, "PASS"),
+    ],
+)
+def test_a_rows_first_calls_are_judged_against_its_own_aa(medians, aa, verdict):
+    # A second row whose A/A strays far: it must not lend the first its noise.
+    results = {"rows": [_sampled_row(1_000, medians, aa), _sampled_row(1, 1.0, 1.8)]}
+    label, figure, judged = _target(results, "First calls of a row")
+    assert judged == verdict
+    n_below = int(verdict != "PASS")
+    assert figure.startswith(f"{n_below} of 2 rows below 0.95x beyond their own A/A")
+    if verdict != "PASS":
+        assert f"gb 1,000 ({medians:.2f}x, A/A {aa:.2f}x)" in figure
+    elif medians < 0.95:
+        assert "within their A/A: gb 1,000" in figure
+    # The paired calls pass: the strict line does not see the first calls.
+    assert _target(results, "Every estimator")[2] == "PASS"
+
+
+@pytest.mark.parametrize(
+    ("suite", "sizes", "scope"),
+    [
+        (
+            "quick",
+            (1, 1_000, 500_000),
+            " (quick suite, sizes measured: 1, 1,000, 500,000; the issue's "
+            "range is 1 to 1,000,000 rows)",
+        ),
+        ("full", (1, 100, 1_000_000), " (full suite, rows 1 to 1,000,000)"),
+    ],
+)
+def test_the_row_wise_targets_say_the_suite_and_sizes_they_cover(suite, sizes, scope):
+    results = {
+        "rows": [_sampled_row(n, 1.0, 1.0) for n in sizes],
+        "meta": {"workers": 2, "suite": suite},
+    }
+    for start in ("Every estimator", "First calls", "At least 1.0x", "At least 1.5x"):
+        assert _target(results, start)[0].endswith(scope)
