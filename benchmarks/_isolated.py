@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from benchmarks._cases import Workload
-from benchmarks._machine import PeakRSS, tree_memory
+from benchmarks._machine import PSS_INTERVAL, PeakRSS, tree_memory
 from benchmarks._measure import DecisionLog, after, assert_same, before
 from benchmarks._peers import METHODS, N_WORKERS, Ceiling, Tutorial, rows
 from sklearn_parpredict import ParallelPredictor, _sharing
@@ -262,7 +262,14 @@ def memory(model_path: str, X_path: str, part: str) -> dict:
     work = _load(model_path, X_path)
     n = len(work.X)
     gc.collect()
-    result: dict = {"rows": n, "n_workers": N_WORKERS, "model_bytes": work.model_bytes}
+    result: dict = {
+        "rows": n,
+        "n_workers": N_WORKERS,
+        "model_bytes": work.model_bytes,
+        # How the peak PSS was sampled (results before this kept the PSS at
+        # the resident peak only).
+        "pss_every_s": PSS_INTERVAL,
+    }
     outputs = []
 
     def measure(label, call):

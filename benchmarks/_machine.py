@@ -3,6 +3,7 @@ the cores that other work kept busy."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -34,17 +35,25 @@ def tree_memory(
     return rss, proportional
 
 
+# Seconds between reads of the proportional set size, apart from those at
+# each new resident peak: reading it costs about half a millisecond per
+# process, and reading it every 5 ms took 40% of a core, enough to change
+# the wrapper's own timings; every 50 ms takes about a tenth of that.
+PSS_INTERVAL = 0.05
+
+
 class PeakRSS:
     """Peak resident memory of a process and its children over a block.
 
     The process is this one unless given (a Dask scheduler, ...). A
     background thread samples every ``interval`` seconds; workers that start
     and end inside the block are caught as long as they live for at least a
-    sample. With ``pss``, the proportional set size at the resident peak is
-    kept too (``peak_pss``; ``None`` where the system does not give it). It
-    is read only when a sample reaches the resident peak so far: reading it
-    costs about half a millisecond per process, and sampling it every 5 ms
-    took 40% of a core, enough to change the wrapper's own timings.
+    sample. With ``pss``, the peak proportional set size is kept too
+    (``peak_pss``; ``None`` where the system does not give it), read at each
+    new resident peak and every ``pss_interval`` seconds besides: the two
+    peaks need not coincide (a forked worker writing to pages it shares
+    with its parent adds to the PSS sum, not to the resident one), and
+    reading it is too costly for every sample.
     """
 
     def __init__(
@@ -53,20 +62,23 @@ class PeakRSS:
         process: psutil.Process | None = None,
         *,
         pss: bool = False,
+        pss_interval: float = PSS_INTERVAL,
     ):
         self.interval = interval
         self.process = process
         self.pss = pss
+        self.pss_interval = pss_interval
         self.peak = 0
         self.peak_pss = None
+        self._next_pss = -math.inf
 
     def _update(self):
         rss, _ = tree_memory(self._process)
-        if rss < self.peak:
-            return
-        if self.pss:
+        now = time.perf_counter()
+        if self.pss and (rss >= self.peak or now >= self._next_pss):
             # Read again: the resident size may have moved in between.
             rss, pss = tree_memory(self._process, pss=True)
+            self._next_pss = now + self.pss_interval
             if pss is not None:
                 self.peak_pss = max(self.peak_pss or 0, pss)
         self.peak = max(self.peak, rss)

@@ -468,7 +468,8 @@ def _memory(mem: dict | None) -> list[str]:
             "libraries, memory-mapped input, a forked parent's heap) once in each "
             "process, which overstates workers, forked ones most; the "
             "proportional set size (PSS, Linux) splits it between them, so its "
-            "sum is what the tree takes. The targets are judged on RSS. "
+            f"sum is what the tree takes. {_pss_sampling(mem)} The targets are "
+            "judged on RSS. "
             '*parpredict on workers* is `backend="loky"` with two chunks per '
             "worker; *by default* is `backend=None`, as a user gets it, with "
             "how each call ran: it may keep a call in-process or run it on "
@@ -512,10 +513,25 @@ def _memory(mem: dict | None) -> list[str]:
             for label, key in body
             if key in mem
         ]
-        lines += _table(
-            ["", "peak RSS MiB", "vs serial MiB", "peak PSS MiB"], body, "lrrr"
-        )
+        pss = "peak PSS MiB" if mem.get("pss_every_s") else "PSS at the RSS peak MiB"
+        lines += _table(["", "peak RSS MiB", "vs serial MiB", pss], body, "lrrr")
     return lines
+
+
+def _pss_sampling(mem: dict) -> str:
+    """How the PSS column was sampled: its own peak, or (older results) its
+    value when the resident size peaked, which may be below its peak."""
+    every = mem.get("pss_every_s")
+    if every:
+        return (
+            f"The PSS is read every {every * 1e3:.0f} ms and at each new resident "
+            "peak (reading it costs about half a millisecond per process), and "
+            "its own peak kept."
+        )
+    return (
+        "The PSS was read only when the resident size reached a new peak: it "
+        "is the PSS at the RSS peak, which may be below the PSS's own peak."
+    )
 
 
 def _dask(dask: dict | None) -> list[str]:

@@ -167,7 +167,9 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             """Our peak against the limit, resident and (when known)
             proportional; the verdict is the resident one's."""
             texts, held = [], None
-            for suffix, name in (("", ""), ("_pss", "proportional: ")):
+            # Older results read the PSS only at the resident peak.
+            pss = "proportional" + ("" if "pss_every_s" in mem else " at RSS peak")
+            for suffix, name in (("", ""), ("_pss", f"{pss}: ")):
                 ours, serial = mem.get(key + suffix), mem.get("serial" + suffix)
                 extra = mem.get("idle_workers" + suffix) if idle else 0
                 if None in (ours, serial, extra):

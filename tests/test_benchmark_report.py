@@ -1,6 +1,7 @@
 """The benchmarks' table of targets: each verdict follows its figures."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -556,3 +557,39 @@ def test_the_row_wise_targets_say_the_suite_and_sizes_they_cover(suite, sizes, s
     }
     for start in ("Every estimator", "First calls", "At least 1.0x", "At least 1.5x"):
         assert _target(results, start)[0].endswith(scope)
+
+
+def test_the_peak_pss_is_tracked_apart_from_the_resident_peak(monkeypatch):
+    pytest.importorskip("psutil")
+    from benchmarks import _machine
+
+    # The resident size peaks first; the proportional one later, while the
+    # resident size falls (a forked worker copying the pages it shared).
+    # Read at a new resident peak, or once pss_interval has passed.
+    sizes = iter([(100, None), (100, 50), (90, None), (85, None), (85, 70)])
+    clock = iter([0.0, 1.0, 2.0])
+    monkeypatch.setattr(_machine, "tree_memory", lambda *a, **k: next(sizes))
+    monkeypatch.setattr(
+        _machine, "time", SimpleNamespace(perf_counter=lambda: next(clock))
+    )
+    peak = _machine.PeakRSS(pss=True, pss_interval=1.5)
+    peak._process = None
+    for _ in range(3):
+        peak._update()
+    assert (peak.peak, peak.peak_pss) == (100, 70)
+
+
+def test_the_pss_column_says_how_it_was_sampled():
+    from benchmarks import _report
+
+    results = _memory_results(350)
+    mem = results["memory"]
+    mem.update(serial_pss=280 * MIB, parpredict_first_pss=600 * MIB)
+    # Older results read the PSS only when the resident size peaked.
+    text = "\n".join(_report._memory(mem))
+    assert "PSS at the RSS peak MiB |" in text and "peak PSS" not in text
+    assert "proportional at RSS peak: 600 MiB" in _target(results, "Peak memory")[1]
+    mem["pss_every_s"] = 0.05
+    text = "\n".join(_report._memory(mem))
+    assert "| peak PSS MiB |" in text and "read every 50 ms" in text
+    assert "; proportional: 600 MiB" in _target(results, "Peak memory")[1]
