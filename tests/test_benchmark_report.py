@@ -206,12 +206,32 @@ def test_the_median_interval_is_bounded_by_order_statistics(n, bounds):
     assert _targets.median_interval(values) == bounds
 
 
+@pytest.mark.parametrize(
+    ("n", "coverage"),
+    # Five values: no pair of order statistics reaches 95%; the whole range
+    # holds the median with 1 - 2 / 32.
+    [(5, "93.75%"), (6, "96.88%"), (9, "96.09%"), (20, "95.86%")],
+)
+def test_the_median_interval_is_labelled_with_its_own_coverage(n, coverage):
+    assert _targets.fmt_coverage(n) == coverage
+
+
+def test_a_row_of_five_groups_says_its_interval_covers_less_than_95_percent():
+    results = _low_rows(1.0, 0.93)
+    pairs = results["rows"][0]["paired"]
+    pairs["added_all"] = [pairs["added"] + d for d in (-0.001, 0, 0, 0, 0.001)]
+    _, figure, _ = _target(results, "The same, a row counting as below")
+    assert "93.75% interval" in figure
+
+
 def test_the_median_interval_covers_the_median_as_often_as_it_says():
     rng = np.random.default_rng(0)
     # 9 draws of a distribution whose median is 0, 4,000 times.
     draws = rng.standard_normal((4000, 9))
     held = [low <= 0 <= high for low, high in map(_targets.median_interval, draws)]
     assert 0.95 <= np.mean(held) <= 0.975
+    # The coverage it states, within the simulation's error.
+    assert abs(np.mean(held) - _targets.interval_coverage(9)) < 0.01
 
 
 def _tied_row(peer_pairs, ceiling=1.0):
@@ -242,7 +262,8 @@ def test_a_peer_tied_within_its_interval_is_not_a_loss(pairs, verdict):
     _, figure, judged = _target(results, "The same, a row counting as below")
     assert judged == verdict
     low, high = _targets.median_interval(pairs)
-    assert f"95% interval {low:.2f}x to {high:.2f}x" in figure
+    # Nine pairs: the 2nd and 8th hold the median with 96.09%.
+    assert f"96.09% interval {low:.2f}x to {high:.2f}x" in figure
     # The ceiling's time over the peer's.
     assert "the peer at 100% of the ceiling's speed" in figure
 
@@ -281,7 +302,8 @@ def test_a_row_below_within_its_interval_is_not_a_loss(spread, verdict):
     _, figure, judged = _target(results, "The same, a row counting as below")
     assert judged == verdict
     assert "gb 1,000: 0.930x" in figure
-    assert ("95% interval" in figure) == (spread is not None)
+    # Twenty groups: the 6th and the 15th, 95.86%.
+    assert ("95.86% interval" in figure) == (spread is not None)
     # The strict line is judged on the median alone, as before.
     assert _target(results, "Every estimator")[2] == "**FAIL**"
 
@@ -593,3 +615,22 @@ def test_the_pss_column_says_how_it_was_sampled():
     text = "\n".join(_report._memory(mem))
     assert "| peak PSS MiB |" in text and "read every 50 ms" in text
     assert "; proportional: 600 MiB" in _target(results, "Peak memory")[1]
+
+
+@pytest.mark.parametrize(
+    ("paired", "verdict"), [(2.0, "PASS"), (1.4, "**FAIL**"), (None, "PASS")]
+)
+def test_the_tutorial_is_judged_on_the_paired_calls_where_measured(paired, verdict):
+    # The medians of samples put parpredict 3x ahead of the tutorial.
+    row = _row("svc", 1_000, 2.0, 1.0, 1.0)
+    row["times"]["tutorial"] = 3.0
+    if paired is not None:
+        row["versus"] = {"tutorial": paired}
+    _, figure, judged = _target({"rows": [row]}, "At least 1.5x the tutorial's")
+    assert judged == verdict
+    if paired is None:
+        assert figure == "3.00x"
+    else:
+        assert figure == (
+            f"paired calls (1 of 1 rows): {paired:.2f}x; medians of samples: 3.00x"
+        )
