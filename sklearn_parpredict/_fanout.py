@@ -35,6 +35,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from sklearn_parpredict import _loky, _threads
+from sklearn_parpredict._sharing import cloudpickle
 
 try:  # joblib's thread-local configuration, set by ``parallel_config``
     from joblib.parallel import _backend as _joblib_local
@@ -171,14 +172,47 @@ def _recording_warnings(function, *args):
         except Exception as exc:
             stand_in = _stand_in(exc)
             if stand_in is None:
-                setattr(exc, _CAUGHT, _described(caught))
+                setattr(exc, _CAUGHT, _sendable(_described(caught)))
                 raise
     if stand_in is not None:
-        setattr(stand_in, _CAUGHT, _described(caught))
+        setattr(stand_in, _CAUGHT, _sendable(_described(caught)))
         # Raised here, it has no context: where distributed is imported,
         # tblib pickles an exception's context with it.
         raise stand_in
-    return out, _described(caught)
+    return out, _sendable(_described(caught))
+
+
+def _sendable(described: list[tuple]) -> list[tuple]:
+    """The warnings that go back with a task's output or error, in a form
+    every backend's pickler takes: a warning class defined in a function
+    (which plain pickle refuses, and with it the output or the error) goes
+    by value; none go where no pickler takes them."""
+    if not described:
+        return described
+    try:
+        pickle.dumps(described)
+        return described
+    except Exception:  # noqa: S110 - by value, below
+        pass
+    try:
+        return _ByValue(cloudpickle.dumps(described))  # type: ignore[return-value]
+    except Exception:
+        return []
+
+
+class _ByValue:
+    """Bytes of cloudpickle that plain pickle sends, and unpickles into what
+    they hold."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self):
+        return pickle.loads, (self.data,)
+
+    def __iter__(self):
+        # Not pickled at all (a cluster's workers in this process).
+        return iter(pickle.loads(self.data))
 
 
 def _described(caught: list) -> list[tuple]:

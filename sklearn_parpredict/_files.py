@@ -17,12 +17,19 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from sklearn_parpredict._locks import fork_safe, in_forked_child
+from sklearn_parpredict._locks import fork_safe
 
 _lock = fork_safe(globals(), "_lock", threading.RLock)
 _temp_dir: str | None = None
+# The process that made the folder, and the forked child, if this process
+# is one, that has registered its clean-up (see _in_parents_folder).
+_owner: int | None = None
+_cleans_up: int | None = None
+# What a forked child removes from its parent's folder when it exits.
+_child_exit_hooks: list[Callable[[], None]] = []
 
 
 def temp_folder() -> str:
@@ -35,7 +42,7 @@ def temp_folder() -> str:
     outputs there), which only the parent removes. A folder removed from
     under the process is made anew.
     """
-    global _temp_dir
+    global _temp_dir, _owner
     with _lock:
         if _temp_dir is None or not os.path.isdir(_temp_dir):
             base = os.environ.get("JOBLIB_TEMP_FOLDER")
@@ -44,9 +51,47 @@ def temp_folder() -> str:
                 if stats.f_bavail * stats.f_frsize > 2 << 30:
                     base = "/dev/shm"
             _temp_dir = tempfile.mkdtemp(prefix="sklearn_parpredict_", dir=base)
+            _owner = os.getpid()
             _track(_temp_dir, "register")
-            atexit.register(_remove_folder, _temp_dir, os.getpid())
+            atexit.register(_remove_folder, _temp_dir, _owner)
+        elif _owner != os.getpid():
+            _in_parents_folder()
         return _temp_dir
+
+
+def at_child_exit(hook: Callable[[], None]) -> Callable[[], None]:
+    """Have ``hook`` remove, when a forked child exits, files it wrote into
+    its parent's folder; return it."""
+    _child_exit_hooks.append(hook)
+    return hook
+
+
+def _in_parents_folder() -> None:
+    """In a forked child about to write into its parent's folder, which
+    goes only when the parent exits (a server recycling its forked workers
+    filled it): have what it leaves there removed when it exits.
+
+    Registered on its first file, both as an exit handler and as a
+    multiprocessing finalizer: a ``multiprocessing`` child runs its
+    finalizers and then ends with ``os._exit``, and it clears those of its
+    parent when it starts.
+    """
+    global _cleans_up
+    pid = os.getpid()
+    if _cleans_up == pid:
+        return
+    _cleans_up = pid
+    from multiprocessing import util
+
+    atexit.register(_child_exit, pid)
+    util.Finalize(None, _child_exit, args=(pid,), exitpriority=0)
+
+
+def _child_exit(pid: int) -> None:
+    if os.getpid() == pid:
+        drop_kept()
+        for hook in _child_exit_hooks:
+            hook()
 
 
 def _remove_folder(path: str, owner: int) -> None:
@@ -165,18 +210,6 @@ def drop_kept() -> None:
         paths = [entry[2] for entry in kept]
         kept.clear()
     _unlink_all(paths)
-
-
-@in_forked_child
-def _forked() -> None:
-    # A forked child keeps its files in its parent's folder, which goes only
-    # when the parent exits, and its sweeping timer does not outlive it.
-    atexit.register(_drop_own_kept, os.getpid())
-
-
-def _drop_own_kept(owner: int) -> None:
-    if os.getpid() == owner:
-        drop_kept()
 
 
 def copied_pages(path: str, start: int = 0, length: int = 0) -> mmap.mmap:

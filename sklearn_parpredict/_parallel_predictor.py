@@ -21,6 +21,7 @@ from sklearn.base import (
     clone,
 )
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils import get_tags
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
@@ -587,8 +588,14 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
 def score(estimator, X, y, params: dict, predict: Callable[[], Any]) -> float:
     """``estimator.score(X, y, **params)``, its predictions from ``predict()``
     when the score is the mixins' metric of them (computed in parallel)."""
-    # Looked up on the instance: a frozen estimator has its estimator's.
-    own = getattr(getattr(estimator, "score", None), "__func__", None)
+    # A frozen estimator predicts and scores as the one it holds: its score
+    # is looked up on that one's class.
+    scorer = estimator
+    while isinstance(scorer, FrozenEstimator):
+        scorer = scorer.estimator
+    # The class's: a score another object lends (through __getattr__) is a
+    # metric of that object's predict, not of this one's.
+    own = getattr(type(scorer), "score", None)
     if own in (ClassifierMixin.score, RegressorMixin.score):
         # A Dask input's are lazy; the serial call's, from the computed
         # input, are not: the metric takes no lazy array of unknown length.

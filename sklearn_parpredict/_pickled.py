@@ -242,7 +242,8 @@ class _NanKept:
 
 
 def _with_nan(items, positions: list[int]):
-    flat = items.flat if isinstance(items, np.ndarray) else items
+    # A masked array's own flat iterator stores a copy of the value.
+    flat = items.view(np.ndarray).flat if isinstance(items, np.ndarray) else items
     for i in positions:
         flat[i] = np.nan
     return items

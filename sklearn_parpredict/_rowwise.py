@@ -10,6 +10,7 @@ assumption: such calls stay whole, in-process.
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -56,8 +57,16 @@ _WHOLE_BATCH_PREFIXES = ("fit", "partial_fit")
 _WHOLE_BATCH_METHODS = frozenset({"score"})
 
 _declared_random: dict[type, bool] = {}
-# See _held_estimators.
+# See _contents.
 _MEMBERS_ALIKE = 16
+_PEEK = 4
+_ENTRIES = 1_000
+# The attributes holding an estimator that a meta-estimator gives its input
+# as it is: a search's best estimator and template, a frozen estimator's, a
+# wrapper's. (A bagging ensemble's template is among them, though its
+# members may get some columns only: they are looked at as held estimators
+# not given the input.)
+_GIVEN_AS_IS = ("best_estimator_", "estimator", "estimator_")
 
 
 def splittable(estimator, method: str, params: dict, X=None, columns=None) -> bool:
@@ -95,59 +104,85 @@ def fits_or_sums(method: str) -> bool:
 
 
 def _held_estimators(estimator) -> list:
-    """The estimators that ``estimator`` holds, at any depth: those its
+    """The estimators that ``estimator`` holds in its attributes, at any
+    depth, and in the lists, tuples and object arrays among them: those its
     parameters name (a pipeline's steps, a search's template) and its
     fitted ones (a search's best estimator, a column transformer's fitted
-    transformers, an ensemble's members).
-
-    Of a sequence of more than ``_MEMBERS_ALIKE`` items (an ensemble's
-    members, clones of one template with their own random states), only the
-    first of each type is looked into: walking a 500-tree forest's took
-    2.5 ms per call.
+    transformers, an ensemble's members). Dicts are not looked into: a
+    search's ``cv_results_`` holds the candidates it did not choose.
     """
     held: list = []
     seen = {id(estimator)}
     stack = [estimator]
     while stack:
         obj = stack.pop()
-        if obj is estimator or isinstance(obj, BaseEstimator):
-            # (A model of another kind may hold scikit-learn's too.)
-            values = list(getattr(obj, "__dict__", {}).values())
-        elif isinstance(obj, dict):
-            values = list(obj.values())
-        else:
-            values = list(obj.flat if isinstance(obj, np.ndarray) else obj)
-            if len(values) > _MEMBERS_ALIKE:
-                values = list(
-                    {type(value): value for value in reversed(values)}.values()
-                )
-        for value in values:
-            if id(value) in seen or not _may_hold_estimators(value):
+        for value in _contents(obj, top=obj is estimator):
+            if id(value) in seen:
                 continue
             seen.add(id(value))
-            stack.append(value)
             if isinstance(value, BaseEstimator):
                 held.append(value)
+                stack.append(value)
+            elif _sequence(value):
+                stack.append(value)
     return held
 
 
-def _may_hold_estimators(value) -> bool:
-    if isinstance(value, BaseEstimator | list | tuple | dict):
+def _contents(obj, top: bool) -> list:
+    """What ``_held_estimators`` looks into in ``obj``.
+
+    A sequence is looked into when one of its first items may hold an
+    estimator: a fitted vocabulary's or categories' values (a million
+    strings) are not walked on every call, nor more than ``_ENTRIES`` items
+    that are not all estimators. Of more than ``_MEMBERS_ALIKE`` estimators
+    (an ensemble's members, clones of one template told apart by their
+    random states) only the first of each type is: walking a 500-tree
+    forest's took 2.5 ms per call.
+    """
+    if top or isinstance(obj, BaseEstimator):
+        # (A model of another kind may hold scikit-learn's too.)
+        return list(getattr(obj, "__dict__", {}).values())
+    items = obj.flat if isinstance(obj, np.ndarray) else obj
+    head = list(itertools.islice(items, _PEEK))
+    if not any(isinstance(item, BaseEstimator) or _sequence(item) for item in head):
+        return []
+    values = list(obj.flat if isinstance(obj, np.ndarray) else obj)
+    if len(values) > _MEMBERS_ALIKE and all(
+        isinstance(value, BaseEstimator) for value in values
+    ):
+        values = list({type(value): value for value in reversed(values)}.values())
+    elif len(values) > _ENTRIES:
+        # Not a meta-estimator's entries (steps, (name, estimator, columns)
+        # triples): values of some other kind, nested.
+        return []
+    return values
+
+
+def _sequence(value) -> bool:
+    if isinstance(value, list | tuple):
         return True
     return isinstance(value, np.ndarray) and value.dtype == object
 
 
 def _given_the_input(estimator) -> list:
-    """The estimators that get ``estimator``'s input as it is: itself, the
-    first step of a pipeline, a search's best estimator, at any depth."""
-    given = []
-    while isinstance(estimator, BaseEstimator):
-        given.append(estimator)
-        steps = getattr(estimator, "steps", None)
+    """The estimators that get ``estimator``'s input as it is: itself, a
+    pipeline's first step, a search's best estimator and its template, a
+    frozen or wrapped estimator, at any depth."""
+    given: list = []
+    stack = [estimator]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseEstimator) or any(
+            current is other for other in given
+        ):
+            continue
+        given.append(current)
+        steps = getattr(current, "steps", None)
         if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
-            estimator = steps[0][1]
-        else:
-            estimator = estimator.__dict__.get("best_estimator_")
+            stack.append(steps[0][1])
+            continue
+        state = current.__dict__
+        stack.extend(state.get(name) for name in _GIVEN_AS_IS)
     return given
 
 

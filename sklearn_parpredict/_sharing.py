@@ -15,7 +15,6 @@ serve a stale model from its cache.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import itertools
 import os
@@ -31,7 +30,7 @@ import numpy as np
 from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
 
-from sklearn_parpredict._files import temp_folder, unlink
+from sklearn_parpredict._files import at_child_exit, temp_folder, unlink
 from sklearn_parpredict._locks import fork_safe, in_forked_child
 
 try:
@@ -345,18 +344,16 @@ def _forked() -> None:
     _entries.clear()
     _strong.clear()
     _collected.clear()
-    atexit.register(_remove_own_models, os.getpid())
 
 
-def _remove_own_models(owner: int) -> None:
-    """At a forked child's exit, the files of the models it wrote: they are
-    in its parent's folder, which goes only when the parent exits (a server
-    that recycles its forked workers filled it)."""
-    if os.getpid() == owner:
-        with _lock:
-            entries = [*_entries.values(), *(entry for _, entry in _collected)]
-            for entry in entries:
-                entry.close()
+@at_child_exit
+def _remove_own_models() -> None:
+    """At a forked child's exit, the files of the models it wrote into its
+    parent's folder."""
+    with _lock:
+        entries = [*_entries.values(), *(entry for _, entry in _collected)]
+        for entry in entries:
+            entry.close()
 
 
 # ---------------------------------------------------------------------------

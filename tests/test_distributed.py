@@ -457,6 +457,9 @@ def test_per_row_parameters_are_cut_with_the_blocks(client):
     for data in [ddf, ddf.to_dask_array()]:
         with pytest.raises(ValueError, match=r"\['offset'\].*row chunks are unknown"):
             ParallelPredictor(model).predict(data, offset=offset)
+        # A list or tuple is a setting (iteration_range=(0, 3)): whole.
+        lazy = ParallelPredictor(model).predict(data, offset=(1.0,))
+        assert_same_output(lazy.compute(), model.predict(X, offset=(1.0,)))
 
 
 def test_estimator_rejecting_made_up_rows_with_empty_first_block(client):

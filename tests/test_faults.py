@@ -133,6 +133,35 @@ def test_a_failing_chunks_warnings_reach_the_caller_before_its_error(backend, pi
     assert "about to fail" in [str(w.message) for w in caught]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_warning_class_defined_in_a_function_comes_back(backend, fails):
+    import warnings
+
+    class LocalWarning(UserWarning):
+        pass
+
+    def warn(X):
+        warnings.warn("local", LocalWarning, stacklevel=2)
+        if fails and (X[:, 0] == MARK).any():
+            raise ChunkError("failed")
+        return X
+
+    # Plain pickle refuses the class: the output (or the error) must still
+    # reach the caller, and the warning with it.
+    model = FunctionTransformer(warn).fit(X)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if fails:
+            with pytest.raises(ChunkError, match="failed"):
+                wrapper.transform(_marked())
+        else:
+            assert_same_output(wrapper.transform(X), X)
+    assert "local" in [str(w.message) for w in caught]
+
+
 def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
     import warnings
 

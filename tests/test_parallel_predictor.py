@@ -71,6 +71,34 @@ def test_a_frozen_estimators_score_is_its_estimators():
     assert ParallelPredictor(frozen, **FORCE).score(X, Y) == trained.score(X, Y)
 
 
+class _Flipped(BaseEstimator):
+    """Predicts the other label; lends the rest (score too) from the
+    classifier it holds."""
+
+    def __init__(self, classifier=None):
+        self.classifier = classifier
+
+    def predict(self, X):
+        return 1 - self.classifier.predict(X)
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "classifier":
+            raise AttributeError(name)
+        return getattr(self.classifier, name)
+
+
+def test_a_score_lent_by_another_object_is_that_objects():
+    # Its score is the classifier's accuracy of the classifier's own
+    # predictions, not of the flipped ones.
+    flipped = _Flipped(LogisticRegression().fit(X, Y))
+    expected = flipped.score(X, Y)
+    assert expected > 0.5
+    assert ParallelPredictor(flipped, **FORCE).score(X, Y) == expected
+
+
 def test_a_pipeline_given_an_unfitted_step_is_unfitted_again():
     from sklearn.utils.validation import check_is_fitted
 

@@ -48,6 +48,10 @@ def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch
             assert list(map(str, got)) == list(map(str, given))
     finally:
         spool.close()
+    # A masked array's own assignment would store a copy of np.nan.
+    masked = np.ma.masked_array(column, mask=[0, 0, 1, 0, 0, 0])
+    sent = pickle.loads(pickle.dumps(PickledRows(masked)))
+    assert [x is np.nan for x in sent.data] == [x is np.nan for x in column]
     # Rows without it go as they are.
     assert _pickled._NanKept.around(column[[0, 2, 3]]).tolist() == ["a", "b", math.nan]
     assert type(_pickled._NanKept.around(column[[0, 2, 3]])) is np.ndarray

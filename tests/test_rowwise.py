@@ -514,6 +514,61 @@ def test_the_fitted_estimators_of_a_search_are_looked_into(chosen, backend):
     assert not splittable(bagging, "predict", {})
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_step_of_a_long_pipeline_is_looked_into(backend):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    # More steps than an ensemble's members of one type looked at once.
+    steps = [(f"s{i}", FunctionTransformer()) for i in range(17)]
+    pipe = Pipeline([*steps, ("dummy", DummyClassifier(strategy="stratified"))])
+    pipe.fit(X, Y)
+    assert not splittable(pipe, "predict", {})
+    columns = ColumnTransformer(
+        [(f"c{i}", "passthrough", [0]) for i in range(17)]
+        + [("imp", IterativeImputer(sample_posterior=True, random_state=0), [1, 2])]
+    ).fit(X)
+    assert not splittable(columns, "transform", {}, X)
+
+
+def test_the_candidates_a_search_did_not_choose_are_not_looked_into():
+    from sklearn.decomposition import PCA
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    # cv_results_ holds NMF, which the search did not choose.
+    template = make_pipeline(PCA(n_components=2), LogisticRegression())
+    grid = {"pca": [PCA(n_components=2), NMF(n_components=2, max_iter=500)]}
+    search = GridSearchCV(template, grid, cv=2).fit(_nonnegative(), Y)
+    assert isinstance(search.best_estimator_[0], PCA)
+    assert splittable(search, "predict", {})
+    # A search's template and best estimator are both given its input: an
+    # imputer first in them is told by the input's rows.
+    pipe = make_pipeline(IterativeImputer(random_state=0), LogisticRegression())
+    search = GridSearchCV(pipe, {"logisticregression__C": [1.0]}, cv=2).fit(X, Y)
+    assert splittable(search, "predict", {}, X)
+
+
+def test_values_held_in_large_sequences_are_not_walked():
+    from sklearn_parpredict._rowwise import _held_estimators
+
+    class Holder(RegressorMixin, BaseEstimator):
+        def fit(self, X, y=None):
+            self.self_ = self
+            self.history_ = [float(i) for i in range(100_000)]
+            self.nested_ = [[i, [i]] for i in range(100_000)]
+            self.inner_ = [("scale", StandardScaler())]
+            return self
+
+    holder = Holder().fit(X)
+    held = _held_estimators(holder)
+    assert [type(e) for e in held] == [StandardScaler]
+
+
 class _Noisy(RegressorMixin, BaseEstimator):
     """Draws noise per call when ``noise`` is set, and declares it."""
 

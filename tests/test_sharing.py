@@ -108,6 +108,12 @@ for seed in (1, 2):
         predict(seed)
         sys.exit(0)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+# A multiprocessing child ends with os._exit, after its finalizers.
+import multiprocessing
+child = multiprocessing.get_context("fork").Process(target=predict, args=(3,))
+child.start()
+child.join()
+assert child.exitcode == 0
 print(len(before), len(os.listdir(_files.temp_folder())))
 """
 
