@@ -346,10 +346,21 @@ def _not_resent(rep: dict) -> tuple[str, str, str]:
         f"({timed_refs} during the timed calls) for a "
         f"{rep['model_bytes'] / MB:.1f} MiB model"
     )
+    # Calls that ran on process workers without a reference pickled sent
+    # the model some other way (whole, in their tasks).
+    on_processes = sum(
+        "process" in plan for plans in round_plans(rep) if plans for plan in plans
+    )
     if not sum(refs):
-        figure += ": no call ran on workers"
+        figure += (
+            f": {on_processes} timed call(s) ran on process workers with no "
+            f"reference sent"
+            if on_processes
+            else ": no call ran on workers"
+        )
     figure += "; each worker loads a written state once, by its token (not counted)"
     ok = sum(writes) <= 1 and ship["tokens"] <= 1 and small
+    ok = ok and not (on_processes and not timed_refs)
     return label, figure, _verdict(ok)
 
 

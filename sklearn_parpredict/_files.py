@@ -88,7 +88,10 @@ def _in_parents_folder() -> None:
 
 
 def _child_exit(pid: int) -> None:
-    if os.getpid() == pid:
+    global _cleans_up
+    # Once: both the exit handler and the finalizer run in a forked child.
+    if os.getpid() == pid and _cleans_up == pid:
+        _cleans_up = -1
         drop_kept()
         for hook in _child_exit_hooks:
             hook()

@@ -258,12 +258,11 @@ def call(estimator, method: str, X, columns=None, params=None):
 def _check_no_rows_to_cut(estimator, method: str, params: dict) -> None:
     """Raise where a parameter may have one value per row of an input whose
     row blocks' sizes are unknown: it could not be cut with the blocks."""
-    # Lists and tuples are left whole, as they mostly are settings
-    # (``iteration_range=(0, 3)``); arrays of one value per row are not.
+    # Tuples are left whole, as settings (``iteration_range=(0, 3)``).
     names = [
         name
         for name, value in params.items()
-        if _rowwise.row_like(value) and not isinstance(value, list | tuple)
+        if _rowwise.row_like(value) and not isinstance(value, tuple)
     ]
     if names:
         raise ValueError(

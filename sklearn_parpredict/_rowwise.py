@@ -61,12 +61,18 @@ _declared_random: dict[type, bool] = {}
 _MEMBERS_ALIKE = 16
 _PEEK = 4
 _ENTRIES = 1_000
-# The attributes holding an estimator that a meta-estimator gives its input
-# as it is: a search's best estimator and template, a frozen estimator's, a
-# wrapper's. (A bagging ensemble's template is among them, though its
-# members may get some columns only: they are looked at as held estimators
-# not given the input.)
-_GIVEN_AS_IS = ("best_estimator_", "estimator", "estimator_")
+_holder_classes: dict[type, bool] = {}
+# The meta-estimators that give their input as it is to the estimators in
+# these attributes: a search (its best estimator and its template) and a
+# frozen estimator. (Others may not: RFE gives its estimator_ the columns it
+# selected.)
+_GIVEN_AS_IS = {
+    ("sklearn.model_selection._search", "BaseSearchCV"): (
+        "best_estimator_",
+        "estimator",
+    ),
+    ("sklearn.frozen._frozen", "FrozenEstimator"): ("estimator",),
+}
 
 
 def splittable(estimator, method: str, params: dict, X=None, columns=None) -> bool:
@@ -123,9 +129,27 @@ def _held_estimators(estimator) -> list:
             if isinstance(value, BaseEstimator):
                 held.append(value)
                 stack.append(value)
-            elif _sequence(value):
+            elif _sequence(value) or _holder(value):
                 stack.append(value)
     return held
+
+
+def _holder(value) -> bool:
+    """One of scikit-learn's objects that hold estimators without being one
+    (CalibratedClassifierCV's calibrated classifiers). Told once per class,
+    from its first instance's attributes: a gradient boosting's thousands of
+    tree predictors hold arrays only."""
+    cls = type(value)
+    known = _holder_classes.get(cls)
+    if known is None:
+        state = getattr(value, "__dict__", None)
+        known = (
+            cls.__module__.startswith("sklearn.")
+            and state is not None
+            and any(isinstance(v, BaseEstimator) for v in state.values())
+        )
+        _holder_classes[cls] = known
+    return known
 
 
 def _contents(obj, top: bool) -> list:
@@ -139,18 +163,25 @@ def _contents(obj, top: bool) -> list:
     random states) only the first of each type is: walking a 500-tree
     forest's took 2.5 ms per call.
     """
-    if top or isinstance(obj, BaseEstimator):
+    if top or isinstance(obj, BaseEstimator) or not _sequence(obj):
         # (A model of another kind may hold scikit-learn's too.)
         return list(getattr(obj, "__dict__", {}).values())
     items = obj.flat if isinstance(obj, np.ndarray) else obj
     head = list(itertools.islice(items, _PEEK))
-    if not any(isinstance(item, BaseEstimator) or _sequence(item) for item in head):
+    if not any(
+        isinstance(item, BaseEstimator) or _sequence(item) or _holder(item)
+        for item in head
+    ):
         return []
     values = list(obj.flat if isinstance(obj, np.ndarray) else obj)
     if len(values) > _MEMBERS_ALIKE and all(
         isinstance(value, BaseEstimator) for value in values
     ):
         values = list({type(value): value for value in reversed(values)}.values())
+    elif len(values) > _MEMBERS_ALIKE and all(type(value) is list for value in values):
+        # A list per iteration (a histogram boosting's tree predictors):
+        # alike too. (A meta-estimator's entries are tuples.)
+        values = values[:_PEEK]
     elif len(values) > _ENTRIES:
         # Not a meta-estimator's entries (steps, (name, estimator, columns)
         # triples): values of some other kind, nested.
@@ -167,7 +198,7 @@ def _sequence(value) -> bool:
 def _given_the_input(estimator) -> list:
     """The estimators that get ``estimator``'s input as it is: itself, a
     pipeline's first step, a search's best estimator and its template, a
-    frozen or wrapped estimator, at any depth."""
+    frozen estimator's, at any depth."""
     given: list = []
     stack = [estimator]
     while stack:
@@ -181,8 +212,10 @@ def _given_the_input(estimator) -> list:
         if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
             stack.append(steps[0][1])
             continue
-        state = current.__dict__
-        stack.extend(state.get(name) for name in _GIVEN_AS_IS)
+        for (module, name), attributes in _GIVEN_AS_IS.items():
+            cls = getattr(sys.modules.get(module), name, None)
+            if cls is not None and isinstance(current, cls):
+                stack.extend(current.__dict__.get(a) for a in attributes)
     return given
 
 

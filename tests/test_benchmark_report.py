@@ -488,6 +488,16 @@ def test_the_model_is_not_re_sent(writes, tokens, reference_bytes, verdict):
     assert f"{sum(writes[2:])} during the 40 timed calls" in figure
 
 
+def test_calls_on_workers_that_sent_no_reference_sent_the_model_otherwise():
+    # The model pickled whole into every task: neither written nor
+    # referenced, though every timed call ran on process workers.
+    rep = _repeated([0.1] * 20, ["2 process tasks"] * 20, writes=(0, 0, 0, 0))
+    rep["shipping"].update(references=[0, 0, 0, 0], tokens=0)
+    _, figure, judged = _target({"rows": [], "repeated": rep}, "Repeated calls: the")
+    assert judged == "**FAIL**"
+    assert "40 timed call(s) ran on process workers with no reference sent" in figure
+
+
 def test_the_repeated_section_shows_every_call_and_the_models_shipping():
     from benchmarks import _report
 

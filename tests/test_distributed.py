@@ -455,8 +455,9 @@ def test_per_row_parameters_are_cut_with_the_blocks(client):
     # Blocks of unknown sizes cannot be matched with the values.
     ddf = dd.from_pandas(pd.DataFrame(X), npartitions=3)
     for data in [ddf, ddf.to_dask_array()]:
-        with pytest.raises(ValueError, match=r"\['offset'\].*row chunks are unknown"):
-            ParallelPredictor(model).predict(data, offset=offset)
+        for per_row in (offset, offset.tolist()):
+            with pytest.raises(ValueError, match=r"\['offset'\].*chunks are unknown"):
+                ParallelPredictor(model).predict(data, offset=per_row)
         # A list or tuple is a setting (iteration_range=(0, 3)): whole.
         lazy = ParallelPredictor(model).predict(data, offset=(1.0,))
         assert_same_output(lazy.compute(), model.predict(X, offset=(1.0,)))

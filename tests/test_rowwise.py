@@ -553,6 +553,21 @@ def test_the_candidates_a_search_did_not_choose_are_not_looked_into():
     assert splittable(search, "predict", {}, X)
 
 
+def test_estimators_held_by_other_objects_and_given_other_columns():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.feature_selection import RFE
+
+    from sklearn_parpredict._rowwise import _given_the_input
+
+    # Calibrated classifiers are not estimators; they hold fitted clones.
+    dummy = DummyClassifier(strategy="stratified", random_state=0)
+    calibrated = CalibratedClassifierCV(dummy, cv=2).fit(X, Y)
+    assert not splittable(calibrated, "predict_proba", {})
+    # RFE gives its estimator the columns it selected, not its input.
+    rfe = RFE(LogisticRegression(), n_features_to_select=2).fit(X, Y)
+    assert not any(e is rfe.estimator_ for e in _given_the_input(rfe))
+
+
 def test_values_held_in_large_sequences_are_not_walked():
     from sklearn_parpredict._rowwise import _held_estimators
 
