@@ -8,6 +8,7 @@ reference is the serial call: the estimator's own ``predict``, or a
 ``MultiModelPredictor`` with ``n_jobs=1``.
 """
 
+import functools
 import warnings
 
 import numpy as np
@@ -98,6 +99,15 @@ def _run(entry, estimator, X, **engine):
     if entry == "parallel_predict":
         return parallel_predict(estimator, X, **engine)
     return MultiModelPredictor([(estimator, None, "y")], **engine).predict(X)
+
+
+def _fails_as_serial(serial_call, parallel_call):
+    """Both calls raise a ValueError, with the same message word for word."""
+    with pytest.raises(ValueError) as serial:
+        serial_call()
+    with pytest.raises(ValueError) as raised:
+        parallel_call()
+    assert str(raised.value) == str(serial.value)
 
 
 def _serial(entry, estimator, X):
@@ -210,11 +220,10 @@ def test_parallel_predict_checks_settings_once_then_remembers(monkeypatch):
     assert checked == ["parallel_predict"]
     # The input is the estimator's to check, as in the serial call: another
     # type of input checks no setting again, and fails as serial does.
-    with pytest.raises(ValueError) as serial:
-        FITTED["array"].predict("not an array")
-    with pytest.raises(ValueError) as raised:
-        parallel_predict(FITTED["array"], "not an array", n_jobs=2)
-    assert str(raised.value) == str(serial.value)
+    _fails_as_serial(
+        lambda: FITTED["array"].predict("not an array"),
+        lambda: parallel_predict(FITTED["array"], "not an array", n_jobs=2),
+    )
     parallel_predict(FITTED["array"], X[:10].tolist(), n_jobs=2)
     assert checked == ["parallel_predict"]
     # Another type of setting is checked again.
@@ -280,11 +289,10 @@ def test_none_goes_to_the_estimator_as_it_is(chunk_size, backend):
     assert_same_output(parallel_predict(knn, None, **engine), knn.predict(None))
     # Others fail as the serial call does.
     model = FITTED["array"]
-    with pytest.raises(ValueError) as serial:
-        model.predict(None)
-    with pytest.raises(ValueError) as raised:
-        ParallelPredictor(model, **engine).predict(None)
-    assert str(raised.value) == str(serial.value)
+    _fails_as_serial(
+        lambda: model.predict(None),
+        lambda: ParallelPredictor(model, **engine).predict(None),
+    )
 
 
 @pytest.mark.timeout(120)
@@ -346,11 +354,10 @@ def test_a_missing_document_fails_as_in_the_serial_call(backend):
     # The vectorizer tells np.nan by identity, which pickling does not keep.
     bad = np.array(docs + [np.nan], dtype=object)
     for given in (bad, bad.tolist()):
-        with pytest.raises(ValueError) as serial:
-            model.predict(given)
-        with pytest.raises(ValueError) as raised:
-            ParallelPredictor(model, **engine).predict(given)
-        assert str(raised.value) == str(serial.value)
+        _fails_as_serial(
+            functools.partial(model.predict, given),
+            functools.partial(ParallelPredictor(model, **engine).predict, given),
+        )
 
 
 @pytest.mark.timeout(120)
