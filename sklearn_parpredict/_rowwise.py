@@ -212,17 +212,22 @@ def _given_the_input(estimator) -> list:
         if isinstance(steps, list) and steps and isinstance(steps[0], tuple):
             stack.append(steps[0][1])
             continue
-        for (module, name), attributes in _GIVEN_AS_IS.items():
-            cls = getattr(sys.modules.get(module), name, None)
-            if cls is not None and isinstance(current, cls):
+        for named, attributes in _GIVEN_AS_IS.items():
+            if _instance_of(current, named):
                 stack.extend(current.__dict__.get(a) for a in attributes)
     return given
 
 
 def _imputer(estimator) -> bool:
-    module = sys.modules.get("sklearn.impute._iterative")
-    imputer = getattr(module, "IterativeImputer", None)
-    return imputer is not None and isinstance(estimator, imputer)
+    return _instance_of(estimator, ("sklearn.impute._iterative", "IterativeImputer"))
+
+
+def _instance_of(obj, named: tuple[str, str]) -> bool:
+    """Whether ``obj`` is an instance of the class ``(module, name)``, looked
+    up among the modules imported already (an instance's module is)."""
+    module, name = named
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls is not None and isinstance(obj, cls)
 
 
 def _imputes_by_batch(estimator, X, columns=None) -> bool:
@@ -263,9 +268,8 @@ def rejects_whole(estimator, X) -> bool:
 
 
 def _batch_dependent(estimator, methods: set[str]) -> bool:
-    for (module, name), batch in BATCH_METHODS.items():
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(estimator, cls):
+    for named, batch in BATCH_METHODS.items():
+        if _instance_of(estimator, named):
             return not methods.isdisjoint(batch)
     return False
 
