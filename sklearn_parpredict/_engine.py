@@ -17,6 +17,7 @@ processes and their outputs back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -280,17 +281,30 @@ def run_jobs(
             # from its tasks: they would teach the cost a serial time as
             # slow as the threads were, against which they would go on
             # looking fast enough.
-            slow = not cold_s and _planning.learn_thread_speedup(
+            cpu_s = sum(t[3] for t in timings)
+            # A trial was planned at the threads' best: what it took beyond
+            # that is their speedup, learnt from it, not slowness or
+            # overhead.
+            warm = not cold_s and not plan.trial
+            if plan.trial:
+                _planning.learn_thread_trial(costs, plan, timer.wall, cpu_s, n_workers)
+                _log(
+                    jobs,
+                    sizes,
+                    "threads tried on the whole call: their speedup now "
+                    f"{costs[0].thread_speedup:.2f}x",
+                )
+            slow = warm and _planning.learn_thread_speedup(
                 costs, plan, timer.wall, rows_s, n_workers
             )
             if not slow:
-                if not cold_s:
+                if warm:
                     _planning.raise_thread_speedup(
-                        costs, plan, timer.wall, sum(t[3] for t in timings), n_workers
+                        costs, plan, timer.wall, cpu_s, n_workers
                     )
                 _learn_from_tasks(costs, plan, n_workers, timings)
-                if not cold_s:
-                    _planning.learn_overhead(costs, plan, timer.wall)
+                if warm:
+                    _planning.learn_overhead(costs, plan, timer.wall, n_workers)
         if plan.kind == "process":
             _pools.ran(jobs, pool_key)
     return [_join(job, pieces) for job, pieces in zip(jobs, done)]
@@ -407,13 +421,24 @@ def _auto_plan(
             if wanted:
                 _probing.measure_threads(job, cost, n, pieces)
     # Threads never measured (too few rows to measure them) are not guessed.
-    try_threads = try_threads and all(c.thread_speedup is not None for c in costs)
+    unmeasured = try_threads and any(c.thread_speedup is None for c in costs)
+    try_threads = try_threads and not unmeasured
     plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
-    plans = [p for p in plans if p.kind != "process" or not ours or ships()]
-    best = min(plans, key=lambda p: _planning.ranking(p, cold_s), default=None)
+    if unmeasured and len(costs) == 1 and costs[0].threads < _costs.THREADED:
+        # ... but tried on a whole call, where threads at their best would
+        # be the best plan: a 300-tree forest's fixed cost of 34 ms asks for
+        # 8,300 rows per chunk of a measurement, and its calls of 10,000
+        # rows ran in-process until processes started, where two threads
+        # ran them as fast as the fork ceiling (2 cores). Rows that hold the
+        # GIL lose about one call to the trial, once per model.
+        trial = plan("thread")
+        if trial:
+            plans.append(dataclasses.replace(trial, trial=True))
+    plans.sort(key=lambda p: _planning.ranking(p, cold_s))
+    # Writing a forest of 300 trees took 0.45 s: found out only for a plan
+    # on processes that is the best one.
+    best = next((p for p in plans if p.kind != "process" or not ours or ships()), None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
-    if warm and not ships():
-        warm = None
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:
         # too few rows to measure them with (a forest's loop over its
@@ -440,7 +465,7 @@ def _auto_plan(
                 del _pools.time_lost[pool_key]
                 if cluster is not None:
                     cluster.warm_up(unshipped)
-                else:
+                elif ships():
                     _pools.warm_up(jobs, n_workers, backend, pool_key)
             elif best is None and remember and not done[0] and cluster is None:
                 # Until then, calls on as many rows or fewer run in-process

@@ -514,8 +514,9 @@ def test_a_cost_decides_without_planning_only_near_the_rows_it_was_timed_on(
     assert planned == [10 * most]
 
 
-def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
-
+def test_rows_too_few_to_measure_threads_on_are_tried_on_threads_once(
+    monkeypatch, caplog
+):
     data = np.zeros((1_000, 2))
     model = _CallAndRows(0.001, 4.5e-6).fit(data)
     cost = _costs.fit_cost([(500, 0.00325, 0.0), (1_000, 0.0055, 0.0)])
@@ -527,10 +528,31 @@ def test_rows_too_few_to_measure_threads_on_are_not_planned_again(monkeypatch):
     assert not _planning.can_pay([cost], [(0, 1_000)], 2, ("process",))
     assert _probing.thread_measurement_rows(cost) > 1_000 // 3
     planned = _planned_rows(monkeypatch)
-    for _ in range(4):
-        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
-    assert planned == [1_000]
-    assert cost.thread_speedup is None
+    with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
+        for _ in range(4):
+            assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    # The first call ran on two threads, to measure them: a sleeper keeps no
+    # core busy, so they gained nothing it can count on, for good; the next
+    # call, planned once more, found that no plan pays, and the others were
+    # decided without planning.
+    tried = [r for r in caplog.messages if "threads tried on the whole call" in r]
+    assert len(tried) == 1 and "speedup now 1.00x" in tried[0]
+    assert cost.thread_speedup == 1.0
+    assert not cost.wants_thread_measurement()
+    assert planned == [1_000, 1_000]
+
+
+def test_a_trial_of_threads_takes_their_speedup_from_the_cores_kept_busy():
+    cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
+    plan = _planning.Plan("thread", [[(0, 500), (500, 1_000)]], 0.01, 1, trial=True)
+    # Two threads busy 80% of the call each.
+    _planning.learn_thread_trial([cost], plan, 0.0125, 0.02, 2)
+    assert cost.thread_speedup == pytest.approx(1.6)
+    assert not cost.wants_thread_measurement()
+    # On four threads, as on two by the cost's model of the GIL.
+    cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
+    _planning.learn_thread_trial([cost], plan, 0.01, 0.02, 4)
+    assert cost.thread_speedup == pytest.approx(1.0 / (1.0 - 2.0 / 3.0 / 2.0))
 
 
 @pytest.mark.timeout(60)

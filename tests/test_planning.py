@@ -200,12 +200,31 @@ def test_cost_refines_with_samples_and_learns_overhead():
     assert flat.per_row == 0 and flat.per_call == pytest.approx(0.0055)
 
     plan = _planning.plan_chunks([cost], [(0, 1_000_000)], n_workers=2, kind="process")
-    _planning.learn_overhead([cost], plan, plan.seconds + 0.2 * plan.waves)
+    _planning.learn_overhead([cost], plan, plan.seconds + 0.2 * plan.waves, 2)
     assert cost.overhead["process"] == pytest.approx(0.1)
     slower = _planning.plan_chunks(
         [cost], [(0, 1_000_000)], n_workers=2, kind="process"
     )
     assert slower.seconds > plan.seconds
+    # Processes faster than planned learn no negative overhead ...
+    for _ in range(20):
+        _planning.learn_overhead([cost], plan, 0.0, 2)
+    assert cost.overhead["process"] == 0.0
+    # ... threads may, down to the other calls' fixed costs of a wave
+    # overlapping: a wave then pays one call's.
+    threads = _planning.plan_chunks(
+        [cost], [(0, 1_000_000)], n_workers=2, kind="thread"
+    )
+    _planning.learn_overhead([cost], threads, threads.seconds - 0.004, 2)
+    assert cost.overhead["thread"] == pytest.approx(-0.002)
+    for _ in range(20):
+        _planning.learn_overhead([cost], threads, 0.0, 2)
+    assert cost.overhead["thread"] == pytest.approx(-cost.per_call)
+    fixed = _planning.fixed_seconds([cost], "thread", 2)
+    assert fixed == pytest.approx(cost.per_call + _planning.DISPATCH_S["thread"])
+    # Should the cost's fixed part shrink, a wave still pays one call's.
+    cost.overhead["thread"] = -1.0
+    assert _planning.fixed_seconds([cost], "thread", 2) == pytest.approx(fixed)
 
 
 def test_threads_kept_busier_than_measured_raise_their_speedup():
