@@ -348,16 +348,22 @@ def _not_resent(rep: dict) -> tuple[str, str, str]:
     )
     # Calls that ran on process workers without a reference pickled sent
     # the model some other way (whole, in their tasks).
-    on_processes = sum(
-        "process" in plan for plans in round_plans(rep) if plans for plan in plans
-    )
+    plans = [plan for plans in round_plans(rep) if plans for plan in plans]
+    on_processes = sum("process" in plan for plan in plans)
+    on_threads = sum("thread" in plan for plan in plans)
     if not sum(refs):
-        figure += (
-            f": {on_processes} timed call(s) ran on process workers with no "
-            f"reference sent"
-            if on_processes
-            else ": no call ran on workers"
-        )
+        if on_processes:
+            figure += (
+                f": {on_processes} timed call(s) ran on process workers with "
+                f"no reference sent"
+            )
+        elif on_threads:
+            figure += (
+                f": {on_threads} timed call(s) ran on threads, which share "
+                f"the model in this process (nothing to send)"
+            )
+        else:
+            figure += ": no call ran on workers"
     figure += "; each worker loads a written state once, by its token (not counted)"
     ok = sum(writes) <= 1 and ship["tokens"] <= 1 and small
     ok = ok and not (on_processes and not timed_refs)

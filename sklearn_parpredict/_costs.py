@@ -47,6 +47,11 @@ MAX_SAMPLES = 12
 # How far a cost's prediction may grow before a remembered "no plan pays"
 # (Cost.no_gain) is planned again.
 NO_GAIN_DRIFT = 1.2
+# Checks of what a cost keeps deciding without seeing (see check_due): the
+# FIRST_CHECK-th time, then twice as many times apart each time, up to
+# LAST_CHECK.
+FIRST_CHECK = 8
+LAST_CHECK = 1024
 # In-process calls predicted to take at least this long are timed even when
 # nothing is planned: timing costs a few microseconds.
 WATCHED_CALL_S = 0.01
@@ -111,6 +116,11 @@ class Cost:
     slow_thread_runs: int = field(default=0, repr=False)
     # Whether slow runs lowered the thread speedup: it is not raised again.
     thread_lowered: bool = field(default=False, repr=False)
+    # Calls decided by a remembered "no plan pays" since workers' overheads
+    # were last forgiven, and how many times they were (see
+    # _in_process.known_no_gain).
+    no_gain_calls: int = field(default=0, repr=False)
+    overhead_checks: int = field(default=0, repr=False)
     # Parallel plans predicted to gain little that ran since the serial call
     # was last timed, and how many times it was timed so (see
     # _planning.checks_serial).
@@ -137,6 +147,28 @@ class Cost:
         else:
             fast = math.inf if spare > 0 else -math.inf
         self.direct_rows = min(fast, self.covered_rows)
+
+    def forgives_overhead(self) -> bool:
+        """Count a call that a remembered "no plan pays" decided; now and
+        then (see :func:`check_due`), halve what workers were seen to cost
+        beyond their plans, and say so: the call is planned again.
+
+        That overhead is learnt only from parallel runs, which a remembered
+        "no plan pays" stops: learnt from two runs slowed by a busy moment,
+        it kept a pipeline's processes off for good, at 1.0x where they had
+        run it 1.3x faster than serial (2 cores). Where they are as slow as
+        it says, the next run teaches it back.
+        """
+        if not any(v > 0 for v in self.overhead.values()):
+            return False
+        self.no_gain_calls += 1
+        if not check_due(self.no_gain_calls, self.overhead_checks):
+            return False
+        self.no_gain_calls = 0
+        self.overhead_checks += 1
+        self.overhead = {k: v / 2 if v > 0 else v for k, v in self.overhead.items()}
+        self.no_gain.clear()
+        return True
 
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
@@ -237,6 +269,14 @@ class Cost:
         # two-thread measurement, scales; the rest does not.
         free = min(max(2.0 * (1.0 - 1.0 / self.thread_speedup), 0.0), 1.0)
         return 1.0 / ((1.0 - free) + free / n_workers)
+
+
+def check_due(since: int, checks: int) -> bool:
+    """Whether a check is due after ``since`` decisions, ``checks`` checks
+    made: the ``FIRST_CHECK``-th, then twice as many apart each time, up to
+    ``LAST_CHECK``. Where the decision is right, its checks grow ever rarer;
+    where it is wrong, a check finds it out."""
+    return since >= min(FIRST_CHECK << checks, LAST_CHECK)
 
 
 def _band(rows: float) -> int:

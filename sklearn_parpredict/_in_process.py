@@ -124,6 +124,8 @@ def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
     rows, seconds, rent = known
     if cost.seconds(rows) > seconds * _costs.NO_GAIN_DRIFT:
         return None
+    if rent is None and cost.forgives_overhead():
+        return None
     if rent is not None:
         pool_key, n_workers, lost, cold_s = rent
         lost = _pools.time_lost.get(pool_key, 0.0) + lost * n / max(rows, 1)

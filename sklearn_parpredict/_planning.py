@@ -54,14 +54,11 @@ COLD_MODEL_S = 0.05
 TASKS_PER_WORKER = {"process": 2, "thread": 1}
 MAX_OVERHEAD_FRACTION = 0.02
 # A warm plan predicted to gain less than CHECKED_GAIN over serial rests on
-# a serial time that its runs never observe again: every FIRST_CHECK-th such
-# run, then twice as many runs apart each time (up to LAST_CHECK), runs
-# in-process instead and is timed. Where the plan is right, a check loses a
-# third of a call at most (at 1.5x), ever more rarely; where it is wrong, a
-# check finds it out.
+# a serial time that its runs never observe again: now and then (see
+# _costs.check_due), such a run runs in-process instead and is timed. Where
+# the plan is right, a check loses a third of a call at most (at 1.5x), ever
+# more rarely; where it is wrong, a check finds it out.
 CHECKED_GAIN = 1.5
-FIRST_CHECK = 8
-LAST_CHECK = 1024
 
 
 @dataclass
@@ -252,10 +249,7 @@ def checks_serial(costs: list[Cost], plan: Plan) -> bool:
         return False
     for cost in costs:
         cost.unchecked_plans += 1
-    if any(
-        c.unchecked_plans < min(FIRST_CHECK << c.serial_checks, LAST_CHECK)
-        for c in costs
-    ):
+    if any(not _costs.check_due(c.unchecked_plans, c.serial_checks) for c in costs):
         return False
     for cost in costs:
         cost.unchecked_plans = 0
@@ -357,9 +351,9 @@ def learn_overhead(
     On threads that may be less than nothing: plans take the fixed costs of
     a wave's calls as paid one after another, holding the GIL, where part of
     them may release it and overlap. A 300-tree forest's calls of 10,000
-    rows, 34 ms of each its fixed cost, ran on two threads in 0.16 s, where
-    the plan, at the threads' best, predicted 0.18 s and the pool's
-    processes 0.15 s; they took 0.17 s (2 cores).
+    rows, 34 ms of each its fixed cost, ran on two threads in 0.16 s, as
+    fast as the fork ceiling, where plans predicted 0.19 s to 0.21 s, and
+    the pool's processes 0.15 s (they took 0.17 s; 2 cores).
     """
     excess = (wall_s - plan.seconds) / plan.waves
     for cost in costs:
@@ -378,13 +372,19 @@ def learn_thread_trial(
     ``plan``: a whole call on threads, where its rows were too few to
     measure threads within the call (see :func:`._probing.measure_threads`).
 
-    The speedup is what the plan kept its threads busy (``cpu_s``, the CPU
-    seconds of the threads that ran its tasks, over ``wall_s``; a thread
-    waiting for the GIL sleeps), as on two threads. It is taken as final:
-    the next thread plans raise it (:func:`raise_thread_speedup`) or lower
-    it (:func:`learn_thread_speedup`), and calls this small never measure
-    it otherwise.
+    The speedup is the lower of what the plan kept its threads busy
+    (``cpu_s``, the CPU seconds of the threads that ran its tasks, over
+    ``wall_s``: a thread waiting for the GIL sleeps) and the plan's serial
+    time over ``wall_s``, as on two threads. Either alone misleads: a
+    pipeline on a DataFrame kept two threads busy 1.34x while they ran its
+    call slower than serial (threads that contend for the GIL burn CPU
+    handing it over), and a serial time inflated by a slow first call
+    passes for a speedup. It is taken as final: the next thread plans raise
+    it (:func:`raise_thread_speedup`) or lower it
+    (:func:`learn_thread_speedup`), and calls this small never measure it
+    otherwise.
     """
     (cost,) = costs
-    busy = _on_two_threads(min(cpu_s / max(wall_s, 1e-9), n_workers), n_workers)
-    cost.add_thread_speedup(busy, final=True)
+    wall_s = max(wall_s, 1e-9)
+    speedup = min(cpu_s / wall_s, plan.serial_s / wall_s, n_workers)
+    cost.add_thread_speedup(_on_two_threads(speedup, n_workers), final=True)

@@ -498,6 +498,15 @@ def test_calls_on_workers_that_sent_no_reference_sent_the_model_otherwise():
     assert "40 timed call(s) ran on process workers with no reference sent" in figure
 
 
+def test_calls_on_threads_send_nothing_and_say_so():
+    rep = _repeated([0.1] * 20, ["2 thread tasks"] * 20, writes=(0, 0, 0, 0))
+    rep["round_plans"][1] = ["2 thread tasks"] * 20
+    rep["shipping"].update(references=[0, 0, 0, 0], tokens=0)
+    _, figure, judged = _target({"rows": [], "repeated": rep}, "Repeated calls: the")
+    assert judged == "PASS"
+    assert "40 timed call(s) ran on threads, which share the model" in figure
+
+
 def test_the_repeated_section_shows_every_call_and_the_models_shipping():
     from benchmarks import _report
 

@@ -542,17 +542,24 @@ def test_rows_too_few_to_measure_threads_on_are_tried_on_threads_once(
     assert planned == [1_000, 1_000]
 
 
-def test_a_trial_of_threads_takes_their_speedup_from_the_cores_kept_busy():
-    cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
-    plan = _planning.Plan("thread", [[(0, 500), (500, 1_000)]], 0.01, 1, trial=True)
-    # Two threads busy 80% of the call each.
-    _planning.learn_thread_trial([cost], plan, 0.0125, 0.02, 2)
-    assert cost.thread_speedup == pytest.approx(1.6)
-    assert not cost.wants_thread_measurement()
+def test_a_trial_of_threads_takes_the_lower_of_busy_cores_and_serial_time():
+    def trial(wall_s, cpu_s, serial_s, n_workers=2):
+        cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
+        ranges = [[(0, 500), (500, 1_000)]]
+        plan = _planning.Plan("thread", ranges, 0.01, 1, serial_s, trial=True)
+        _planning.learn_thread_trial([cost], plan, wall_s, cpu_s, n_workers)
+        assert not cost.wants_thread_measurement()
+        return cost.thread_speedup
+
+    # Two threads busy 80% of the call each, twice as fast as serial.
+    assert trial(0.0125, 0.02, 0.025) == pytest.approx(1.6)
+    # Busy all the time, but only 1.2x faster than serial: threads that
+    # contend for the GIL burn CPU handing it over.
+    assert trial(0.0125, 0.025, 0.015) == pytest.approx(1.2)
+    # Slower than serial: no gain.
+    assert trial(0.0125, 0.025, 0.01) == 1.0
     # On four threads, as on two by the cost's model of the GIL.
-    cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
-    _planning.learn_thread_trial([cost], plan, 0.01, 0.02, 4)
-    assert cost.thread_speedup == pytest.approx(1.0 / (1.0 - 2.0 / 3.0 / 2.0))
+    assert trial(0.01, 0.02, 0.04, 4) == pytest.approx(1.0 / (1.0 - 2.0 / 3.0 / 2.0))
 
 
 @pytest.mark.timeout(60)
@@ -733,10 +740,55 @@ def test_a_plan_that_gains_little_times_the_serial_call_again(monkeypatch):
         out = parallel_predict(model, data, n_jobs=2, backend="threading")
         return bool((out == threading.get_ident()).all())
 
-    runs = [in_caller() for _ in range(_planning.FIRST_CHECK)]
-    assert runs == [False] * (_planning.FIRST_CHECK - 1) + [True]
+    runs = [in_caller() for _ in range(_costs.FIRST_CHECK)]
+    assert runs == [False] * (_costs.FIRST_CHECK - 1) + [True]
     assert cost.seconds(len(data)) < 0.004
     assert in_caller()
+
+
+class _NominalCaller(_Nominal):
+    """:class:`_Nominal` that predicts the id of the thread that ran it."""
+
+    def predict(self, X):
+        super().predict(X)
+        return np.full(len(X), threading.get_ident())
+
+
+def test_an_overhead_that_keeps_workers_off_is_forgiven_now_and_then(monkeypatch):
+    # Threads would pay but for what two slow runs taught (10 ms a wave),
+    # which no run corrects once no plan pays: now and then it is halved
+    # and the call planned again.
+    monkeypatch.setattr(_planning, "learn_overhead", lambda *args: None)
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    model = _NominalCaller(0.0, 2e-6).fit(X)
+    cost = _costs.fit_cost([(1_000, 0.002, 0.002), (4_000, 0.008, 0.008)])
+    cost.thread_speedup, cost.thread_measurements = 2.0, 3
+    cost.overhead["thread"] = 0.01
+    _costs.remember_cost(model, "predict", cost)
+    data = np.zeros((4_000, 2))
+    planned = _planned_rows(monkeypatch)
+
+    def in_caller():
+        out = parallel_predict(model, data, n_jobs=2, backend="threading")
+        return bool((out == threading.get_ident()).all())
+
+    first = [in_caller() for _ in range(1 + _costs.FIRST_CHECK)]
+    assert all(first)
+    # Planned, remembered as not paying; planned again at the 8th call it
+    # decided, with half the overhead: still not paying.
+    assert len(planned) == 2 and cost.overhead["thread"] == pytest.approx(0.005)
+    second = [in_caller() for _ in range(2 * _costs.FIRST_CHECK)]
+    # 16 calls later, a quarter of it: threads pay, and run.
+    assert second == [True] * (2 * _costs.FIRST_CHECK - 1) + [False]
+    assert len(planned) == 3 and cost.overhead["thread"] == pytest.approx(0.0025)
+
+
+def test_check_due_at_8_then_twice_as_far_apart_up_to_1024():
+    due = [
+        next(n for n in range(1, 2_000) if _costs.check_due(n, checks))
+        for checks in range(9)
+    ]
+    assert due == [8, 16, 32, 64, 128, 256, 512, 1024, 1024]
 
 
 def test_cold_pool_is_started_once_calls_lost_its_start_up():
