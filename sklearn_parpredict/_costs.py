@@ -91,8 +91,9 @@ class Cost:
     thread_measurements : int
         How many times the thread speedup was measured.
     overhead : dict
-        Per kind of worker, seconds per task that past parallel runs took
-        beyond the prediction.
+        Per kind of worker, seconds per wave of tasks that past parallel
+        runs took beyond the prediction; negative for threads whose calls'
+        fixed costs overlap (see :func:`._planning.learn_overhead`).
     no_gain : dict
         Per setting of the workers, the most rows for which no plan could
         pay (see :func:`._planning.can_pay`) and the seconds they were
@@ -150,23 +151,26 @@ class Cost:
 
     def forgives_overhead(self) -> bool:
         """Count a call that a remembered "no plan pays" decided; now and
-        then (see :func:`check_due`), halve what workers were seen to cost
-        beyond their plans, and say so: the call is planned again.
+        then (see :func:`check_due`), halve what process workers were seen
+        to cost beyond their plans, and say so: the call is planned again.
 
         That overhead is learnt only from parallel runs, which a remembered
         "no plan pays" stops: learnt from two runs slowed by a busy moment,
         it kept a pipeline's processes off for good, at 1.0x where they had
-        run it 1.3x faster than serial (2 cores). Where they are as slow as
-        it says, the next run teaches it back.
+        run it about 1.3x faster than serial (2 cores). Where they are as
+        slow as it says, the next runs teach it back (half-way each). A
+        thread overhead is left alone: threads slower than planned lower
+        their speedup instead (see :func:`._planning.learn_thread_speedup`).
         """
-        if not any(v > 0 for v in self.overhead.values()):
+        overhead = self.overhead.get("process", 0.0)
+        if overhead <= 0:
             return False
         self.no_gain_calls += 1
         if not check_due(self.no_gain_calls, self.overhead_checks):
             return False
         self.no_gain_calls = 0
         self.overhead_checks += 1
-        self.overhead = {k: v / 2 if v > 0 else v for k, v in self.overhead.items()}
+        self.overhead["process"] = overhead / 2
         self.no_gain.clear()
         return True
 
@@ -276,7 +280,7 @@ def check_due(since: int, checks: int) -> bool:
     made: the ``FIRST_CHECK``-th, then twice as many apart each time, up to
     ``LAST_CHECK``. Where the decision is right, its checks grow ever rarer;
     where it is wrong, a check finds it out."""
-    return since >= min(FIRST_CHECK << checks, LAST_CHECK)
+    return since >= min(FIRST_CHECK << min(checks, 16), LAST_CHECK)
 
 
 def _band(rows: float) -> int:

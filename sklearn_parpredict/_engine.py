@@ -277,10 +277,6 @@ def run_jobs(
             + (f" (predicted {plan.seconds:.3g} s)" if auto else ""),
         )
         if costs is not None and _pools.calm_since(calm):
-            # A warm thread plan far slower than planned teaches nothing
-            # from its tasks: they would teach the cost a serial time as
-            # slow as the threads were, against which they would go on
-            # looking fast enough.
             cpu_s = sum(t[3] for t in timings)
             # A trial was planned at the threads' best: what it took beyond
             # that is their speedup, learnt from it, not slowness or
@@ -294,6 +290,10 @@ def run_jobs(
                     "threads tried on the whole call: their speedup now "
                     f"{costs[0].thread_speedup:.2f}x",
                 )
+            # A warm thread plan far slower than planned teaches nothing
+            # from its tasks: they would teach the cost a serial time as
+            # slow as the threads were, against which they would go on
+            # looking fast enough.
             slow = warm and _planning.learn_thread_speedup(
                 costs, plan, timer.wall, rows_s, n_workers
             )
@@ -416,29 +416,40 @@ def _auto_plan(
             if cost.wants_own_measurement():
                 _probing.measure_own_threads(job, cost, n, pieces)
     measure = [c.wants_thread_measurement() for c in costs]
+    measured = [c.thread_measurements for c in costs]
     if try_threads and any(measure) and (plan("thread") or plan(kind)):
         for job, cost, n, pieces, wanted in zip(jobs, costs, sizes, done, measure):
             if wanted:
                 _probing.measure_threads(job, cost, n, pieces)
     # Threads never measured (too few rows to measure them) are not guessed.
     unmeasured = try_threads and any(c.thread_speedup is None for c in costs)
-    try_threads = try_threads and not unmeasured
-    plans = [p for p in (plan(kind, cold_s), try_threads and plan("thread")) if p]
-    if unmeasured and len(costs) == 1 and costs[0].threads < _costs.THREADED:
+    plans = [
+        p
+        for p in (plan(kind, cold_s), try_threads and not unmeasured and plan("thread"))
+        if p
+    ]
+    if try_threads and _trial_wanted(jobs, costs, measured):
         # ... but tried on a whole call, where threads at their best would
         # be the best plan: a 300-tree forest's fixed cost of 34 ms asks for
         # 8,300 rows per chunk of a measurement, and its calls of 10,000
         # rows ran in-process until processes started, where two threads
-        # ran them as fast as the fork ceiling (2 cores). Rows that hold the
-        # GIL lose about one call to the trial, once per model.
-        trial = plan("thread")
+        # ran them as fast as the fork ceiling (2 cores). As measurements
+        # are, up to three times while they find threads slow (the machine
+        # may have been busy): rows that hold the GIL lose up to three calls
+        # to the trials, once per model and method.
+        best_case = [dataclasses.replace(c, thread_speedup=None) for c in costs]
+        trial = plan("thread", costs=best_case)
         if trial:
             plans.append(dataclasses.replace(trial, trial=True))
     plans.sort(key=lambda p: _planning.ranking(p, cold_s))
     # Writing a forest of 300 trees took 0.45 s: found out only for a plan
-    # on processes that is the best one.
+    # on processes that is the best one, for a call that stays in-process
+    # and is to remember why (a model that does not pickle, that no plan
+    # pays), and before a pool starts.
     best = next((p for p in plans if p.kind != "process" or not ours or ships()), None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
+    if warm and best is None and remember and not done[0] and not ships():
+        warm = None
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:
         # too few rows to measure them with (a forest's loop over its
@@ -460,21 +471,46 @@ def _auto_plan(
         settled = best is None or not any(c.wants_thread_measurement() for c in costs)
         if settled and now >= warm.seconds * _planning.MIN_GAIN:
             lost = _pools.time_lost.get(pool_key, 0.0) + now - warm.seconds
-            _pools.time_lost[pool_key] = lost
-            if lost >= cold_s:
-                del _pools.time_lost[pool_key]
-                if cluster is not None:
-                    cluster.warm_up(unshipped)
-                elif ships():
-                    _pools.warm_up(jobs, n_workers, backend, pool_key)
-            elif best is None and remember and not done[0] and cluster is None:
-                # Until then, calls on as many rows or fewer run in-process
-                # without planning (a 100-tree forest's 1,000 rows: 12 ms, of
-                # which planning took 0.15 ms), each paying its share of
-                # the rent (see _in_process.known_no_gain).
-                rent = (pool_key, n_workers, now - warm.seconds, cold_s)
-                _in_process.remember_no_gain(costs[0], settings, sizes[0], rent=rent)
+            if lost < cold_s:
+                _pools.time_lost[pool_key] = lost
+                if best is None and remember and not done[0] and cluster is None:
+                    # Until then, calls on as many rows or fewer run
+                    # in-process without planning (a 100-tree forest's 1,000
+                    # rows: 12 ms, of which planning took 0.15 ms), each
+                    # paying its share of the rent (see
+                    # _in_process.known_no_gain).
+                    rent = (pool_key, n_workers, now - warm.seconds, cold_s)
+                    _in_process.remember_no_gain(
+                        costs[0], settings, sizes[0], rent=rent
+                    )
+            # (A model that does not pickle never starts the pool, nor takes
+            # away the time other models lost without it.)
+            elif cluster is not None:
+                _pools.time_lost.pop(pool_key, None)
+                cluster.warm_up(unshipped)
+            elif ships():
+                _pools.time_lost.pop(pool_key, None)
+                _pools.warm_up(jobs, n_workers, backend, pool_key)
     return costs, best, cold_s * (best is not None and best.kind == "process")
+
+
+def _trial_wanted(jobs: list[Job], costs: list, measured: list[int]) -> bool:
+    """Whether threads are to be tried on the whole call: a single estimator
+    without threads of its own, whose thread speedup is still wanted but
+    was not measured within this call (too few rows), whose cost is
+    remembered (the trial teaches it: a model that cannot be weakly
+    referenced would try on every call), while no warm-up of workers runs
+    (which spoils what the trial would teach)."""
+    if len(jobs) != 1:
+        return False
+    (job,), (cost,) = jobs, costs
+    return (
+        cost.threads < _costs.THREADED
+        and cost.wants_thread_measurement()
+        and cost.thread_measurements == measured[0]
+        and _costs.remembered_cost(job.estimator, job.method) is cost
+        and _pools.calm() is not None
+    )
 
 
 def _start(piece) -> int:

@@ -368,23 +368,33 @@ def learn_overhead(
 def learn_thread_trial(
     costs: list[Cost], plan: Plan, wall_s: float, cpu_s: float, n_workers: int
 ) -> None:
-    """Take the thread speedup of a single-threaded estimator from a trial
+    """Measure the thread speedup of a single-threaded estimator on a trial
     ``plan``: a whole call on threads, where its rows were too few to
     measure threads within the call (see :func:`._probing.measure_threads`).
 
-    The speedup is the lower of what the plan kept its threads busy
-    (``cpu_s``, the CPU seconds of the threads that ran its tasks, over
-    ``wall_s``: a thread waiting for the GIL sleeps) and the plan's serial
-    time over ``wall_s``, as on two threads. Either alone misleads: a
+    The measurement is the speedup of the rows that makes the plans' model
+    of threads (every wave's fixed costs paid one after another, then the
+    rows; see :func:`fixed_seconds`) take ``wall_s``, as
+    :func:`learn_thread_speedup` reads a slow run, but no more than what the
+    plan kept its threads busy (``cpu_s``, the CPU seconds of the threads
+    that ran its tasks, over ``wall_s``: a thread waiting for the GIL
+    sleeps), as on two threads. The serial time it is read against may be
+    inflated by a slow first call, and would pass for a speedup; a whole
+    call's speedup taken for the rows' would leave threads that ran a
+    300-tree forest's calls of 10,000 rows 1.7x faster than serial (its
+    fixed cost 34 ms a call) predicted too slow to pay (2 cores). A
     pipeline on a DataFrame kept two threads busy 1.34x while they ran its
-    call slower than serial (threads that contend for the GIL burn CPU
-    handing it over), and a serial time inflated by a slow first call
-    passes for a speedup. It is taken as final: the next thread plans raise
-    it (:func:`raise_thread_speedup`) or lower it
-    (:func:`learn_thread_speedup`), and calls this small never measure it
-    otherwise.
+    call slower than serial: threads that contend for the GIL burn CPU
+    handing it over. It counts as one of the cost's measurements, the best
+    of which is kept: another process busy during a trial slows it, and
+    the time its threads waited for a core is not known.
     """
     (cost,) = costs
-    wall_s = max(wall_s, 1e-9)
-    speedup = min(cpu_s / wall_s, plan.serial_s / wall_s, n_workers)
-    cost.add_thread_speedup(_on_two_threads(speedup, n_workers), final=True)
+    # Threads beyond the cores cannot run at once.
+    workers = max(1, min(n_workers, _costs.CORES))
+    rows_s = max(plan.serial_s - cost.per_call, 0.0)
+    rows_wall = wall_s - plan.waves * fixed_seconds(costs, "thread", n_workers)
+    speedup = min(
+        rows_s / max(rows_wall, 1e-9), cpu_s / max(wall_s, 1e-9), float(workers)
+    )
+    cost.add_thread_speedup(_on_two_threads(speedup, workers))

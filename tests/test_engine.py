@@ -532,34 +532,74 @@ def test_rows_too_few_to_measure_threads_on_are_tried_on_threads_once(
         for _ in range(4):
             assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     # The first call ran on two threads, to measure them: a sleeper keeps no
-    # core busy, so they gained nothing it can count on, for good; the next
-    # call, planned once more, found that no plan pays, and the others were
-    # decided without planning.
+    # core busy, so they gained nothing it can count on; the next call,
+    # planned once more, found that no plan pays with such threads, and the
+    # others were decided without planning.
     tried = [r for r in caplog.messages if "threads tried on the whole call" in r]
     assert len(tried) == 1 and "speedup now 1.00x" in tried[0]
-    assert cost.thread_speedup == 1.0
-    assert not cost.wants_thread_measurement()
+    assert cost.thread_speedup == 1.0 and cost.thread_measurements == 1
     assert planned == [1_000, 1_000]
 
 
-def test_a_trial_of_threads_takes_the_lower_of_busy_cores_and_serial_time():
-    def trial(wall_s, cpu_s, serial_s, n_workers=2):
-        cost = _costs.fit_cost([(500, 0.01, 0.01), (1_000, 0.02, 0.02)])
-        ranges = [[(0, 500), (500, 1_000)]]
+def test_threads_are_tried_on_a_whole_call_only_where_the_trial_teaches(
+    monkeypatch,
+):
+    from sklearn_parpredict import _engine
+
+    model = _Sleeper().fit(X)
+    cost = _costs.Cost(0.01, 1e-5)
+    _costs.remember_cost(model, "predict", cost)
+    job = Job(model, "predict", X)
+    assert _engine._trial_wanted([job], [cost], [0])
+    # Several jobs: whose threads the CPU time is, is not known.
+    assert not _engine._trial_wanted([job, job], [cost, cost], [0, 0])
+    # Measured within this call.
+    assert not _engine._trial_wanted([job], [cost], [-1])
+    # A cost not remembered would be tried on every call.
+    other = _costs.Cost(0.01, 1e-5)
+    assert not _engine._trial_wanted([job], [other], [0])
+    # A warm-up under way spoils what it would teach.
+    monkeypatch.setattr(_pools, "_warming", {("LokyBackend", 2)})
+    assert not _engine._trial_wanted([job], [cost], [0])
+    monkeypatch.setattr(_pools, "_warming", set())
+    # Threads of its own; a speedup already trusted.
+    cost.threads = 2.0
+    assert not _engine._trial_wanted([job], [cost], [0])
+    cost.threads = 1.0
+    cost.add_thread_speedup(1.9)
+    assert not _engine._trial_wanted([job], [cost], [1])
+
+
+def test_a_trial_of_threads_reads_the_rows_speedup_bounded_by_busy_cores(
+    monkeypatch,
+):
+    def trial(wall_s, cpu_s, per_call=0.005, n_workers=2):
+        # 2,000 rows at 10 µs each, after the call's fixed cost.
+        cost = _costs.Cost(per_call, 1e-5)
+        serial_s = cost.seconds(2_000)
+        ranges = [[(0, 1_000), (1_000, 2_000)]]
         plan = _planning.Plan("thread", ranges, 0.01, 1, serial_s, trial=True)
         _planning.learn_thread_trial([cost], plan, wall_s, cpu_s, n_workers)
-        assert not cost.wants_thread_measurement()
+        # One measurement: a busy machine may have slowed it.
+        assert cost.thread_measurements == 1
         return cost.thread_speedup
 
-    # Two threads busy 80% of the call each, twice as fast as serial.
-    assert trial(0.0125, 0.02, 0.025) == pytest.approx(1.6)
-    # Busy all the time, but only 1.2x faster than serial: threads that
-    # contend for the GIL burn CPU handing it over.
-    assert trial(0.0125, 0.025, 0.015) == pytest.approx(1.2)
-    # Slower than serial: no gain.
-    assert trial(0.0125, 0.025, 0.01) == 1.0
-    # On four threads, as on two by the cost's model of the GIL.
-    assert trial(0.01, 0.02, 0.04, 4) == pytest.approx(1.0 / (1.0 - 2.0 / 3.0 / 2.0))
+    # Both calls' fixed costs (5 ms) paid one after another, then the rows
+    # twice as fast: 2x, where the whole call ran 1.24x faster than serial.
+    wave = 0.01 + _planning.DISPATCH_S["thread"]
+    assert trial(wave + 0.01, 2 * (wave + 0.01)) == pytest.approx(2.0)
+    # No more than the threads were kept busy: a serial time inflated by a
+    # slow first call would pass for a speedup.
+    assert trial(wave + 0.01, 1.5 * (wave + 0.01)) == pytest.approx(1.5)
+    # Slower than the rows alone would take serially: no gain.
+    assert trial(wave + 0.03, 2 * (wave + 0.03)) == 1.0
+    # On four threads, as on two by the cost's model of the GIL ...
+    monkeypatch.setattr(_costs, "CORES", 4)
+    wall = _planning.DISPATCH_S["thread"] + 0.01
+    assert trial(wall, 2 * wall, 0.0, 4) == pytest.approx(1.5)
+    # ... on the cores there are: eight threads on two cores kept both busy.
+    monkeypatch.setattr(_costs, "CORES", 2)
+    assert trial(wall, 2 * wall, 0.0, 8) == pytest.approx(2.0)
 
 
 @pytest.mark.timeout(60)
@@ -746,41 +786,37 @@ def test_a_plan_that_gains_little_times_the_serial_call_again(monkeypatch):
     assert in_caller()
 
 
-class _NominalCaller(_Nominal):
-    """:class:`_Nominal` that predicts the id of the thread that ran it."""
+def test_a_process_overhead_that_keeps_workers_off_is_forgiven_now_and_then():
+    # Processes would pay but for what two slow runs taught them, which no
+    # run corrects once no plan pays: now and then it is halved, and the
+    # call planned again.
+    from sklearn_parpredict import _in_process
 
-    def predict(self, X):
-        super().predict(X)
-        return np.full(len(X), threading.get_ident())
-
-
-def test_an_overhead_that_keeps_workers_off_is_forgiven_now_and_then(monkeypatch):
-    # Threads would pay but for what two slow runs taught (10 ms a wave),
-    # which no run corrects once no plan pays: now and then it is halved
-    # and the call planned again.
-    monkeypatch.setattr(_planning, "learn_overhead", lambda *args: None)
-    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
-    model = _NominalCaller(0.0, 2e-6).fit(X)
-    cost = _costs.fit_cost([(1_000, 0.002, 0.002), (4_000, 0.008, 0.008)])
-    cost.thread_speedup, cost.thread_measurements = 2.0, 3
-    cost.overhead["thread"] = 0.01
+    model = _Sleeper().fit(X)
+    cost = _costs.Cost(0.01, 1e-5)
+    cost.overhead.update(process=0.04, thread=0.01)
     _costs.remember_cost(model, "predict", cost)
-    data = np.zeros((4_000, 2))
-    planned = _planned_rows(monkeypatch)
+    data = np.zeros((1_000, 2))
 
-    def in_caller():
-        out = parallel_predict(model, data, n_jobs=2, backend="threading")
-        return bool((out == threading.get_ident()).all())
+    def decided(calls):
+        _in_process.remember_no_gain(cost, (2, None), len(data))
+        return [
+            _in_process.known_no_gain(model, "predict", data, 2, None)
+            for _ in range(calls)
+        ]
 
-    first = [in_caller() for _ in range(1 + _costs.FIRST_CHECK)]
-    assert all(first)
-    # Planned, remembered as not paying; planned again at the 8th call it
-    # decided, with half the overhead: still not paying.
-    assert len(planned) == 2 and cost.overhead["thread"] == pytest.approx(0.005)
-    second = [in_caller() for _ in range(2 * _costs.FIRST_CHECK)]
-    # 16 calls later, a quarter of it: threads pay, and run.
-    assert second == [True] * (2 * _costs.FIRST_CHECK - 1) + [False]
-    assert len(planned) == 3 and cost.overhead["thread"] == pytest.approx(0.0025)
+    no_gain = _in_process.NO_GAIN
+    assert decided(_costs.FIRST_CHECK) == [no_gain] * (_costs.FIRST_CHECK - 1) + [None]
+    assert cost.overhead == {"process": 0.02, "thread": 0.01}
+    assert not cost.no_gain
+    # Remembered again by that call's plan: the next check twice as far.
+    calls = 2 * _costs.FIRST_CHECK
+    assert decided(calls) == [no_gain] * (calls - 1) + [None]
+    assert cost.overhead == {"process": 0.01, "thread": 0.01}
+    # Threads slower than planned lower their speedup instead: with no
+    # process overhead, nothing is forgiven.
+    cost.overhead["process"] = 0.0
+    assert decided(200) == [no_gain] * 200
 
 
 def test_check_due_at_8_then_twice_as_far_apart_up_to_1024():
@@ -1562,7 +1598,9 @@ class _LockedSpinner(_Spinner):
 
 
 @pytest.mark.timeout(120)
-def test_a_model_that_cannot_be_pickled_stays_off_processes_left_to_us():
+def test_a_model_that_cannot_be_pickled_stays_off_processes_left_to_us(
+    monkeypatch,
+):
     from joblib import Parallel, delayed
 
     data = np.zeros((4_000, 2))
@@ -1570,8 +1608,11 @@ def test_a_model_that_cannot_be_pickled_stays_off_processes_left_to_us():
     # workers are running: yet the model cannot reach them.
     model = _measured_spinner(data, 1e-3, 1.0, spinner=_LockedSpinner)
     Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(2))
-    for _ in range(2):
+    planned = _planned_rows(monkeypatch)
+    for _ in range(3):
         assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
+    # Remembered as not paying: the later calls are not planned.
+    assert planned == [4_000]
     # Asked for processes, the call fails, naming the cause.
     with pytest.raises(pickle.PicklingError, match="backend='threading'"):
         parallel_predict(model, data, n_jobs=2, backend="loky", chunk_size=1_000)
@@ -1591,6 +1632,8 @@ def test_workers_are_not_started_for_a_model_that_cannot_be_pickled():
         _join_warm_ups()
         assert not _pools._warming
         assert ("LokyBackend", 2) not in _pools.last_used
+        # Nor does it take away the time other models lost without them.
+        assert _pools.time_lost[("LokyBackend", 2)] >= 10.0
     _pools.time_lost.clear()
 
 
