@@ -32,6 +32,10 @@ CORES = joblib.cpu_count()
 # in all, and the best is kept.
 THREAD_TRUSTED = 1.8
 THREAD_MEASUREMENTS = 3
+# Below THREAD_HELD, a measured speedup is the GIL's, and final, where the
+# machine is known not to have slowed the measurement (see _probing), or
+# taken so where that is not known (see _planning.learn_thread_trial).
+THREAD_HELD = 1.25
 # Where Linux counts the time the calling thread waited for a core (see
 # Timer); SEES_WAITS: whether this machine has it.
 _SCHEDSTAT = "/proc/thread-self/schedstat"

@@ -434,9 +434,10 @@ def _auto_plan(
         # 8,300 rows per chunk of a measurement, and its calls of 10,000
         # rows ran in-process until processes started, where two threads
         # ran them as fast as the fork ceiling (2 cores). As measurements
-        # are, up to three times while they find threads slow (the machine
-        # may have been busy): rows that hold the GIL lose up to three calls
-        # to the trials, once per model and method.
+        # are, up to three times while they find threads slower than
+        # trusted (the machine may have been busy); rows that hold the GIL
+        # lose one call to a trial, once per model and method (see
+        # _planning.learn_thread_trial).
         best_case = [dataclasses.replace(c, thread_speedup=None) for c in costs]
         trial = plan("thread", costs=best_case)
         if trial:

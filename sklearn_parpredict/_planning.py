@@ -386,8 +386,11 @@ def learn_thread_trial(
     pipeline on a DataFrame kept two threads busy 1.34x while they ran its
     call slower than serial: threads that contend for the GIL burn CPU
     handing it over. It counts as one of the cost's measurements, the best
-    of which is kept: another process busy during a trial slows it, and
-    the time its threads waited for a core is not known.
+    of which is kept (another process busy during a trial slows it, and
+    the time its threads waited for a core is not known), but one below
+    ``THREAD_HELD`` is final: trials are planned at the threads' best, and
+    a warm process pool let a pipeline's calls, as slow on threads as
+    serially, be tried three times.
     """
     (cost,) = costs
     # Threads beyond the cores cannot run at once.
@@ -397,4 +400,5 @@ def learn_thread_trial(
     speedup = min(
         rows_s / max(rows_wall, 1e-9), cpu_s / max(wall_s, 1e-9), float(workers)
     )
-    cost.add_thread_speedup(_on_two_threads(speedup, workers))
+    two = _on_two_threads(speedup, workers)
+    cost.add_thread_speedup(two, final=two < _costs.THREAD_HELD)

@@ -33,14 +33,13 @@ THREAD_PROBE_S = 0.1
 # a pause of the machine of a millisecond or two must not pass for a speedup.
 THREAD_CHUNK_S = 0.01
 # A speedup below THREAD_TRUSTED (see _costs) is measured again, unless it
-# is below THREAD_HELD and the threads of the measurement waited for a core
-# less than THREAD_WAIT_SHARE of their time, as Linux counts it (SEES_WAITS):
-# no other work took a core from them, and so low a speedup is the GIL's
-# (threads that wait for the GIL sleep rather than wait for a core). Higher
-# ones are measured again even so: the first tasks of new threads pay for
-# their first touch of memory (SVC: 1.67x, with no wait, then more).
-THREAD_HELD = 1.25
-# ... and its chunks took THREAD_HELD_CHUNK_S each in-process, at least:
+# is below THREAD_HELD (see _costs), the threads of the measurement waited
+# for a core less than THREAD_WAIT_SHARE of their time, as Linux counts it
+# (SEES_WAITS): no other work took a core from them, and so low a speedup
+# is the GIL's (threads that wait for the GIL sleep rather than wait for a
+# core); higher ones are measured again even so: the first tasks of new
+# threads pay for their first touch of memory (SVC: 1.67x, with no wait,
+# then more); and its chunks took THREAD_HELD_CHUNK_S each in-process, at least:
 # shorter ones understate what threads gain on whole calls (SVC, two threads
 # against one: 1.17x to 1.38x on chunks of 189 rows, 11 ms, 1.65x on 1,000
 # rows, 1.8x on 5,000; it was kept off threads for good, and ran on
@@ -172,9 +171,8 @@ def _measure_threads_once(job: Job, cost: _costs.Cost, n: int, pieces) -> bool:
     fixed = 2 * min(cost.per_call, alone_s)
     if speedup >= THREAD_FREE and wall > fixed:
         speedup = (serial_s - fixed) / (wall - fixed)
-    held = (
-        speedup < THREAD_HELD and _costs.SEES_WAITS and alone_s >= THREAD_HELD_CHUNK_S
-    )
+    held = speedup < _costs.THREAD_HELD and _costs.SEES_WAITS
+    held = held and alone_s >= THREAD_HELD_CHUNK_S
     uncrowded = waited < THREAD_WAIT_SHARE * 2 * timer.wall
     cost.add_thread_speedup(speedup, final=held and uncrowded)
     logger.debug(
