@@ -289,8 +289,9 @@ def learn_thread_speedup(
         cost.slow_thread_runs = cost.slow_thread_runs + 1 if slow else 0
     if not slow or min(c.slow_thread_runs for c in costs) < SLOW_THREAD_RUNS:
         return slow
-    rows_wall = wall_s - plan.waves * fixed_seconds(costs, "thread", n_workers)
-    scaled = _on_two_threads(rows_s / max(rows_wall, 1e-9), n_workers)
+    scaled = _on_two_threads(
+        _rows_speedup(costs, plan, wall_s, rows_s, n_workers), n_workers
+    )
     for cost in costs:
         if cost.thread_speedup is not None and scaled < cost.thread_speedup:
             cost.thread_speedup = max(scaled, 1.0)
@@ -332,6 +333,16 @@ def raise_thread_speedup(
             2.0, cost.thread_speedup + 0.5 * (busy - cost.thread_speedup)
         )
         cost.no_gain.clear()
+
+
+def _rows_speedup(
+    costs: list[Cost], plan: Plan, wall_s: float, rows_s: float, n_workers: int
+) -> float:
+    """The speedup of a thread plan's rows (``rows_s`` serially) that makes
+    the plans' model of threads, every wave's fixed costs paid one after
+    another, take the ``wall_s`` it took."""
+    rows_wall = wall_s - plan.waves * fixed_seconds(costs, "thread", n_workers)
+    return rows_s / max(rows_wall, 1e-9)
 
 
 def _on_two_threads(speedup: float, n_workers: int) -> float:
@@ -396,9 +407,10 @@ def learn_thread_trial(
     # Threads beyond the cores cannot run at once.
     workers = max(1, min(n_workers, _costs.CORES))
     rows_s = max(plan.serial_s - cost.per_call, 0.0)
-    rows_wall = wall_s - plan.waves * fixed_seconds(costs, "thread", n_workers)
     speedup = min(
-        rows_s / max(rows_wall, 1e-9), cpu_s / max(wall_s, 1e-9), float(workers)
+        _rows_speedup(costs, plan, wall_s, rows_s, n_workers),
+        cpu_s / max(wall_s, 1e-9),
+        float(workers),
     )
     two = _on_two_threads(speedup, workers)
     cost.add_thread_speedup(two, final=two < _costs.THREAD_HELD)
