@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 
 from benchmarks._measure import (
+    CHEAP_REPEATS,
+    CHEAP_ROW_S,
     PAIRED_BUDGET_S,
     PAIRED_EXTEND_S,
     PAIRED_MAX,
@@ -101,7 +103,9 @@ def _heading(results: dict) -> list[str]:
         f"# sklearn-parpredict benchmarks: {meta['date']}, {meta['cores']} cores",
         "",
         f"- Command: `{meta['command']}` ({meta['suite']} suite, "
-        f"{results['repeats']} timed repeats per row, warm-up excluded)",
+        f"{results['repeats']} timed repeats per row, at least {CHEAP_REPEATS} "
+        f"where the interleaved methods' calls take under {CHEAP_ROW_S:g} s "
+        "together; warm-up excluded)",
         f"- Machine: {meta['cores']} cores (`os.cpu_count()`; "
         f"{meta['workers']} workers used), {meta['cpu']}, "
         f"{meta['ram_gib']:.1f} GiB RAM",

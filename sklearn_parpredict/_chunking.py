@@ -54,8 +54,11 @@ def is_vector(X) -> bool:
     or a list of numbers."""
     if isinstance(X, list | tuple):
         return len(X) > 0 and isinstance(X[0], Number)
-    kind = getattr(getattr(X, "dtype", None), "kind", None)
-    return getattr(X, "ndim", None) == 1 and kind in tuple("biufc")
+    # ndim first: asked for a missing attribute, a DataFrame looks for a
+    # column of that name (a third of the wrapper's own time on a few rows).
+    if getattr(X, "ndim", None) != 1:
+        return False
+    return getattr(getattr(X, "dtype", None), "kind", None) in tuple("biufc")
 
 
 def prepare(X):

@@ -210,3 +210,21 @@ def test_pairs_are_added_while_their_interval_holds_the_target(
     more = int(_measure.VERSUS_EXTEND_S // 2.4)
     assert len(got) == _measure.VERSUS_MIN + (more if extended else 0)
     assert {round(r, 9) for r in got} == {0.6, 0.8}
+
+
+def test_a_row_is_cheap_by_its_interleaved_methods_alone(machine):
+    # Slow methods timed last (the tutorial's pool, dask-ml's threads) do
+    # not make a row of cheap calls look expensive: its few samples of
+    # single calls were the noisiest medians of the suite.
+    def slow():
+        machine.now += 5 * _measure.CHEAP_ROW_S
+        return np.arange(4)
+
+    calls = {"serial": machine.serial, "ours": machine.serial, "slow": slow}
+    machine.serial_s = 0.1
+    timings = _measure.measure(calls, 3, last=("slow",))
+    assert len(timings["ours"].samples) == _measure.CHEAP_REPEATS
+    assert len(timings["slow"].samples) == _measure.CHEAP_REPEATS
+    machine.serial_s = _measure.CHEAP_ROW_S
+    timings = _measure.measure(calls, 3, last=("slow",))
+    assert len(timings["ours"].samples) == 3

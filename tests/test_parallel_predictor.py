@@ -114,6 +114,57 @@ def test_a_pipeline_given_an_unfitted_step_is_unfitted_again():
             model.predict(X)
 
 
+def test_a_fitted_composite_is_asked_without_reading_its_tags(monkeypatch):
+    # A pipeline's tags walk its steps, and a pipeline is asked again on
+    # every call: its own answer suffices when it says fitted, so that a
+    # call reads the tags no more often than the serial call does.
+    from sklearn.pipeline import Pipeline
+
+    from sklearn_parpredict import _parallel_predictor as pp
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
+    model = ParallelPredictor(pipe)
+    model.predict(X[:3])
+    tags = Pipeline.__sklearn_tags__
+    read = []
+    monkeypatch.setattr(
+        Pipeline, "__sklearn_tags__", lambda self: read.append(1) or tags(self)
+    )
+    pipe.predict(X[:3])
+    serial = len(read)
+    model.predict(X[:3])
+    assert len(read) == 2 * serial
+    assert pp.is_fitted(pipe)
+    assert len(read) == 2 * serial
+    pipe.set_params(logisticregression=LogisticRegression())
+    assert not pp.is_fitted(pipe)
+
+
+class _NeedsNoFit(_Flipped):
+    """Answers unfitted, but its tags say it needs no fit."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def __sklearn_is_fitted__(self):
+        return False
+
+    def __sklearn_tags__(self):
+        tags = LogisticRegression().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def test_an_estimator_that_needs_no_fit_is_fitted_whatever_it_answers():
+    from sklearn_parpredict import _parallel_predictor as pp
+
+    model = _NeedsNoFit(LogisticRegression().fit(X, Y))
+    assert pp.is_fitted(model)
+    np.testing.assert_array_equal(
+        ParallelPredictor(model, **FORCE).predict(X), model.predict(X)
+    )
+
+
 def test_unfitted_raises_not_fitted():
     model = ParallelPredictor(LogisticRegression())
     with pytest.raises(NotFittedError, match="not fitted"):
