@@ -118,10 +118,11 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         runner = joblib.Parallel(
             n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
         )
-        return runner(
-            joblib.delayed(_threads.in_config)(config, function, *task)
-            for task in tasks
-        )
+        with _threads.warning_filters_kept():
+            return runner(
+                joblib.delayed(_threads.in_config)(config, function, *task)
+                for task in tasks
+            )
     if type(active) is MultiprocessingBackend:
         backend = _WatchedMultiprocessingBackend(
             nesting_level=active.nesting_level,

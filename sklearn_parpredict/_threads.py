@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -193,13 +194,46 @@ def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
     The outputs are in task order. A task's exception is raised in the caller
     as it is (the first in task order when several failed), and the tasks not
     started yet are cancelled; so are they when the caller is interrupted.
+    The process's warning filters are as they were (see
+    :func:`warning_filters_kept`).
     """
     tasks = list(tasks)
     if in_worker():
         return [function(*task) for task in tasks]
     pool = _pool(n_workers)
     config = get_config()
-    return gather(lambda task: pool.submit(_run, config, function, task), tasks)
+    with warning_filters_kept():
+        return gather(lambda task: pool.submit(_run, config, function, task), tasks)
+
+
+@contextlib.contextmanager
+def warning_filters_kept():
+    """Put the process's warning filters back as they were, once the threads
+    that ran in the block are done.
+
+    Before Python 3.14, ``warnings.catch_warnings`` swaps the process-wide
+    filter list on entry and puts back the one it saw on exit: entered and
+    left by two threads at once (scikit-learn's ``check_array`` turns
+    ``ComplexWarning`` into an error inside one), the last to leave puts
+    back the other's list, and the error filter stayed in the caller's
+    process for good. A filter added in place meanwhile, to whichever list
+    was the process's then, is taken back too.
+    """
+    filters = warnings.filters
+    kept = list(filters)
+    show = warnings.showwarning
+    try:
+        yield
+    finally:
+        if warnings.filters is not filters or filters != kept:
+            filters[:] = kept  # type: ignore[index]  # a list, typed as a Sequence
+            warnings.filters = filters
+            # Tells the registries of warnings shown once that the filters
+            # changed (a private name; absent from later Pythons' module).
+            mutated = getattr(warnings, "_filters_mutated", None)
+            if mutated is not None:
+                mutated()
+        warnings.showwarning = show
 
 
 def gather(

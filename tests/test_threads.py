@@ -3,6 +3,7 @@
 import logging
 import threading
 import time
+import warnings
 
 import joblib
 import numpy as np
@@ -200,3 +201,35 @@ def test_thread_plans_keep_workers_x_inner_threads_within_the_cores():
     assert (out == 10 * blas + share).all()
     # The caller's own settings are as they were.
     assert (_threads_of("blas"), _threads_of("openmp")) == (blas, openmp)
+
+
+_ComplexWarning = getattr(np, "exceptions", np).ComplexWarning
+
+
+class _FilteringInside(DecisionTreeClassifier):
+    """Predicts inside its own ``catch_warnings`` with an error filter, as
+    scikit-learn's ``check_array`` does; the first chunk's block is left
+    before the second's, which entered after it."""
+
+    def predict(self, X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", _ComplexWarning)
+            time.sleep(0.05 if X[0, 0] < 0 else 0.25)
+            return super().predict(X)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_overlapping_warning_blocks_on_threads_leave_the_filters_as_they_were(
+    verbose,
+):
+    # verbose=1 runs on joblib's threads, for its progress report.
+    X = np.r_[-np.ones((4, 2)), np.ones((4, 2))]
+    model = _FilteringInside().fit(X, [0] * 4 + [1] * 4)
+    before = list(warnings.filters)
+    wrapper = ParallelPredictor(
+        model, n_jobs=2, backend="threading", chunk_size=4, verbose=verbose
+    )
+    np.testing.assert_array_equal(wrapper.predict(X), model.predict(X))
+    assert warnings.filters == before
+    with pytest.warns(_ComplexWarning):  # a warning, not an error
+        np.array([1 + 1j]).astype(float)
