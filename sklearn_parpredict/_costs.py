@@ -59,6 +59,16 @@ LAST_CHECK = 1024
 # In-process calls predicted to take at least this long are timed even when
 # nothing is planned: timing costs a few microseconds.
 WATCHED_CALL_S = 0.01
+# A call that took OUTGROWN times its cost's prediction, and OUTGROWN_S
+# more, ran another model than the one its cost was learnt on: one refitted
+# in place (a forest of one shallow tree refitted with 200 deep ones: 1 ms
+# predicted, 360 ms taken), which a cost kept by the model's identity
+# cannot tell. Its cost is forgotten, and probed again: a busy machine is
+# not that much slower. Calls that a cost runs as they are, untimed
+# otherwise, would never have taught it, and a thread trial on it concluded
+# that threads gain nothing where they gain 2.0x (2 cores).
+OUTGROWN = 10.0
+OUTGROWN_S = 0.005
 # A cost decides a call without planning only for batches smaller than
 # EXTRAPOLATION times the most rows it was timed on; a larger one is planned
 # (and, run in-process, timed). The cost per row of a fast model timed on
@@ -462,6 +472,20 @@ def costs_of(model) -> dict[str, Cost] | None:
         if entry is None:
             return None
     return entry[1]
+
+
+def outgrown(predicted: float, seconds: float) -> bool:
+    """Whether work predicted to take ``predicted`` seconds, which took
+    ``seconds``, ran a model other than its cost's (see OUTGROWN)."""
+    return seconds > max(OUTGROWN * predicted, predicted + OUTGROWN_S)
+
+
+def forget_cost(model, method: str, cost: Cost) -> None:
+    """Forget ``cost``, the model's remembered cost of ``method``, unless
+    another has replaced it meanwhile."""
+    entry = _remembered.get(id(model))
+    if entry is not None and entry[0]() is model and entry[1].get(method) is cost:
+        entry[1].pop(method, None)
 
 
 def remember_cost(model, method: str, cost: Cost) -> None:

@@ -132,7 +132,8 @@ def run_one(
                 _log([Job(estimator, method, X)], [_chunking.n_rows(X)], how)
             if how is _in_process.NO_GAIN:
                 return _in_process.call_watched(estimator, method, X, params)
-            return getattr(estimator, method)(X, **params)
+            cost = _costs.remembered_cost(estimator, method)
+            return _in_process.direct_call(cost, estimator, method, X, params)
     job = Job(estimator, method, X, params=params)
     return run_jobs(
         [job],
@@ -184,7 +185,17 @@ def run_jobs(
     rows_per_task = 0 if auto else int(chunk_size)
     if auto and _in_process.too_small(jobs, sizes):
         _log(jobs, sizes, _in_process.TOO_LITTLE)
-        return [job.call() for job in jobs]
+        return [
+            _in_process.direct_call(
+                _costs.remembered_cost(job.estimator, job.method),
+                job.estimator,
+                job.method,
+                job.X,
+                job.params,
+                job.call,
+            )
+            for job in jobs
+        ]
     active, n_workers = _backend(n_jobs, backend)
     n_workers = min(n_workers, max(sizes, default=0))
     if not auto:
@@ -276,7 +287,11 @@ def run_jobs(
             f"workers in {timer.wall:.3g} s"
             + (f" (predicted {plan.seconds:.3g} s)" if auto else ""),
         )
-        if costs is not None and _pools.calm_since(calm):
+        if (
+            costs is not None
+            and _pools.calm_since(calm)
+            and not (plan.kind == "thread" and _forget_outgrown(jobs, costs, timings))
+        ):
             cpu_s = sum(t[3] for t in timings)
             # A trial was planned at the threads' best: what it took beyond
             # that is their speedup, learnt from it, not slowness or
@@ -588,6 +603,31 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         done[j].append((start, stop, received(out)))
         timings.append((j, stop - start, wall, cpu))
     return timings
+
+
+def _forget_outgrown(jobs: list[Job], costs, timings) -> bool:
+    """Forget the costs of the jobs whose tasks on threads outgrew them (see
+    :data:`._costs.OUTGROWN`), and say whether any did: the run then teaches
+    nothing. Judged on the tasks' own CPU time, which other load on the
+    machine leaves alone (a process worker's would count loading the model).
+    """
+    predicted = [0.0] * len(jobs)
+    seconds = [0.0] * len(jobs)
+    sizes = [0] * len(jobs)
+    for j, rows, _, cpu in timings:
+        predicted[j] += costs[j].seconds(rows)
+        seconds[j] += cpu
+        sizes[j] += rows
+    outgrown = [
+        j for j in range(len(jobs)) if _costs.outgrown(predicted[j], seconds[j])
+    ]
+    for j in outgrown:
+        _costs.forget_cost(jobs[j].estimator, jobs[j].method, costs[j])
+    if outgrown:
+        _log(
+            jobs, [0] * len(jobs), "their tasks outgrew the costs: refitted, forgotten"
+        )
+    return bool(outgrown)
 
 
 def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,6 +51,33 @@ def calls_directly(cost, X) -> bool:
     return _small_under(cost, X) and not logger.isEnabledFor(logging.DEBUG)
 
 
+def direct_call(
+    cost, estimator, method: str, X, params: dict, call: Callable | None = None
+):
+    """``estimator``'s ``method`` on ``X`` as it is (or ``call()``, that
+    call), decided without a plan by ``cost``, its remembered cost (None:
+    not probed yet). Its wall time is read (0.1 µs), and the cost forgotten
+    where the call outgrew it: the model was refitted in place (see
+    :data:`._costs.OUTGROWN`); the next call probes it again."""
+    start = time.perf_counter()
+    out = getattr(estimator, method)(X, **params) if call is None else call()
+    seconds = time.perf_counter() - start
+    if cost is not None and seconds > _costs.OUTGROWN_S:
+        rows = _chunking.n_rows(X)
+        if _costs.outgrown(cost.seconds(rows), seconds):
+            _costs.forget_cost(estimator, method, cost)
+            logger.debug(
+                "%s.%s on %d rows took %.3g s where its cost predicted %.3g s: "
+                "refitted, its cost forgotten",
+                type(estimator).__name__,
+                method,
+                rows,
+                seconds,
+                cost.seconds(rows),
+            )
+    return out
+
+
 def call_watched(estimator, method: str, X, params: dict):
     """The in-process call of a batch no plan pays for, timed when it is long
     enough that timing it costs nothing: the machine may change under a
@@ -57,7 +86,7 @@ def call_watched(estimator, method: str, X, params: dict):
     cost = _costs.remembered_cost(estimator, method)
     rows = _chunking.n_rows(X)
     if cost is None or cost.seconds(rows) < _costs.WATCHED_CALL_S:
-        return getattr(estimator, method)(X, **params)
+        return direct_call(cost, estimator, method, X, params)
     return learning_call(cost, rows, getattr(estimator, method), X, **params)
 
 

@@ -35,7 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn_parpredict import _lazy
 from sklearn_parpredict._costs import costs_of, keep_by_id
 from sklearn_parpredict._engine import ENGINE_CONSTRAINTS, Backend, run_one
-from sklearn_parpredict._in_process import calls_directly
+from sklearn_parpredict._in_process import calls_directly, direct_call
 from sklearn_parpredict._validation import seen_valid, validate_once
 
 # The methods the wrapper runs in parallel, each present when the wrapped
@@ -156,8 +156,9 @@ def _parallel_method(name: str, summary: str, returns: str):
         if passed is not None and not params and passed[0]() is self:
             ref, costs = passed[1]
             estimator = ref()
-            if estimator is not None and calls_directly(costs.get(name), X):
-                return getattr(estimator, name)(X)
+            cost = costs.get(name)
+            if estimator is not None and calls_directly(cost, X):
+                return direct_call(cost, estimator, name, X, {})
         return self._run(name, X, params)
 
     method.__name__ = method.__qualname__ = name

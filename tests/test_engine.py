@@ -1655,3 +1655,49 @@ def test_a_forked_child_has_none_of_its_parents_pools(monkeypatch):
     monkeypatch.setattr(_pools, "_warming", {key})
     assert in_child(lambda: _pools.calm() is not None and not _pools.last_used) == 0
     assert _pools.calm() is None
+
+
+@pytest.mark.parametrize("container", [np.asarray, np.ndarray.tolist])
+def test_a_model_refitted_in_place_past_its_cost_has_it_forgotten(container):
+    # Costs are kept by the model's identity: refitted in place, a model
+    # that its cost runs as it is, untimed, would keep a cost of
+    # microseconds for calls of tenths of seconds, never planned again.
+    # (An array goes the wrapper's shortest way, a list the engine's.)
+    from sklearn_parpredict import ParallelPredictor
+
+    model = _CallAndRows(per_call=0.0, per_row=0.0).fit(None)
+    wrapper = ParallelPredictor(model, n_jobs=2)
+    X = container(np.zeros((1000, 2)))
+    for _ in range(3):
+        wrapper.predict(X)
+    small = _costs.remembered_cost(model, "predict")
+    assert small is not None and small.seconds(1000) < _costs.FAST_SERIAL_S
+    # Slower, but within what noise may do to a short call: kept.
+    model.set_params(per_call=_costs.OUTGROWN_S / 5)
+    wrapper.predict(X)
+    assert _costs.remembered_cost(model, "predict") is small
+    model.set_params(per_call=10 * _costs.OUTGROWN_S)
+    np.testing.assert_array_equal(wrapper.predict(X), model.predict(X))
+    assert _costs.remembered_cost(model, "predict") is not small
+    wrapper.predict(X)
+    cost = _costs.remembered_cost(model, "predict")
+    assert cost is not None and cost.seconds(1000) > 5 * _costs.OUTGROWN_S
+
+
+def test_tasks_on_threads_that_outgrow_their_costs_forget_them():
+    from sklearn_parpredict._engine import _forget_outgrown
+
+    models = [_Sleeper().fit(None), _Sleeper().fit(None)]
+    jobs = [Job(model, "predict", np.zeros((2000, 2))) for model in models]
+    costs = [_costs.Cost(0.001, 1e-6), _costs.Cost(0.001, 1e-6)]
+    for model, cost in zip(models, costs):
+        _costs.remember_cost(model, "predict", cost)
+    # Two tasks of each job, 2 ms predicted each: the CPU time decides, not
+    # the wall time that a busy machine stretches.
+    timings = [(0, 1000, 1.0, 0.003), (0, 1000, 1.0, 0.002)]
+    timings += [(1, 1000, 0.003, 0.03), (1, 1000, 0.003, 0.03)]
+    assert not _forget_outgrown(jobs[:1], costs[:1], timings[:2])
+    assert _costs.remembered_cost(models[0], "predict") is costs[0]
+    assert _forget_outgrown(jobs, costs, timings)
+    assert _costs.remembered_cost(models[0], "predict") is costs[0]
+    assert _costs.remembered_cost(models[1], "predict") is None
