@@ -143,7 +143,7 @@ def _reduce_spooled(obj, write):
     ``write(parts)`` makes (its ``(path, layout)``)."""
     parts = _dumps_out_of_band(obj)
     if sum(memoryview(part).nbytes for part in parts) < SPOOL_MIN_BYTES:
-        return _loads, (parts[0], [bytes(part) for part in parts[1:]])
+        return _loads, (parts[0], [bytearray(part) for part in parts[1:]])
     return write(parts)
 
 

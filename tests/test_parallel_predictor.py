@@ -834,3 +834,27 @@ def test_calls_from_several_threads_write_into_kept_files_without_mixing_rows(
     # Later calls did write into files that earlier ones kept.
     assert any(path is not None for path in taken)
     _files.drop_kept()
+
+
+def _clip_negative(frame):
+    # Edits its input in place, as many a custom transformer does.
+    frame.loc[frame["a"] < 0, "a"] = 0.0
+    return frame
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_worker_processes_may_write_to_their_rows(backend):
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+
+    frame = pd.DataFrame(np.random.RandomState(0).randn(40, 3), columns=list("abc"))
+    clip = FunctionTransformer(_clip_negative).fit(frame)
+    wrapper = ParallelPredictor(clip, n_jobs=2, backend=backend, chunk_size=10)
+    pd.testing.assert_frame_equal(
+        wrapper.transform(frame.copy()), clip.transform(frame.copy())
+    )
+    # KMeans's Cython takes writable sparse input only.
+    X = sp.random(40, 5, density=0.5, format="csr", random_state=0)
+    kmeans = KMeans(3, n_init=1, random_state=0).fit(X)
+    wrapper = ParallelPredictor(kmeans, n_jobs=2, backend=backend, chunk_size=10)
+    np.testing.assert_array_equal(wrapper.predict(X), kmeans.predict(X))
