@@ -106,12 +106,16 @@ def _walk(obj, out: list, keep: list, depth: int, seen: set) -> None:
         for key, value in obj.items():
             _walk(key, out, keep, depth + 1, seen)
             _walk(value, out, keep, depth + 1, seen)
-    elif isinstance(obj, BaseEstimator) or (depth <= 1 and _plain(obj)):
+    elif isinstance(obj, BaseEstimator) or (
+        _plain(obj) and (depth <= 1 or callable(getattr(type(obj), "fit", None)))
+    ):
         # Estimators, and models of other kinds that keep their state in
-        # their attributes, are walked: assigning an attribute changes them.
-        # Deeper plain objects are a fitted model's parts, replaced when it
-        # is refitted (HistGradientBoosting's 300 tree predictors would
-        # take 9 ms on every call).
+        # their attributes, are walked: assigning an attribute changes them,
+        # and a pipeline refits its steps in place (a step with fit but not
+        # scikit-learn's base class, compared by identity, kept its old
+        # state in the workers). Deeper plain objects are a fitted model's
+        # parts, replaced when it is refitted (HistGradientBoosting's 300
+        # tree predictors would take 9 ms on every call).
         keep.append(obj)
         seen.add(id(obj))
         out.append(("e", type(obj).__qualname__, id(obj)))

@@ -112,6 +112,34 @@ def test_a_model_of_another_kind_is_shipped_again_when_an_attribute_changes():
         assert_same_output(got, model.predict(X))
 
 
+class _MeanModel:
+    """An estimator by its methods, not scikit-learn's base class."""
+
+    def fit(self, X, y):
+        self.mean_ = float(np.mean(y))
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.mean_)
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True))
+
+
+@pytest.mark.timeout(120)
+def test_a_step_of_another_kind_refitted_by_its_pipeline_is_shipped_again():
+    # A pipeline refits its steps in place: the same objects, new states.
+    from sklearn.pipeline import Pipeline
+
+    pipe = Pipeline([("scale", "passthrough"), ("mean", _MeanModel())])
+    for target in (np.zeros(len(X)), np.ones(len(X))):
+        pipe.fit(X, target)
+        got = parallel_predict(pipe, X, n_jobs=2, backend="loky", chunk_size=100)
+        assert_same_output(got, pipe.predict(X))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
 def test_never_serves_a_stale_model(backend):
