@@ -11,12 +11,14 @@ from inside its context: the same reused workers, the same environment
 (``inner_max_num_threads``), the same memory-mapping of large arrays in
 tasks, and the same nested backend inside the workers. What ``Parallel``
 would do when a call fails is done here too: the tasks not started are
-cancelled, and workers still busy with the failed call's tasks are stopped.
+cancelled, and workers still busy with the failed call's tasks are stopped,
+unless another call of this package runs on them (see :func:`_abort`).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +30,9 @@ from sklearn_parpredict import _threads
 
 # Longest wait for loky to take the tasks of a failed call before it aborts.
 _SETTLE_S = 1.0
+# Calls running on the executor now, from any thread.
+_calls = 0
+_calls_lock = threading.Lock()
 
 
 def usable(runner) -> bool:
@@ -82,19 +87,37 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
     # and one more): a task waits there, ready for the next free worker, and
     # none waits in the queue in front of it, whose items loky's abort loses
     # track of (a KeyError in its manager thread).
-    return _threads.gather(
-        lambda task: executor.submit(
-            _Task(set_context, config, nested, function, *task)
-        ),
-        tasks,
-        window=executor._max_workers + 1,
-        abort=lambda futures: _abort(backend, futures),
-    )
+    global _calls
+    with _calls_lock:
+        _calls += 1
+    try:
+        return _threads.gather(
+            lambda task: executor.submit(
+                _Task(set_context, config, nested, function, *task)
+            ),
+            tasks,
+            window=executor._max_workers + 1,
+            abort=lambda futures: _abort(backend, futures),
+        )
+    finally:
+        with _calls_lock:
+            _calls -= 1
 
 
 def _abort(backend, futures) -> None:
     """Stop the workers running the tasks of a failed call, as joblib does,
-    rather than leave them busy; the next call starts new ones."""
+    rather than leave them busy; the next call starts new ones.
+
+    Not while another call runs on them, from another thread: stopped, its
+    tasks failed with loky's ``ShutdownExecutorError`` (as joblib's do), a
+    valid call failed by another's error. The failed call's tasks not
+    started are cancelled then, and those started end on their own, their
+    outputs unread.
+    """
+    if _calls > 1:
+        for future in futures:
+            future.cancel()
+        return
     # The tasks just submitted are moved into the call queue at once (it has
     # room for them): wait for that, since loky cannot abort them before.
     deadline = time.monotonic() + _SETTLE_S

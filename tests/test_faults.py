@@ -602,6 +602,60 @@ def test_concurrent_calls_from_threads(wrapper, backend, chunk_size):
         assert_same_output(out, serial.predict(batch))
 
 
+class _SlowOrFailing(BaseEstimator):
+    """Fails at once on a row marked -999, else sleeps 0.2 s a chunk."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        if (X[:, 0] == -999).any():
+            raise ValueError("found -999")
+        time.sleep(0.2)
+        return (X[:, 0] > 0).astype(int)
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_call_on_loky_leaves_another_threads_call_running():
+    # joblib stops the workers of a failed call, whoever else's tasks they
+    # run: the valid call failed with loky's ShutdownExecutorError.
+    from sklearn_parpredict import ParallelPredictor
+
+    good = np.random.RandomState(0).randn(8000, 3)
+    bad = good.copy()
+    bad[100, 0] = -999
+    model = _SlowOrFailing().fit(good)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend="loky", chunk_size=500)
+    wrapper.predict(good[:1000])
+    outcomes = {}
+
+    def call(name, rows, delay):
+        time.sleep(delay)
+        try:
+            outcomes[name] = wrapper.predict(rows)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    threads = [
+        threading.Thread(target=call, args=("good", good, 0.0)),
+        threading.Thread(target=call, args=("bad", bad, 0.5)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert isinstance(outcomes["bad"], ValueError)
+    assert not isinstance(outcomes["good"], Exception), repr(outcomes["good"])
+    np.testing.assert_array_equal(outcomes["good"], model.predict(good))
+    # A failed call alone still stops the workers it kept busy.
+    with pytest.raises(ValueError, match="-999"):
+        wrapper.predict(bad)
+    np.testing.assert_array_equal(
+        wrapper.predict(good[:1000]), model.predict(good[:1000])
+    )
+
+
 # ---------------------------------------------------------------------------
 # Chaos: random estimator, input, backend, chunking and fault
 # ---------------------------------------------------------------------------
