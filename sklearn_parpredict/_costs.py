@@ -141,6 +141,9 @@ class Cost:
     # _planning.checks_serial).
     unchecked_plans: int = field(default=0, repr=False)
     serial_checks: int = field(default=0, repr=False)
+    # Whether the last call run as it is outgrew the cost by its wall time:
+    # the next one is judged by its CPU time (see _in_process.direct_call).
+    outgrown_once: bool = field(default=False, repr=False)
     # Batches smaller than this are within reach of the timings (see
     # EXTRAPOLATION); those smaller than direct_rows are also predicted
     # faster than FAST_SERIAL_S. Kept up to date by add(): the engine asks

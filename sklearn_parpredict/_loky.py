@@ -27,12 +27,20 @@ from joblib._parallel_backends import LokyBackend
 from sklearn import get_config
 
 from sklearn_parpredict import _threads
+from sklearn_parpredict._locks import fork_safe, in_forked_child
 
 # Longest wait for loky to take the tasks of a failed call before it aborts.
 _SETTLE_S = 1.0
 # Calls running on the executor now, from any thread.
 _calls = 0
-_calls_lock = threading.Lock()
+_calls_lock = fork_safe(globals(), "_calls_lock", threading.Lock)
+
+
+@in_forked_child
+def _no_calls() -> None:
+    # A forked child runs none of its parent's calls.
+    global _calls
+    _calls = 0
 
 
 def usable(runner) -> bool:
@@ -88,9 +96,11 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
     # none waits in the queue in front of it, whose items loky's abort loses
     # track of (a KeyError in its manager thread).
     global _calls
-    with _calls_lock:
-        _calls += 1
+    counted = False
     try:
+        with _calls_lock:
+            _calls += 1
+            counted = True
         return _threads.gather(
             lambda task: executor.submit(
                 _Task(set_context, config, nested, function, *task)
@@ -100,8 +110,9 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
             abort=lambda futures: _abort(backend, futures),
         )
     finally:
-        with _calls_lock:
-            _calls -= 1
+        if counted:
+            with _calls_lock:
+                _calls -= 1
 
 
 def _abort(backend, futures) -> None:

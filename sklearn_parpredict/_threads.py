@@ -209,23 +209,25 @@ def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
 @contextlib.contextmanager
 def warning_filters_kept():
     """Put the process's warning filters back as they were, once the threads
-    that ran in the block are done.
+    that ran in the block are done, where those threads left another list
+    of filters in place.
 
     Before Python 3.14, ``warnings.catch_warnings`` swaps the process-wide
     filter list on entry and puts back the one it saw on exit: entered and
     left by two threads at once (scikit-learn's ``check_array`` turns
     ``ComplexWarning`` into an error inside one), the last to leave puts
     back the other's list, and the error filter stayed in the caller's
-    process for good. A filter added in place meanwhile, to whichever list
-    was the process's then, is taken back too.
+    process for good. The list is put back with what it held, since a
+    thread inside its block when the other left adds its filter to the
+    caller's list. Filters another thread adds meanwhile, in place, as
+    ``warnings.simplefilter`` does outside a block, are left alone.
     """
     filters = warnings.filters
     kept = list(filters)
-    show = warnings.showwarning
     try:
         yield
     finally:
-        if warnings.filters is not filters or filters != kept:
+        if warnings.filters is not filters:
             filters[:] = kept  # type: ignore[index]  # a list, typed as a Sequence
             warnings.filters = filters
             # Tells the registries of warnings shown once that the filters
@@ -233,7 +235,6 @@ def warning_filters_kept():
             mutated = getattr(warnings, "_filters_mutated", None)
             if mutated is not None:
                 mutated()
-        warnings.showwarning = show
 
 
 def gather(

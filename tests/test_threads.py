@@ -233,3 +233,23 @@ def test_overlapping_warning_blocks_on_threads_leave_the_filters_as_they_were(
     assert warnings.filters == before
     with pytest.warns(_ComplexWarning):  # a warning, not an error
         np.array([1 + 1j]).astype(float)
+
+
+class _Slow(DecisionTreeClassifier):
+    def predict(self, X):
+        time.sleep(0.3)
+        return super().predict(X)
+
+
+def test_filters_that_another_thread_adds_during_a_thread_plan_stay():
+    X = np.r_[-np.ones((4, 2)), np.ones((4, 2))]
+    model = _Slow().fit(X, [0] * 4 + [1] * 4)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend="threading", chunk_size=4)
+    with warnings.catch_warnings():
+        other = threading.Timer(
+            0.1, warnings.simplefilter, ("error", DeprecationWarning)
+        )
+        other.start()
+        wrapper.predict(X)
+        other.join()
+        assert warnings.filters[0][2] is DeprecationWarning
