@@ -63,10 +63,11 @@ WATCHED_CALL_S = 0.01
 # more, ran another model than the one its cost was learnt on: one refitted
 # in place (a forest of one shallow tree refitted with 200 deep ones: 1 ms
 # predicted, 360 ms taken), which a cost kept by the model's identity
-# cannot tell. Its cost is forgotten, and probed again: a busy machine is
-# not that much slower. Calls that a cost runs as they are, untimed
-# otherwise, would never have taught it, and a thread trial on it concluded
-# that threads gain nothing where they gain 2.0x (2 cores).
+# cannot tell. Its cost is forgotten, and probed again, where the CPU time
+# says so too (a busy machine stretches wall times this much on short
+# calls). Calls that a cost runs as they are, untimed otherwise, would never
+# have taught it, and a thread trial on it concluded that threads gain
+# nothing where they gain 2.0x (2 cores).
 OUTGROWN = 10.0
 OUTGROWN_S = 0.005
 # A cost decides a call without planning only for batches smaller than

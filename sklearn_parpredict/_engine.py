@@ -624,9 +624,7 @@ def _forget_outgrown(jobs: list[Job], costs, timings) -> bool:
     for j in outgrown:
         _costs.forget_cost(jobs[j].estimator, jobs[j].method, costs[j])
     if outgrown:
-        _log(
-            jobs, [0] * len(jobs), "their tasks outgrew the costs: refitted, forgotten"
-        )
+        _log(jobs, sizes, "tasks outgrew the costs (refitted): forgotten")
     return bool(outgrown)
 
 
