@@ -361,8 +361,9 @@ def _auto_plan(
         _probing.probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)
     ]
     cold_s = 0.0
+    pool_cold = kind == "process" and not _pools.is_warm(pool_key, n_workers)
     if kind == "process":
-        cold_s = _planning.COLD_POOL_S * (not _pools.is_warm(pool_key, n_workers))
+        cold_s = _planning.COLD_POOL_S * pool_cold
         # Workers already running (started by another call, another
         # library) have not loaded these models yet.
         unsent = sum(not _pools.shipped(job.estimator, pool_key) for job in jobs)
@@ -459,13 +460,12 @@ def _auto_plan(
             plans.append(dataclasses.replace(trial, trial=True))
     plans.sort(key=lambda p: _planning.ranking(p, cold_s))
     # Writing a forest of 300 trees took 0.45 s: found out only for a plan
-    # on processes that is the best one, for a call that stays in-process
-    # and is to remember why (a model that does not pickle, that no plan
-    # pays), and before a pool starts.
+    # on processes that is the best one, and before a pool starts (which
+    # writes the models then anyway), not for calls that stay in-process
+    # meanwhile (a 100-tree forest's second call on 1,000 rows took 61 ms
+    # instead of 21 ms to find it out, for a pool that then never paid).
     best = next((p for p in plans if p.kind != "process" or not ours or ships()), None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
-    if warm and best is None and remember and not done[0] and not ships():
-        warm = None
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:
         # too few rows to measure them with (a forest's loop over its
@@ -495,18 +495,23 @@ def _auto_plan(
                     # rows: 12 ms, of which planning took 0.15 ms), each
                     # paying its share of the rent (see
                     # _in_process.known_no_gain).
-                    rent = (pool_key, n_workers, now - warm.seconds, cold_s)
+                    rent = (pool_key, n_workers, now - warm.seconds, cold_s, pool_cold)
                     _in_process.remember_no_gain(
                         costs[0], settings, sizes[0], rent=rent
                     )
             # (A model that does not pickle never starts the pool, nor takes
-            # away the time other models lost without it.)
+            # away the time other models lost without it; what it lost
+            # until found out counts towards the pool for them.)
             elif cluster is not None:
                 _pools.time_lost.pop(pool_key, None)
                 cluster.warm_up(unshipped)
             elif ships():
                 _pools.time_lost.pop(pool_key, None)
                 _pools.warm_up(jobs, n_workers, backend, pool_key)
+            elif best is None and remember and not done[0]:
+                # No pool will ever hold it: calls on as many rows or fewer
+                # stay in-process without planning, and pay no rent.
+                _in_process.remember_no_gain(costs[0], settings, sizes[0])
     return costs, best, cold_s * (best is not None and best.kind == "process")
 
 

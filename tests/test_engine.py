@@ -883,6 +883,40 @@ def test_cold_pool_is_started_once_calls_lost_its_start_up():
     ).all()
 
 
+@pytest.mark.timeout(120)
+def test_calls_renting_a_pool_that_runs_already_are_not_planned_again(monkeypatch):
+    # On the nominal clock: 4,000 rows take 41 ms in-process; 2 warm workers
+    # that hold the model would take about 23 ms, but shipping it costs
+    # more than a call loses without them (0.5 s here), so calls pay their
+    # share of it.
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    monkeypatch.setattr(_planning, "COLD_MODEL_S", 0.5)
+    data = np.zeros((4_000, 2))
+    model = _Nominal(0.001, 1e-5).fit(data)
+    _stop_pools()
+    # The workers run already (joblib started them), without the model.
+    joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
+    assert _pools.is_warm(("LokyBackend", 2), 2)
+    planned = _planned_rows(monkeypatch)
+    for _ in range(5):
+        parallel_predict(model, data, n_jobs=2, backend="loky")
+    # The first call probes, the second finds that only the shipping stands
+    # in the way; the others pay their share of it without planning.
+    assert planned == [4_000, 4_000]
+    assert 0.05 < _pools.time_lost[("LokyBackend", 2)] < 0.5
+    # A pool that was not running, and that joblib starts meanwhile: the
+    # next call plans, with what is left to pay.
+    _stop_pools()
+    other = _Nominal(0.001, 1e-5).fit(data)
+    for _ in range(3):
+        parallel_predict(other, data, n_jobs=2, backend="loky")
+    assert planned[2:] == [4_000, 4_000]
+    joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
+    parallel_predict(other, data, n_jobs=2, backend="loky")
+    assert planned[2:] == [4_000, 4_000, 4_000]
+    _stop_pools()
+
+
 def test_calls_that_wait_for_a_pool_skip_planning_until_it_starts(monkeypatch):
 
     # 0.2 s a call in-process; 0.1 s once the pool runs, which is cheaper
@@ -1665,6 +1699,54 @@ def test_workers_are_not_started_for_a_model_that_cannot_be_pickled():
         # Nor does it take away the time other models lost without them.
         assert _pools.time_lost[("LokyBackend", 2)] >= 10.0
     _pools.time_lost.clear()
+
+
+class _LockedNominal(_Nominal):
+    """A :class:`_Nominal` that cannot be pickled."""
+
+    def fit(self, X, y=None):
+        self.lock_ = threading.Lock()
+        return super().fit(X, y)
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_be_pickled_is_found_out_when_its_rent_is_due(
+    monkeypatch,
+):
+    from sklearn_parpredict import _engine
+
+    # As in the test of renting a running pool: warm workers that hold the
+    # model would pay, once it is shipped (0.5 s here).
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    monkeypatch.setattr(_planning, "COLD_MODEL_S", 0.5)
+    checked = []
+    can_ship = _engine.can_ship
+    monkeypatch.setattr(
+        _engine, "can_ship", lambda model: checked.append(model) or can_ship(model)
+    )
+    data = np.zeros((4_000, 2))
+    model = _LockedNominal(0.001, 1e-5).fit(data)
+    _stop_pools()
+    joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
+    planned = _planned_rows(monkeypatch)
+    for _ in range(3):
+        assert (
+            parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
+        ).all()
+    # Pickling a model costs what its calls may never win back (a 300-tree
+    # forest: 0.45 s): not tried while its calls pay their share.
+    assert planned == [4_000, 4_000] and not checked
+    key = ("LokyBackend", 2)
+    _pools.time_lost[key] = 0.49
+    for _ in range(3):
+        assert (
+            parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
+        ).all()
+    # Due: tried once, it fails; the workers do not get it, the other
+    # models' lost time is left, and the calls stay in-process unplanned.
+    assert planned == [4_000] * 3 and checked == [model]
+    assert not _pools._warming and _pools.time_lost[key] >= 0.49
+    _stop_pools()
 
 
 def test_a_warm_up_that_fails_to_start_is_not_left_under_way():
