@@ -463,9 +463,15 @@ def _auto_plan(
     # on processes that is the best one, and before a pool starts (which
     # writes the models then anyway), not for calls that stay in-process
     # meanwhile (a 100-tree forest's second call on 1,000 rows took 61 ms
-    # instead of 21 ms to find it out, for a pool that then never paid).
+    # instead of 21 ms to find it out, for a pool that then never paid)
+    # unless processes were asked for: a model that does not pickle then
+    # fails where a process plan is the best, and its calls that stay
+    # in-process are to do so for good, not fail once workers started
+    # by another call make processes pay.
     best = next((p for p in plans if p.kind != "process" or not ours or ships()), None)
     warm = cold_s and (best is None or best.kind != kind) and plan(kind)
+    if warm and best is None and remember and not done[0] and not ours:
+        warm = ships() and warm
     if best is None and not warm and remember and not done[0]:
         # Not even warm workers would pay, and threads were not measured:
         # too few rows to measure them with (a forest's loop over its

@@ -176,11 +176,15 @@ def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:
     if rent is not None:
         pool_key, n_workers, lost, cold_s, pool_cold = rent
         lost = _pools.time_lost.get(pool_key, 0.0) + lost * n / max(rows, 1)
-        # Time to start the pool, or another call started it: plan. (A pool
-        # that ran already, started by joblib or another model, is warm on
-        # every call: planned on each, a 100-tree forest's 1,000 rows took
-        # 1 ms more than its 21 ms in-process call; 2 cores.)
-        if lost >= cold_s or (pool_cold and _pools.is_warm(pool_key, n_workers)):
+        # Time to start the pool, or another call started it (or shipped
+        # the model to it): plan. (A pool that ran already, started by
+        # joblib or another model, is warm on every call: planned on each,
+        # a 100-tree forest's 1,000 rows took 1 ms more than its 21 ms
+        # in-process call; 2 cores.)
+        if lost >= cold_s or (
+            (pool_cold or _pools.shipped(estimator, pool_key))
+            and _pools.is_warm(pool_key, n_workers)
+        ):
             cost.no_gain.pop(_settings_key((n_jobs, backend)), None)
             return None
         _pools.time_lost[pool_key] = lost

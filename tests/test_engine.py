@@ -904,16 +904,20 @@ def test_calls_renting_a_pool_that_runs_already_are_not_planned_again(monkeypatc
     # in the way; the others pay their share of it without planning.
     assert planned == [4_000, 4_000]
     assert 0.05 < _pools.time_lost[("LokyBackend", 2)] < 0.5
+    # Shipped to the workers by another call: the next call plans.
+    _pools.ran([Job(model, "predict", data)], ("LokyBackend", 2))
+    parallel_predict(model, data, n_jobs=2, backend="loky")
+    assert planned == [4_000] * 3
     # A pool that was not running, and that joblib starts meanwhile: the
     # next call plans, with what is left to pay.
     _stop_pools()
     other = _Nominal(0.001, 1e-5).fit(data)
     for _ in range(3):
         parallel_predict(other, data, n_jobs=2, backend="loky")
-    assert planned[2:] == [4_000, 4_000]
+    assert planned[3:] == [4_000, 4_000]
     joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
     parallel_predict(other, data, n_jobs=2, backend="loky")
-    assert planned[2:] == [4_000, 4_000, 4_000]
+    assert planned[3:] == [4_000, 4_000, 4_000]
     _stop_pools()
 
 
@@ -1709,43 +1713,69 @@ class _LockedNominal(_Nominal):
         return super().fit(X, y)
 
 
-@pytest.mark.timeout(120)
-def test_a_model_that_cannot_be_pickled_is_found_out_when_its_rent_is_due(
-    monkeypatch,
-):
+def _spy_can_ship(monkeypatch) -> list:
+    """The models whose pickling is tried, from now on."""
     from sklearn_parpredict import _engine
 
-    # As in the test of renting a running pool: warm workers that hold the
-    # model would pay, once it is shipped (0.5 s here).
-    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
-    monkeypatch.setattr(_planning, "COLD_MODEL_S", 0.5)
     checked = []
     can_ship = _engine.can_ship
     monkeypatch.setattr(
         _engine, "can_ship", lambda model: checked.append(model) or can_ship(model)
     )
+    return checked
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_be_pickled_is_found_out_when_its_rent_is_due(
+    monkeypatch,
+):
+    # As in the test of renting a running pool: warm workers that hold the
+    # model would pay, once it is shipped (0.5 s here).
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    monkeypatch.setattr(_planning, "COLD_MODEL_S", 0.5)
+    checked = _spy_can_ship(monkeypatch)
     data = np.zeros((4_000, 2))
     model = _LockedNominal(0.001, 1e-5).fit(data)
     _stop_pools()
     joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
     planned = _planned_rows(monkeypatch)
     for _ in range(3):
-        assert (
-            parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
-        ).all()
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     # Pickling a model costs what its calls may never win back (a 300-tree
     # forest: 0.45 s): not tried while its calls pay their share.
     assert planned == [4_000, 4_000] and not checked
     key = ("LokyBackend", 2)
     _pools.time_lost[key] = 0.49
     for _ in range(3):
-        assert (
-            parallel_predict(model, data, n_jobs=2, backend="loky") == os.getpid()
-        ).all()
+        assert (parallel_predict(model, data, n_jobs=2) == os.getpid()).all()
     # Due: tried once, it fails; the workers do not get it, the other
     # models' lost time is left, and the calls stay in-process unplanned.
     assert planned == [4_000] * 3 and checked == [model]
     assert not _pools._warming and _pools.time_lost[key] >= 0.49
+    _stop_pools()
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_be_pickled_stays_in_process_where_processes_were_asked_for(
+    monkeypatch,
+):
+    # On the nominal clock: 4,000 rows take 0.4 s in-process, 2 warm
+    # workers would take 0.2 s, not with their start-up (0.5 s).
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    checked = _spy_can_ship(monkeypatch)
+    data = np.zeros((4_000, 2))
+    model = _LockedNominal(0.001, 1e-4).fit(data)
+    _stop_pools()
+    for _ in range(2):
+        out = parallel_predict(model, data, n_jobs=2, backend="loky")
+        assert (out == os.getpid()).all()
+    # Asked for processes, it is tried at once: no pool will hold it.
+    assert checked == [model]
+    # Workers started by another call later make processes pay: its calls
+    # stay in-process, as they did, rather than fail.
+    joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(i) for i in range(2))
+    out = parallel_predict(model, data, n_jobs=2, backend="loky")
+    assert (out == os.getpid()).all()
     _stop_pools()
 
 
