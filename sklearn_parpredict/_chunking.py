@@ -115,15 +115,33 @@ def select_columns(X, columns):
 
 
 def split_bounds(start: int, stop: int, n_chunks: int) -> list[tuple[int, int]]:
-    """Cut ``[start, stop)`` into ``n_chunks`` contiguous, near-equal ranges."""
+    """Cut ``[start, stop)`` into ``n_chunks`` contiguous, near-equal ranges,
+    never all of one size (one row moves from the second to the first).
+
+    Chunks of equal rows cannot tell an output of one row per input row
+    from one whose columns are the batch's rows: a Gram matrix of the batch
+    is ``(k, k)`` in every chunk of ``k`` rows, and was joined into an
+    ``(n, k)`` array where the serial call returns ``(n, n)``.
+    """
     n_chunks = max(1, min(n_chunks, stop - start))
     edges = np.linspace(start, stop, n_chunks + 1).round().astype(int)
+    if n_chunks > 1 and (stop - start) % n_chunks == 0:
+        edges[1] += 1
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 class NotPerRow(ValueError):
     """The outputs of row chunks are not one row of output per row of input:
-    they cannot be joined into the output of one call on all rows."""
+    they cannot be joined into the output of one call on all rows.
+
+    ``lasting``: whether that is the method's (its outputs' rows or shape),
+    not only these rows' (categories inferred from the values, chunks that
+    cannot be told apart): its later calls run in one piece.
+    """
+
+    def __init__(self, message: str, *, lasting: bool = True):
+        super().__init__(message)
+        self.lasting = lasting
 
 
 def concatenate(parts: list, rows: list[int]):
@@ -149,6 +167,8 @@ def concatenate(parts: list, rows: list[int]):
         _check_rows(parts, rows, lambda part: part.shape[1:])
         if isinstance(first, np.ma.MaskedArray):
             out = np.ma.concatenate(parts, axis=0)
+            if all(part.dtype == first.dtype for part in parts):
+                out = out.astype(first.dtype, copy=False)
             fill = np.asarray(first.fill_value)
             if all(
                 part.dtype == first.dtype
@@ -200,6 +220,18 @@ def _check_rows(parts, rows, rest) -> None:
             )
         if rest(part) != like:
             raise NotPerRow("the outputs of different rows are of different shapes")
+    if len(parts) > 1 and len(set(rows)) == 1 and _columns(parts[0]) == rows[0]:
+        # As many columns as rows in every chunk of equal rows: columns that
+        # may be the batch's rows (see split_bounds, which never cuts such
+        # chunks; pieces of other sources may).
+        raise NotPerRow(
+            "as many columns as rows in chunks of equal rows", lasting=False
+        )
+
+
+def _columns(part) -> int | None:
+    shape = getattr(part, "shape", ())
+    return shape[1] if len(shape) > 1 else None
 
 
 def _is_per_output(parts, rows) -> bool:
@@ -221,7 +253,7 @@ def _is_per_output(parts, rows) -> bool:
     if all(len(part) == n for part, n in zip(parts, rows)):
         # The top 4 labels of each row, in chunks of 4 rows, read as 4
         # outputs of 4 rows each.
-        raise NotPerRow("the method returned as many arrays as rows")
+        raise NotPerRow("the method returned as many arrays as rows", lasting=False)
     if len(set(rows)) == 1:
         # Chunks of equal rows cannot tell an output of one row per row from
         # one the same for any batch (a forest's decision_path returns its
@@ -240,7 +272,9 @@ def _is_per_output(parts, rows) -> bool:
                 and not (first == first[:1]).all()
                 and all(np.array_equal(first, item) for item in items[1:])
             ):
-                raise NotPerRow("an output is the same for every chunk of rows")
+                raise NotPerRow(
+                    "an output is the same for every chunk of rows", lasting=False
+                )
     return True
 
 
@@ -261,7 +295,7 @@ def _concat_pandas(parts):
     if isinstance(parts[0].index, pd.CategoricalIndex):
         # Categories inferred per chunk (an index set from a column).
         _same_categories([part.index for part in parts], join=False)
-    out = pd.concat(parts, axis=0)
+    out = _as_first(pd.concat(parts, axis=0), parts)
     first = parts[0].index
     if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
         # Every chunk got a fresh default index (the estimator ignored the
@@ -269,6 +303,25 @@ def _concat_pandas(parts):
         # rows once.
         out.index = pd.RangeIndex(len(out), name=first.name)
     return out
+
+
+def _as_first(out, parts):
+    """``out``, joined from pandas ``parts``, with their dtypes where pandas
+    joined them as others: '>f8' columns (big-endian data) came back as
+    native floats, as NumPy joins them (see :func:`concatenate`)."""
+    if parts[0].ndim == 1:
+        dtype = parts[0].dtype
+        if _byte_swapped(dtype) and all(part.dtype == dtype for part in parts):
+            return out.astype(dtype)
+        return out
+    for i, dtype in enumerate(parts[0].dtypes):
+        if _byte_swapped(dtype) and all(part.dtypes.iloc[i] == dtype for part in parts):
+            out.isetitem(i, out.iloc[:, i].astype(dtype))
+    return out
+
+
+def _byte_swapped(dtype) -> bool:
+    return isinstance(dtype, np.dtype) and not dtype.isnative
 
 
 def _same_categories(columns: list, join: bool = True) -> list | None:
@@ -288,8 +341,14 @@ def _same_categories(columns: list, join: bool = True) -> list | None:
         dtype == dtypes[0] for dtype in dtypes
     ):
         return None
-    if not join or any(dtype.ordered for dtype in dtypes):
-        raise NotPerRow("categories inferred per chunk of rows")
+    if (
+        not join
+        or any(dtype.ordered for dtype in dtypes)
+        or any(_unsortable(dtype.categories) for dtype in dtypes)
+    ):
+        # (pandas sorts mixed types its own way: 1, 2.5, 'a' where the
+        # chunks 1, 'a' and 2.5 gave 1, 'a', 2.5.)
+        raise NotPerRow("categories inferred per chunk of rows", lasting=False)
     categories = dtypes[0].categories.append([d.categories for d in dtypes[1:]])
     categories = categories.unique()
     if all(dtype.categories.is_monotonic_increasing for dtype in dtypes):
@@ -297,5 +356,13 @@ def _same_categories(columns: list, join: bool = True) -> list | None:
         try:
             categories = categories.sort_values()
         except TypeError:
-            raise NotPerRow("categories inferred per chunk of rows") from None
+            raise NotPerRow(
+                "categories inferred per chunk of rows", lasting=False
+            ) from None
     return [column.astype(pd.CategoricalDtype(categories)) for column in columns]
+
+
+def _unsortable(categories) -> bool:
+    # Types that do not compare with each other (numbers and strings).
+    kind = categories.inferred_type
+    return kind.startswith("mixed") and kind != "mixed-integer-float"

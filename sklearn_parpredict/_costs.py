@@ -145,6 +145,9 @@ class Cost:
     # Whether the last call run as it is outgrew the cost by its wall time:
     # the next one is judged by its CPU time (see _in_process.direct_call).
     outgrown_once: bool = field(default=False, repr=False)
+    # Whether the method's outputs proved not to be one row per input row
+    # (see _chunking.NotPerRow.lasting): its rows run in one piece.
+    whole: bool = field(default=False, repr=False)
     # Batches smaller than this are within reach of the timings (see
     # EXTRAPOLATION); those smaller than direct_rows are also predicted
     # faster than FAST_SERIAL_S. Kept up to date by add(): the engine asks

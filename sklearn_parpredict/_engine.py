@@ -336,6 +336,10 @@ def _join(job: Job, pieces: list):
         )
     except _chunking.NotPerRow as exc:
         _log([job], [_chunking.n_rows(job.X)], f"again in-process: {exc}")
+        cost = _costs.remembered_cost(job.estimator, job.method)
+        if exc.lasting and cost is not None:
+            # Not split again: every later split would be undone so.
+            cost.whole = True
         return job.call()
 
 

@@ -221,8 +221,10 @@ def plan_chunks(
     per_worker = int(total / n_workers / (fixed / MAX_OVERHEAD_FRACTION))
     n_tasks = n_workers * min(max(per_worker, 1), TASKS_PER_WORKER[kind])
     counts = [
-        max(1, min(n, round(n_tasks * w / total))) if n > 0 else 0
-        for w, n in zip(work, rows)
+        (1 if cost.whole else max(1, min(n, round(n_tasks * w / total))))
+        if n > 0
+        else 0
+        for cost, w, n in zip(costs, work, rows)
     ]
     waves = -(-sum(counts) // n_workers)
     longest = max(w / k for w, k in zip(work, counts) if k)

@@ -2,6 +2,8 @@
 with a value per row, outputs that are not one row per row, estimators and
 parameters whose output couples the rows."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_parpredict import ParallelPredictor, parallel_predict
-from sklearn_parpredict._chunking import NotPerRow, concatenate
+from sklearn_parpredict._chunking import NotPerRow, concatenate, split_bounds
 from sklearn_parpredict._rowwise import params_for_rows, splittable
 
 X = np.random.default_rng(0).normal(size=(60, 3))
@@ -154,6 +156,101 @@ def test_concatenate_refuses_what_is_not_one_row_per_row():
     ragged = [np.zeros(1), np.zeros(2), np.zeros(5)]
     assert len(concatenate([ragged, ragged], [3, 3])) == 6
     assert len(concatenate([list("ab"), list("cde")], [2, 3])) == 5
+
+
+def test_split_bounds_never_cut_chunks_all_of_one_size():
+    assert split_bounds(0, 4_000, 8)[:2] == [(0, 501), (501, 1_000)]
+    assert {b - a for a, b in split_bounds(0, 4_000, 8)} == {499, 500, 501}
+    assert split_bounds(0, 3, 3) == [(0, 2), (2, 3)]
+    assert split_bounds(10, 17, 2) == [(10, 14), (14, 17)]
+    assert split_bounds(0, 5, 1) == [(0, 5)]
+    # Equal chunks whose outputs have as many columns as rows (a Gram
+    # matrix of the batch, or not) are not joined.
+    k = np.zeros((4, 4))
+    with pytest.raises(NotPerRow, match="as many columns as rows") as caught:
+        concatenate([k, k], [4, 4])
+    assert not caught.value.lasting
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_columns_that_are_the_batchs_rows_are_the_serial_calls(backend):
+    from sklearn.metrics.pairwise import rbf_kernel
+    from sklearn.preprocessing import FunctionTransformer
+
+    data = np.random.RandomState(0).randn(1_000, 5)
+    gram = FunctionTransformer(rbf_kernel).fit(data)
+    expected = gram.transform(data)
+    for chunk_size in (125, 250):
+        got = parallel_predict(
+            gram,
+            data,
+            method="transform",
+            n_jobs=2,
+            backend=backend,
+            chunk_size=chunk_size,
+        )
+        assert_same_output(got, expected)
+
+
+@pytest.mark.timeout(120)
+def test_a_method_whose_outputs_are_not_rows_is_not_split_again(monkeypatch):
+    from sklearn.preprocessing import FunctionTransformer
+
+    from sklearn_parpredict import _costs, _engine
+
+    def slow_gram(rows):
+        time.sleep(2e-4 * len(rows))  # worth splitting by its rows
+        return rows @ rows.T
+
+    data = np.random.RandomState(0).randn(2_000, 2)
+    gram = FunctionTransformer(slow_gram).fit(data)
+    expected = gram.transform(data)
+    assert_same_output(parallel_predict(gram, data, method="transform"), expected)
+    # Its probe's pieces told it: the later calls run in one piece.
+    assert _costs.remembered_cost(gram, "transform").whole
+    plans = []
+    real = _engine._run_parallel
+    monkeypatch.setattr(
+        _engine, "_run_parallel", lambda *a, **k: plans.append(a[1]) or real(*a, **k)
+    )
+    for _ in range(2):
+        got = parallel_predict(gram, data, method="transform", backend="threading")
+        assert_same_output(got, expected)
+    assert plans == []
+
+
+def test_categories_of_types_that_do_not_sort_are_the_serial_calls():
+    from sklearn.preprocessing import FunctionTransformer
+
+    # pandas infers 1, 2.5, 'a' from all rows; chunks 1 1 'a', 'a' 2.5 2.5
+    # give 1, 'a' and 2.5, 'a'.
+    values = pd.Series([1, 1, "a", "a", 2.5, 2.5], dtype=object)
+    chunks = [values[:3].astype("category"), values[3:].astype("category")]
+    with pytest.raises(NotPerRow, match="categories") as caught:
+        concatenate(chunks, [3, 3])
+    assert not caught.value.lasting
+    got = parallel_predict(
+        FunctionTransformer(lambda d: d.astype("category")).fit(values.to_frame()),
+        values.to_frame(),
+        method="transform",
+        n_jobs=2,
+        backend="threading",
+        chunk_size=3,
+    )
+    assert list(got.iloc[:, 0].cat.categories) == [1, 2.5, "a"]
+
+
+def test_concatenate_keeps_the_byte_order_of_every_kind_of_output():
+    # Big-endian data (np.fromfile, FITS): pandas and np.ma join it native.
+    frame = pd.DataFrame({"a": np.arange(4.0), "b": np.arange(4.0).astype(">f8")})
+    got = concatenate([frame[:1], frame[1:]], [1, 3])
+    assert list(got.dtypes) == [np.dtype("float64"), np.dtype(">f8")]
+    series = pd.Series(np.arange(4, dtype=">i4"))
+    assert concatenate([series[:1], series[1:]], [1, 3]).dtype == np.dtype(">i4")
+    masked = np.ma.masked_array(np.arange(4.0, dtype=">f8"), mask=[0, 1, 0, 0])
+    got = concatenate([masked[:1], masked[1:]], [1, 3])
+    assert got.dtype == np.dtype(">f8") and got.mask.tolist() == [0, 1, 0, 0]
 
 
 def test_concatenate_refuses_outputs_that_read_two_ways():
