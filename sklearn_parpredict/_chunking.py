@@ -230,7 +230,7 @@ def _check_rows(parts, rows, rest) -> None:
 
 
 def _columns(part) -> int | None:
-    shape = getattr(part, "shape", ())
+    shape: tuple = getattr(part, "shape", ())
     return shape[1] if len(shape) > 1 else None
 
 
