@@ -114,9 +114,13 @@ def select_columns(X, columns):
     return _safe_indexing(X, columns, axis=1)
 
 
-def split_bounds(start: int, stop: int, n_chunks: int) -> list[tuple[int, int]]:
+def split_bounds(
+    start: int, stop: int, n_chunks: int, most: int | None = None
+) -> list[tuple[int, int]]:
     """Cut ``[start, stop)`` into ``n_chunks`` contiguous, near-equal ranges,
-    never all of one size (one row moves from the second to the first).
+    never all of one size: one row moves from the second to the first, or,
+    where that would make the first longer than ``most`` rows, the last
+    row becomes a chunk of its own.
 
     Chunks of equal rows cannot tell an output of one row per input row
     from one whose columns are the batch's rows: a Gram matrix of the batch
@@ -124,9 +128,13 @@ def split_bounds(start: int, stop: int, n_chunks: int) -> list[tuple[int, int]]:
     ``(n, k)`` array where the serial call returns ``(n, n)``.
     """
     n_chunks = max(1, min(n_chunks, stop - start))
-    edges = np.linspace(start, stop, n_chunks + 1).round().astype(int)
-    if n_chunks > 1 and (stop - start) % n_chunks == 0:
-        edges[1] += 1
+    edges = list(np.linspace(start, stop, n_chunks + 1).round().astype(int))
+    size, uneven = divmod(stop - start, n_chunks)
+    if n_chunks > 1 and not uneven:
+        if most is None or size < most:
+            edges[1] += 1
+        elif size > 1:
+            edges.insert(-1, stop - 1)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 

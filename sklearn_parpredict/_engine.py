@@ -226,7 +226,10 @@ def run_jobs(
             jobs, sizes, done, n_workers, kind, backend, pool_key, cluster, _settings
         )
     else:
-        ranges = [_chunking.split_bounds(0, n, -(-n // rows_per_task)) for n in sizes]
+        ranges = [
+            _chunking.split_bounds(0, n, -(-n // rows_per_task), most=rows_per_task)
+            for n in sizes
+        ]
         if sum(map(len, ranges)) > 1:
             plan = _planning.Plan(kind, ranges, 0.0, 1)
 

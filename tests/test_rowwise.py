@@ -164,6 +164,10 @@ def test_split_bounds_never_cut_chunks_all_of_one_size():
     assert split_bounds(0, 3, 3) == [(0, 2), (2, 3)]
     assert split_bounds(10, 17, 2) == [(10, 14), (14, 17)]
     assert split_bounds(0, 5, 1) == [(0, 5)]
+    # chunk_size rows at most: the last row on its own.
+    assert split_bounds(0, 30, 3, most=10) == [(0, 10), (10, 20), (20, 29), (29, 30)]
+    assert split_bounds(0, 30, 3, most=11) == [(0, 11), (11, 20), (20, 30)]
+    assert split_bounds(0, 3, 3, most=1) == [(0, 1), (1, 2), (2, 3)]
     # Equal chunks whose outputs have as many columns as rows (a Gram
     # matrix of the batch, or not) are not joined.
     k = np.zeros((4, 4))
@@ -315,7 +319,9 @@ def test_the_probabilities_of_several_outputs_are_joined_from_chunks(backend, ca
         got = wrapper.predict_proba(X)
     assert_same_output(got, forest.predict_proba(X))
     messages = [record.getMessage() for record in caplog.records]
-    assert any("6 tasks on 2" in message for message in messages), messages
+    # Six chunks of 10 rows, the last row on its own (chunks all of one
+    # size are never cut).
+    assert any("7 tasks on 2" in message for message in messages), messages
     assert not any("again in-process" in message for message in messages)
 
 
