@@ -54,6 +54,7 @@ from sklearn_parpredict._jobs import Job, run_returned, run_timed
 from sklearn_parpredict._pickled import (
     PickledRows,
     Spool,
+    object_columns,
     pickling_per_row,
     received,
 )
@@ -572,6 +573,9 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
         share = process and cluster is None and shares(X)
         if share:
             ref = shared.setdefault(id(X), SharedArray(X))
+        # Asked once of all the chunks: a DataFrame lists its dtypes in the
+        # time it takes to pickle 500 of its rows.
+        objects = process and cluster is None and not share and object_columns(X)
         for start, stop in ranges[j]:
             rows: Any
             if share:
@@ -580,7 +584,7 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
                 rows = cluster.rows(job.rows(start, stop))
             elif process:
                 # Other rows for processes go pickled on their own.
-                rows = PickledRows(job.rows(start, stop), spool)
+                rows = PickledRows(job.rows(start, stop), spool, objects)
             else:
                 rows = job.rows(start, stop)
             keys.append((j, start, stop))

@@ -7,11 +7,15 @@ Dense arrays that workers can memory-map go by :mod:`._rows` instead.
 
 from __future__ import annotations
 
+import copyreg
+import functools
+import io
 import pickle
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -119,18 +123,23 @@ def _load_spooled(path: str, layout: list[tuple[int, int]]):
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def _dumps(obj, **kwargs) -> bytes:
+def _dumps(obj, keep_nan: bool = False, **kwargs) -> bytes:
+    """``obj`` pickled, by cloudpickle where pickle fails; where ``keep_nan``,
+    by picklers that keep ``np.nan`` in its arrays of objects (see
+    :class:`_NanKeeping`)."""
+    dumps, fallback = _NAN_KEEPING_DUMPS if keep_nan else _DUMPS
     try:
-        return pickle.dumps(obj, protocol=5, **kwargs)
+        return dumps(obj, protocol=5, **kwargs)
     except (pickle.PicklingError, AttributeError, TypeError):
         # Objects holding functions or classes defined in a script.
-        return cloudpickle.dumps(obj, protocol=5, **kwargs)
+        return fallback(obj, protocol=5, **kwargs)
 
 
-def _dumps_out_of_band(obj) -> list:
-    """``obj`` pickled, then the buffers pickle protocol 5 left out of it."""
+def _dumps_out_of_band(obj, keep_nan: bool = False) -> list:
+    """``obj`` pickled (as :func:`_dumps` does), then the buffers pickle
+    protocol 5 left out of it."""
     buffers: list = []
-    data = _dumps(obj, buffer_callback=buffers.append)
+    data = _dumps(obj, keep_nan, buffer_callback=buffers.append)
     return [data, *(buffer.raw() for buffer in buffers)]
 
 
@@ -138,10 +147,11 @@ def _loads(data: bytes, buffers: Sequence = ()):
     return pickle.loads(data, buffers=buffers)
 
 
-def _reduce_spooled(obj, write):
-    """How to pickle ``obj``: as bytes when it is small, else in a file that
-    ``write(parts)`` makes (its ``(path, layout)``)."""
-    parts = _dumps_out_of_band(obj)
+def _reduce_spooled(obj, write, keep_nan: bool = False):
+    """How to pickle ``obj`` (as :func:`_dumps` does): as bytes when it is
+    small, else in a file that ``write(parts)`` makes (its ``(path,
+    layout)``)."""
+    parts = _dumps_out_of_band(obj, keep_nan)
     if sum(memoryview(part).nbytes for part in parts) < SPOOL_MIN_BYTES:
         return _loads, (parts[0], [bytearray(part) for part in parts[1:]])
     return write(parts)
@@ -159,18 +169,26 @@ class PickledRows:
     150 ms instead of 40 ms. Pickled here, the rows hold no array for
     joblib to write. They are pickled when their task is, so the first
     task can start while the later ones are still being pickled.
+
+    ``objects`` says whether the rows have columns of objects (see
+    :func:`object_columns`), where the caller knows it of all the chunks of
+    an input; None: the rows are looked at.
     """
 
-    def __init__(self, rows, spool: Spool | None = None):
+    def __init__(self, rows, spool: Spool | None = None, objects: bool | None = None):
         self.rows = rows
         self.spool = spool
+        self.objects = objects
 
     def __reduce__(self):
         rows = _NanKept.around(_ByteOrderKept.around(self.rows))
+        objects = self.objects
+        if objects is None:
+            objects = object_columns(self.rows)
         if self.spool is None:
-            return _loads, (_dumps(rows),)
+            return _loads, (_dumps(rows, objects),)
         return _reduce_spooled(
-            rows, lambda parts: (_load_spooled, self.spool.write(parts))
+            rows, lambda parts: (_load_spooled, self.spool.write(parts)), objects
         )
 
 
@@ -209,14 +227,16 @@ def _viewed_as(rows, dtype):
 
 
 class _NanKept:
-    """An array or list of objects that holds ``np.nan`` itself, pickled so
-    that it does again once unpickled.
+    """An array, a list or a tuple of objects that holds ``np.nan`` itself,
+    pickled so that it does again once unpickled.
 
     A float is pickled by value: ``np.nan`` would reach the worker as
     another NaN. scikit-learn's text vectorizers tell a missing document by
     identity (``doc is np.nan``): a ``ValueError`` naming it in the serial
     call, an ``AttributeError`` ('float' object has no attribute 'lower')
-    from a worker. pandas restores ``np.nan`` in its own columns.
+    from a worker. pandas restores ``np.nan`` in its own ``str`` columns,
+    not in its columns of objects: :class:`_NanKeeping` picklers wrap the
+    arrays that hold them.
     """
 
     def __init__(self, items, positions: list[int]):
@@ -229,7 +249,7 @@ class _NanKept:
         items: Iterable
         if isinstance(rows, np.ndarray) and rows.dtype == object:
             items = rows.flat
-        elif isinstance(rows, list):
+        elif isinstance(rows, list | tuple):
             items = rows
         else:
             return rows
@@ -242,11 +262,102 @@ class _NanKept:
 
 
 def _with_nan(items, positions: list[int]):
+    if isinstance(items, tuple):
+        # Not written into: its items are, in a list (a row slice's tuple is
+        # a plain one).
+        return tuple(_with_nan(list(items), positions))
     # A masked array's own flat iterator stores a copy of the value.
     flat = items.view(np.ndarray).flat if isinstance(items, np.ndarray) else items
     for i in positions:
         flat[i] = np.nan
     return items
+
+
+_OBJECTS = np.dtype(object)
+
+
+def object_columns(X) -> bool:
+    """Whether ``X`` is pandas' (a DataFrame, a Series, an Index, an array)
+    with a column of objects, which pandas pickles as a NumPy array of
+    objects (see :class:`_NanKeeping`). NumPy arrays, lists and tuples are
+    wrapped whole instead (see :class:`_NanKept`)."""
+    if isinstance(X, np.ndarray):
+        return False
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or getattr(X, "ndim", 2) == 1:
+        # A Series' dtypes is its one dtype; an Index and an array have none.
+        dtypes = [getattr(X, "dtype", None)]
+    # A pandas array of objects is typed as one, its NumPy dtype within.
+    return any(getattr(dtype, "numpy_dtype", dtype) == _OBJECTS for dtype in dtypes)
+
+
+class _NanKeeping:
+    """A pickler that pickles the NumPy arrays it meets (the blocks of a
+    DataFrame, the values of a Series or an Index) with
+    :func:`_reduce_array`, so that those that hold ``np.nan`` itself do again
+    once unpickled; pandas rebuilds its objects around them.
+
+    Only pandas' rows with a column of objects are pickled this way (see
+    :func:`object_columns`): looking for ``np.nan`` in an array of short
+    strings takes a third as long as pickling it.
+    """
+
+    # The table of the pickler this is mixed into.
+    table: ClassVar[Mapping]
+
+    @property
+    def dispatch_table(self) -> dict:
+        # A dict, made as the pickler starts (copyreg's entries as they are
+        # then): the C pickler looks types up in another mapping through
+        # Python. A 500-row DataFrame with a column of objects pickled in
+        # 0.19 ms through a ChainMap, 0.10 ms through a dict (2 cores).
+        return {**self.table, np.ndarray: _reduce_array}
+
+
+# A property where typeshed has an attribute: read once, as the pickler starts.
+class _NanKeepingPickler(_NanKeeping, pickle.Pickler):  # type: ignore[misc]
+    table = copyreg.dispatch_table
+
+
+class _NanKeepingCloudPickler(_NanKeeping, cloudpickle.Pickler):
+    table = cloudpickle.Pickler.dispatch_table
+
+
+def _dumped_by(pickler, obj, **kwargs) -> bytes:
+    """``obj`` pickled by ``pickler`` (a class), as ``pickle.dumps`` does."""
+    file = io.BytesIO()
+    pickler(file, **kwargs).dump(obj)
+    return file.getvalue()
+
+
+# What _dumps pickles with, and falls back to: functions as ``pickle.dumps``.
+_DUMPS = pickle.dumps, cloudpickle.dumps
+_NAN_KEEPING_DUMPS = (
+    functools.partial(_dumped_by, _NanKeepingPickler),
+    functools.partial(_dumped_by, _NanKeepingCloudPickler),
+)
+
+
+def _reduce_array(array: np.ndarray):
+    """How a :class:`_NanKeeping` pickler pickles a NumPy array: as NumPy
+    does, and given ``np.nan`` back where it holds it (as by
+    :class:`_NanKept`)."""
+    reduced = array.__reduce_ex__(5)
+    kept = _NanKept.around(array)
+    if kept is array:
+        return reduced
+    # NumPy's pickling of it, not the array: pickled, it would come back here.
+    return _with_nan, (_Reduced(reduced), kept.positions)
+
+
+class _Reduced:
+    """Pickled as ``reduced`` (what an object's ``__reduce__`` returns) says."""
+
+    def __init__(self, reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
 
 
 class Returned:

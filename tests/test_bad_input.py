@@ -340,9 +340,23 @@ def test_an_iterable_without_a_length_goes_to_the_estimator_whole(chunk_size, ba
         assert_same_output(run(iter(docs)), expected)
 
 
+# The vectorizer tells np.nan by identity, which pickling does not keep: in
+# an array, a list, a tuple (``zip(*pairs)``'s), pandas' objects (pandas < 3's
+# for text, ``read_csv(dtype=object)``'s).
+DOCUMENTS = {
+    "array": np.asarray,
+    "list": list,
+    "tuple": tuple,
+    "Series": functools.partial(pd.Series, dtype=object),
+    "Index": functools.partial(pd.Index, dtype=object),
+    "pandas array": functools.partial(pd.array, dtype=object),
+}
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
-def test_a_missing_document_fails_as_in_the_serial_call(backend):
+@pytest.mark.parametrize("container", DOCUMENTS)
+def test_a_missing_document_fails_as_in_the_serial_call(container, backend):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -351,13 +365,58 @@ def test_a_missing_document_fails_as_in_the_serial_call(backend):
     model = make_pipeline(TfidfVectorizer(), LogisticRegression())
     model.fit(docs, [0, 1] * 20)
     engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
-    # The vectorizer tells np.nan by identity, which pickling does not keep.
-    bad = np.array(docs + [np.nan], dtype=object)
-    for given in (bad, bad.tolist()):
-        _fails_as_serial(
-            functools.partial(model.predict, given),
-            functools.partial(ParallelPredictor(model, **engine).predict, given),
-        )
+    bad = DOCUMENTS[container](np.array(docs + [np.nan], dtype=object))
+    _fails_as_serial(
+        functools.partial(model.predict, bad),
+        functools.partial(ParallelPredictor(model, **engine).predict, bad),
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_a_missing_document_in_a_column_of_objects_fails_as_in_the_serial_call(
+    backend,
+):
+    from sklearn.compose import make_column_transformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    docs = ["red apple", "green pear", "red pear", "blue plum"] * 10
+    # A column of objects: pandas < 3's for text, ``read_csv(dtype=object)``'s.
+    shelf = pd.DataFrame(
+        {
+            "title": pd.Series(docs, dtype=object),
+            "pages": np.arange(40.0),
+            "genre": [0, 1] * 20,
+            "price": np.linspace(5.0, 25.0, 40),
+        }
+    )
+    model = make_pipeline(
+        make_column_transformer(
+            (TfidfVectorizer(), "title"), (StandardScaler(), ["pages"])
+        ),
+        LogisticRegression(),
+    ).fit(shelf, shelf["genre"])
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    bad = shelf.assign(title=pd.Series(docs[:25] + [np.nan] + docs[26:], dtype=object))
+    _fails_as_serial(
+        functools.partial(model.predict, bad),
+        functools.partial(ParallelPredictor(model, **engine).predict, bad),
+    )
+    models = [
+        (make_pipeline(TfidfVectorizer(), LogisticRegression()), "title", "genre"),
+        (Ridge(), ["pages"], "price"),
+    ]
+    serial, parallel = (
+        MultiModelPredictor(models, **settings).fit(shelf)
+        for settings in ({"n_jobs": 1}, engine)
+    )
+    _fails_as_serial(
+        functools.partial(serial.predict, bad),
+        functools.partial(parallel.predict, bad),
+    )
 
 
 @pytest.mark.timeout(120)

@@ -40,7 +40,8 @@ def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch
     table = np.asfortranarray(np.stack([column, column[::-1]], axis=1))
     spool = _pickled.Spool()
     try:
-        for rows in (column, table, column.tolist()):
+        # A tuple too: what ``texts, labels = zip(*pairs)`` gives.
+        for rows in (column, table, column.tolist(), tuple(column)):
             sent, filed = _spooled(rows, spool)
             assert filed == spooled and type(sent) is type(rows)
             given, got = np.asarray(rows, object).flat, np.asarray(sent, object).flat
@@ -55,6 +56,92 @@ def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch
     # Rows without it go as they are.
     assert _pickled._NanKept.around(column[[0, 2, 3]]).tolist() == ["a", "b", math.nan]
     assert type(_pickled._NanKept.around(column[[0, 2, 3]])) is np.ndarray
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_pandas_objects_holding_np_nan_itself_hold_it_again_once_sent(
+    spooled, monkeypatch
+):
+    import math
+
+    import pandas as pd
+
+    if spooled:
+        monkeypatch.setattr(_pickled, "SPOOL_MIN_BYTES", 0)
+    # Columns of objects: pandas < 3's for text, ``read_csv(dtype=object)``'s.
+    values = ["a", np.nan, "b", math.nan, float("nan"), np.nan]
+    column = pd.Series(values, dtype=object, name="t")
+    flipped = pd.Series(values[::-1], dtype=object)
+    frame = pd.DataFrame({"t": column, "x": np.arange(6.0), "u": flipped})
+    spool = _pickled.Spool()
+    try:
+        for rows in (
+            column,
+            frame,
+            frame.iloc[1:5],
+            frame["u"].iloc[2:],
+            pd.Index(values, dtype=object),
+            pd.array(np.array(values, dtype=object), dtype=object),
+        ):
+            sent, filed = _spooled(rows, spool)
+            assert filed == spooled and type(sent) is type(rows)
+            given, got = _items(rows), _items(sent)
+            assert [x is np.nan for x in got] == [x is np.nan for x in given]
+            assert list(map(str, got)) == list(map(str, given))
+        pd.testing.assert_frame_equal(_spooled(frame, spool)[0], frame)
+    finally:
+        spool.close()
+
+
+def _items(rows) -> list:
+    """The objects ``rows`` hold, column after column."""
+    if hasattr(rows, "columns"):
+        return [item for name in rows.columns for item in rows[name]]
+    return list(rows)
+
+
+def test_only_pandas_columns_of_objects_are_looked_into_for_np_nan(monkeypatch):
+    import pandas as pd
+    import scipy.sparse as sp
+
+    text = pd.Series(["a", "b", np.nan], dtype="string")
+    objects = pd.Series(["a", "b", np.nan], dtype=object)
+    numeric = pd.DataFrame({"x": np.arange(3.0), "i": np.arange(3)})
+    # Arrays, lists and tuples are looked into whole (see _NanKept); numbers
+    # and pandas' own strings, which it restores np.nan in, not at all.
+    for rows in (
+        np.array(["a", np.nan], dtype=object),
+        ["a", np.nan],
+        ("a", np.nan),
+        np.arange(3.0),
+        sp.eye(3, format="csr"),
+        numeric,
+        numeric["x"],
+        text,
+        text.to_frame(),
+        pd.Index([1, 2]),
+        None,
+    ):
+        assert not _pickled.object_columns(rows)
+    for rows in (
+        objects,
+        objects.to_frame().assign(x=1.0),
+        pd.Index(objects),
+        pd.array(objects.to_numpy(), dtype=object),
+    ):
+        assert _pickled.object_columns(rows)
+    looked = []
+    reduce = _pickled._reduce_array
+
+    def reduce_array(array):
+        looked.append(array.dtype)
+        return reduce(array)
+
+    monkeypatch.setattr(_pickled, "_reduce_array", reduce_array)
+    pickle.loads(pickle.dumps(PickledRows(numeric.assign(s=text))))
+    assert looked == []
+    pickle.loads(pickle.dumps(PickledRows(numeric.assign(s=objects))))
+    assert object in looked
 
 
 def test_array_subclasses_keep_their_byte_order_once_sent():
