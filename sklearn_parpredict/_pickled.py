@@ -123,15 +123,22 @@ def _load_spooled(path: str, layout: list[tuple[int, int]]):
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def _dumps(obj, keep_nan: bool = False, **kwargs) -> bytes:
+def _dumps(obj, keep_nan: bool = False, buffers: list | None = None) -> bytes:
     """``obj`` pickled, by cloudpickle where pickle fails; where ``keep_nan``,
     by picklers that keep ``np.nan`` in its arrays of objects (see
-    :class:`_NanKeeping`)."""
+    :class:`_NanKeeping`); with ``buffers``, the buffers protocol 5 leaves
+    out of it appended there."""
     dumps, fallback = _NAN_KEEPING_DUMPS if keep_nan else _DUMPS
+    kwargs = {} if buffers is None else {"buffer_callback": buffers.append}
     try:
         return dumps(obj, protocol=5, **kwargs)
     except (pickle.PicklingError, AttributeError, TypeError):
-        # Objects holding functions or classes defined in a script.
+        # Objects holding functions or classes defined in a script. The
+        # buffers pickle left out before it failed are not cloudpickle's:
+        # kept, they were read in place of its own, and loading the rows
+        # crashed the process (a segmentation fault).
+        if buffers is not None:
+            buffers.clear()
         return fallback(obj, protocol=5, **kwargs)
 
 
@@ -139,7 +146,7 @@ def _dumps_out_of_band(obj, keep_nan: bool = False) -> list:
     """``obj`` pickled (as :func:`_dumps` does), then the buffers pickle
     protocol 5 left out of it."""
     buffers: list = []
-    data = _dumps(obj, keep_nan, buffer_callback=buffers.append)
+    data = _dumps(obj, keep_nan, buffers)
     return [data, *(buffer.raw() for buffer in buffers)]
 
 

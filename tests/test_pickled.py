@@ -382,3 +382,22 @@ def test_large_outputs_come_back_through_a_file_removed_once_read():
         loads, args = _pickled.Returned(small).__reduce__()
         assert loads is _pickled._identity and args[0] is small
     assert _pickled.received(np.zeros(3)).shape == (3,)
+
+
+@pytest.mark.parametrize("keep_nan", [False, True])
+def test_rows_pickled_by_cloudpickle_after_pickle_failed_load_as_they_were(keep_nan):
+    import pandas as pd
+    from _helpers import in_child
+
+    # pickle leaves the numeric block out of band, then fails on the lambda;
+    # cloudpickle's pickle must not be loaded with pickle's buffers.
+    frame = pd.DataFrame({"x": np.arange(50_000.0), "y": np.arange(50_000.0)})
+    frame["f"] = pd.Series([lambda v: v] * len(frame), dtype=object)
+
+    def loads_back():
+        parts = _pickled._dumps_out_of_band(frame, keep_nan)
+        back = _pickled._loads(parts[0], parts[1:])
+        return back[["x", "y"]].equals(frame[["x", "y"]]) and callable(back["f"][0])
+
+    # In a child: the failure was a segmentation fault.
+    assert in_child(loads_back) == 0
