@@ -2,7 +2,8 @@
 
 Prediction chunks, the warm-up of a pool and :class:`MultiModelPredictor`'s
 fits all go through :func:`fan_out`. It adds to joblib what the package
-promises its users: the caller's scikit-learn configuration in every task,
+promises its users: the caller's scikit-learn configuration and NumPy
+floating-point error state in every task,
 the workers' warnings raised again in the caller, a dead ``multiprocessing``
 worker that fails the call instead of hanging it, and, on joblib's threading
 backend, the package's own threads.
@@ -30,7 +31,6 @@ from joblib._parallel_backends import (
 )
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 from joblib.parallel import get_active_backend
-from sklearn import get_config
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
@@ -114,13 +114,13 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         # Threads get the config directly. scikit-learn's Parallel would also
         # swap the process-wide warning filters in every task, which races
         # between threads and can leave the caller's filters changed.
-        config = get_config()
+        context = _threads.caller_context()
         runner = joblib.Parallel(
             n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
         )
         with _threads.warning_filters_kept():
             return runner(
-                joblib.delayed(_threads.in_config)(config, function, *task)
+                joblib.delayed(_threads.in_config)(context, function, *task)
                 for task in tasks
             )
     if type(active) is MultiprocessingBackend:
@@ -128,7 +128,8 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
             nesting_level=active.nesting_level,
             inner_max_num_threads=active.inner_max_num_threads,
         )
-    # scikit-learn's Parallel carries the caller's config to the workers.
+    # scikit-learn's Parallel carries the caller's config to the workers;
+    # NumPy's error state goes with each task.
     runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
     # On loky, the tasks go to the executor that joblib configures, and the
     # caller waits on them rather than polling. (joblib's progress report,
@@ -140,8 +141,12 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
                 tasks = [(function, *task) for task in tasks]
                 results = _loky.run(runner, _recording_warnings, tasks)
             else:
+                errstate = _threads.ErrState.current()
                 results = runner(
-                    delayed(_recording_warnings)(function, *task) for task in tasks
+                    delayed(_threads.in_errstate)(
+                        errstate, _recording_warnings, function, *task
+                    )
+                    for task in tasks
                 )
     except Exception as exc:
         # The failing task's warnings, raised before its error as the serial

@@ -29,6 +29,7 @@ from sklearn_parpredict import _chunking, _rowwise
 from sklearn_parpredict._distributed import DaskCluster
 from sklearn_parpredict._jobs import run_task
 from sklearn_parpredict._sharing import ModelHandle
+from sklearn_parpredict._threads import ErrState
 
 
 def is_collection(X) -> bool:
@@ -45,16 +46,19 @@ def computed(X):
     return X.compute() if is_collection(X) else X
 
 
-def _call_block(block, model, method, columns, params, empty, config, block_info=None):
+def _call_block(
+    block, model, method, columns, params, empty, config, errstate, block_info=None
+):
     """One block's output.
 
     ``empty`` is the output's empty form, which an empty block gives without
     calling the estimator; None where the estimator must see empty blocks
     too (see :func:`call`). ``config`` is scikit-learn's configuration where
-    the collection was made (``transform_output``, ``assume_finite``): Dask's
-    threads and workers do not share it. ``block_info`` is Dask's
-    description of a Dask array's block: its row range cuts the parameters
-    that have one value per row.
+    the collection was made (``transform_output``, ``assume_finite``), and
+    ``errstate`` NumPy's floating-point error state there
+    (``np.errstate(divide="raise")``): Dask's threads and workers do not
+    share them. ``block_info`` is Dask's description of a Dask array's
+    block: its row range cuts the parameters that have one value per row.
     """
     if empty is not None and _chunking.n_rows(block) == 0:
         if hasattr(empty, "iloc"):
@@ -65,7 +69,7 @@ def _call_block(block, model, method, columns, params, empty, config, block_info
         (start, stop), n = rows["array-location"][0], rows["shape"][0]
         params = _rowwise.params_for_rows(params, n, start, stop)
     with config_context(**config):
-        return run_task(model, method, block, columns, params)
+        return errstate.run(run_task, model, method, block, columns, params)
 
 
 def _is_frame(X) -> bool:
@@ -138,17 +142,17 @@ def _sample_output(estimator, method, X, columns, params):
         made_up = X._meta_nonempty.iloc[:1]
     else:
         made_up = np.zeros((1, *X.shape[1:]), dtype=X.dtype)
-    config = get_config()
+    context = (get_config(), ErrState.current())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return _call_block(
-                made_up, estimator, method, columns, params, None, config
+                made_up, estimator, method, columns, params, None, *context
             )
         except Exception:  # noqa: S110 - made-up values rejected: a real row
             pass
         return _call_block(
-            _first_row(X), estimator, method, columns, params, None, config
+            _first_row(X), estimator, method, columns, params, None, *context
         )
 
 
@@ -214,7 +218,7 @@ def call(estimator, method: str, X, columns=None, params=None):
     # block gives an empty output only beside others that may have rows.
     empty = meta if _row_blocks(X) > 1 and n != 0 else None
     model = _model_ref(estimator)
-    config = get_config()
+    config, errstate = get_config(), ErrState.current()
     if hasattr(X, "map_partitions"):
         if sp.issparse(sample):
             raise TypeError(
@@ -223,7 +227,15 @@ def call(estimator, method: str, X, columns=None, params=None):
                 f"collection: pass a Dask array, or ask for dense output."
             )
         return X.map_partitions(
-            _call_block, model, method, columns, params, empty, config, meta=meta
+            _call_block,
+            model,
+            method,
+            columns,
+            params,
+            empty,
+            config,
+            errstate,
+            meta=meta,
         )
     if hasattr(sample, "iloc"):
         raise TypeError(
@@ -249,6 +261,7 @@ def call(estimator, method: str, X, columns=None, params=None):
         params,
         empty,
         config,
+        errstate,
         dtype=sample.dtype,
         meta=meta,
         **layout,

@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 from joblib import parallel_config
 from joblib._parallel_backends import LokyBackend
-from sklearn import get_config
 
 from sklearn_parpredict import _threads
 from sklearn_parpredict._locks import fork_safe, in_forked_child
@@ -83,7 +82,7 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
     backend = runner._backend
     executor = backend._workers
     nested = backend.get_nested_backend()
-    config = get_config()
+    context = _threads.caller_context()
 
     def set_context():
         # Large arrays in a task are memory-mapped into this call's folder,
@@ -103,7 +102,7 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
             counted = True
         return _threads.gather(
             lambda task: executor.submit(
-                _Task(set_context, config, nested, function, *task)
+                _Task(set_context, context, nested, function, *task)
             ),
             tasks,
             window=executor._max_workers + 1,
@@ -147,19 +146,20 @@ class _Task:
     call of :func:`_in_worker` that it runs.
     """
 
-    def __init__(self, set_context, config, nested, function, *args):
+    def __init__(self, set_context, context, nested, function, *args):
         self._set_context = set_context
-        self._args = (config, nested, function, args)
+        self._args = (context, nested, function, args)
 
     def __reduce__(self):
         self._set_context()
         return functools.partial, (_in_worker, *self._args)
 
 
-def _in_worker(config: dict, nested: tuple, function: Callable, task: tuple):
+def _in_worker(context: tuple, nested: tuple, function: Callable, task: tuple):
     # What joblib's batches and scikit-learn's Parallel set around a task:
     # the nested backend (so that a wrapper inside a worker does not fan out
-    # again) and the caller's scikit-learn configuration.
+    # again) and the caller's scikit-learn configuration; and the caller's
+    # NumPy error state, which they leave out.
     backend, n_jobs = nested
     with parallel_config(backend=backend, n_jobs=n_jobs):
-        return _threads.in_config(config, function, *task)
+        return _threads.in_config(context, function, *task)

@@ -375,6 +375,34 @@ def test_scikit_learn_config_reaches_the_blocks(client):
                 assert_same_output(lazy.compute(), ridge.predict(with_nan))
 
 
+def test_numpy_error_state_reaches_the_blocks_and_tasks(client):
+    from sklearn.preprocessing import FunctionTransformer
+
+    # Zeros past the first row: the sample of the output, computed in the
+    # caller on the first row, takes no log(0); the blocks do.
+    ones = np.ones((400, 3))
+    ones[300:] = 0
+    log = FunctionTransformer(np.log).fit(ones)
+    for scheduler in ("threads", client):
+        with dask.config.set(scheduler=scheduler), np.errstate(divide="raise"):
+            with pytest.raises(FloatingPointError, match="divide by zero"):
+                log.transform(ones)
+            lazy = ParallelPredictor(log).transform(da.from_array(ones, chunks=100))
+            # Not a silent -inf from Dask's threads and workers.
+            with pytest.raises(FloatingPointError, match="divide by zero"):
+                lazy.compute()
+        with dask.config.set(scheduler=scheduler), np.errstate(divide="ignore"):
+            lazy = ParallelPredictor(log).transform(da.from_array(ones, chunks=100))
+            assert_same_output(lazy.compute(), log.transform(ones))
+    # And to the tasks of joblib's Dask backend.
+    eager = ParallelPredictor(log, n_jobs=2, chunk_size=100)
+    with joblib.parallel_config(backend="dask"), np.errstate(divide="raise"):
+        with pytest.raises(FloatingPointError, match="divide by zero"):
+            eager.transform(ones)
+    with joblib.parallel_config(backend="dask"), np.errstate(divide="ignore"):
+        assert_same_output(eager.transform(ones), log.transform(ones))
+
+
 def _iterative_imputer():
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer

@@ -1,9 +1,12 @@
 """ParallelPredictor as a scikit-learn citizen: fitting, delegation, tools."""
 
+import contextlib
 import gc
 import pickle
 import re
 import sys
+import threading
+import warnings
 import weakref
 
 import joblib
@@ -27,6 +30,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils import estimator_html_repr
 
 from sklearn_parpredict import ParallelPredictor
@@ -360,6 +364,100 @@ def test_global_config_reaches_workers():
         expected = model.estimator_.transform(X)
     assert isinstance(out, pd.DataFrame)
     assert_same_output(out, expected)
+
+
+def _tree_with_one_class_leaves():
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, Y)
+    # Rows in a leaf of one class: predict_log_proba takes log(0) for them.
+    assert (tree.predict_proba(X) == 0).any()
+    return tree
+
+
+def _fanned_out(caplog, backend) -> bool:
+    kind = "thread" if backend == "threading" else "process"
+    return f"tasks on 2 {kind} workers" in caplog.records[-1].getMessage()
+
+
+@contextlib.contextmanager
+def _numpy_raises(how):
+    if how == "errstate":
+        with np.errstate(divide="raise"):
+            yield
+    else:
+        old = np.seterr(all="raise")
+        try:
+            yield
+        finally:
+            np.seterr(**old)
+
+
+@pytest.mark.parametrize("how", ["errstate", "seterr"])
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_numpy_error_state_reaches_workers(backend, how, caplog):
+    tree = _tree_with_one_class_leaves()
+    model = ParallelPredictor(tree, backend=backend, **FORCE)
+    caplog.set_level("DEBUG", logger="sklearn_parpredict")
+    # NumPy's default state: log(0) warns and gives -inf, in workers too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = tree.predict_log_proba(X)
+        assert np.isneginf(expected).any()
+        assert_same_output(model.predict_log_proba(X), expected)
+        assert _fanned_out(caplog, backend)
+    with _numpy_raises(how):
+        with pytest.raises(FloatingPointError, match="divide by zero"):
+            tree.predict_log_proba(X)
+        # Not a silent -inf from workers left with NumPy's defaults.
+        with pytest.raises(FloatingPointError, match="divide by zero"):
+            model.predict_log_proba(X)
+    # The workers' own state was put back after the tasks.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert_same_output(model.predict_log_proba(X), expected)
+        assert _fanned_out(caplog, backend)
+    with np.errstate(divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "ignore" reached them
+        assert_same_output(model.predict_log_proba(X), expected)
+
+
+class _Unpicklable:
+    """An ``np.seterrcall`` log that cannot go to a worker process."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_numpy_error_callbacks_in_workers(backend):
+    tree = _tree_with_one_class_leaves()
+    model = ParallelPredictor(tree, backend=backend, **FORCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = tree.predict_log_proba(X)
+
+    def fail(kind, flag):
+        raise ArithmeticError(f"{kind}!")
+
+    # A callback that raises fails the call as it fails the serial call.
+    with np.errstate(divide="call", call=fail):
+        with pytest.raises(ArithmeticError, match="divide by zero!"):
+            tree.predict_log_proba(X)
+        with pytest.raises(ArithmeticError, match="divide by zero!"):
+            model.predict_log_proba(X)
+    # One that cannot be pickled is called on threads; it does not fail a
+    # call on processes, whose workers warn instead, in the caller.
+    log = _Unpicklable()
+    with np.errstate(divide="log", call=log):
+        if backend == "threading":
+            assert_same_output(model.predict_log_proba(X), expected)
+            assert log.lines and "divide by zero" in log.lines[0]
+        else:
+            with pytest.warns(RuntimeWarning, match="divide by zero"):
+                assert_same_output(model.predict_log_proba(X), expected)
 
 
 class _SeriesPredictor(BaseEstimator):

@@ -61,6 +61,33 @@ def test_tasks_see_the_callers_scikit_learn_config():
     assert seen == [True, True]
 
 
+def test_tasks_run_under_the_callers_numpy_error_state():
+    default = np.geterr()
+    with np.errstate(divide="raise", under="warn"):
+        caller = np.geterr()
+        seen = _threads.run(np.geterr, [(), ()], 2)
+    assert seen == [caller, caller] != [default, default]
+    # The threads' own state is put back after each task.
+    assert _threads.run(np.geterr, [(), ()], 2) == [default, default]
+    calls = []
+    with np.errstate(divide="call", call=lambda kind, flag: calls.append(kind)):
+        _threads.run(lambda: np.log(np.zeros(1)), [(), ()], 2)
+    assert calls == ["divide by zero"] * 2
+
+
+def test_a_numpy_error_callback_that_cannot_be_pickled_warns_in_processes():
+    import pickle
+
+    def record(kind, flag):
+        pass
+
+    state = pickle.loads(pickle.dumps(_threads.ErrState({"divide": "call"}, record)))
+    assert state.modes == {"divide": "call"} and state.call is not record
+    stream = _threads.ErrState({"divide": "log", "over": "raise"}, threading.Lock())
+    state = pickle.loads(pickle.dumps(stream))
+    assert state.modes == {"divide": "warn", "over": "raise"} and state.call is None
+
+
 @pytest.mark.timeout(60)
 def test_thread_plans_run_on_the_package_threads_not_joblib(monkeypatch):
     model = DecisionTreeClassifier(random_state=0).fit(X, Y)
