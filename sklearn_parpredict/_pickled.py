@@ -129,7 +129,7 @@ def _dumps(obj, keep_nan: bool = False, buffers: list | None = None) -> bytes:
     :class:`_NanKeeping`); with ``buffers``, the buffers protocol 5 leaves
     out of it appended there."""
     dumps, fallback = _NAN_KEEPING_DUMPS if keep_nan else _DUMPS
-    kwargs = {} if buffers is None else {"buffer_callback": buffers.append}
+    kwargs: dict = {} if buffers is None else {"buffer_callback": buffers.append}
     try:
         return dumps(obj, protocol=5, **kwargs)
     except (pickle.PicklingError, AttributeError, TypeError):
