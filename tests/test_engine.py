@@ -1410,14 +1410,14 @@ def test_debug_log_says_how_each_call_ran(caplog):
     model = DecisionTreeClassifier(random_state=0).fit(X, Y)
     with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
         parallel_predict(model, X, n_jobs=1)
-        parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=50)
+        parallel_predict(model, X, n_jobs=2, backend="threading", chunk_size=60)
     messages = [record.getMessage() for record in caplog.records]
     assert messages[0] == (
         f"DecisionTreeClassifier.predict on {len(X)} rows: in-process: one worker"
     )
     assert messages[1].startswith(
         f"DecisionTreeClassifier.predict on {len(X)} rows: "
-        f"{-(-len(X) // 50)} tasks on 2 thread workers in "
+        f"{-(-len(X) // 60)} tasks on 2 thread workers in "
     )
 
 
