@@ -18,6 +18,8 @@ unless another call of this package runs on them (see :func:`_abort`).
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,11 +37,31 @@ _calls = 0
 _calls_lock = fork_safe(globals(), "_calls_lock", threading.Lock)
 
 
+# joblib's reused executors that forked children inherited (see _no_calls).
+_inherited: list = []
+
+
 @in_forked_child
 def _no_calls() -> None:
-    # A forked child runs none of its parent's calls.
+    # A forked child runs none of its parent's calls, nor on its parent's
+    # executor: its manager thread did not fork, and its workers are the
+    # parent's. Left as joblib's reused one, a call on it waited for ever (a
+    # pre-fork server's worker whose calls started a warm-up never exited):
+    # the next call starts the child's own. Kept referenced: collected, it
+    # would wake the parent's workers through the pipes they share.
     global _calls
     _calls = 0
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        _inherited.append(reusable_executor._executor)
+        reusable_executor._executor = reusable_executor._executor_kwargs = None
+        # Nor are its workers this process's children, which multiprocessing
+        # joins at exit ("can only join a child process").
+        children = multiprocessing.process._children  # type: ignore[attr-defined]
+        children.difference_update(
+            [child for child in children if child._parent_pid != os.getpid()]
+        )
 
 
 def usable(runner) -> bool:

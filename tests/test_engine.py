@@ -1797,6 +1797,45 @@ def test_a_forked_child_has_none_of_its_parents_pools(monkeypatch):
     assert _pools.calm() is None
 
 
+_FORKED_CHILD_ON_LOKY = """
+import os, sys
+import joblib, numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn_parpredict import parallel_predict
+
+X = np.random.RandomState(0).randn(2_000, 4)
+model = LogisticRegression().fit(X, X[:, 0] > 0)
+# The parent's loky workers run (a pre-fork server that warmed up).
+joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(i) for i in range(2))
+pid = os.fork()
+if pid == 0:
+    out = parallel_predict(model, X, n_jobs=2, backend="loky", chunk_size=500)
+    os._exit(0 if (out == model.predict(X)).all() else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_child_runs_on_loky_workers_of_its_own(tmp_path):
+    import subprocess
+    import sys
+
+    # Its parent's executor was joblib's reused one in the child, with no
+    # manager thread there: the call waited for ever. (Output to a file:
+    # loky's resource tracker holds a pipe open after the script ends.)
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [sys.executable, "-c", _FORKED_CHILD_ON_LOKY],
+            stdout=out,
+            stderr=out,
+            timeout=90,
+        )
+    assert done.returncode == 0, log.read_text()
+    assert "can only join a child process" not in log.read_text()
+
+
 @pytest.mark.parametrize("container", [np.asarray, np.ndarray.tolist])
 def test_a_model_refitted_in_place_past_its_cost_has_it_forgotten(container):
     # Costs are kept by the model's identity: refitted in place, a model
