@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from joblib import parallel_config
 from joblib._parallel_backends import LokyBackend
@@ -51,9 +53,9 @@ def _no_calls() -> None:
     # would wake the parent's workers through the pipes they share.
     global _calls
     _calls = 0
-    from joblib.externals.loky import reusable_executor
-
-    if reusable_executor._executor is not None:
+    # (Not imported here where the parent never did: every fork would pay.)
+    reusable_executor: Any = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if getattr(reusable_executor, "_executor", None) is not None:
         _inherited.append(reusable_executor._executor)
         reusable_executor._executor = reusable_executor._executor_kwargs = None
         # Nor are its workers this process's children, which multiprocessing
