@@ -23,13 +23,13 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn import config_context, get_config
+from sklearn import config_context
 
 from sklearn_parpredict import _chunking, _rowwise
 from sklearn_parpredict._distributed import DaskCluster
 from sklearn_parpredict._jobs import run_task
 from sklearn_parpredict._sharing import ModelHandle
-from sklearn_parpredict._threads import ErrState
+from sklearn_parpredict._threads import caller_context
 
 
 def is_collection(X) -> bool:
@@ -142,7 +142,7 @@ def _sample_output(estimator, method, X, columns, params):
         made_up = X._meta_nonempty.iloc[:1]
     else:
         made_up = np.zeros((1, *X.shape[1:]), dtype=X.dtype)
-    context = (get_config(), ErrState.current())
+    context = caller_context()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -218,7 +218,9 @@ def call(estimator, method: str, X, columns=None, params=None):
     # block gives an empty output only beside others that may have rows.
     empty = meta if _row_blocks(X) > 1 and n != 0 else None
     model = _model_ref(estimator)
-    config, errstate = get_config(), ErrState.current()
+    # What every block is called with; the caller's config and error state
+    # last (see _call_block).
+    block_args = (model, method, columns, params, empty, *caller_context())
     if hasattr(X, "map_partitions"):
         if sp.issparse(sample):
             raise TypeError(
@@ -226,17 +228,7 @@ def call(estimator, method: str, X, columns=None, params=None):
                 f"which a Dask DataFrame's partitions cannot make into one "
                 f"collection: pass a Dask array, or ask for dense output."
             )
-        return X.map_partitions(
-            _call_block,
-            model,
-            method,
-            columns,
-            params,
-            empty,
-            config,
-            errstate,
-            meta=meta,
-        )
+        return X.map_partitions(_call_block, *block_args, meta=meta)
     if hasattr(sample, "iloc"):
         raise TypeError(
             f"{type(estimator).__name__}.{method} returns a {type(sample).__name__} "
@@ -255,13 +247,7 @@ def call(estimator, method: str, X, columns=None, params=None):
     return da.map_blocks(
         _call_block,
         X,
-        model,
-        method,
-        columns,
-        params,
-        empty,
-        config,
-        errstate,
+        *block_args,
         dtype=sample.dtype,
         meta=meta,
         **layout,
