@@ -43,19 +43,27 @@ def _forked() -> None:
 
 
 def is_warm(pool_key: tuple, n_workers: int) -> bool:
-    """Whether the backend's workers are running already.
+    """Whether the backend's workers are running and ready.
 
-    loky's are looked at: whoever started them, they are what a call would
-    run on. Other pools are taken as warm for a while after our last call
-    on them. Workers that our warm-up is starting are not warm yet: they
-    are still importing scikit-learn, or receiving the models.
+    loky's are looked at (see :func:`._loky.warm_workers`): whoever started
+    them, they are what a call would run on. Other pools are taken as warm
+    for a while after our last call on them. Workers that our warm-up is
+    starting are not warm yet: they are still importing scikit-learn, or
+    receiving the models; nor are others of the same backend, which a
+    warm-up for another number of workers resizes.
     """
-    if pool_key in _warming:
-        return False
-    live = _loky.live_workers() if pool_key[0] == "LokyBackend" else None
-    if live is not None:
-        return live >= n_workers
+    with _warm_lock:
+        if _warming_on(pool_key):
+            return False
+    warm = _loky.warm_workers(n_workers) if pool_key[0] == "LokyBackend" else None
+    if warm is not None:
+        return warm >= n_workers
     return time.monotonic() - last_used.get(pool_key, -np.inf) <= _IDLE_S
+
+
+def _warming_on(pool_key: tuple) -> bool:
+    # A warm-up of the backend, for any number of workers (under _warm_lock).
+    return any(key[0] == pool_key[0] for key in _warming)
 
 
 def shipped(model, pool_key: tuple) -> bool:
@@ -98,7 +106,7 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
     """Start the workers and ship them the models, in a background thread."""
     global _warm_ups
     with _warm_lock:
-        if pool_key in _warming:
+        if _warming_on(pool_key):
             return
         _warming.add(pool_key)
         _warm_ups += 1
