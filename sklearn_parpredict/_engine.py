@@ -374,13 +374,14 @@ def _auto_plan(
         cold_s = _planning.COLD_POOL_S * pool_cold
         # Workers already running (started by another call, another
         # library) have not loaded these models yet.
-        unsent = sum(not _pools.shipped(job.estimator, pool_key) for job in jobs)
-        cold_s += _planning.COLD_MODEL_S * unsent
+        cold_s += _planning.shipping_s(
+            job.estimator for job in jobs if not _pools.shipped(job.estimator, pool_key)
+        )
     if cluster is not None:
         # A cluster is running already; what a first call pays is shipping
         # the models it does not hold yet.
         unshipped = [j.estimator for j in jobs if not cluster.shipped(j.estimator)]
-        cold_s = _planning.COLD_MODEL_S * len(unshipped)
+        cold_s = _planning.shipping_s(unshipped)
 
     def remaining():
         # The rows each job has left: probes and measurements do some.

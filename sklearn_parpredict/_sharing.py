@@ -30,6 +30,7 @@ import numpy as np
 from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
 
+from sklearn_parpredict._costs import keep_by_id
 from sklearn_parpredict._files import at_child_exit, temp_folder, unlink
 from sklearn_parpredict._locks import fork_safe, in_forked_child
 
@@ -332,6 +333,37 @@ class ModelHandle:
 
     def __reduce__(self):
         return _load_model, (self.token, self._entry.dump(self.model), live_tokens())
+
+
+# Per model, by id: its fingerprint and the bytes of its pickle then.
+_sizes: dict[int, tuple] = {}
+
+
+def pickled_bytes(model) -> int | None:
+    """About how many bytes the workers get for ``model`` (None: plain
+    pickle does not take it), found once per fitted state.
+
+    Its arrays are counted, not copied (pickle's out-of-band buffers): 5 ms
+    for a 300-tree forest's 67 MB, whose whole pickle takes 52 ms (2 cores).
+    """
+    fp, _ = fingerprint(model)
+    known = _sizes.get(id(model))
+    # (The fingerprint's objects are not kept alive for this: were one
+    # collected and its id reused, only an estimate would be stale.)
+    if known is not None and known[0]() is model and known[1][0] == fp:
+        return known[1][1]
+    buffers: list[int] = []
+    try:
+        inband = pickle.dumps(
+            model,
+            protocol=5,
+            buffer_callback=lambda buffer: buffers.append(memoryview(buffer).nbytes),
+        )
+        nbytes: int | None = len(inband) + sum(buffers)
+    except Exception:
+        nbytes = None
+    keep_by_id(_sizes, model, (fp, nbytes))
+    return nbytes
 
 
 def can_ship(model) -> bool:

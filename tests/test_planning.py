@@ -1,5 +1,6 @@
 """Plans: which chunks on which workers pay, and what runs teach them."""
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -275,3 +276,22 @@ def test_plans_that_gain_little_time_the_serial_call_ever_more_rarely():
     # Plans predicted to gain more are taken at their word.
     much = _planning.Plan("thread", [[(0, 10)]], 1.0, 1, serial_s=1.6)
     assert not any(_planning.checks_serial([cost], much) for _ in range(100))
+
+
+def test_sending_models_costs_their_bytes_once_each():
+    import threading
+
+    from sklearn.base import BaseEstimator
+
+    small, large, locked = BaseEstimator(), BaseEstimator(), BaseEstimator()
+    large.weights_ = np.ones(10_000_000, dtype=np.uint8)
+    locked.lock_ = threading.Lock()
+    assert _planning.shipping_s([]) == 0.0
+    one = _planning.shipping_s([small])
+    assert _planning.COLD_MODEL_S <= one < _planning.COLD_MODEL_S + 0.001
+    # 10 MB: 65 ms more; twice the same model is sent once.
+    assert _planning.shipping_s([large, large]) == pytest.approx(
+        _planning.COLD_MODEL_S + 0.065, abs=0.001
+    )
+    # One that plain pickle does not take counts as a small one.
+    assert _planning.shipping_s([small, locked]) == pytest.approx(2 * one, abs=0.001)

@@ -178,3 +178,36 @@ def test_a_folder_that_fails_is_not_taken_for_a_model_that_cannot_be_pickled(
 ):
     with pytest.raises(FileNotFoundError):
         _sharing._dump_model(_Bare(), str(tmp_path / "gone" / "model.pkl"))
+
+
+class _Counted:
+    """Counts how often it is pickled."""
+
+    pickled = 0
+
+    def __reduce__(self):
+        _Counted.pickled += 1
+        return _Counted, ()
+
+
+def test_a_models_pickled_bytes_count_its_arrays_once_per_state():
+    import threading
+
+    import numpy as np
+
+    model = _Bare()
+    model.weights_ = np.ones(1 << 20, dtype=np.uint8)
+    model.counted_ = _Counted()
+    before = _Counted.pickled
+    nbytes = _sharing.pickled_bytes(model)
+    # The array's bytes, and the little around them.
+    assert (1 << 20) < nbytes < (1 << 20) + 4096
+    assert _sharing.pickled_bytes(model) == nbytes
+    assert _Counted.pickled == before + 1
+    # Refitted: counted again.
+    model.weights_ = np.ones(1 << 21, dtype=np.uint8)
+    assert (1 << 21) < _sharing.pickled_bytes(model) < (1 << 21) + 4096
+    assert _Counted.pickled == before + 2
+    # Not for plain pickle: no size (its shipping counts no bytes).
+    model.lock_ = threading.Lock()
+    assert _sharing.pickled_bytes(model) is None
