@@ -119,10 +119,15 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
             n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
         )
         with _threads.warning_filters_kept():
-            return runner(
-                joblib.delayed(_threads.in_config)(context, function, *task)
-                for task in tasks
-            )
+            try:
+                return runner(
+                    joblib.delayed(_threads.in_config)(
+                        context, _stop_carried, function, *task
+                    )
+                    for task in tasks
+                )
+            except _CarriedStop as carried:
+                raise carried.stop from None
     if type(active) is MultiprocessingBackend:
         backend = _WatchedMultiprocessingBackend(
             nesting_level=active.nesting_level,
@@ -153,6 +158,9 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         # call raises them (scikit-learn warns of sparse columns, then fails
         # on their missing values).
         _warn_again([exc.__dict__.pop(_CAUGHT, ())])
+        if isinstance(exc, _CarriedStop):
+            # With the worker's traceback, where joblib gave one.
+            raise exc.stop from exc.__cause__
         raise
     _warn_again(caught for _, caught in results)
     return [out for out, _ in results]
@@ -174,7 +182,7 @@ def _recording_warnings(function, *args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = function(*args)
+            out = _stop_carried(function, *args)
         except Exception as exc:
             stand_in = _stand_in(exc)
             if stand_in is None:
@@ -186,6 +194,29 @@ def _recording_warnings(function, *args):
         # tblib pickles an exception's context with it.
         raise stand_in
     return out, _sendable(_described(caught))
+
+
+class _CarriedStop(Exception):
+    """A task's ``StopIteration``, on its way to the caller.
+
+    joblib gathers the tasks' outputs in a generator, which turns a
+    ``StopIteration`` raised through it into ``RuntimeError: generator
+    raised StopIteration`` (PEP 479), where the serial call raises the
+    ``StopIteration`` itself: :func:`fan_out` raises it again.
+    """
+
+    def __init__(self, stop: StopIteration):
+        super().__init__(stop)
+        self.stop = stop
+
+
+def _stop_carried(function, *args):
+    """``function(*args)``, a ``StopIteration`` it raises carried in a
+    :class:`_CarriedStop`."""
+    try:
+        return function(*args)
+    except StopIteration as stop:
+        raise _CarriedStop(stop) from None
 
 
 def _sendable(described: list[tuple]) -> list[tuple]:

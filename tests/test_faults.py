@@ -112,6 +112,39 @@ def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
     _assert_works(model, wrapper)
 
 
+class _StopsOnMarkedRows(BaseEstimator):
+    """Predicts the first column; a chunk with a marked row raises
+    ``StopIteration`` (an iterator run dry in the estimator's code)."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        if (X[:, 0] == MARK).any():
+            raise StopIteration("no more rows")
+        return X[:, 0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verbose", [0, 1])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_a_stop_iteration_in_one_chunk_reaches_the_caller_as_it_is(
+    wrapper, backend, verbose
+):
+    # joblib gathers the outputs in a generator, which turned a StopIteration
+    # raised through it into "RuntimeError: generator raised StopIteration"
+    # (PEP 479; the multiprocessing backend, and any backend with verbose);
+    # the serial call raises the StopIteration.
+    model = _wrap(
+        wrapper, _StopsOnMarkedRows().fit(X), backend=backend, verbose=verbose
+    )
+    with pytest.raises(StopIteration, match="^no more rows$"):
+        model.predict(_marked())
+    _assert_works(model, wrapper)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 @pytest.mark.parametrize("pickles", [True, False])
