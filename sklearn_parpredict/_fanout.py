@@ -29,7 +29,10 @@ from joblib._parallel_backends import (
     MultiprocessingBackend,
     ThreadingBackend,
 )
-from joblib.externals.loky.process_executor import TerminatedWorkerError
+from joblib.externals.loky.process_executor import (
+    TerminatedWorkerError,
+    _ExceptionWithTraceback,
+)
 from joblib.parallel import get_active_backend
 from sklearn.utils.parallel import Parallel, delayed
 from threadpoolctl import threadpool_limits
@@ -115,19 +118,26 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         # swap the process-wide warning filters in every task, which races
         # between threads and can leave the caller's filters changed.
         context = _threads.caller_context()
+        ordered = _ordered(active)
         runner = joblib.Parallel(
-            n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1
+            n_jobs=n_workers,
+            backend=backend,
+            verbose=verbose,
+            batch_size=1,
+            return_as="generator" if ordered else "list",
         )
         with _threads.warning_filters_kept():
             try:
-                return runner(
-                    joblib.delayed(_threads.in_config)(
-                        context, _stop_carried, function, *task
+                return _in_task_order(
+                    runner(
+                        joblib.delayed(_threads.in_config)(
+                            context, _outcome, ordered, function, *task
+                        )
+                        for task in tasks
                     )
-                    for task in tasks
                 )
-            except _CarriedStop as carried:
-                raise carried.stop from None
+            except _Failed as failed:
+                raise failed.exception from failed.exception.__cause__
     if type(active) is MultiprocessingBackend:
         backend = _WatchedMultiprocessingBackend(
             nesting_level=active.nesting_level,
@@ -135,7 +145,14 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         )
     # scikit-learn's Parallel carries the caller's config to the workers;
     # NumPy's error state goes with each task.
-    runner = Parallel(n_jobs=n_workers, backend=backend, verbose=verbose, batch_size=1)
+    ordered = _ordered(active)
+    runner = Parallel(
+        n_jobs=n_workers,
+        backend=backend,
+        verbose=verbose,
+        batch_size=1,
+        return_as="generator" if ordered else "list",
+    )
     # On loky, the tasks go to the executor that joblib configures, and the
     # caller waits on them rather than polling. (joblib's progress report,
     # verbose, needs joblib's loop.)
@@ -147,20 +164,28 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
                 results = _loky.run(runner, _recording_warnings, tasks)
             else:
                 errstate = _threads.ErrState.current()
-                results = runner(
-                    delayed(_threads.in_errstate)(
-                        errstate, _recording_warnings, function, *task
+                results = _in_task_order(
+                    runner(
+                        delayed(_threads.in_errstate)(
+                            errstate,
+                            _outcome,
+                            ordered,
+                            _recording_warnings,
+                            function,
+                            *task,
+                        )
+                        for task in tasks
                     )
-                    for task in tasks
                 )
     except Exception as exc:
         # The failing task's warnings, raised before its error as the serial
         # call raises them (scikit-learn warns of sparse columns, then fails
         # on their missing values).
-        _warn_again([exc.__dict__.pop(_CAUGHT, ())])
-        if isinstance(exc, _CarriedStop):
-            # With the worker's traceback, where joblib gave one.
-            raise exc.stop from exc.__cause__
+        error = exc.exception if isinstance(exc, _Failed) else exc
+        _warn_again([error.__dict__.pop(_CAUGHT, ())])
+        if error is not exc:
+            # With its traceback in the worker as its cause.
+            raise error from error.__cause__
         raise
     _warn_again(caught for _, caught in results)
     return [out for out, _ in results]
@@ -182,7 +207,7 @@ def _recording_warnings(function, *args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = _stop_carried(function, *args)
+            out = function(*args)
         except Exception as exc:
             stand_in = _stand_in(exc)
             if stand_in is None:
@@ -196,27 +221,68 @@ def _recording_warnings(function, *args):
     return out, _sendable(_described(caught))
 
 
-class _CarriedStop(Exception):
-    """A task's ``StopIteration``, on its way to the caller.
+def _ordered(active) -> bool:
+    """Whether joblib's loop on ``active`` hands the outputs back one by one,
+    in task order (not joblib's ``multiprocessing`` backend)."""
+    return bool(getattr(active, "supports_return_generator", False))
 
-    joblib gathers the tasks' outputs in a generator, which turns a
-    ``StopIteration`` raised through it into ``RuntimeError: generator
-    raised StopIteration`` (PEP 479), where the serial call raises the
-    ``StopIteration`` itself: :func:`fan_out` raises it again.
+
+class _Failed(Exception):
+    """A task's exception, returned as its output, or raised in its place
+    (see :func:`_outcome`)."""
+
+    def __init__(self, exception: Exception):
+        super().__init__(exception)
+        self.exception = exception
+
+    def __reduce__(self):
+        # To the caller, with its traceback in the worker as its cause, as
+        # loky sends an error.
+        return _Failed, (_ExceptionWithTraceback(self.exception),)
+
+
+class _Aborted(Exception):
+    """Thrown into joblib's generator of outputs: it stops the tasks."""
+
+
+def _outcome(ordered: bool, function, *args):
+    """``function(*args)``, its exception in a :class:`_Failed`: returned
+    where joblib's loop hands the outputs back in task order (``ordered``),
+    else raised.
+
+    joblib raises the error of whichever task failed first, where the
+    serial call meets the first rows' error first: a task in order returns
+    it for :func:`_in_task_order` to raise. And joblib gathers the outputs
+    in a generator, which turns a ``StopIteration`` raised through it into
+    ``RuntimeError: generator raised StopIteration`` (PEP 479): raised, it
+    goes through as a :class:`_Failed`, which :func:`fan_out` unwraps.
     """
-
-    def __init__(self, stop: StopIteration):
-        super().__init__(stop)
-        self.stop = stop
-
-
-def _stop_carried(function, *args):
-    """``function(*args)``, a ``StopIteration`` it raises carried in a
-    :class:`_CarriedStop`."""
     try:
         return function(*args)
-    except StopIteration as stop:
-        raise _CarriedStop(stop) from None
+    except Exception as exc:
+        if ordered:
+            return _Failed(exc)
+        raise _Failed(exc) from None
+
+
+def _in_task_order(outputs) -> list:
+    """The outputs of joblib's loop of :func:`_outcome` tasks, in task order.
+
+    The first task in task order that failed raises its exception once
+    every task before it is done (they run on, as the serial call runs the
+    rows before the failing ones); joblib stops the others.
+    """
+    results = []
+    for out in outputs:
+        if isinstance(out, _Failed):
+            if not isinstance(outputs, list):
+                with contextlib.suppress(_Aborted):
+                    outputs.throw(_Aborted())
+            # Raised here, not through joblib's generator: a StopIteration
+            # stays one.
+            raise out.exception
+        results.append(out)
+    return results
 
 
 def _sendable(described: list[tuple]) -> list[tuple]:

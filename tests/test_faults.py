@@ -145,6 +145,41 @@ def test_a_stop_iteration_in_one_chunk_reaches_the_caller_as_it_is(
     _assert_works(model, wrapper)
 
 
+class _FailsLateOnFirstRows(BaseEstimator):
+    """Predicts the first column; the chunk of the first marked row fails
+    late, that of the last one at once."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        marked = X[:, 0] == MARK
+        if marked.any() and marked[-1]:
+            raise ValueError("the last rows' error")
+        if marked.any():
+            time.sleep(0.5)
+            raise ValueError("the first rows' error")
+        return X[:, 0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verbose", [0, 1])
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_the_first_rows_error_is_raised_when_a_later_chunk_fails_first(
+    wrapper, backend, verbose
+):
+    # The serial call meets the first rows' error. joblib's own loop (with
+    # verbose) raised the error of whichever task failed first.
+    model = _wrap(
+        wrapper, _FailsLateOnFirstRows().fit(X), backend=backend, verbose=verbose
+    )
+    with pytest.raises(ValueError, match="^the first rows' error$"):
+        model.predict(_marked(rows=(5, 239)))
+    _assert_works(model, wrapper)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 @pytest.mark.parametrize("pickles", [True, False])
