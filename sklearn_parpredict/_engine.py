@@ -613,8 +613,15 @@ def _run_parallel(jobs, plan, costs, done, n_workers, backend, verbose, cluster=
             if isinstance(rows, SharedRows):
                 rows.write_ahead()
         with limits:
+            # Failed, the call raises the first rows' error, as the serial
+            # call does: the tasks go longest first, ranked in row order.
             outputs = fan_out(
-                function, calls, n_workers=n_workers, backend=backend, verbose=verbose
+                function,
+                calls,
+                n_workers=n_workers,
+                backend=backend,
+                verbose=verbose,
+                rank=order,
             )
     finally:
         spool.close()

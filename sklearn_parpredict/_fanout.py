@@ -78,7 +78,15 @@ def backend_configured() -> bool:
         return True
 
 
-def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
+def fan_out(
+    function,
+    tasks,
+    *,
+    n_workers: int,
+    backend=None,
+    verbose: int = 0,
+    rank: list[int] | None = None,
+):
     """``[function(*task) for task in tasks]`` on a joblib backend, in order.
 
     The one place where the package hands work to a backend: prediction
@@ -97,12 +105,17 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         ``joblib.parallel_config``.
     verbose : int
         Verbosity of joblib's ``Parallel``.
+    rank : list of int, default=None
+        Each task's place in the serial call's order, where the tasks are
+        given in another (longest first); None: their order.
 
     Returns
     -------
     outputs : list
-        The calls' outputs, in task order. The first task's exception, or the
-        error of a worker that died, is raised as is.
+        The calls' outputs, in task order. The first task's exception in the
+        serial order, or the error of a worker that died, is raised as is.
+        (On joblib's ``multiprocessing`` backend, which hands no outputs
+        back in order, the error of the task that failed first.)
     """
     tasks = list(tasks)
     if n_workers <= 1 or len(tasks) <= 1:
@@ -112,7 +125,7 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         # joblib's threads start anew and are polled every 10 ms on every
         # call; the package's own are kept and waited on. (joblib's progress
         # report, verbose, needs joblib's.)
-        return _threads.run(function, tasks, n_workers)
+        return _threads.run(function, tasks, n_workers, rank)
     if getattr(active, "uses_threads", False):
         # Threads get the config directly. scikit-learn's Parallel would also
         # swap the process-wide warning filters in every task, which races
@@ -134,7 +147,8 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
                             context, _outcome, ordered, function, *task
                         )
                         for task in tasks
-                    )
+                    ),
+                    rank,
                 )
             except _Failed as failed:
                 raise failed.exception from failed.exception.__cause__
@@ -161,7 +175,7 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
         with runner if direct else contextlib.nullcontext():
             if direct and _loky.usable(runner):
                 tasks = [(function, *task) for task in tasks]
-                results = _loky.run(runner, _recording_warnings, tasks)
+                results = _loky.run(runner, _recording_warnings, tasks, rank)
             else:
                 errstate = _threads.ErrState.current()
                 results = _in_task_order(
@@ -175,7 +189,8 @@ def fan_out(function, tasks, *, n_workers: int, backend=None, verbose: int = 0):
                             *task,
                         )
                         for task in tasks
-                    )
+                    ),
+                    rank,
                 )
     except Exception as exc:
         # The failing task's warnings, raised before its error as the serial
@@ -265,23 +280,37 @@ def _outcome(ordered: bool, function, *args):
         raise _Failed(exc) from None
 
 
-def _in_task_order(outputs) -> list:
+def _in_task_order(outputs, rank: list[int] | None = None) -> list:
     """The outputs of joblib's loop of :func:`_outcome` tasks, in task order.
 
-    The first task in task order that failed raises its exception once
-    every task before it is done (they run on, as the serial call runs the
-    rows before the failing ones); joblib stops the others.
+    The first task that failed in the serial order (``rank``, as
+    :func:`fan_out` takes it) raises its exception once every task before
+    it in that order is done (they run on, as the serial call runs the rows
+    before the failing ones); joblib stops the others.
     """
-    results = []
+    results: list = []
+    first = None
     for out in outputs:
-        if isinstance(out, _Failed):
+        i = len(results)
+        results.append(out)
+        if isinstance(out, _Failed) and (
+            first is None or (rank is not None and rank[i] < rank[first])
+        ):
+            first = i
+        if first is None:
+            continue
+        before = (
+            range(first)
+            if rank is None
+            else [j for j, r in enumerate(rank) if r < rank[first]]
+        )
+        if all(j < len(results) for j in before):
             if not isinstance(outputs, list):
                 with contextlib.suppress(_Aborted):
                     outputs.throw(_Aborted())
             # Raised here, not through joblib's generator: a StopIteration
             # stays one.
-            raise out.exception
-        results.append(out)
+            raise results[first].exception
     return results
 
 

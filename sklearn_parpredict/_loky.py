@@ -119,12 +119,16 @@ def _ran_on(executor) -> None:
         pass
 
 
-def run(runner, function: Callable, tasks: list[tuple]) -> list:
+def run(
+    runner, function: Callable, tasks: list[tuple], rank: list[int] | None = None
+) -> list:
     """``[function(*task) for task in tasks]`` on the workers of ``runner``.
 
     ``runner`` is a ``joblib.Parallel`` entered as a context manager, for
     which :func:`usable` is true. The outputs are in task order; the first
-    task's exception, or the error of a worker that died, is raised as is.
+    task's exception in the serial order (``rank``, as
+    :func:`._threads.gather` takes it), or the error of a worker that died,
+    is raised as is.
     """
     backend = runner._backend
     executor = backend._workers
@@ -154,6 +158,7 @@ def run(runner, function: Callable, tasks: list[tuple]) -> list:
             tasks,
             window=executor._max_workers + 1,
             abort=lambda futures: _abort(backend, futures),
+            rank=rank,
         )
         _ran_on(executor)
         return outputs

@@ -286,12 +286,18 @@ def _run(context: tuple[dict, ErrState], function: Callable, task: tuple):
         _local.working = False
 
 
-def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
+def run(
+    function: Callable,
+    tasks: Iterable[tuple],
+    n_workers: int,
+    rank: list[int] | None = None,
+) -> list:
     """``[function(*task) for task in tasks]`` on ``n_workers`` threads.
 
     Each task runs under the caller's scikit-learn config and NumPy error
     state. The outputs are in task order. A task's exception is raised in the caller
-    as it is (the first in task order when several failed), and the tasks not
+    as it is (the first in the serial order, ``rank`` as :func:`gather` takes
+    it, when several failed), and the tasks not
     started yet are cancelled; so are they when the caller is interrupted.
     The process's warning filters are as they were (see
     :func:`warning_filters_kept`).
@@ -302,7 +308,9 @@ def run(function: Callable, tasks: Iterable[tuple], n_workers: int) -> list:
     pool = _pool(n_workers)
     context = caller_context()
     with warning_filters_kept():
-        return gather(lambda task: pool.submit(_run, context, function, task), tasks)
+        return gather(
+            lambda task: pool.submit(_run, context, function, task), tasks, rank=rank
+        )
 
 
 @contextlib.contextmanager
@@ -342,6 +350,7 @@ def gather(
     *,
     window: int | None = None,
     abort: Callable[[list[Future]], None] | None = None,
+    rank: list[int] | None = None,
 ) -> list:
     """Submit ``tasks`` and return their results in order, woken as soon as
     they are all done.
@@ -360,17 +369,23 @@ def gather(
         them are not finished; it must stop them all. Without it the futures
         not started are cancelled, and those started are waited for unless
         the caller was interrupted.
+    rank : list of int, default=None
+        Each task's place in the serial call's order, where the tasks are
+        submitted in another (longest first); None: their order.
 
     Returns
     -------
     results : list
         The tasks' results. A task's exception is raised as it is (the first
-        in task order when several failed), as is an interrupt of the caller.
+        in the serial order, ``rank``, when several failed), as is an
+        interrupt of the caller.
     """
     futures: list[Future] = []
     queued = iter(tasks)
+    order = list(range(len(tasks))) if rank is None else rank
     try:
         unfinished = set()
+        failing = False
         more = window or len(tasks)
         while True:
             for task in itertools.islice(queued, more):
@@ -380,20 +395,21 @@ def gather(
                 break
             # The timeout only bounds how long an interrupt of the caller
             # (Ctrl-C) waits to be seen.
-            idle = FIRST_COMPLETED if len(futures) < len(tasks) else FIRST_EXCEPTION
+            # Once a task failed, woken by each task done: the tasks before
+            # it run on, and the others are not waited for.
+            idle = (
+                FIRST_COMPLETED
+                if len(futures) < len(tasks) or failing
+                else FIRST_EXCEPTION
+            )
             done, unfinished = wait(unfinished, _WAKE_S, idle)
-            if any(future.exception() is not None for future in done):
-                # The serial call meets the first rows' error first, whichever
-                # task failed first: the tasks before the failed ones run on.
-                first = futures.index(_failed(futures)[0])
-                while pending := [f for f in futures[:first] if not f.done()]:
-                    wait(pending, _WAKE_S, FIRST_EXCEPTION)
-                    first = futures.index(_failed(futures)[0])
+            failing = failing or any(f.exception() is not None for f in done)
+            if failing and _first_failed(futures, order, settled=True) is not None:
                 break
             more = len(done)
-        failed = _failed(futures)
-        if failed:
-            failed[0].result()  # raises its exception
+        first = _first_failed(futures, order)
+        if first is not None:
+            first.result()  # raises its exception
         return [future.result() for future in futures]
     except BaseException as exc:
         if abort is not None and not all(future.done() for future in futures):
@@ -408,6 +424,28 @@ def gather(
                 # returns at once.)
                 wait(futures)
         raise
+
+
+def _first_failed(
+    futures: list[Future], order: list[int], *, settled: bool = False
+) -> Future | None:
+    """The failed future first in the serial ``order``; with ``settled``,
+    only once every task before it in that order is done.
+
+    The serial call meets the first rows' error first, whichever task
+    failed first: the tasks before the failed ones run on (those not
+    submitted yet are submitted, where the tasks go longest first).
+    """
+    failed = [i for i, future in enumerate(futures) if _failed([future])]
+    if not failed:
+        return None
+    first = min(failed, key=order.__getitem__)
+    if settled and any(
+        order[i] < order[first] and (i >= len(futures) or not futures[i].done())
+        for i in range(len(order))
+    ):
+        return None
+    return futures[first]
 
 
 def _failed(futures: Iterable[Future]) -> list[Future]:

@@ -180,6 +180,33 @@ def test_the_first_rows_error_is_raised_when_a_later_chunk_fails_first(
     _assert_works(model, wrapper)
 
 
+def _fails_after(place, seconds):
+    time.sleep(seconds)
+    if place is not None:
+        raise ValueError(f"the error of the serial call's task {place}")
+    return seconds
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verbose", [0, 1])
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_the_error_first_in_the_serial_order_is_raised_where_tasks_go_longest_first(
+    backend, verbose
+):
+    # The engine sends the longest tasks first: a MultiModelPredictor's
+    # slow model before the models the serial loop runs first, whose error
+    # the serial loop meets first (it raised the slow model's).
+    from sklearn_parpredict._fanout import fan_out
+
+    tasks = [(None, 0.0), (2, 0.0), (0, 0.5), (None, 0.0)]
+    engine = {"n_workers": 2, "backend": backend, "verbose": verbose}
+    with pytest.raises(ValueError, match="task 0$"):
+        fan_out(_fails_after, tasks, rank=[3, 2, 0, 1], **engine)
+    # Without a rank, task order is the serial order.
+    with pytest.raises(ValueError, match="task 2$"):
+        fan_out(_fails_after, tasks, **engine)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 @pytest.mark.parametrize("pickles", [True, False])
