@@ -356,6 +356,31 @@ def _log(jobs: list[Job], sizes: list[int], how: str) -> None:
         logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
+@contextlib.contextmanager
+def _earlier_jobs_first(jobs: list[Job], sizes: list[int], done, j: int):
+    """Where rows of job ``j`` fail in-process (its probe, a measurement),
+    raise the error the serial loop meets first: that of the rows the jobs
+    before it have left, which it runs first (a MultiModelPredictor's
+    second model failed on its first rows, where the first model's later
+    rows fail). Those rows run in-process, in order, on failure only.
+    """
+    try:
+        yield
+    except Exception:
+        for job, n, pieces in zip(jobs[:j], sizes, done):
+            start = _probing.done_rows(pieces)
+            if start >= n:
+                continue
+            try:
+                job.call(start, n)
+            except Exception as earlier:
+                # Shown as the serial call shows it, not as raised while
+                # handling the later job's.
+                earlier.__suppress_context__ = True
+                raise
+        raise
+
+
 def _auto_plan(
     jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=None, settings=None
 ):
@@ -365,9 +390,10 @@ def _auto_plan(
     plan can pay for all the rows of a single job, that is remembered under
     its call's ``settings`` (see :func:`._in_process.known_no_gain`).
     """
-    costs = [
-        _probing.probe(job, n, pieces) for job, n, pieces in zip(jobs, sizes, done)
-    ]
+    costs = []
+    for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
+        with _earlier_jobs_first(jobs, sizes, done, j):
+            costs.append(_probing.probe(job, n, pieces))
     cold_s = 0.0
     pool_cold = kind == "process" and not _pools.is_warm(pool_key, n_workers)
     if kind == "process":
@@ -437,15 +463,19 @@ def _auto_plan(
     # workers take cores from, then of threads of ours.
     unmeasured = any(h is not c for h, c in zip(hopeful, costs))
     if unmeasured and (plan(kind, costs=hopeful) or plan("thread", costs=hopeful)):
-        for job, cost, n, pieces in zip(jobs, costs, sizes, done):
+        for j, (job, cost, n, pieces) in enumerate(zip(jobs, costs, sizes, done)):
             if cost.wants_own_measurement():
-                _probing.measure_own_threads(job, cost, n, pieces)
+                with _earlier_jobs_first(jobs, sizes, done, j):
+                    _probing.measure_own_threads(job, cost, n, pieces)
     measure = [c.wants_thread_measurement() for c in costs]
     measured = [c.thread_measurements for c in costs]
     if try_threads and any(measure) and (plan("thread") or plan(kind)):
-        for job, cost, n, pieces, wanted in zip(jobs, costs, sizes, done, measure):
+        for j, (job, cost, n, pieces, wanted) in enumerate(
+            zip(jobs, costs, sizes, done, measure)
+        ):
             if wanted:
-                _probing.measure_threads(job, cost, n, pieces)
+                with _earlier_jobs_first(jobs, sizes, done, j):
+                    _probing.measure_threads(job, cost, n, pieces)
     # Threads never measured (too few rows to measure them) are not guessed.
     unmeasured = try_threads and any(c.thread_speedup is None for c in costs)
     plans = [

@@ -180,6 +180,43 @@ def test_the_first_rows_error_is_raised_when_a_later_chunk_fails_first(
     _assert_works(model, wrapper)
 
 
+class _FailsOnRow(BaseEstimator):
+    """Predicts the first column in 10 µs a row; fails on rows that hold
+    ``value``."""
+
+    def __init__(self, value=MARK, message="failed"):
+        self.value = value
+        self.message = message
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        time.sleep(1e-5 * len(X))
+        if (X[:, 0] == self.value).any():
+            raise ValueError(self.message)
+        return X[:, 0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", [None, "loky", "threading"])
+def test_a_later_models_probe_does_not_fail_before_an_earlier_models_rows(backend):
+    # chunk_size="auto" predicts each model's first rows in-process first:
+    # the second model failed there, where the serial loop meets the first
+    # model's error on its last rows.
+    X_big = np.zeros((20_000, 2))
+    X_big[-1, 0], X_big[3, 0] = MARK, MARK - 1
+    models = [
+        (_FailsOnRow(MARK, "the first model's error").fit(X_big), None, "a"),
+        (_FailsOnRow(MARK - 1, "the second model's error").fit(X_big), None, "b"),
+    ]
+    with pytest.raises(ValueError, match="^the first model's error$"):
+        MultiModelPredictor(models, n_jobs=1).predict(X_big)
+    with pytest.raises(ValueError, match="^the first model's error$"):
+        MultiModelPredictor(models, n_jobs=2, backend=backend).predict(X_big)
+
+
 def _fails_after(place, seconds):
     time.sleep(seconds)
     if place is not None:
