@@ -196,7 +196,9 @@ def fan_out(
         # The failing task's warnings, raised before its error as the serial
         # call raises them (scikit-learn warns of sparse columns, then fails
         # on their missing values).
-        error = exc.exception if isinstance(exc, _Failed) else exc
+        error: BaseException = exc.exception if isinstance(exc, _Failed) else exc
+        if isinstance(error, _Rebuilt):
+            error = error.rebuilt()
         _warn_again([error.__dict__.pop(_CAUGHT, ())])
         if error is not exc:
             # With its traceback in the worker as its cause.
@@ -352,14 +354,24 @@ def _described(caught: list) -> list[tuple]:
     return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
-def _stand_in(exc: Exception) -> RuntimeError | None:
-    """An error naming ``exc``, to raise in its place when the caller could
-    not unpickle it: a ``multiprocessing`` pool would wait for the task
-    forever, and loky would report a broken pool instead of the error."""
+def _stand_in(exc: Exception) -> Exception | None:
+    """An error to raise in place of ``exc`` when the caller could not
+    unpickle it: a ``multiprocessing`` pool would wait for the task forever,
+    and loky would report a broken pool instead of the error.
+
+    Where only its class's ``__init__`` fails on its ``args`` (one that
+    takes other arguments than it passes on: ``__init__(self, a, b)``
+    calling ``super().__init__(f"{a}-{b}")``), ``exc`` is sent back rebuilt
+    without it (see :class:`_Rebuilt`), the serial call's error; else an
+    error naming it."""
     try:
         pickle.loads(pickle.dumps(exc))
         return None
     except Exception as why:
+        with contextlib.suppress(Exception):
+            carrier = _Rebuilt(exc)
+            if type(pickle.loads(pickle.dumps(carrier))) is type(exc):
+                return carrier
         trace = "".join(traceback.format_exception(exc))
         return RuntimeError(
             f"{type(exc).__qualname__}: {exc}\n(raised in a worker process; "
@@ -367,6 +379,35 @@ def _stand_in(exc: Exception) -> RuntimeError | None:
             f"{type(why).__name__}: {why}. Its traceback in the worker:\n"
             f"{trace})"
         )
+
+
+class _Rebuilt(Exception):
+    """Pickles into its exception ``exc`` as it is, ``args`` and attributes,
+    without calling its class's ``__init__`` (as ``copy.copy`` would not
+    either), which pickle's default for exceptions calls with ``args``."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(exc)
+
+    def __reduce__(self):
+        return _rebuild, self.parts()
+
+    def parts(self) -> tuple:
+        (exc,) = self.args
+        # With what was set on the carrier (the task's warnings).
+        return type(exc), exc.args, {**vars(exc), **vars(self)}
+
+    def rebuilt(self) -> BaseException:
+        """The exception itself, where it was never pickled (a cluster's
+        workers in this process)."""
+        return _rebuild(*self.parts())
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 # Per source file, the registry that lets the "default" action show a warning

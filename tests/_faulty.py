@@ -25,7 +25,17 @@ from sklearn.utils.metaestimators import available_if
 # A value no generated feature takes.
 MARK = -7777.0
 
-FAULTS = ("none", "raise", "raise-unpicklable", "exit", "kill", "memory", "sleep")
+FAULTS = (
+    "none",
+    "raise",
+    "raise-unpicklable",
+    "raise-two-arguments",
+    "stop-iteration",
+    "exit",
+    "kill",
+    "memory",
+    "sleep",
+)
 # Faults that end the process that meets them.
 KILLING = ("exit", "kill")
 # Memory the "memory" fault asks for beyond its address-space limit.
@@ -34,6 +44,16 @@ _OVER_LIMIT = 1 << 30
 
 class ChunkError(ValueError):
     """The error the ``"raise"`` fault raises, with the failing rows' count."""
+
+
+class TwoArgumentChunkError(ValueError):
+    """The error the ``"raise-two-arguments"`` fault raises: its ``__init__``
+    takes two arguments and passes one message on, so that pickle's default
+    (the class called with ``args``) cannot rebuild it."""
+
+    def __init__(self, rows, message):
+        super().__init__(f"{message} in a chunk of {rows} rows")
+        self.rows = rows
 
 
 class UnpicklableChunkError(ValueError):
@@ -52,10 +72,13 @@ class Faulty(BaseEstimator):
     ----------
     estimator : estimator instance
         The estimator to behave as; fitted by :meth:`fit`, or given fitted.
-    fault : {"none", "raise", "raise-unpicklable", "exit", "kill", "memory", \
-            "sleep"}
+    fault : {"none", "raise", "raise-unpicklable", "raise-two-arguments", \
+            "stop-iteration", "exit", "kill", "memory", "sleep"}
         ``"raise"`` raises :class:`ChunkError`; ``"raise-unpicklable"``
-        raises :class:`UnpicklableChunkError`; ``"exit"`` ends the process
+        raises :class:`UnpicklableChunkError`; ``"raise-two-arguments"``
+        raises :class:`TwoArgumentChunkError`; ``"stop-iteration"`` raises
+        ``StopIteration``, which a generator turns into ``RuntimeError``;
+        ``"exit"`` ends the process
         with ``os._exit(3)``; ``"kill"`` sends it ``SIGKILL``; ``"memory"``
         lowers the address-space limit and allocates past it (the
         ``MemoryError`` of a process that ran out of memory); ``"sleep"``
@@ -123,6 +146,10 @@ class Faulty(BaseEstimator):
             raise ChunkError(f"injected failure in a chunk of {len(X)} rows")
         if self.fault == "raise-unpicklable":
             raise UnpicklableChunkError("injected failure")
+        if self.fault == "raise-two-arguments":
+            raise TwoArgumentChunkError(len(X), "injected failure")
+        if self.fault == "stop-iteration":
+            raise StopIteration("injected failure")
         if self.fault == "exit":
             os._exit(3)
         if self.fault == "kill":

@@ -28,6 +28,7 @@ from _faulty import (
     MARK,
     ChunkError,
     Faulty,
+    TwoArgumentChunkError,
     UnpicklableChunkError,
     done_calls,
     inject,
@@ -324,6 +325,39 @@ def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backen
     if expected is RuntimeError:
         assert "UnpicklableChunkError: injected failure" in str(caught.value)
         assert "_inject" in str(caught.value)  # the worker's traceback
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_an_exception_whose_init_takes_other_arguments_comes_back(wrapper, backend):
+    # Pickle rebuilds an exception by calling its class with its args, which
+    # failed in the caller for this one: processes raised a RuntimeError
+    # naming it, not the serial call's error.
+    faulty = Faulty(LogisticRegression(), fault="raise-two-arguments").fit(X, Y)
+    model = _wrap(wrapper, faulty, backend=backend)
+    with pytest.raises(TwoArgumentChunkError, match="injected failure") as caught:
+        model.predict(_marked())
+    assert caught.value.rows == ENGINE["chunk_size"]
+    assert caught.value.args == (
+        f"injected failure in a chunk of {caught.value.rows} rows",
+    )
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verbose", [0, 1])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_a_stop_iteration_reaches_the_caller_as_it_is(wrapper, backend, verbose):
+    # joblib's Parallel yields its outputs from a generator, which turned a
+    # task's StopIteration into "RuntimeError: generator raised
+    # StopIteration" (multiprocessing, and any backend with verbose).
+    faulty = Faulty(LogisticRegression(), fault="stop-iteration").fit(X, Y)
+    model = _wrap(wrapper, faulty, backend=backend, verbose=verbose)
+    with pytest.raises(StopIteration, match="injected failure"):
+        model.predict(_marked())
     _assert_works(model, wrapper)
 
 
