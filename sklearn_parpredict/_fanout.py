@@ -12,6 +12,7 @@ backend, the package's own threads.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import pickle
 import select
@@ -27,6 +28,7 @@ import joblib
 from joblib._parallel_backends import (
     LokyBackend,
     MultiprocessingBackend,
+    ParallelBackendBase,
     ThreadingBackend,
 )
 from joblib.externals.loky.process_executor import (
@@ -76,6 +78,40 @@ def backend_configured() -> bool:
         )
     except Exception:  # joblib internals moved: assume the user chose
         return True
+
+
+def joblib_config() -> dict | None:
+    """The calling thread's ``joblib.parallel_config``, for a thread of ours
+    that works for it (see :func:`in_joblib_config`)."""
+    return getattr(_joblib_local, "config", None)
+
+
+@contextlib.contextmanager
+def in_joblib_config(config: dict | None):
+    """Run under ``config``, a caller's :func:`joblib_config`, on another
+    thread, whose own joblib settings are joblib's defaults: a warm-up in
+    the background started loky's workers with them, which the caller's
+    calls under other settings (``max_nbytes``, ``inner_max_num_threads``)
+    replaced by their own, and under ``backend="multiprocessing"`` it
+    started loky workers that no call runs on."""
+    if config is None or _joblib_local is None:
+        yield
+        return
+    backend = config.get("backend")
+    if isinstance(backend, ParallelBackendBase):
+        # An instance of its own: joblib sets a backend up for the call that
+        # runs on it (its executor, its Parallel), and the caller's calls
+        # run on the caller's meanwhile.
+        config = {**config, "backend": copy.copy(backend)}
+    old = getattr(_joblib_local, "config", None)
+    _joblib_local.config = config
+    try:
+        yield
+    finally:
+        if old is None:
+            del _joblib_local.config
+        else:
+            _joblib_local.config = old
 
 
 def fan_out(

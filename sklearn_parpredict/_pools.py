@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from sklearn_parpredict import _costs, _loky
-from sklearn_parpredict._fanout import fan_out
+from sklearn_parpredict._fanout import fan_out, in_joblib_config, joblib_config
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._locks import fork_safe, in_forked_child
 from sklearn_parpredict._sharing import ModelHandle
@@ -132,9 +132,16 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
         done()  # a warm-up that never started must not look under way
         raise
 
+    # The caller's joblib settings, which choose the workers its calls run
+    # on (see _fanout.in_joblib_config).
+    config = joblib_config()
+
     def start():
         try:
-            fan_out(run_task, tasks * n_workers, n_workers=n_workers, backend=backend)
+            with in_joblib_config(config):
+                fan_out(
+                    run_task, tasks * n_workers, n_workers=n_workers, backend=backend
+                )
             ran(jobs, pool_key)
         except Exception:  # noqa: S110 - a failed warm-up only costs speed
             pass

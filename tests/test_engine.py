@@ -1081,6 +1081,36 @@ def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
     assert _pools._warming == {("LokyBackend", 3)}
 
 
+@pytest.mark.timeout(120)
+def test_a_warm_up_starts_the_workers_that_the_callers_joblib_config_runs_on():
+    from joblib.externals.loky import reusable_executor
+
+    data = np.zeros((400, 2))
+    model = _Sleeper().fit(data)
+    _stop_pools()
+    # joblib's configuration is the calling thread's: the warm-up's thread
+    # started loky's workers with joblib's defaults, which the calls, under
+    # other settings, replaced by workers of their own (started again at
+    # their cost, though counted warm), and under a multiprocessing
+    # backend it started loky workers that no call runs on.
+    with joblib.parallel_config(backend="loky", max_nbytes="2M"):
+        _pools.warm_up([Job(model, "predict", data)], 2, None, ("LokyBackend", 2))
+        _join_warm_ups()
+        warmed = reusable_executor._executor
+        assert warmed is not None
+        out = parallel_predict(model, data, n_jobs=2, chunk_size=100)
+        assert reusable_executor._executor is warmed
+        assert set(np.unique(out)) <= set(warmed._processes)
+    _stop_pools()
+    stopped = reusable_executor._executor
+    with joblib.parallel_config(backend="multiprocessing"):
+        key = ("MultiprocessingBackend", 2)
+        _pools.warm_up([Job(model, "predict", data)], 2, None, key)
+        _join_warm_ups()
+    assert reusable_executor._executor is stopped
+    _stop_pools()
+
+
 _SLEEPER_SCRIPT = """
 import os, time
 import joblib
