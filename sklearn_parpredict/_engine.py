@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import multiprocessing
+import threading
 from collections.abc import Callable
 from numbers import Integral
 from typing import Any, TypeAlias
@@ -82,8 +84,19 @@ def _backend(n_jobs, backend):
     if backend is None and (nested or _threads.in_worker() or _distributed.in_worker()):
         return active, 1
     # Counting usable cores reads cgroup files: remember it per setting. A
-    # cluster's workers come and go: ask it every time.
-    key = (type(active), n_jobs, default_n_jobs)
+    # cluster's workers come and go: ask it every time. joblib's count also
+    # depends on where the call runs: one worker for process backends below
+    # another level (another library's threads) or in a daemon process. A
+    # call nested so left its count to every later call on the backend,
+    # which stayed in-process even on the main thread.
+    key = (
+        type(active),
+        n_jobs,
+        default_n_jobs,
+        getattr(active, "nesting_level", None),
+        threading.current_thread() is threading.main_thread(),
+        multiprocessing.current_process().daemon,
+    )
     if key not in _n_workers or _distributed.cluster_for(active):
         with parallel_config(backend):
             _n_workers[key] = joblib.effective_n_jobs(n_jobs)

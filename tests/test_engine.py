@@ -1082,6 +1082,25 @@ def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
 
 
 @pytest.mark.timeout(120)
+def test_a_call_nested_below_threads_leaves_later_calls_their_workers():
+    data = np.zeros((400, 2))
+    model = _Sleeper().fit(data)
+
+    def call():
+        return parallel_predict(model, data, n_jobs=2, backend="loky", chunk_size=100)
+
+    # joblib runs loky below another library's threads on one worker (and
+    # warns): that count was remembered for the backend and n_jobs, and
+    # every later call, on the main thread too, stayed in-process.
+    with pytest.warns(UserWarning, match="nested below threads"):
+        nested = joblib.Parallel(n_jobs=2, backend="threading")(
+            joblib.delayed(call)() for _ in range(2)
+        )
+    assert all((out == os.getpid()).all() for out in nested)
+    assert (call() != os.getpid()).all()
+
+
+@pytest.mark.timeout(120)
 def test_a_warm_up_starts_the_workers_that_the_callers_joblib_config_runs_on():
     from joblib.externals.loky import reusable_executor
 
