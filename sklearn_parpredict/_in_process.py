@@ -24,6 +24,9 @@ logger = logging.getLogger("sklearn_parpredict")
 TOO_LITTLE = "in-process: too little work to plan"
 NO_GAIN = "in-process: parallel work would not pay"
 SERIAL_CHECK = "in-process: the serial call timed again, as a split gains little"
+# Settings (a call's n_jobs and backend, and its joblib context) for which a
+# cost remembers that no plan pays; the oldest is forgotten first.
+MAX_NO_GAIN_SETTINGS = 16
 
 
 def _small_under(cost, X) -> bool:
@@ -151,7 +154,12 @@ def remember_no_gain(
             if known is not None and known[0] == rows:
                 cost.no_gain[key] = (rows, cost.seconds(rows), known[2])
         elif known is None or rows >= known[0]:
+            cost.no_gain.pop(key, None)  # the latest last
             cost.no_gain[key] = (rows, cost.seconds(rows), rent)
+            # The settings include the joblib context: one entered per call
+            # (a server's per request) added one more on every call.
+            while len(cost.no_gain) > MAX_NO_GAIN_SETTINGS:
+                del cost.no_gain[next(iter(cost.no_gain))]
 
 
 def known_no_gain(estimator, method: str, X, n_jobs, backend) -> str | None:

@@ -794,6 +794,24 @@ def test_calls_no_plan_pays_for_still_teach_the_cost_when_long(monkeypatch):
     assert cost.seconds(len(data)) > before * _costs.NO_GAIN_DRIFT
 
 
+def test_calls_no_plan_pays_for_remember_a_bounded_number_of_settings():
+    # Each joblib.parallel_config context is a setting of its own: a server
+    # that entered one per request remembered one more per call, for ever
+    # (951 after 2,000 calls of a forest, 2 cores).
+    data = np.zeros((1_000, 2))
+    model = _FixedCost().fit(data)
+    contexts = []
+    for _ in range(3 * _in_process.MAX_NO_GAIN_SETTINGS):
+        contexts.append(joblib.parallel_config(n_jobs=2))  # kept: ids not reused
+        with contexts[-1]:
+            for _ in range(3):  # probed, planned, then remembered
+                parallel_predict(model, data, n_jobs=2)
+            # The latest is kept.
+            assert _in_process.known_no_gain(model, "predict", data, 2, None)
+    cost = _costs.remembered_cost(model, "predict")
+    assert 0 < len(cost.no_gain) <= _in_process.MAX_NO_GAIN_SETTINGS
+
+
 class _CallerThread(_Sleeper):
     """Instant; predicts the id of the thread that ran it."""
 
