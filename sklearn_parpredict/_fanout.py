@@ -261,7 +261,10 @@ def _recording_warnings(function, *args):
         warnings.simplefilter("always")
         try:
             out = function(*args)
-        except Exception as exc:
+        except BaseException as exc:
+            # (Not only an Exception: one that is not, unpickled in vain,
+            # broke loky's pool, and a multiprocessing pool's result handler,
+            # its call left waiting for ever.)
             stand_in = _stand_in(exc)
             if stand_in is None:
                 setattr(exc, _CAUGHT, _sendable(_described(caught)))
@@ -390,7 +393,7 @@ def _described(caught: list) -> list[tuple]:
     return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
-def _stand_in(exc: Exception) -> Exception | None:
+def _stand_in(exc: BaseException) -> Exception | None:
     """An error to raise in place of ``exc`` when the caller could not
     unpickle it: a ``multiprocessing`` pool would wait for the task forever,
     and loky would report a broken pool instead of the error.

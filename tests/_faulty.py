@@ -30,6 +30,7 @@ FAULTS = (
     "raise",
     "raise-unpicklable",
     "raise-two-arguments",
+    "interrupt-two-arguments",
     "stop-iteration",
     "exit",
     "kill",
@@ -56,6 +57,15 @@ class TwoArgumentChunkError(ValueError):
         self.rows = rows
 
 
+class TwoArgumentChunkInterrupt(BaseException):
+    """The ``"interrupt-two-arguments"`` fault's: a :class:`TwoArgumentChunkError`
+    that is no ``Exception`` (as ``KeyboardInterrupt`` is not)."""
+
+    def __init__(self, rows, message):
+        super().__init__(f"{message} in a chunk of {rows} rows")
+        self.rows = rows
+
+
 class UnpicklableChunkError(ValueError):
     """The error the ``"raise-unpicklable"`` fault raises: it holds a lock,
     which no pickler takes."""
@@ -73,10 +83,12 @@ class Faulty(BaseEstimator):
     estimator : estimator instance
         The estimator to behave as; fitted by :meth:`fit`, or given fitted.
     fault : {"none", "raise", "raise-unpicklable", "raise-two-arguments", \
-            "stop-iteration", "exit", "kill", "memory", "sleep"}
+            "interrupt-two-arguments", "stop-iteration", "exit", "kill", \
+            "memory", "sleep"}
         ``"raise"`` raises :class:`ChunkError`; ``"raise-unpicklable"``
         raises :class:`UnpicklableChunkError`; ``"raise-two-arguments"``
-        raises :class:`TwoArgumentChunkError`; ``"stop-iteration"`` raises
+        raises :class:`TwoArgumentChunkError`; ``"interrupt-two-arguments"``
+        raises :class:`TwoArgumentChunkInterrupt`; ``"stop-iteration"`` raises
         ``StopIteration``, which a generator turns into ``RuntimeError``;
         ``"exit"`` ends the process
         with ``os._exit(3)``; ``"kill"`` sends it ``SIGKILL``; ``"memory"``
@@ -148,6 +160,8 @@ class Faulty(BaseEstimator):
             raise UnpicklableChunkError("injected failure")
         if self.fault == "raise-two-arguments":
             raise TwoArgumentChunkError(len(X), "injected failure")
+        if self.fault == "interrupt-two-arguments":
+            raise TwoArgumentChunkInterrupt(len(X), "injected failure")
         if self.fault == "stop-iteration":
             raise StopIteration("injected failure")
         if self.fault == "exit":

@@ -29,6 +29,7 @@ from _faulty import (
     ChunkError,
     Faulty,
     TwoArgumentChunkError,
+    TwoArgumentChunkInterrupt,
     UnpicklableChunkError,
     done_calls,
     inject,
@@ -329,16 +330,28 @@ def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backen
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "fault, error",
+    [
+        ("raise-two-arguments", TwoArgumentChunkError),
+        ("interrupt-two-arguments", TwoArgumentChunkInterrupt),
+    ],
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_an_exception_whose_init_takes_other_arguments_comes_back(wrapper, backend):
+def test_an_exception_whose_init_takes_other_arguments_comes_back(
+    wrapper, backend, fault, error
+):
     # Pickle rebuilds an exception by calling its class with its args, which
     # failed in the caller for this one: processes raised a RuntimeError
-    # naming it, not the serial call's error.
-    faulty = Faulty(LogisticRegression(), fault="raise-two-arguments").fit(X, Y)
+    # naming it, not the serial call's error; one that is no Exception broke
+    # loky's pool and left a multiprocessing call waiting for ever.
+    faulty = Faulty(LogisticRegression(), fault=fault).fit(X, Y)
     model = _wrap(wrapper, faulty, backend=backend)
-    with pytest.raises(TwoArgumentChunkError, match="injected failure") as caught:
+    start = time.monotonic()
+    with pytest.raises(error, match="injected failure") as caught:
         model.predict(_marked())
+    assert time.monotonic() - start < PROMPT_S
     assert caught.value.rows == ENGINE["chunk_size"]
     assert caught.value.args == (
         f"injected failure in a chunk of {caught.value.rows} rows",
