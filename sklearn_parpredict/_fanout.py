@@ -32,6 +32,7 @@ from joblib._parallel_backends import (
     ThreadingBackend,
 )
 from joblib.externals.loky.process_executor import (
+    BrokenProcessPool,
     TerminatedWorkerError,
     _ExceptionWithTraceback,
 )
@@ -601,7 +602,28 @@ def _one_openmp_thread() -> None:
 
 
 def _watch_pool(pool, workers: dict, stop: threading.Event) -> None:
+    results = getattr(pool, "_result_handler", None)
     while not stop.wait(_WATCH_S):
+        if (
+            results is not None
+            and not results.is_alive()
+            and pool._state == RUN
+            and not stop.is_set()
+        ):
+            # The result handler ends only with the pool, or on an error: a
+            # result that failed to unpickle here (its traceback printed
+            # by the thread) left the call waiting for it for ever. loky
+            # reports its pool broken so.
+            _fail_pending(
+                pool,
+                BrokenProcessPool(
+                    "A result has failed to un-serialize: the multiprocessing "
+                    "pool's result handler ended on it (see its traceback "
+                    "above). Please ensure that the objects returned by the "
+                    "estimator can be unpickled."
+                ),
+            )
+            return
         # Workers only end with the pool (no maxtasksperchild): a worker that
         # exited, or a new one replacing it, means one died.
         current = list(pool._pool)
@@ -618,11 +640,16 @@ def _watch_pool(pool, workers: dict, stop: threading.Event) -> None:
                 f"operating system to kill the worker.\nThe exit codes of the "
                 f"workers are {{{names}}}"
             )
-            for result in list(pool._cache.values()):
-                # A result that arrives meanwhile has already removed itself.
-                with contextlib.suppress(KeyError):
-                    result._set(0, (False, error))
+            _fail_pending(pool, error)
             return
+
+
+def _fail_pending(pool, error: BaseException) -> None:
+    """Fail every task of ``pool`` not done yet with ``error``."""
+    for result in list(pool._cache.values()):
+        # A result that arrives meanwhile has already removed itself.
+        with contextlib.suppress(KeyError):
+            result._set(0, (False, error))
 
 
 def _exit_name(code: int) -> str:

@@ -32,6 +32,7 @@ FAULTS = (
     "raise-two-arguments",
     "interrupt-two-arguments",
     "stop-iteration",
+    "return-unloadable",
     "exit",
     "kill",
     "memory",
@@ -66,6 +67,19 @@ class TwoArgumentChunkInterrupt(BaseException):
         self.rows = rows
 
 
+class Unloadable:
+    """What the ``"return-unloadable"`` fault's ``predict`` returns, per row:
+    it pickles, but unpickling it fails (its class is called with one
+    argument of the two it takes)."""
+
+    def __init__(self, label, rows):
+        self.label = label
+        self.rows = rows
+
+    def __reduce__(self):
+        return Unloadable, (self.label,)
+
+
 class UnpicklableChunkError(ValueError):
     """The error the ``"raise-unpicklable"`` fault raises: it holds a lock,
     which no pickler takes."""
@@ -88,7 +102,8 @@ class Faulty(BaseEstimator):
         ``"raise"`` raises :class:`ChunkError`; ``"raise-unpicklable"``
         raises :class:`UnpicklableChunkError`; ``"raise-two-arguments"``
         raises :class:`TwoArgumentChunkError`; ``"interrupt-two-arguments"``
-        raises :class:`TwoArgumentChunkInterrupt`; ``"stop-iteration"`` raises
+        raises :class:`TwoArgumentChunkInterrupt`; ``"return-unloadable"``
+        has ``predict`` return :class:`Unloadable` objects; ``"stop-iteration"`` raises
         ``StopIteration``, which a generator turns into ``RuntimeError``;
         ``"exit"`` ends the process
         with ``os._exit(3)``; ``"kill"`` sends it ``SIGKILL``; ``"memory"``
@@ -144,7 +159,12 @@ class Faulty(BaseEstimator):
     @available_if(lambda self: hasattr(self.estimator, "predict"))
     def predict(self, X):
         self._inject(X)
-        return self.estimator_.predict(X)
+        out = self.estimator_.predict(X)
+        if self.fault == "return-unloadable" and _marked(X):
+            unloadable = np.empty(len(out), dtype=object)
+            unloadable[:] = [Unloadable(label, len(X)) for label in out]
+            return unloadable
+        return out
 
     @available_if(lambda self: hasattr(self.estimator, "score"))
     def score(self, X, y=None):

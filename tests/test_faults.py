@@ -547,6 +547,24 @@ def test_multiprocessing_tasks_written_through_a_descriptor_past_1023():
 
 
 @pytest.mark.timeout(60)
+# The multiprocessing pool's result handler ends on the error, printed as
+# any thread's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_an_output_that_cannot_be_unpickled_is_a_prompt_error(wrapper, backend):
+    # Unpickling it ended a multiprocessing pool's result handler, and the
+    # call waited for ever; loky reports its pool broken.
+    faulty = Faulty(LogisticRegression(), fault="return-unloadable").fit(X, Y)
+    model = _wrap(wrapper, faulty, backend=backend)
+    start = time.monotonic()
+    with pytest.raises(BrokenProcessPool, match="un-?serialize|unpickl"):
+        model.predict(_marked())
+    assert time.monotonic() - start < PROMPT_S
+    _assert_works(model, wrapper)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "fault, error, match",
     [
