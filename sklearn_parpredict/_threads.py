@@ -229,7 +229,7 @@ class ErrState:
         # cannot be pickled (a stream for "log", an object holding a lock),
         # or not unpickled in the worker, cannot go: its modes are "warn"
         # there instead, whose RuntimeWarning the process backends raise
-        # again in the caller (see ``_fanout._recording_warnings``), rather
+        # again in the caller (see ``_outcomes.recording_warnings``), rather
         # than the call failing to send its tasks.
         if not self._uses_call:
             return ErrState, (self.modes,)

@@ -57,7 +57,8 @@ from test_parallel_predictor_properties import (
 from sklearn_parpredict import (
     MultiModelPredictor,
     ParallelPredictor,
-    _fanout,
+    _outcomes,
+    _watched_pool,
     parallel_predict,
 )
 
@@ -110,39 +111,6 @@ def _estimator_param(wrapper):
 def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
     model = _wrap(wrapper, Faulty(LogisticRegression()).fit(X, Y), backend=backend)
     with pytest.raises(ChunkError, match="^injected failure in a chunk of 20 rows$"):
-        model.predict(_marked())
-    _assert_works(model, wrapper)
-
-
-class _StopsOnMarkedRows(BaseEstimator):
-    """Predicts the first column; a chunk with a marked row raises
-    ``StopIteration`` (an iterator run dry in the estimator's code)."""
-
-    def fit(self, X, y=None):
-        self.fitted_ = True
-        return self
-
-    def predict(self, X):
-        if (X[:, 0] == MARK).any():
-            raise StopIteration("no more rows")
-        return X[:, 0]
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("verbose", [0, 1])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_a_stop_iteration_in_one_chunk_reaches_the_caller_as_it_is(
-    wrapper, backend, verbose
-):
-    # joblib gathers the outputs in a generator, which turned a StopIteration
-    # raised through it into "RuntimeError: generator raised StopIteration"
-    # (PEP 479; the multiprocessing backend, and any backend with verbose);
-    # the serial call raises the StopIteration.
-    model = _wrap(
-        wrapper, _StopsOnMarkedRows().fit(X), backend=backend, verbose=verbose
-    )
-    with pytest.raises(StopIteration, match="^no more rows$"):
         model.predict(_marked())
     _assert_works(model, wrapper)
 
@@ -304,7 +272,7 @@ def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
     for filename in ("/nowhere/imported_in_the_worker.py", "<dynamic-code>"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _fanout._warn_again([[("from a worker", UserWarning, filename, 3)]])
+            _outcomes.warn_again([[("from a worker", UserWarning, filename, 3)]])
         assert [(str(w.message), w.filename) for w in caught] == [
             ("from a worker", filename)
         ]
@@ -414,7 +382,7 @@ def test_failed_multiprocessing_call_survives_a_worker_killed_holding_a_lock(
     # failed calls hung). Here the lock is taken for good as the first worker
     # is killed, and the task handler, slowed, writes after that.
     kills = []
-    configure = _fanout._WatchedMultiprocessingBackend.configure
+    configure = _watched_pool.WatchedMultiprocessingBackend.configure
 
     def instrumented(self, *args, **kwargs):
         n_jobs = configure(self, *args, **kwargs)
@@ -440,7 +408,7 @@ def test_failed_multiprocessing_call_survives_a_worker_killed_holding_a_lock(
         return n_jobs
 
     monkeypatch.setattr(
-        _fanout._WatchedMultiprocessingBackend, "configure", instrumented
+        _watched_pool.WatchedMultiprocessingBackend, "configure", instrumented
     )
     model = ParallelPredictor(
         _FailsFirstSleepsAfter(), backend="multiprocessing", **ENGINE
@@ -458,7 +426,7 @@ def test_multiprocessing_pool_ends_with_a_worker_stuck_writing_a_result():
     # the results queue. The result handler can end first (on the task
     # handler's sentinel) while a worker holds that lock, waiting to write a
     # result too big for the pipe that no one reads any more.
-    backend = _fanout._WatchedMultiprocessingBackend()
+    backend = _watched_pool.WatchedMultiprocessingBackend()
     backend.configure(n_jobs=2)
     pool = backend._pool
     pool._result_handler._state = "TERMINATE"
@@ -489,7 +457,7 @@ def test_multiprocessing_pool_ends_while_a_task_is_being_pickled():
     # task handler, still pickling, writes its task after that, to workers
     # that are gone (a fit whose first model failed to pickle hung 1 time
     # in 6 while the second model's data was pickled).
-    backend = _fanout._WatchedMultiprocessingBackend()
+    backend = _watched_pool.WatchedMultiprocessingBackend()
     # Workers that read nothing for a while: the task is not taken either.
     backend.configure(n_jobs=2, initializer=time.sleep, initargs=(2,))
     backend._pool.apply_async(len, (_SlowToPickle(),))
@@ -521,7 +489,7 @@ def test_multiprocessing_tasks_written_through_a_descriptor_past_1023():
             gc.collect()
             while not opened or opened[-1] < 1100:
                 opened.append(os.open(os.devnull, os.O_RDONLY))
-            backend = _fanout._WatchedMultiprocessingBackend()
+            backend = _watched_pool.WatchedMultiprocessingBackend()
             # Workers that read nothing for a while: the task fills the pipe.
             backend.configure(n_jobs=2, initializer=time.sleep, initargs=(0.5,))
             if backend._pool._inqueue._writer.fileno() > 1023:

@@ -1,0 +1,256 @@
+"""What a task sends back from a worker, and how the caller raises it.
+
+A task's warnings go back with its output or its error and are raised again
+in the caller, under the caller's filters. Its error comes back as the
+serial call raises it: as itself where plain pickle cannot rebuild it (see
+:class:`Rebuilt`), as a ``StopIteration`` past joblib's generators, and,
+where several tasks failed, the first in the serial order (see
+:func:`in_task_order`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import sys
+import traceback
+import warnings
+
+from joblib.externals.loky.process_executor import _ExceptionWithTraceback
+
+from sklearn_parpredict._sharing import cloudpickle
+
+# Where a failing task's exception carries its warnings back (an attribute
+# pickles with the exception).
+CAUGHT = "_sklearn_parpredict_warnings"
+
+
+def recording_warnings(function, *args):
+    """A task in a worker process, and the warnings it raised.
+
+    A worker's warnings are printed on its stderr, out of the reach of the
+    caller's filters, ``pytest.warns`` or ``logging.captureWarnings``: they
+    are sent back with the output and raised again in the caller.
+    """
+    stand_in = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = function(*args)
+        except BaseException as exc:
+            # (Not only an Exception: one that is not, unpickled in vain,
+            # broke loky's pool, and a multiprocessing pool's result handler,
+            # its call left waiting for ever.)
+            stand_in = _stand_in(exc)
+            if stand_in is None:
+                setattr(exc, CAUGHT, _sendable(_described(caught)))
+                raise
+    if stand_in is not None:
+        setattr(stand_in, CAUGHT, _sendable(_described(caught)))
+        # Raised here, it has no context: where distributed is imported,
+        # tblib pickles an exception's context with it.
+        raise stand_in
+    return out, _sendable(_described(caught))
+
+
+def ordered_outputs(active) -> bool:
+    """Whether joblib's loop on ``active`` hands the outputs back one by one,
+    in task order (not joblib's ``multiprocessing`` backend)."""
+    return bool(getattr(active, "supports_return_generator", False))
+
+
+class Failed(Exception):
+    """A task's exception, returned as its output, or raised in its place
+    (see :func:`outcome`)."""
+
+    def __init__(self, exception: Exception):
+        super().__init__(exception)
+        self.exception = exception
+
+    def __reduce__(self):
+        # To the caller, with its traceback in the worker as its cause, as
+        # loky sends an error.
+        return Failed, (_ExceptionWithTraceback(self.exception),)
+
+
+class _Aborted(Exception):
+    """Thrown into joblib's generator of outputs: it stops the tasks."""
+
+
+def outcome(ordered: bool, function, *args):
+    """``function(*args)``, its exception in a :class:`Failed`: returned
+    where joblib's loop hands the outputs back in task order (``ordered``),
+    else raised.
+
+    joblib raises the error of whichever task failed first, where the
+    serial call meets the first rows' error first: a task in order returns
+    it for :func:`in_task_order` to raise. And joblib gathers the outputs
+    in a generator, which turns a ``StopIteration`` raised through it into
+    ``RuntimeError: generator raised StopIteration`` (PEP 479): raised, it
+    goes through as a :class:`Failed`, which :func:`._fanout.fan_out` unwraps.
+    """
+    try:
+        return function(*args)
+    except Exception as exc:
+        if ordered:
+            return Failed(exc)
+        raise Failed(exc) from None
+
+
+def in_task_order(outputs, rank: list[int] | None = None) -> list:
+    """The outputs of joblib's loop of :func:`outcome` tasks, in task order.
+
+    The first task that failed in the serial order (``rank``, as
+    :func:`._fanout.fan_out` takes it) raises its exception once every task before
+    it in that order is done (they run on, as the serial call runs the rows
+    before the failing ones); joblib stops the others.
+    """
+    results: list = []
+    first = None
+    for out in outputs:
+        i = len(results)
+        results.append(out)
+        if isinstance(out, Failed) and (
+            first is None or (rank is not None and rank[i] < rank[first])
+        ):
+            first = i
+        if first is None:
+            continue
+        before = (
+            range(first)
+            if rank is None
+            else [j for j, r in enumerate(rank) if r < rank[first]]
+        )
+        if all(j < len(results) for j in before):
+            if not isinstance(outputs, list):
+                with contextlib.suppress(_Aborted):
+                    outputs.throw(_Aborted())
+            # Raised here, not through joblib's generator: a StopIteration
+            # stays one.
+            raise results[first].exception
+    return results
+
+
+def _sendable(described: list[tuple]) -> list[tuple]:
+    """The warnings that go back with a task's output or error, in a form
+    every backend's pickler takes: a warning class defined in a function
+    (which plain pickle refuses, and with it the output or the error) goes
+    by value; none go where no pickler takes them."""
+    if not described:
+        return described
+    try:
+        pickle.dumps(described)
+        return described
+    except Exception:  # noqa: S110 - by value, below
+        pass
+    try:
+        return _ByValue(cloudpickle.dumps(described))  # type: ignore[return-value]
+    except Exception:
+        return []
+
+
+class _ByValue:
+    """Bytes of cloudpickle that plain pickle sends, and unpickles into what
+    they hold."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self):
+        return pickle.loads, (self.data,)
+
+    def __iter__(self):
+        # Not pickled at all (a cluster's workers in this process).
+        return iter(pickle.loads(self.data))
+
+
+def _described(caught: list) -> list[tuple]:
+    """Warnings as they go back to the caller (see :func:`warn_again`)."""
+    return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+def _stand_in(exc: BaseException) -> Exception | None:
+    """An error to raise in place of ``exc`` when the caller could not
+    unpickle it: a ``multiprocessing`` pool would wait for the task forever,
+    and loky would report a broken pool instead of the error.
+
+    Where only its class's ``__init__`` fails on its ``args`` (one that
+    takes other arguments than it passes on: ``__init__(self, a, b)``
+    calling ``super().__init__(f"{a}-{b}")``), ``exc`` is sent back rebuilt
+    without it (see :class:`Rebuilt`), the serial call's error; else an
+    error naming it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return None
+    except Exception as why:
+        with contextlib.suppress(Exception):
+            carrier = Rebuilt(exc)
+            if type(pickle.loads(pickle.dumps(carrier))) is type(exc):
+                return carrier
+        trace = "".join(traceback.format_exception(exc))
+        return RuntimeError(
+            f"{type(exc).__qualname__}: {exc}\n(raised in a worker process; "
+            f"it cannot be sent back as it is, as unpickling it fails with "
+            f"{type(why).__name__}: {why}. Its traceback in the worker:\n"
+            f"{trace})"
+        )
+
+
+class Rebuilt(Exception):
+    """Pickles into its exception ``exc`` as it is, ``args`` and attributes,
+    without calling its class's ``__init__`` (as ``copy.copy`` would not
+    either), which pickle's default for exceptions calls with ``args``."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(exc)
+
+    def __reduce__(self):
+        return _rebuild, self.parts()
+
+    def parts(self) -> tuple:
+        (exc,) = self.args
+        # With what was set on the carrier (the task's warnings).
+        return type(exc), exc.args, {**vars(exc), **vars(self)}
+
+    def rebuilt(self) -> BaseException:
+        """The exception itself, where it was never pickled (a cluster's
+        workers in this process)."""
+        return _rebuild(*self.parts())
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+# Per source file, the registry that lets the "default" action show a warning
+# raised again once per location, as the serial call's module registry does.
+_warning_registries: dict[str, dict] = {}
+
+
+def warn_again(caught) -> None:
+    """Raise the workers' warnings in the caller, each distinct one once."""
+    for message, category, filename, lineno in dict.fromkeys(
+        warning for task in caught for warning in task
+    ):
+        warnings.warn_explicit(
+            message,
+            category,
+            filename,
+            lineno,
+            registry=_warning_registries.setdefault(filename, {}),
+            **_module_of(filename),
+        )
+
+
+def _module_of(filename: str) -> dict:
+    """The name of the loaded module of that file (filters match on it), as
+    ``warn_explicit``'s keyword; none where no module loaded here has that
+    file (one the worker alone imported, a function pickled by value):
+    ``module=None`` would drop the warning, as at interpreter exit."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return {"module": name}
+    return {}
