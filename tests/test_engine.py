@@ -1231,7 +1231,14 @@ def test_threads_far_slower_than_planned_lower_their_speedup():
     for _ in range(_planning.SLOW_THREAD_RUNS - 1):
         assert cost.thread_speedup == 2.0
         parallel_predict(model, data, n_jobs=2, backend="threading")
-    # SLOW_THREAD_RUNS in a row: the speedup the run implies is kept.
+    # SLOW_THREAD_RUNS in a row: the speedup the run implies is kept. (A run
+    # that came in under the bar, against a plan that a slow moment of the
+    # calibration stretched, starts the count again: a few runs more; once
+    # in the whole suite on the oldest versions, 2 cores.)
+    for _ in range(_planning.SLOW_THREAD_RUNS):
+        if cost.thread_speedup < 2.0:
+            break
+        parallel_predict(model, data, n_jobs=2, backend="threading")
     assert cost.thread_speedup < 1.5
     lowered = cost.thread_speedup
     for _ in range(3):
