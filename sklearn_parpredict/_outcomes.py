@@ -19,6 +19,7 @@ import warnings
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 
 from sklearn_parpredict._sharing import cloudpickle
+from sklearn_parpredict._threads import first_in_order
 
 # Where a failing task's exception carries its warnings back (an attribute
 # pickles with the exception).
@@ -101,27 +102,17 @@ def in_task_order(outputs, rank: list[int] | None = None) -> list:
     """The outputs of joblib's loop of :func:`outcome` tasks, in task order.
 
     The first task that failed in the serial order (``rank``, as
-    :func:`._fanout.fan_out` takes it) raises its exception once every task before
-    it in that order is done (they run on, as the serial call runs the rows
-    before the failing ones); joblib stops the others.
+    :func:`._threads.first_in_order` takes it) raises its exception once
+    every task before it in that order is done; joblib stops the others.
     """
     results: list = []
-    first = None
+    failed: list[int] = []
     for out in outputs:
-        i = len(results)
+        if isinstance(out, Failed):
+            failed.append(len(results))
         results.append(out)
-        if isinstance(out, Failed) and (
-            first is None or (rank is not None and rank[i] < rank[first])
-        ):
-            first = i
-        if first is None:
-            continue
-        before = (
-            range(first)
-            if rank is None
-            else [j for j, r in enumerate(rank) if r < rank[first]]
-        )
-        if all(j < len(results) for j in before):
+        first = first_in_order(failed, rank, lambda j: j < len(results))
+        if first is not None:
             if not isinstance(outputs, list):
                 with contextlib.suppress(_Aborted):
                     outputs.throw(_Aborted())

@@ -382,7 +382,14 @@ def gather(
     """
     futures: list[Future] = []
     queued = iter(tasks)
-    order = list(range(len(tasks))) if rank is None else rank
+
+    def first_failed() -> int | None:
+        return first_in_order(
+            [i for i, future in enumerate(futures) if _raised(future)],
+            rank,
+            lambda i: i < len(futures) and futures[i].done(),
+        )
+
     try:
         unfinished = set()
         failing = False
@@ -403,13 +410,14 @@ def gather(
                 else FIRST_EXCEPTION
             )
             done, unfinished = wait(unfinished, _WAKE_S, idle)
-            failing = failing or any(f.exception() is not None for f in done)
-            if failing and _first_failed(futures, order, settled=True) is not None:
+            failing = failing or any(map(_raised, done))
+            if failing and first_failed() is not None:
                 break
             more = len(done)
-        first = _first_failed(futures, order)
+        # (Every task is done here, or the failed one is settled.)
+        first = first_failed()
         if first is not None:
-            first.result()  # raises its exception
+            futures[first].result()  # raises its exception
         return [future.result() for future in futures]
     except BaseException as exc:
         if abort is not None and not all(future.done() for future in futures):
@@ -426,28 +434,28 @@ def gather(
         raise
 
 
-def _first_failed(
-    futures: list[Future], order: list[int], *, settled: bool = False
-) -> Future | None:
-    """The failed future first in the serial ``order``; with ``settled``,
-    only once every task before it in that order is done.
+def first_in_order(
+    failed: list[int], rank: list[int] | None, done: Callable[[int], bool]
+) -> int | None:
+    """Of the tasks that ``failed`` (their indices), the one the serial call
+    meets first, once every task before it is ``done``; None until then, or
+    where none failed.
 
-    The serial call meets the first rows' error first, whichever task
-    failed first: the tasks before the failed ones run on (those not
-    submitted yet are submitted, where the tasks go longest first).
+    ``rank`` is each task's place in the serial order, where the tasks run
+    in another (longest first); None: their order. The serial call meets the
+    first rows' error, whichever task failed first: the tasks before the
+    failed ones run on.
     """
-    failed = [i for i, future in enumerate(futures) if _failed([future])]
     if not failed:
         return None
-    first = min(failed, key=order.__getitem__)
-    if settled and any(
-        order[i] < order[first] and (i >= len(futures) or not futures[i].done())
-        for i in range(len(order))
-    ):
-        return None
-    return futures[first]
+    if rank is None:
+        first = min(failed)
+        before: Iterable[int] = range(first)
+    else:
+        first = min(failed, key=rank.__getitem__)
+        before = (i for i, place in enumerate(rank) if place < rank[first])
+    return first if all(map(done, before)) else None
 
 
-def _failed(futures: Iterable[Future]) -> list[Future]:
-    """The futures that raised, in the order given."""
-    return [f for f in futures if f.done() and f.exception() is not None]
+def _raised(future: Future) -> bool:
+    return future.done() and future.exception() is not None
