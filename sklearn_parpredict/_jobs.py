@@ -7,6 +7,7 @@ their handles.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,10 @@ from sklearn_parpredict import _chunking, _rowwise
 from sklearn_parpredict._pickled import PickledRows, Returned
 from sklearn_parpredict._rows import SharedRows
 from sklearn_parpredict._sharing import ModelHandle
+
+# Why each call ran as it did, for users asking why a call stayed in-process:
+# ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.
+logger = logging.getLogger("sklearn_parpredict")
 
 
 @dataclass
@@ -51,6 +56,16 @@ class Job:
         :func:`._rowwise.params_for_rows`)."""
         n = _chunking.n_rows(self.X)
         return _rowwise.params_for_rows(self.params, n, start, stop)
+
+
+def log(jobs: list[Job], sizes: list[int], how: str) -> None:
+    """Log, at debug level, how a call of ``jobs`` on ``sizes`` rows ran."""
+    if logger.isEnabledFor(logging.DEBUG):
+        what = ", ".join(
+            f"{type(job.estimator).__name__}.{job.method}" for job in jobs[:3]
+        )
+        more = f" and {len(jobs) - 3} more" if len(jobs) > 3 else ""
+        logger.debug("%s%s on %s rows: %s", what, more, sum(sizes), how)
 
 
 def run_task(model, method, X, columns, params):

@@ -249,7 +249,7 @@ def test_an_output_written_into_memory_mapped_rows_comes_back_as_written(backend
 
 
 def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _running
 
     monkeypatch.setattr(_costs, "CORES", 2)
 
@@ -269,7 +269,7 @@ def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     # Each worker took as long on its half as the serial call on all: the
     # estimator's own threads gain about 2x, and processes nothing.
     tasks = [(0, 50_000, 0.25, 0.25), (0, 50_000, 0.25, 0.25)]
-    _engine._learn_from_tasks([cost], planned, 2, tasks)
+    _running._learn_from_tasks([cost], planned, 2, tasks)
     assert cost.own_speedup == pytest.approx(4.75 / 2.5)
     assert cost.per_row == 2.5e-6 and not cost.samples
     assert plan(cost) is None
@@ -277,7 +277,7 @@ def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     # tasks teach the serial time their rows imply, as other tasks do.
     monkeypatch.setattr(_costs, "CORES", 4)
     cost = threaded()
-    _engine._learn_from_tasks([cost], planned, 2, tasks)
+    _running._learn_from_tasks([cost], planned, 2, tasks)
     assert cost.one_thread_per_row == 4e-6 and cost.samples
 
 
@@ -426,14 +426,14 @@ def _planned_rows(monkeypatch) -> list:
 def test_a_call_charges_processes_what_pickling_its_rows_costs(monkeypatch, caplog):
     import pandas as pd
 
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _choosing
 
     # On the nominal clock: 2 s of rows, worth 2 processes by their work.
     monkeypatch.setattr(_costs, "Timer", _NominalTimer)
     frame = pd.DataFrame({"a": np.zeros(20_000), "b": ["text"] * 20_000})
 
     def how(pickling_per_row):
-        monkeypatch.setattr(_engine, "pickling_per_row", lambda X: pickling_per_row)
+        monkeypatch.setattr(_choosing, "pickling_per_row", lambda X: pickling_per_row)
         model = _Nominal(0.001, 1e-4).fit(frame)
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
@@ -580,30 +580,30 @@ def test_rows_too_few_to_measure_threads_on_are_tried_on_threads_once(
 def test_threads_are_tried_on_a_whole_call_only_where_the_trial_teaches(
     monkeypatch,
 ):
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _choosing
 
     model = _Sleeper().fit(X)
     cost = _costs.Cost(0.01, 1e-5)
     _costs.remember_cost(model, "predict", cost)
     job = Job(model, "predict", X)
-    assert _engine._trial_wanted([job], [cost], [0])
+    assert _choosing.trial_wanted([job], [cost], [0])
     # Several jobs: whose threads the CPU time is, is not known.
-    assert not _engine._trial_wanted([job, job], [cost, cost], [0, 0])
+    assert not _choosing.trial_wanted([job, job], [cost, cost], [0, 0])
     # Measured within this call.
-    assert not _engine._trial_wanted([job], [cost], [-1])
+    assert not _choosing.trial_wanted([job], [cost], [-1])
     # A cost not remembered would be tried on every call.
     other = _costs.Cost(0.01, 1e-5)
-    assert not _engine._trial_wanted([job], [other], [0])
+    assert not _choosing.trial_wanted([job], [other], [0])
     # A warm-up under way spoils what it would teach.
     monkeypatch.setattr(_pools, "_warming", {("LokyBackend", 2)})
-    assert not _engine._trial_wanted([job], [cost], [0])
+    assert not _choosing.trial_wanted([job], [cost], [0])
     monkeypatch.setattr(_pools, "_warming", set())
     # Threads of its own; a speedup already trusted.
     cost.threads = 2.0
-    assert not _engine._trial_wanted([job], [cost], [0])
+    assert not _choosing.trial_wanted([job], [cost], [0])
     cost.threads = 1.0
     cost.add_thread_speedup(1.9)
-    assert not _engine._trial_wanted([job], [cost], [1])
+    assert not _choosing.trial_wanted([job], [cost], [1])
 
 
 def test_a_trial_of_threads_reads_the_rows_speedup_bounded_by_busy_cores(
@@ -823,9 +823,9 @@ def test_a_plan_that_gains_little_times_the_serial_call_again(monkeypatch):
     # A serial time predicted 8 ms for an instant call, which nothing the
     # plan's runs teach corrects: the cost learns it from a timed call
     # in-process, at the FIRST_CHECK-th run of the plan.
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _running
 
-    monkeypatch.setattr(_engine, "_learn_from_tasks", lambda *args: None)
+    monkeypatch.setattr(_running, "_learn_from_tasks", lambda *args: None)
     monkeypatch.setattr(_planning, "learn_overhead", lambda *args: None)
     model = _CallerThread().fit(X)
     cost = _costs.Cost(0.0, 2e-6, thread_speedup=1.4, thread_measurements=3)
@@ -1774,16 +1774,16 @@ def test_a_warm_thread_run_raises_the_speedup_by_its_threads_cpu_time(monkeypatc
 
 @pytest.mark.timeout(120)
 def test_no_more_workers_than_tasks_or_cores(monkeypatch):
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _running
 
     asked = []
-    real = _engine._run_parallel
+    real = _running._run_tasks
 
     def spy(jobs, plan, costs, done, n_workers, *args, **kwargs):
         asked.append(n_workers)
         return real(jobs, plan, costs, done, n_workers, *args, **kwargs)
 
-    monkeypatch.setattr(_engine, "_run_parallel", spy)
+    monkeypatch.setattr(_running, "_run_tasks", spy)
     model = LogisticRegression().fit(X, Y)
     for backend in ("threading", "loky"):
         got = parallel_predict(model, X, n_jobs=1000, backend=backend, chunk_size=200)
@@ -1848,12 +1848,12 @@ class _LockedNominal(_Nominal):
 
 def _spy_can_ship(monkeypatch) -> list:
     """The models whose pickling is tried, from now on."""
-    from sklearn_parpredict import _engine
+    from sklearn_parpredict import _choosing
 
     checked = []
-    can_ship = _engine.can_ship
+    can_ship = _choosing.can_ship
     monkeypatch.setattr(
-        _engine, "can_ship", lambda model: checked.append(model) or can_ship(model)
+        _choosing, "can_ship", lambda model: checked.append(model) or can_ship(model)
     )
     return checked
 
@@ -2005,7 +2005,7 @@ def test_a_model_refitted_in_place_past_its_cost_has_it_forgotten(container):
 
 
 def test_tasks_on_threads_that_outgrow_their_costs_forget_them():
-    from sklearn_parpredict._engine import _forget_outgrown
+    from sklearn_parpredict._running import _forget_outgrown
 
     models = [_Sleeper().fit(None), _Sleeper().fit(None)]
     jobs = [Job(model, "predict", np.zeros((2000, 2))) for model in models]

@@ -201,7 +201,7 @@ def test_columns_that_are_the_batchs_rows_are_the_serial_calls(backend):
 def test_a_method_whose_outputs_are_not_rows_is_not_split_again(monkeypatch):
     from sklearn.preprocessing import FunctionTransformer
 
-    from sklearn_parpredict import _costs, _engine
+    from sklearn_parpredict import _costs, _running
 
     def slow_gram(rows):
         time.sleep(2e-4 * len(rows))  # worth splitting by its rows
@@ -214,9 +214,9 @@ def test_a_method_whose_outputs_are_not_rows_is_not_split_again(monkeypatch):
     # Its probe's pieces told it: the later calls run in one piece.
     assert _costs.remembered_cost(gram, "transform").whole
     plans = []
-    real = _engine._run_parallel
+    real = _running._run_tasks
     monkeypatch.setattr(
-        _engine, "_run_parallel", lambda *a, **k: plans.append(a[1]) or real(*a, **k)
+        _running, "_run_tasks", lambda *a, **k: plans.append(a[1]) or real(*a, **k)
     )
     for _ in range(2):
         got = parallel_predict(gram, data, method="transform", backend="threading")
