@@ -30,6 +30,8 @@ from sklearn_parpredict._outcomes import (
     CAUGHT,
     Failed,
     Rebuilt,
+    Tally,
+    in_piece,
     in_task_order,
     ordered_outputs,
     outcome,
@@ -118,6 +120,7 @@ def fan_out(
     backend=None,
     verbose: int = 0,
     rank: list[int] | None = None,
+    tallies: list[Tally] | None = None,
 ):
     """``[function(*task) for task in tasks]`` on a joblib backend, in order.
 
@@ -140,6 +143,11 @@ def fan_out(
     rank : list of int, default=None
         Each task's place in the serial call's order, where the tasks are
         given in another (longest first); None: their order.
+    tallies : list of Tally, default=None
+        Each task's :class:`._outcomes.Tally`: the tasks that are pieces of
+        one serial call share one, and show its warnings as the serial
+        call does, not once per task. None: each task is a call of its own
+        (a model's fit), whose warnings all show.
 
     Returns
     -------
@@ -151,8 +159,11 @@ def fan_out(
     """
     tasks = list(tasks)
     if n_workers <= 1 or len(tasks) <= 1:
+        function, tasks = _in_pieces(function, tasks, tallies)
         return [function(*task) for task in tasks]
     active, _ = active_backend(backend)
+    if getattr(active, "uses_threads", False):
+        function, tasks = _in_pieces(function, tasks, tallies)
     if isinstance(active, ThreadingBackend) and not verbose:
         # joblib's threads start anew and are polled every 10 ms on every
         # call; the package's own are kept and waited on. (joblib's progress
@@ -231,10 +242,24 @@ def fan_out(
         error: BaseException = exc.exception if isinstance(exc, Failed) else exc
         if isinstance(error, Rebuilt):
             error = error.rebuilt()
-        warn_again([error.__dict__.pop(CAUGHT, ())])
+        # (Which task failed is not known here: its tally is the one the
+        # tasks share, where they are all pieces of one call.)
+        shared = None
+        if tallies and all(tally is tallies[0] for tally in tallies):
+            shared = tallies[:1]
+        warn_again([error.__dict__.pop(CAUGHT, ())], shared)
         if error is not exc:
             # With its traceback in the worker as its cause.
             raise error from error.__cause__
         raise
-    warn_again(caught for _, caught in results)
+    warn_again((caught for _, caught in results), tallies)
     return [out for out, _ in results]
+
+
+def _in_pieces(function, tasks: list, tallies: list[Tally] | None):
+    """``function`` and ``tasks`` to run in this process, each task a piece
+    of the call that its tally counts: their warnings are shown as they are
+    raised, through it."""
+    if tallies is None:
+        return function, tasks
+    return in_piece, [(tally, function, *task) for tally, task in zip(tallies, tasks)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn_parpredict import _chunking, _rowwise
+from sklearn_parpredict._outcomes import Tally
 from sklearn_parpredict._pickled import PickledRows, Returned
 from sklearn_parpredict._rows import SharedRows
 from sklearn_parpredict._sharing import ModelHandle
@@ -35,9 +36,13 @@ class Job:
     # another to be cut (see _chunking.prepare): the method is given its
     # rows in the caller's.
     sparse_type: type | None = None
+    # The warnings its pieces showed: the call shows them as the serial call
+    # does, not once per piece (see _outcomes.Tally).
+    tally: Tally = field(default_factory=Tally, repr=False, compare=False)
 
     def call(self, start: int | None = None, stop: int | None = None):
-        """Run the method in this process, on all rows or on ``start:stop``."""
+        """Run the method in this process, on all rows or on ``start:stop``
+        (a piece of the call, on any thread: see :attr:`tally`)."""
         if start is None:
             X = _chunking.as_sparse(self.X, self.sparse_type)
             return _call(self.estimator, self.method, X, self.columns, self.params)
@@ -45,7 +50,8 @@ class Job:
             stop = _chunking.n_rows(self.X)
         X = self.rows(start, stop)
         params = self.params_for(start, stop)
-        return _call(self.estimator, self.method, X, self.columns, params)
+        with self.tally.piece():
+            return _call(self.estimator, self.method, X, self.columns, params)
 
     def rows(self, start: int, stop: int):
         """Rows ``start:stop`` of ``X``, as the method is given them."""

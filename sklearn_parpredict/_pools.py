@@ -15,6 +15,7 @@ from sklearn_parpredict import _costs, _loky
 from sklearn_parpredict._fanout import fan_out, in_joblib_config, joblib_config
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._locks import fork_safe, in_forked_child
+from sklearn_parpredict._outcomes import Tally
 from sklearn_parpredict._sharing import ModelHandle
 
 # Seconds after which a process pool that sat idle is assumed to be gone
@@ -139,8 +140,16 @@ def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
     def start():
         try:
             with in_joblib_config(config):
+                # The workers' warnings are not shown: the serial call makes
+                # no such calls. (They came from this thread, at any time,
+                # into whatever the caller was doing then, and under an
+                # "error" filter failed the warm-up.)
                 fan_out(
-                    run_task, tasks * n_workers, n_workers=n_workers, backend=backend
+                    run_task,
+                    tasks * n_workers,
+                    n_workers=n_workers,
+                    backend=backend,
+                    tallies=[Tally(quiet=True)] * (len(tasks) * n_workers),
                 )
             ran(jobs, pool_key)
         except Exception:  # noqa: S110 - a failed warm-up only costs speed

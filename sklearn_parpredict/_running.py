@@ -178,6 +178,7 @@ def _run_tasks(jobs, plan, costs, done, n_workers, backend, verbose, cluster=Non
                 backend=backend,
                 verbose=verbose,
                 rank=order,
+                tallies=[jobs[keys[i][0]].tally for i in order],
             )
     finally:
         spool.close()

@@ -16,10 +16,11 @@ import signal
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.metaestimators import available_if
 
 # A value no generated feature takes.
@@ -205,6 +206,39 @@ class Faulty(BaseEstimator):
         running.touch()
         time.sleep(self.seconds)
         running.rename(Path(self.log_dir, f"{start}_{time.monotonic()}_{who}.done"))
+
+
+class Warns(RegressorMixin, BaseEstimator):
+    """Predicts the first column, and warns ``times`` times on every call of
+    ``predict`` (and once on ``fit``, ``in_fit``), whatever its rows: each
+    chunk raises what the serial call raises once per call. Each call takes
+    ``row_s`` seconds per row.
+
+    The warning is raised from one line of this file (``stacklevel=1``, as
+    scikit-learn's checks of the input raise theirs): the same warning each
+    time, as Python's registries of warnings shown tell them apart.
+    """
+
+    def __init__(
+        self, times=1, message="raised once per call", row_s=0.0, in_fit=False
+    ):
+        self.times = times
+        self.message = message
+        self.row_s = row_s
+        self.in_fit = in_fit
+
+    def fit(self, X, y=None):
+        if self.in_fit:
+            warnings.warn(f"fit: {self.message}", UserWarning, stacklevel=1)
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        for _ in range(self.times):
+            warnings.warn(self.message, UserWarning, stacklevel=1)
+        # A call long enough to be planned (the GIL released meanwhile).
+        time.sleep(self.row_s * len(X))
+        return np.asarray(X, dtype=float)[:, 0]
 
 
 def _marked(X) -> bool:

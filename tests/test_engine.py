@@ -1119,6 +1119,32 @@ def test_a_call_nested_below_threads_leaves_later_calls_their_workers():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("action", ["always", "error"])
+@pytest.mark.parametrize("key", [("LokyBackend", 2), ("MultiprocessingBackend", 2)])
+def test_a_warm_up_shows_none_of_the_warnings_its_calls_raise(key, action):
+    import warnings
+
+    from _faulty import Warns
+
+    # The warm-up predicts a row on every worker, calls the serial call
+    # never makes: their warnings came from its thread into whatever the
+    # caller was doing then; under an "error" filter they failed the
+    # warm-up, and the pool was not counted warm.
+    data = np.zeros((400, 2))
+    model = Warns(message="raised in a warm-up").fit(data)
+    backend = "loky" if key[0] == "LokyBackend" else "multiprocessing"
+    _pools.last_used.pop(key, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter(action)
+        with joblib.parallel_config(backend=backend):
+            _pools.warm_up([Job(model, "predict", data)], 2, None, key)
+        _join_warm_ups()
+        ran = key in _pools.last_used
+    assert ran
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.timeout(120)
 def test_a_warm_up_starts_the_workers_that_the_callers_joblib_config_runs_on():
     from joblib.externals.loky import reusable_executor
 

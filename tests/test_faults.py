@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -31,6 +32,7 @@ from _faulty import (
     TwoArgumentChunkError,
     TwoArgumentChunkInterrupt,
     UnpicklableChunkError,
+    Warns,
     done_calls,
     inject,
     max_overlap,
@@ -57,6 +59,7 @@ from test_parallel_predictor_properties import (
 from sklearn_parpredict import (
     MultiModelPredictor,
     ParallelPredictor,
+    _jobs,
     _outcomes,
     _watched_pool,
     parallel_predict,
@@ -276,6 +279,150 @@ def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
         assert [(str(w.message), w.filename) for w in caught] == [
             ("from a worker", filename)
         ]
+
+
+# Warning filters a caller may have in force, as ``simplefilter`` takes them.
+WARNING_ACTIONS = ["always", "default", "once", "module", "ignore", "error"]
+
+
+def _shown(call, action: str, message: str):
+    """How many warnings with ``message`` in them ``call()`` shows under the
+    filter ``action``, as a caller's ``catch_warnings`` sees them; or the
+    category of the warning it raises as an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter(action)
+        try:
+            call()
+        except Warning as raised:
+            assert message in str(raised)
+            return type(raised)
+    return sum(message in str(w.message) for w in caught)
+
+
+def _raising_once_per_call(raiser: str):
+    """A fitted model whose predict warns once per call, its input, and the
+    warning's message."""
+    if raiser == "its own":
+        return Warns().fit(X), X, "raised once per call"
+    import pandas as pd
+
+    # Fitted on an array, given a DataFrame; scikit-learn's check of the
+    # input also resets the registries of warnings shown once (its
+    # catch_warnings), so that chunks on threads showed it under every
+    # filter.
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    return LogisticRegression().fit(X, Y), frame, "X has feature names"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("action", WARNING_ACTIONS)
+@pytest.mark.parametrize("backend", [*BACKENDS, None])
+@pytest.mark.parametrize("raiser", ["its own", "scikit-learn's"])
+def test_a_warning_raised_once_per_call_shows_as_in_the_serial_call(
+    raiser, backend, action
+):
+    # Every chunk raises what the serial call raises once per call: shown
+    # once per chunk on threads, it must show as often as in the serial
+    # call, under every filter, and raise as the serial call does under
+    # "error".
+    model, data, message = _raising_once_per_call(raiser)
+    hook = warnings._showwarnmsg  # type: ignore[attr-defined]
+    serial = _shown(lambda: model.predict(data), action, message)
+    assert serial == {"error": UserWarning, "ignore": 0}.get(action, 1)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    assert _shown(lambda: wrapper.predict(data), action, message) == serial
+    assert warnings._showwarnmsg is hook  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", [*BACKENDS, None])
+def test_each_model_shows_a_warning_as_often_as_its_serial_call_does(backend):
+    # Two models raise the same warning twice per call (a loop over their
+    # parts): each serial call shows it twice, once per chunk no more, and
+    # one model's warnings do not hide the other's. (Processes showed it
+    # once, whatever the models and their calls raised.)
+    models = [(Warns(2, in_fit=True), None, target) for target in ("a", "b")]
+    wrapper = MultiModelPredictor(models, backend=backend, **ENGINE)
+    # Each model's fit warns, as each serial fit does.
+    assert _shown(lambda: wrapper.fit(X, Y), "always", "fit: raised") == 2
+    message = "raised once per call"
+    serial = [model.predict for model in wrapper.estimators_]
+    assert _shown(lambda: [predict(X) for predict in serial], "always", message) == 4
+    assert _shown(lambda: wrapper.predict(X), "always", message) == 4
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threading", "loky", None])
+def test_the_rows_probed_in_process_and_the_tasks_after_them_show_it_once(backend):
+    # With chunk_size="auto" a model not seen yet is probed on its first rows
+    # in this process (64, then 256, ...), maybe timed on two threads, then
+    # planned: each step showed the warning again.
+    model = Warns(row_s=2e-5).fit(X)
+    data = np.zeros((20_000, X.shape[1]))
+    wrapper = ParallelPredictor(model, n_jobs=2, backend=backend)
+    for _ in range(2):  # probed, then planned on what the probe taught
+        assert _shown(lambda: wrapper.predict(data), "always", model.message) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", [*BACKENDS, None])
+def test_a_warning_the_serial_call_showed_once_is_not_shown_again(backend):
+    # Under "default", Python shows a warning once per location, and keeps
+    # the locations in the module of the code that raised it: the serial
+    # call's and the wrapper's calls share them. (Processes kept their own,
+    # and showed it again.)
+    model = Warns(message="shown once per location").fit(X)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        model.predict(X)
+        wrapper.predict(X)
+        wrapper.predict(X)
+    assert [str(w.message) for w in shown] == [model.message]
+
+
+class _RecordsItsOwnWarnings(BaseEstimator):
+    """Predicts how many warnings it recorded itself while predicting."""
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict(self, X):
+        with warnings.catch_warnings(record=True) as own:
+            warnings.simplefilter("always")
+            warnings.warn("recorded by the estimator", UserWarning, stacklevel=1)
+        return np.full(len(X), len(own))
+
+
+def test_an_estimator_that_records_its_own_warnings_still_sees_them():
+    # The pieces of a call in this process (a probe's rows) show a warning
+    # once between them, but a warning an estimator records itself goes to
+    # the estimator, not to the caller: each piece must still see its own.
+    job = _jobs.Job(_RecordsItsOwnWarnings(), "predict", X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = [job.call(0, 10), job.call(10, 20), job.call(20, 30)]
+    assert [out.tolist() for out in outputs] == [[1] * 10] * 3
+    assert caught == []
+
+
+def test_a_tally_shows_each_warning_as_often_as_the_piece_that_raised_it_most():
+    tally = _outcomes.Tally()
+    late = ("late", UserWarning, "m.py", 2)
+    pieces = [
+        [("w", UserWarning, "m.py", 1)] * 2,
+        [("w", UserWarning, "m.py", 1)] * 3 + [late],
+        [("w", UserWarning, "m.py", 1)],
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _outcomes.warn_again(pieces, [tally] * 3)
+    assert [str(w.message) for w in caught] == ["w", "w", "w", "late"]
+    # Each a call of its own (a model's fit): all of them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _outcomes.warn_again(pieces)
+    assert len(caught) == 7
 
 
 @pytest.mark.timeout(60)
