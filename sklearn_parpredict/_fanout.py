@@ -27,17 +27,14 @@ from sklearn.utils.parallel import Parallel, delayed
 
 from sklearn_parpredict import _loky, _threads
 from sklearn_parpredict._outcomes import (
-    CAUGHT,
     Failed,
     Rebuilt,
-    Tally,
-    in_piece,
     in_task_order,
     ordered_outputs,
     outcome,
     recording_warnings,
-    warn_again,
 )
+from sklearn_parpredict._warned import CAUGHT, Tally, in_piece, warn_again
 from sklearn_parpredict._watched_pool import WatchedMultiprocessingBackend
 
 try:  # joblib's thread-local configuration, set by ``parallel_config``
@@ -144,7 +141,7 @@ def fan_out(
         Each task's place in the serial call's order, where the tasks are
         given in another (longest first); None: their order.
     tallies : list of Tally, default=None
-        Each task's :class:`._outcomes.Tally`: the tasks that are pieces of
+        Each task's :class:`._warned.Tally`: the tasks that are pieces of
         one serial call share one, and show its warnings as the serial
         call does, not once per task. None: each task is a call of its own
         (a model's fit), whose warnings all show.

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn_parpredict import _chunking, _rowwise
-from sklearn_parpredict._outcomes import Tally
 from sklearn_parpredict._pickled import PickledRows, Returned
 from sklearn_parpredict._rows import SharedRows
 from sklearn_parpredict._sharing import ModelHandle
+from sklearn_parpredict._warned import Tally
 
 # Why each call ran as it did, for users asking why a call stayed in-process:
 # ``logging.getLogger("sklearn_parpredict").setLevel(logging.DEBUG)``.
@@ -37,7 +37,7 @@ class Job:
     # rows in the caller's.
     sparse_type: type | None = None
     # The warnings its pieces showed: the call shows them as the serial call
-    # does, not once per piece (see _outcomes.Tally).
+    # does, not once per piece (see _warned.Tally).
     tally: Tally = field(default_factory=Tally, repr=False, compare=False)
 
     def call(self, start: int | None = None, stop: int | None = None):

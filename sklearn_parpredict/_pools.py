@@ -15,8 +15,8 @@ from sklearn_parpredict import _costs, _loky
 from sklearn_parpredict._fanout import fan_out, in_joblib_config, joblib_config
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._locks import fork_safe, in_forked_child
-from sklearn_parpredict._outcomes import Tally
 from sklearn_parpredict._sharing import ModelHandle
+from sklearn_parpredict._warned import Tally
 
 # Seconds after which a process pool that sat idle is assumed to be gone
 # (loky's workers, which shut down after 300 s idle, are looked at instead).

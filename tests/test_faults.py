@@ -60,7 +60,7 @@ from sklearn_parpredict import (
     MultiModelPredictor,
     ParallelPredictor,
     _jobs,
-    _outcomes,
+    _warned,
     _watched_pool,
     parallel_predict,
 )
@@ -275,7 +275,7 @@ def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
     for filename in ("/nowhere/imported_in_the_worker.py", "<dynamic-code>"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _outcomes.warn_again([[("from a worker", UserWarning, filename, 3)]])
+            _warned.warn_again([[("from a worker", UserWarning, filename, 3)]])
         assert [(str(w.message), w.filename) for w in caught] == [
             ("from a worker", filename)
         ]
@@ -407,7 +407,7 @@ def test_an_estimator_that_records_its_own_warnings_still_sees_them():
 
 
 def test_a_tally_shows_each_warning_as_often_as_the_piece_that_raised_it_most():
-    tally = _outcomes.Tally()
+    tally = _warned.Tally()
     late = ("late", UserWarning, "m.py", 2)
     pieces = [
         [("w", UserWarning, "m.py", 1)] * 2,
@@ -416,12 +416,12 @@ def test_a_tally_shows_each_warning_as_often_as_the_piece_that_raised_it_most():
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _outcomes.warn_again(pieces, [tally] * 3)
+        _warned.warn_again(pieces, [tally] * 3)
     assert [str(w.message) for w in caught] == ["w", "w", "w", "late"]
     # Each a call of its own (a model's fit): all of them.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _outcomes.warn_again(pieces)
+        _warned.warn_again(pieces)
     assert len(caught) == 7
 
 
