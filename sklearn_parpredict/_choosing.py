@@ -61,7 +61,7 @@ def choose(
         if kind == "process" and cluster is None:
             if not pickling:
                 pickling.extend(pickling_per_row(job.X) for job in jobs)
-            ship_s = sum(
+            ship_s = _pools.each_call_s(pool_key, jobs) + sum(
                 per_row * (stop - start)
                 for per_row, (start, stop) in zip(pickling, rows)
                 if stop > start

@@ -1,23 +1,39 @@
 """What the engine knows of its pools of processes: which run, which models
 they hold, and the background start of a pool no call has paid for yet.
 
-Each pool is known by a key ``(backend class name, worker count)``.
+Each pool is known by a key ``(backend class name, worker count)``. A pool
+that ends with each call (joblib's ``multiprocessing`` backend) has none of
+that: every call starts its own, and pays for it (see :func:`each_call_s`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 
 import numpy as np
+from joblib import parallel as _joblib_parallel
+from joblib._parallel_backends import MultiprocessingBackend
 
-from sklearn_parpredict import _costs, _loky
+from sklearn_parpredict import _costs, _loky, _planning
 from sklearn_parpredict._fanout import fan_out, in_joblib_config, joblib_config
 from sklearn_parpredict._jobs import Job, run_task
 from sklearn_parpredict._locks import fork_safe, in_forked_child
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._warned import Tally
 
+# Seconds that a call pays to start (and end) a pool that ends with it,
+# beside sending the models (see each_call_s). Forked workers import
+# nothing, but the caller collects its garbage before forking them, and they
+# copy the pages they touch: a 100-tree forest's calls on 200,000 and
+# 300,000 rows took 0.47 s and 0.83 s on 2 of them, 0.20 s more than half
+# their 0.55 s and 1.26 s in-process, model included. Spawned workers (and a
+# fork server's) import NumPy, scikit-learn and this package again: 2 tasks
+# that do nothing took 1.31 s to 3.49 s a call on them (medians 1.44 s to
+# 2.28 s; 2 cores).
+FORKED_POOL_S = 0.15
+SPAWNED_POOL_S = 1.5
 # Seconds after which a process pool that sat idle is assumed to be gone
 # (loky's workers, which shut down after 300 s idle, are looked at instead).
 _IDLE_S = 250.0
@@ -43,16 +59,78 @@ def _forked() -> None:
     _sent.clear()
 
 
+def lasts(pool_key: tuple) -> bool:
+    """Whether the backend's pool outlives the call that ran on it.
+
+    joblib's ``multiprocessing`` backend (and its subclasses, ours among
+    them: :class:`._watched_pool.WatchedMultiprocessingBackend`) starts a
+    ``multiprocessing.Pool`` for each ``Parallel`` call and terminates it
+    when the call ends; only a ``Parallel`` entered as a context keeps it,
+    and :func:`._fanout.fan_out` never enters one on that backend.
+    """
+    return not any(cls.__name__ == pool_key[0] for cls in _per_call_backends())
+
+
+def _per_call_backends() -> list[type]:
+    # MultiprocessingBackend and its subclasses, looked up when asked: the
+    # key names the class only, and a user's subclass may be defined late.
+    found: list[type] = []
+    todo: list[type] = [MultiprocessingBackend]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def each_call_s(pool_key: tuple, jobs: list[Job]) -> float:
+    """Seconds that every call on the backend's workers pays to start them
+    and send them the jobs' models: those of a pool that ends with each call
+    (see :func:`lasts`); 0 for a pool that lasts, whose start and models are
+    paid once (see :func:`is_warm` and :func:`shipped`).
+
+    Part of each plan's own seconds, not a one-off: a run that took longer
+    teaches the overhead of processes, and a plan that gains little is
+    checked against the serial call now and then, as on warm workers.
+    Counted warm for 250 s after a call ran on it, the pool was charged
+    nothing: a 100-tree forest's calls on 50,000 rows, planned at 0.10 s
+    to 0.19 s on 2 forked workers, took 0.29 s to 0.39 s against 0.19 s to
+    0.22 s in-process; on spawned ones, its calls on 450,000 rows, planned
+    at 0.79 s to 1.13 s, took 2.2 s to 2.4 s against 1.5 s (2 cores).
+    """
+    if lasts(pool_key):
+        return 0.0
+    start = FORKED_POOL_S if _start_method() == "fork" else SPAWNED_POOL_S
+    return start + _planning.shipping_s(job.estimator for job in jobs)
+
+
+def _start_method() -> str:
+    # joblib's multiprocessing context (JOBLIB_START_METHOD), else the
+    # process's default, read without fixing it as multiprocessing's
+    # get_start_method() would (a later set_start_method would then fail).
+    context = _joblib_parallel.DEFAULT_MP_CONTEXT
+    if context is not None:
+        return context.get_start_method()
+    return (
+        multiprocessing.get_start_method(allow_none=True)
+        or multiprocessing.get_all_start_methods()[0]
+    )
+
+
 def is_warm(pool_key: tuple, n_workers: int) -> bool:
-    """Whether the backend's workers are running and ready.
+    """Whether no start of the backend's workers stands in the way of a
+    call: they are running and ready, or each call starts its own (see
+    :func:`each_call_s`), which nothing started beforehand would spare it.
 
     loky's are looked at (see :func:`._loky.warm_workers`): whoever started
-    them, they are what a call would run on. Other pools are taken as warm
-    for a while after our last call on them. Workers that our warm-up is
-    starting are not warm yet: they are still importing scikit-learn, or
-    receiving the models; nor are others of the same backend, which a
-    warm-up for another number of workers resizes.
+    them, they are what a call would run on. Other lasting pools are
+    taken as warm for a while after our last call on them. Workers that our
+    warm-up is starting are not warm yet: they are still importing
+    scikit-learn, or receiving the models; nor are others of the same
+    backend, which a warm-up for another number of workers resizes.
     """
+    if not lasts(pool_key):
+        return True
     with _warm_lock:
         if _warming_on(pool_key):
             return False
@@ -68,14 +146,20 @@ def _warming_on(pool_key: tuple) -> bool:
 
 
 def shipped(model, pool_key: tuple) -> bool:
-    """Whether the pool's workers hold ``model`` already."""
+    """Whether the pool's workers hold ``model`` already, or are sent it by
+    each call (see :func:`each_call_s`): no sending of it stands in the way
+    of a call."""
+    if not lasts(pool_key):
+        return True
     entry = _sent.get(id(model))
     return entry is not None and entry[0]() is model and pool_key in entry[1]
 
 
 def ran(jobs: list[Job], pool_key: tuple) -> None:
     """Record that the jobs ran on the pool: it is warm, and holds their
-    models."""
+    models (nothing, where the pool ended with the call: see :func:`lasts`)."""
+    if not lasts(pool_key):
+        return
     last_used[pool_key] = time.monotonic()
     time_lost.pop(pool_key, None)
     for job in jobs:
@@ -104,8 +188,15 @@ def calm_since(mark: int | None) -> bool:
 
 
 def warm_up(jobs: list[Job], n_workers: int, backend, pool_key: tuple) -> None:
-    """Start the workers and ship them the models, in a background thread."""
+    """Start the workers and ship them the models, in a background thread.
+
+    Not those of a pool that ends with each call (see :func:`lasts`): it
+    would end with the warm-up, having taken the cores from the caller's
+    calls meanwhile (and spoilt what their timings teach).
+    """
     global _warm_ups
+    if not lasts(pool_key):
+        return
     with _warm_lock:
         if _warming_on(pool_key):
             return

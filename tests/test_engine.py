@@ -15,6 +15,7 @@ import pytest
 from _helpers import assert_same_output, in_child
 from hypothesis import given
 from hypothesis import strategies as st
+from joblib._parallel_backends import MultiprocessingBackend
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -1099,6 +1100,161 @@ def test_workers_our_warm_up_is_starting_are_not_warm(monkeypatch):
     assert _pools._warming == {("LokyBackend", 3)}
 
 
+class _OwnMultiprocessing(MultiprocessingBackend):
+    """A user's subclass of joblib's multiprocessing backend."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MultiprocessingBackend", "WatchedMultiprocessingBackend", "_OwnMultiprocessing"],
+)
+def test_a_pool_that_ends_with_its_call_is_paid_for_by_every_call(monkeypatch, name):
+    monkeypatch.setattr(_pools, "last_used", {})
+    monkeypatch.setattr(_pools, "_sent", {})
+    model = _Sleeper().fit(X)
+    jobs = [Job(model, "predict", X)]
+    # joblib's multiprocessing backend terminates its pool at the end of each
+    # call: counted warm, and holding the model, for a while after one ran
+    # on it, the next calls were planned as if their workers cost nothing.
+    key = (name, 2)
+    _pools.ran(jobs, key)
+    assert not _pools.last_used
+    assert not _pools._sent
+    assert not _pools.lasts(key)
+    # Each call pays for its workers and the model in its plan: no one-off
+    # start or shipping stands in its way.
+    least = min(_pools.FORKED_POOL_S, _pools.SPAWNED_POOL_S)
+    assert _pools.each_call_s(key, jobs) >= least + _planning.shipping_s([model])
+    assert _pools.is_warm(key, 2)
+    assert _pools.shipped(model, key)
+    # Other pools are started once, and warm for a while after our last
+    # call on them.
+    lasting = ("SomeClusterBackend", 2)
+    assert _pools.lasts(lasting)
+    assert _pools.each_call_s(lasting, jobs) == 0
+    assert not _pools.is_warm(lasting, 2)
+    assert not _pools.shipped(model, lasting)
+    _pools.ran(jobs, lasting)
+    assert _pools.is_warm(lasting, 2)
+    assert _pools.shipped(model, lasting)
+
+
+def test_a_pool_each_call_starts_costs_what_its_workers_take_to_start(
+    monkeypatch,
+):
+    import multiprocessing
+
+    key = ("MultiprocessingBackend", 2)
+    model = _Sleeper().fit(X)
+    jobs = [Job(model, "predict", X)]
+    shipping = _planning.shipping_s([model])
+    # Spawned workers (or a fork server's) import scikit-learn on every call.
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(joblib.parallel, "DEFAULT_MP_CONTEXT", spawn)
+    assert _pools.each_call_s(key, jobs) == _pools.SPAWNED_POOL_S + shipping
+    # Forked ones import nothing.
+    if "fork" in multiprocessing.get_all_start_methods():
+        fork = multiprocessing.get_context("fork")
+        monkeypatch.setattr(joblib.parallel, "DEFAULT_MP_CONTEXT", fork)
+        assert _pools.each_call_s(key, jobs) == _pools.FORKED_POOL_S + shipping
+
+
+def test_no_warm_up_starts_a_pool_that_would_end_with_it():
+    # Started for nothing, it would take the cores from the caller's calls
+    # meanwhile, and spoil what their timings teach.
+    calm = _pools.calm()
+    job = Job(_Sleeper().fit(X), "predict", X)
+    _pools.warm_up([job], 2, "multiprocessing", ("MultiprocessingBackend", 2))
+    assert not any(
+        thread.name == "sklearn-parpredict-warm-up" for thread in threading.enumerate()
+    )
+    assert _pools.calm_since(calm)
+
+
+@pytest.mark.timeout(120)
+def test_calls_stay_in_process_where_only_a_pool_each_call_starts_would_pay(
+    monkeypatch,
+):
+    # On the nominal clock: 30,000 rows take 0.3 s in-process, about 0.15 s
+    # on 2 warm workers, not with their start. joblib's multiprocessing
+    # backend starts them for every call: its calls never rent a pool (the
+    # pool a warm-up started ended with it, and the calls after it were
+    # planned as if on warm workers, and paid their start).
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    data = np.zeros((30_000, 2))
+    model = _Nominal(0.001, 1e-5).fit(data)
+    _stop_pools()
+    planned = _planned_rows(monkeypatch)
+    calm = _pools.calm()
+    for _ in range(6):
+        out = parallel_predict(model, data, n_jobs=2, backend="multiprocessing")
+        _join_warm_ups()
+        assert (out == os.getpid()).all()
+    assert _pools.calm_since(calm)
+    # The first call probes, the second finds that no plan pays.
+    assert planned == [30_000, 30_000]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    "fork" not in __import__("multiprocessing").get_all_start_methods(),
+    reason="no fork start method",
+)
+def test_calls_that_pay_for_forked_workers_start_them_and_learn_from_them(
+    monkeypatch,
+):
+    import multiprocessing
+
+    # On the nominal clock: 100,000 rows take 1.0 s in-process, about 0.5 s
+    # on 2 workers, which joblib's multiprocessing backend forks for every
+    # call (0.15 s, and 0.05 s to load the model): each call pays for them.
+    # Charged as a pool to start once (0.5 s), the first calls stayed
+    # in-process.
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr(joblib.parallel, "DEFAULT_MP_CONTEXT", fork)
+    learnt = []
+    real = _planning.learn_overhead
+    monkeypatch.setattr(
+        _planning,
+        "learn_overhead",
+        lambda *args: learnt.append(args[1].kind) or real(*args),
+    )
+    data = np.zeros((100_000, 2))
+    model = _Nominal(0.001, 1e-5).fit(data)
+    _stop_pools()
+    for _ in range(2):
+        # (The tasks' timings are the machine's, not the nominal clock's.)
+        _costs.remember_cost(model, "predict", _costs.Cost(0.001, 1e-5))
+        out = parallel_predict(model, data, n_jobs=2, backend="multiprocessing")
+        assert (out != os.getpid()).all()
+    # Their runs teach what processes cost beyond their plans, as warm runs
+    # do: a machine busier than the plans knew keeps them from losing.
+    assert learnt == ["process", "process"]
+
+
+@pytest.mark.timeout(120)
+def test_calls_stay_in_process_where_spawning_their_workers_would_not_pay(
+    monkeypatch,
+):
+    import multiprocessing
+
+    # On the nominal clock: 200,000 rows take 2.0 s in-process, about 1.0 s
+    # on 2 workers, which joblib's multiprocessing backend spawns for every
+    # call: a call would pay 1.5 s for them (and 0.05 s for the model), more
+    # than it gains. Charged as a pool to start once (0.5 s), its first call
+    # spawned them, and the next ones as if they ran already.
+    monkeypatch.setattr(_costs, "Timer", _NominalTimer)
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(joblib.parallel, "DEFAULT_MP_CONTEXT", spawn)
+    data = np.zeros((200_000, 2))
+    model = _Nominal(0.001, 1e-5).fit(data)
+    _costs.remember_cost(model, "predict", _costs.Cost(0.001, 1e-5))
+    _stop_pools()
+    out = parallel_predict(model, data, n_jobs=2, backend="multiprocessing")
+    assert (out == os.getpid()).all()
+
+
 @pytest.mark.timeout(120)
 def test_a_call_nested_below_threads_leaves_later_calls_their_workers():
     data = np.zeros((400, 2))
@@ -1140,7 +1296,8 @@ def test_a_warm_up_shows_none_of_the_warnings_its_calls_raise(key, action):
             _pools.warm_up([Job(model, "predict", data)], 2, None, key)
         _join_warm_ups()
         ran = key in _pools.last_used
-    assert ran
+    # (No warm-up starts a pool that ends with each call: see _pools.lasts.)
+    assert ran == _pools.lasts(key)
     assert [str(w.message) for w in caught] == []
 
 
