@@ -218,9 +218,9 @@ def concatenate(parts: list, rows: list[int]):
 def _check_rows(parts, rows, rest) -> None:
     """Every part has its chunk's rows, and is otherwise alike the first
     (``rest``: what must match, such as the shape past the rows)."""
-    like = rest(parts[0])
+    like, kind = rest(parts[0]), _kind(parts[0])
     for part, n in zip(parts, rows):
-        if type(part) is not type(parts[0]) or getattr(part, "ndim", 1) < 1:
+        if _kind(part) is not kind or getattr(part, "ndim", 1) < 1:
             raise NotPerRow(f"the method returned a {type(part).__name__}")
         if n_rows(part) != n:
             raise NotPerRow(
@@ -235,6 +235,13 @@ def _check_rows(parts, rows, rest) -> None:
         raise NotPerRow(
             "as many columns as rows in chunks of equal rows", lasting=False
         )
+
+
+def _kind(part) -> type:
+    # An np.memmap is an ndarray of a model's mapped arrays (a model loaded
+    # with joblib.load(mmap_mode=...)): the pieces that ran in this process
+    # give one where those from workers give ndarrays, or the other way.
+    return np.ndarray if type(part) is np.memmap else type(part)
 
 
 def _columns(part) -> int | None:

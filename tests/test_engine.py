@@ -2204,3 +2204,35 @@ def test_tasks_on_threads_that_outgrow_their_costs_forget_them():
     assert _forget_outgrown(jobs, costs, timings)
     assert _costs.remembered_cost(models[0], "predict") is costs[0]
     assert _costs.remembered_cost(models[1], "predict") is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_outputs_from_the_workers_mapped_model_join_with_those_of_other_pieces(
+    backend, caplog
+):
+    # Labels taken from the workers' mapped classes_: spooled back (chunks
+    # of 100,000 and 99,999 rows), they came back as np.memmap beside the
+    # ndarray of the last row's chunk, and the call ran again in-process.
+    rows = np.random.default_rng(1).normal(size=(200_000, 2))
+    model = LogisticRegression().fit(rows[:400], (rows[:400, 0] > 0).astype(int))
+    with caplog.at_level(logging.DEBUG, logger="sklearn_parpredict"):
+        got = parallel_predict(
+            model, rows, n_jobs=2, backend=backend, chunk_size=100_000
+        )
+    assert_same_output(got, model.predict(rows))
+    assert not [m for m in caplog.messages if "again in-process" in m]
+    assert "3 tasks on 2 process workers" in " ".join(caplog.messages)
+
+
+def test_outputs_of_a_mapped_model_join_with_ndarrays(tmp_path):
+    # A model loaded with joblib.load(mmap_mode=...) gives np.memmap outputs
+    # in this process, where the workers' come back as ndarrays.
+    from sklearn_parpredict import _chunking
+
+    joblib.dump(np.arange(6), tmp_path / "classes")
+    mapped = joblib.load(tmp_path / "classes", mmap_mode="r").take([1, 2, 3])
+    assert type(mapped) is np.memmap
+    for parts in ([mapped, np.arange(2)], [np.arange(2), mapped]):
+        got = _chunking.concatenate(parts, [len(part) for part in parts])
+        np.testing.assert_array_equal(got, np.concatenate(parts))

@@ -401,3 +401,20 @@ def test_rows_pickled_by_cloudpickle_after_pickle_failed_load_as_they_were(keep_
 
     # In a child: the failure was a segmentation fault.
     assert in_child(loads_back) == 0
+
+
+def test_outputs_a_worker_took_from_its_mapped_model_come_back_as_ndarrays(tmp_path):
+    # A worker's model is mapped from its file, and what is taken from its
+    # arrays is an np.memmap, where the caller's model gives an ndarray.
+    import joblib
+
+    joblib.dump({"classes": np.arange(3)}, tmp_path / "model")
+    classes = joblib.load(tmp_path / "model", mmap_mode="c")["classes"]
+    labels = classes.take(np.zeros(200_000, dtype=int))
+    assert type(labels) is np.memmap and labels.nbytes >= _pickled.SPOOL_MIN_BYTES
+    for output in (labels, [labels, labels[:10]], (labels,)):
+        got = pickle.loads(pickle.dumps(_pickled.Returned(output)))
+        items = got if isinstance(output, list | tuple) else [got]
+        assert isinstance(output, np.memmap) or type(got) is type(output)
+        assert all(type(item) is np.ndarray for item in items)
+        np.testing.assert_array_equal(items[0], labels)
