@@ -80,13 +80,19 @@ def warn_again(caught, tallies: Iterable[Tally | None] | None = None) -> None:
     """Raise the workers' warnings in the caller: those of each task
     (``caught``, in task order) that its :class:`Tally` lets through
     (``tallies``, one per task; None: each task is a call of its own)."""
+    # Looked up once per file: finding a file's module reads every loaded
+    # module (0.34 ms), and a warning raised k times per call is raised
+    # again k times.
+    modules: dict[str, dict] = {}
     for task, tally in zip(caught, tallies or itertools.repeat(None)):
         counts: dict = {}
         for warning in task:
             if tally is not None and not tally.passes(counts, warning):
                 continue
             message, category, filename, lineno = warning
-            module = _module_of(filename)
+            if filename not in modules:
+                modules[filename] = _module_of(filename)
+            module = modules[filename]
             warnings.warn_explicit(
                 message,
                 category,
