@@ -21,15 +21,20 @@ from sklearn_parpredict._pickled import pickling_per_row
 from sklearn_parpredict._sharing import can_ship
 
 
-def choose(
-    jobs, sizes, done, n_workers, kind, backend, pool_key, cluster=None, settings=None
-):
-    """Probe the jobs' costs and choose a plan (None: finish in-process).
+def choose(jobs, sizes, done, workers: _pools.Workers, settings=None):
+    """Probe the jobs' costs and choose a plan (None: finish in-process) on
+    ``workers``.
 
     Returns the costs, the plan and the one-off start-up it pays. When no
     plan can pay for all the rows of a single job, that is remembered under
     its call's ``settings`` (see :func:`._in_process.known_no_gain`).
     """
+    n_workers, kind, pool_key, cluster = (
+        workers.n,
+        workers.kind,
+        workers.key,
+        workers.cluster,
+    )
     costs = []
     for j, (job, n, pieces) in enumerate(zip(jobs, sizes, done)):
         with earlier_jobs_first(jobs, sizes, done, j):
@@ -74,7 +79,9 @@ def choose(
     # copy nothing: when the choice is ours, measure how much of each
     # estimator's work releases the GIL (again, a few times, while the
     # measurement may have been spoilt by load), and take the faster plan.
-    try_threads = kind == "process" and backend is None and not backend_configured()
+    try_threads = (
+        kind == "process" and workers.backend is None and not backend_configured()
+    )
     ours = try_threads
     kinds = (kind, "thread") if try_threads else (kind,)
 
@@ -192,7 +199,7 @@ def choose(
                 cluster.warm_up(unshipped)
             elif ships():
                 _pools.time_lost.pop(pool_key, None)
-                _pools.warm_up(jobs, n_workers, backend, pool_key)
+                _pools.warm_up(jobs, n_workers, workers.backend, pool_key)
             elif best is None and remember and not done[0]:
                 # No pool will ever hold it: calls on as many rows or fewer
                 # stay in-process without planning, and pay no rent.

@@ -39,6 +39,7 @@ from sklearn_parpredict import (
     _in_process,
     _lazy,
     _planning,
+    _pools,
     _probing,
     _rowwise,
     _running,
@@ -206,25 +207,27 @@ def run_jobs(
         log(jobs, sizes, "in-process: predictions depend on the batch")
         return [job.call() for job in jobs]
 
-    kind = "thread" if getattr(active, "uses_threads", False) else "process"
-    pool_key = (type(active).__name__, n_workers)
-    # Dask and Ray workers may be other machines: models and rows go through
-    # the cluster rather than local files.
-    cluster = _distributed.cluster_for(active)
+    workers = _pools.Workers(
+        n_workers,
+        "thread" if getattr(active, "uses_threads", False) else "process",
+        backend,
+        active,
+        # Dask and Ray workers may be other machines: models and rows go
+        # through the cluster rather than local files.
+        _distributed.cluster_for(active),
+    )
     # Outputs computed so far, per job, as (start, stop, output).
     done: list[list[tuple[int, int, Any]]] = [[] for _ in jobs]
     costs, plan, cold_s = None, None, 0.0
     if auto:
-        costs, plan, cold_s = _choosing.choose(
-            jobs, sizes, done, n_workers, kind, backend, pool_key, cluster, _settings
-        )
+        costs, plan, cold_s = _choosing.choose(jobs, sizes, done, workers, _settings)
     else:
         ranges = [
             _chunking.split_bounds(0, n, -(-n // rows_per_task), most=rows_per_task)
             for n in sizes
         ]
         if sum(map(len, ranges)) > 1:
-            plan = _planning.Plan(kind, ranges, 0.0, 1)
+            plan = _planning.Plan(workers.kind, ranges, 0.0, 1)
 
     how = _in_process.NO_GAIN
     # Now and then, a warm plan that gains little on remembered costs runs
@@ -250,21 +253,7 @@ def run_jobs(
         if costs is not None and _settings is not None and len(jobs) == 1:
             _in_process.remember_no_gain(costs[0], _settings, sizes[0], refresh=True)
     else:
-        _running.run(
-            jobs,
-            sizes,
-            plan,
-            costs,
-            cold_s,
-            done,
-            n_workers,
-            kind,
-            backend,
-            active,
-            verbose,
-            pool_key,
-            cluster,
-        )
+        _running.run(jobs, sizes, plan, costs, cold_s, done, workers, verbose)
     return [_join(job, pieces) for job, pieces in zip(jobs, done)]
 
 

@@ -8,13 +8,15 @@ that: every call starts its own, and pays for it (see :func:`each_call_s`).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from joblib import parallel as _joblib_parallel
-from joblib._parallel_backends import MultiprocessingBackend
+from joblib._parallel_backends import MultiprocessingBackend, ParallelBackendBase
 
 from sklearn_parpredict import _costs, _loky, _planning
 from sklearn_parpredict._fanout import fan_out, in_joblib_config, joblib_config
@@ -48,6 +50,28 @@ _warm_ups = 0
 _warm_lock = fork_safe(globals(), "_warm_lock", threading.Lock)
 # Pools each model was sent to, by the model's id.
 _sent: dict[int, tuple] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workers:
+    """The workers a call's tasks run on, as the engine found them."""
+
+    #: How many (the call's ``n_jobs``, resolved and capped).
+    n: int
+    #: ``"process"`` or ``"thread"``: the backend's kind of worker.
+    kind: str
+    #: The backend as the caller gave it (None: the engine's to choose).
+    backend: str | ParallelBackendBase | None
+    #: The joblib backend in effect (the caller's, or a ``parallel_config``).
+    active: ParallelBackendBase
+    #: The Dask or Ray cluster behind ``active`` (see
+    #: :func:`._distributed.cluster_for`), or None.
+    cluster: Any = None
+
+    @property
+    def key(self) -> tuple:
+        """The key of their pool (see the module's docstring)."""
+        return (type(self.active).__name__, self.n)
 
 
 @in_forked_child

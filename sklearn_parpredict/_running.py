@@ -28,22 +28,18 @@ def run(
     costs: list | None,
     cold_s: float,
     done: list,
-    n_workers: int,
-    kind: str,
-    backend,
-    active,
+    workers: _pools.Workers,
     verbose: int,
-    pool_key: tuple,
-    cluster=None,
 ) -> None:
-    """Run ``plan`` (of ``kind``, the backend's kind of worker) and file each
-    task's output in ``done``; with ``costs`` (the plan was chosen on them),
-    teach them what the tasks took."""
+    """Run ``plan`` on ``workers`` and file each task's output in ``done``;
+    with ``costs`` (the plan was chosen on them), teach them what the tasks
+    took."""
+    n_workers, cluster = workers.n, workers.cluster
     # A thread plan chosen for a backend left to us runs on threads.
     run_backend = (
         "threading"
-        if plan.kind != kind
-        else _distributed.parallel_backend(backend, active)
+        if plan.kind != workers.kind
+        else _distributed.parallel_backend(workers.backend, workers.active)
     )
 
     # What the plan's rows cost serially, before its tasks teach the costs.
@@ -75,7 +71,7 @@ def run(
     if costs is not None and _pools.calm_since(calm):
         _learn(jobs, sizes, plan, costs, cold_s, n_workers, timer.wall, rows_s, timings)
     if plan.kind == "process":
-        _pools.ran(jobs, pool_key)
+        _pools.ran(jobs, workers.key)
 
 
 def _learn(jobs, sizes, plan, costs, cold_s, n_workers, wall, rows_s, timings):
