@@ -272,7 +272,11 @@ def _join(job: Job, pieces: list):
         if exc.lasting and cost is not None:
             # Not split again: every later split would be undone so.
             cost.whole = True
-        return job.call()
+        # A piece of the call too: the pieces ran already and showed their
+        # warnings, which the call on all rows raises again (shown twice
+        # under "always").
+        with job.tally.piece():
+            return job.call()
 
 
 def _start(piece) -> int:

@@ -381,6 +381,34 @@ def test_a_warning_the_serial_call_showed_once_is_not_shown_again(backend):
     assert [str(w.message) for w in shown] == [model.message]
 
 
+class _SumWarns(BaseEstimator):
+    """Transforms a batch into one number, and warns once per call."""
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def transform(self, X):
+        warnings.warn("raised once per call", UserWarning, stacklevel=1)
+        return float(np.sum(X))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", [*BACKENDS, None])
+def test_a_call_run_again_whole_shows_a_warning_as_the_serial_call(backend):
+    # An output that is not one row per row (a number for the whole batch)
+    # cannot be joined: the call runs again on all rows, after its chunks
+    # showed their warnings. The call again showed them a second time.
+    model = _SumWarns()
+    message = "raised once per call"
+    assert _shown(lambda: model.transform(X), "always", message) == 1
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    for _ in range(2):
+        assert _shown(lambda: wrapper.transform(X), "always", message) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert wrapper.transform(X) == model.transform(X)
+
+
 class _RecordsItsOwnWarnings(BaseEstimator):
     """Predicts how many warnings it recorded itself while predicting."""
 
