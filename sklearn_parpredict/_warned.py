@@ -29,26 +29,65 @@ CAUGHT = "_sklearn_parpredict_warnings"
 
 def recorded(caught: list) -> list[tuple]:
     """The warnings ``catch_warnings(record=True)`` caught in a task, as they
-    go back to the caller (see :func:`warn_again`)."""
-    return _sendable(_described(caught))
+    go back to the caller (see :func:`warn_again`): each raised warning
+    itself, else (one that pickles in no way) its text."""
+    if not caught:
+        return []
+    return _sendable(_described(caught, _Raised)) or _sendable(_described(caught, str))
 
 
 def _sendable(described: list[tuple]) -> list[tuple]:
     """The warnings that go back with a task's output or error, in a form
     every backend's pickler takes: a warning class defined in a function
     (which plain pickle refuses, and with it the output or the error) goes
-    by value; none go where no pickler takes them."""
+    by value; none go where no pickler takes them. They are unpickled here
+    first: one that failed to unpickle in the caller (a warning's ``args``
+    that do not) would fail the output or the error it goes with."""
     if not described:
         return described
     try:
-        pickle.dumps(described)
+        pickle.loads(pickle.dumps(described))
         return described
     except Exception:  # noqa: S110 - by value, below
         pass
     try:
-        return _ByValue(cloudpickle.dumps(described))  # type: ignore[return-value]
+        data = cloudpickle.dumps(described)
+        pickle.loads(data)
+        return _ByValue(data)  # type: ignore[return-value]
     except Exception:
         return []
+
+
+class _Raised:
+    """A raised warning on its way to the caller: it pickles into the
+    warning as it was raised, ``args`` and attributes, without calling its
+    class's ``__init__``.
+
+    Sent as its text, it was raised again as ``category(text)``: a class
+    whose ``__init__`` takes other arguments failed the call with a
+    ``TypeError`` (under every filter, ``"ignore"`` too), and the others
+    lost their attributes, which the serial call's warning has (and
+    ``pytest.warns`` or an ``"error"`` filter hands the caller).
+    """
+
+    def __init__(self, message: Warning):
+        self.message = message
+
+    def __reduce__(self):
+        message = self.message
+        return _rebuilt, (type(message), message.args, vars(message), str(message))
+
+
+def _rebuilt(cls: type, args: tuple, state: dict, text: str):
+    """The warning ``_Raised`` sent; its text where it cannot be rebuilt
+    (a class that ``__new__`` refuses): the output must still unpickle."""
+    try:
+        message = cls.__new__(cls, *args)
+        message.args = args
+        message.__dict__.update(state)
+        return message
+    except Exception:
+        return text
 
 
 class _ByValue:
@@ -66,9 +105,10 @@ class _ByValue:
         return iter(pickle.loads(self.data))
 
 
-def _described(caught: list) -> list[tuple]:
-    """Warnings as they go back to the caller (see :func:`warn_again`)."""
-    return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+def _described(caught: list, message: Callable) -> list[tuple]:
+    """Warnings as they go back to the caller (see :func:`warn_again`), each
+    raised warning as ``message`` makes it."""
+    return [(message(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 # Per source file that no module loaded here has, the registry that lets the
@@ -87,9 +127,14 @@ def warn_again(caught, tallies: Iterable[Tally | None] | None = None) -> None:
     for task, tally in zip(caught, tallies or itertools.repeat(None)):
         counts: dict = {}
         for warning in task:
-            if tally is not None and not tally.passes(counts, warning):
-                continue
             message, category, filename, lineno = warning
+            if isinstance(message, _Raised):
+                # Not pickled (a cluster's workers in this process).
+                message = message.message
+            if tally is not None and not tally.passes(
+                counts, (str(message), category, filename, lineno)
+            ):
+                continue
             if filename not in modules:
                 modules[filename] = _module_of(filename)
             module = modules[filename]

@@ -59,6 +59,15 @@ class TwoArgumentChunkError(ValueError):
         self.rows = rows
 
 
+class TwoArgumentWarning(UserWarning):
+    """A warning whose ``__init__`` takes two arguments and passes one
+    message on, as :class:`TwoArgumentChunkError` does, with an attribute."""
+
+    def __init__(self, model, message):
+        super().__init__(f"{message} of {model}")
+        self.model = model
+
+
 class TwoArgumentChunkInterrupt(BaseException):
     """The ``"interrupt-two-arguments"`` fault's: a :class:`TwoArgumentChunkError`
     that is no ``Exception`` (as ``KeyboardInterrupt`` is not)."""

@@ -31,6 +31,7 @@ from _faulty import (
     Faulty,
     TwoArgumentChunkError,
     TwoArgumentChunkInterrupt,
+    TwoArgumentWarning,
     UnpicklableChunkError,
     Warns,
     done_calls,
@@ -265,6 +266,34 @@ def test_a_warning_class_defined_in_a_function_comes_back(backend, fails):
         else:
             assert_same_output(wrapper.transform(X), X)
     assert "local" in [str(w.message) for w in caught]
+
+
+def _warns_two_arguments(X):
+    warnings.warn(TwoArgumentWarning("a model", "kept"), stacklevel=1)
+    return X
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("action", ["always", "ignore", "error"])
+def test_a_workers_warning_comes_back_as_itself(action, backend):
+    # Sent back as its text, it was raised again as category(text): a class
+    # whose __init__ takes other arguments failed the call with a TypeError,
+    # under every filter, and the others lost their attributes.
+    model = FunctionTransformer(_warns_two_arguments).fit(X)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    for call in (model.transform, wrapper.transform):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter(action)
+            if action == "error":
+                with pytest.raises(TwoArgumentWarning, match="kept of a model") as e:
+                    call(X)
+                assert e.value.model == "a model"
+            else:
+                assert_same_output(call(X), X)
+        assert [(str(w.message), w.message.model) for w in caught] == (
+            [("kept of a model", "a model")] if action == "always" else []
+        )
 
 
 def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
