@@ -262,6 +262,38 @@ class _ModelPickler(NumpyPickler):
         return NotImplemented
 
 
+class _FilenameKeepingPickler(cloudpickle.Pickler):
+    """cloudpickle, keeping the file of each function it pickles by value.
+
+    cloudpickle names that file ``"<dynamic-code>"`` (from 3.0 on): the
+    warnings such a function raised in a worker (an estimator defined in a
+    script, a ``lambda`` of a ``FunctionTransformer``) came back from
+    another file than the serial call's, which the caller's filters on
+    their module did not match, nor the registries of warnings shown once
+    per location (shown again by the wrapper after the serial call).
+    """
+
+    def __init__(self, file):
+        super().__init__(file)
+        # The copies of code objects pickled as cloudpickle does, by id:
+        # kept alive so that no other object takes their ids.
+        self._as_cloudpickle: dict[int, types.CodeType] = {}
+
+    def reducer_override(self, obj):
+        if type(obj) is types.CodeType and id(obj) not in self._as_cloudpickle:
+            # A copy, pickled as cloudpickle pickles code; the code itself
+            # is that copy given its file again (pickled as itself, the
+            # memo would hand its own reduction back).
+            copy = obj.replace()
+            self._as_cloudpickle[id(copy)] = copy
+            return _in_file, (copy, obj.co_filename)
+        return super().reducer_override(obj)
+
+
+def _in_file(code: types.CodeType, filename: str) -> types.CodeType:
+    return code.replace(co_filename=filename)
+
+
 def _dump_model(model, path: str) -> None:
     """Write ``model`` for the workers to ``joblib.load``.
 
@@ -278,7 +310,7 @@ def _dump_model(model, path: str) -> None:
             file.seek(0)
             file.truncate()
         try:
-            cloudpickle.dump(model, file)
+            _FilenameKeepingPickler(file).dump(model)
             return
         except Exception as exc:
             error = pickle.PicklingError(

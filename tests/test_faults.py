@@ -296,6 +296,34 @@ def test_a_workers_warning_comes_back_as_itself(action, backend):
         )
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_a_warning_of_a_function_sent_by_value_comes_from_its_file(backend):
+    # A function defined in a function (or a script) goes to the workers by
+    # value, which cloudpickle names "<dynamic-code>": its warnings came
+    # back from that file, where the caller's filters on their module did
+    # not match them.
+    def warn(X):
+        warnings.warn("from a function sent by value", UserWarning, stacklevel=1)
+        return X
+
+    model = FunctionTransformer(warn).fit(X)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    where = []
+    for call in (model.transform, wrapper.transform):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call(X)
+        where.append([(w.filename, w.lineno) for w in caught])
+    assert where[1] == where[0]
+    assert where[0][0][0] == __file__
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", module=__name__)
+        wrapper.transform(X)
+    assert caught == []
+
+
 def test_a_workers_warning_from_a_file_no_module_here_has_is_raised():
     import warnings
 
