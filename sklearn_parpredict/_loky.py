@@ -17,6 +17,7 @@ unless another call of this package runs on them (see :func:`_abort`).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import multiprocessing
 import os
@@ -63,8 +64,16 @@ def _no_calls() -> None:
     # (Not imported here where the parent never did: every fork would pay.)
     reusable_executor: Any = sys.modules.get("joblib.externals.loky.reusable_executor")
     if getattr(reusable_executor, "_executor", None) is not None:
-        _inherited.append(reusable_executor._executor)
+        executor = reusable_executor._executor
+        _inherited.append(executor)
         reusable_executor._executor = reusable_executor._executor_kwargs = None
+        # Nor are its temporary folders the child's: the exit handlers that
+        # remove them, inherited, removed the parent's folders at the
+        # child's exit, and the parent's own removal then failed in loky's
+        # resource tracker (a KeyError's traceback on the parent's stderr).
+        manager = getattr(executor, "_temp_folder_manager", None)
+        for finalizer in list(getattr(manager, "_finalizers", {}).values()):
+            atexit.unregister(finalizer)
         # Nor are its workers this process's children, which multiprocessing
         # joins at exit ("can only join a child process").
         children = multiprocessing.process._children  # type: ignore[attr-defined]
