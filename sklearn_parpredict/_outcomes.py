@@ -18,7 +18,7 @@ import warnings
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 
 from sklearn_parpredict._threads import first_in_order
-from sklearn_parpredict._warned import CAUGHT, recorded
+from sklearn_parpredict._warned import CAUGHT, rebuild, recorded
 
 
 def recording_warnings(function, *args):
@@ -153,7 +153,7 @@ class Rebuilt(Exception):
         super().__init__(exc)
 
     def __reduce__(self):
-        return _rebuild, self.parts()
+        return rebuild, self.parts()
 
     def parts(self) -> tuple:
         (exc,) = self.args
@@ -163,11 +163,4 @@ class Rebuilt(Exception):
     def rebuilt(self) -> BaseException:
         """The exception itself, where it was never pickled (a cluster's
         workers in this process)."""
-        return _rebuild(*self.parts())
-
-
-def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    exc.__dict__.update(state)
-    return exc
+        return rebuild(*self.parts())

@@ -82,12 +82,20 @@ def _rebuilt(cls: type, args: tuple, state: dict, text: str):
     """The warning ``_Raised`` sent; its text where it cannot be rebuilt
     (a class that ``__new__`` refuses): the output must still unpickle."""
     try:
-        message = cls.__new__(cls, *args)
-        message.args = args
-        message.__dict__.update(state)
-        return message
+        return rebuild(cls, args, state)
     except Exception:
         return text
+
+
+def rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    """An exception or warning of class ``cls``, ``args`` and attributes
+    ``state``, made without calling its class's ``__init__`` (which may
+    take other arguments than it passes on as ``args``), as ``copy.copy``
+    makes it."""
+    made = cls.__new__(cls, *args)
+    made.args = args
+    made.__dict__.update(state)
+    return made
 
 
 class _ByValue:
