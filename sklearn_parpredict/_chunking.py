@@ -297,16 +297,25 @@ def _concat_pandas(parts):
     import pandas as pd
 
     if isinstance(parts[0], pd.Series):
-        parts = _same_categories(parts) or parts
+        parts = _same_categories(parts) or _missing_as_inferred(parts) or parts
     else:
         # By position: column names may repeat.
-        for i, dtype in enumerate(parts[0].dtypes):
+        copied = False
+        all_dtypes = [list(part.dtypes) for part in parts]
+        for i, dtype in enumerate(all_dtypes[0]):
+            if all(dtypes[i] == dtype for dtypes in all_dtypes[1:]):
+                continue
+            chunks = [part.iloc[:, i] for part in parts]
             if isinstance(dtype, pd.CategoricalDtype):
-                columns = _same_categories([part.iloc[:, i] for part in parts])
-                if columns is not None:
+                columns = _same_categories(chunks)
+            else:
+                columns = _missing_as_inferred(chunks)
+            if columns is not None:
+                if not copied:
                     parts = [part.copy(deep=False) for part in parts]
-                    for part, column in zip(parts, columns):
-                        part.isetitem(i, column)
+                    copied = True
+                for part, column in zip(parts, columns):
+                    part.isetitem(i, column)
     if isinstance(parts[0].index, pd.CategoricalIndex):
         # Categories inferred per chunk (an index set from a column).
         _same_categories([part.index for part in parts], join=False)
@@ -375,6 +384,52 @@ def _same_categories(columns: list, join: bool = True) -> list | None:
                 "categories inferred per chunk of rows", lasting=False
             ) from None
     return [column.astype(pd.CategoricalDtype(categories)) for column in columns]
+
+
+_OBJECTS = np.dtype(object)
+
+
+def _missing_as_inferred(columns: list) -> list | None:
+    """Chunks of a column whose values are all missing, of object dtype, as
+    the dtype the other chunks agree on (None: no change needed).
+
+    pandas infers a column's dtype from the objects it holds (``str`` from
+    strings in pandas 3, datetimes, periods: ``pd.DataFrame`` of an array of
+    objects, ``set_output(transform="pandas")``, ``infer_objects``), but
+    none from missing values alone: a chunk of only None or NaN there stays
+    of objects, and ``pd.concat`` joins it with the others' ``str`` or
+    ``datetime64`` as objects, where the serial call infers the dtype from
+    all the rows, the missing ones included.
+    """
+    import pandas as pd
+
+    dtypes = [column.dtype for column in columns]
+    if all(dtype == dtypes[0] for dtype in dtypes):
+        return None
+    missing = [
+        dtype == _OBJECTS and column.isna().all()
+        for dtype, column in zip(dtypes, columns)
+    ]
+    others = {dtype for dtype, blank in zip(dtypes, missing) if not blank}
+    if len(others) != 1:
+        return None
+    (dtype,) = others
+    if (
+        dtype == _OBJECTS
+        or (isinstance(dtype, np.dtype) and dtype.kind in "biu")
+        or isinstance(dtype, pd.CategoricalDtype)
+    ):
+        # NumPy's integers and booleans hold no missing value: the serial
+        # call's dtype is another (floats, objects). Categories are
+        # _same_categories'.
+        return None
+    try:
+        return [
+            column.astype(dtype) if blank else column
+            for column, blank in zip(columns, missing)
+        ]
+    except (TypeError, ValueError):
+        return None
 
 
 def _unsortable(categories) -> bool:

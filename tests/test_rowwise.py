@@ -466,6 +466,39 @@ def test_categories_inferred_per_chunk_are_joined_as_the_serial_call_infers(back
         assert list(sign.cat.categories) == ["neg", "pos"]
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["str", "datetime", "period"])
+def test_dtypes_inferred_per_chunk_from_objects_are_the_serial_calls(kind, backend):
+    # pandas infers a column's dtype from its objects (str in pandas 3,
+    # datetimes, periods) but none from missing values alone: a chunk of
+    # only None was joined with the others' dtype as objects (pandas 1.5
+    # ignores such chunks in a DataFrame, not in a Series).
+    import datetime
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    values = {
+        "str": ["a", "b", "c"],
+        "datetime": [datetime.datetime(2020, 1, day) for day in (1, 2, 3)],
+        "period": [pd.Period("2020-01", "M") + i for i in range(3)],
+    }[kind]
+    column = np.array([None] * 10 + values * 4, dtype=object)[:, None]
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    frame = FunctionTransformer(pd.DataFrame)
+    series = FunctionTransformer(lambda rows: pd.Series(rows[:, 0], name="x"))
+    # set_output(transform="pandas") builds a DataFrame of the array so.
+    output = FunctionTransformer(feature_names_out="one-to-one")
+    for model in (frame, series, output.set_output(transform="pandas")):
+        model.fit(column)
+        expected = model.transform(column)
+        got = parallel_predict(model, column, method="transform", **engine)
+        if isinstance(expected, pd.Series):
+            pd.testing.assert_series_equal(got, expected)
+        else:
+            pd.testing.assert_frame_equal(got, expected)
+
+
 class _Apply(TransformerMixin, BaseEstimator):
     """A function applied as it is (FunctionTransformer checks the column
     names, which may not repeat)."""
