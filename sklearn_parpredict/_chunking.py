@@ -321,6 +321,19 @@ def _concat_pandas(parts):
         _same_categories([part.index for part in parts], join=False)
     out = _as_first(pd.concat(parts, axis=0), parts)
     first = parts[0].index
+    if (
+        first.dtype == _OBJECTS
+        and out.index.dtype != _OBJECTS
+        and all(part.index.dtype == _OBJECTS for part in parts)
+    ):
+        # pandas infers a dtype for the objects of the indexes it joins: an
+        # index of objects holding numbers, dates or (pandas 3) strings came
+        # back as int64, datetime64 or str, where the serial call keeps the
+        # input's. (A MultiIndex, of object dtype too, keeps its levels'
+        # from pandas 2 on; a Series of pandas 1.5 makes any index of
+        # datetimes set on it a DatetimeIndex.)
+        values = np.concatenate([part.index.to_numpy() for part in parts])
+        out.index = pd.Index(values, dtype=object, name=out.index.name)
     if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
         # Every chunk got a fresh default index (the estimator ignored the
         # input's index, or the input had none): the serial call numbers all

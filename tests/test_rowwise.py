@@ -499,6 +499,36 @@ def test_dtypes_inferred_per_chunk_from_objects_are_the_serial_calls(kind, backe
             pd.testing.assert_frame_equal(got, expected)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["int", "str", "datetime"])
+def test_an_index_of_objects_is_kept_as_objects(kind, backend):
+    # pandas infers a dtype for the objects of the indexes it joins: int64,
+    # str (pandas 3), datetime64, where the serial call keeps the input's.
+    import datetime
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    labels = {
+        "int": list(range(30)),
+        "str": [f"row{i}" for i in range(30)],
+        "datetime": [datetime.datetime(2020, 1, day) for day in range(1, 31)],
+    }[kind]
+    index = pd.Index(labels, dtype=object, name="key")
+    frame = pd.DataFrame({"a": np.arange(30.0)}).set_axis(index)
+    assert frame.index.dtype == np.dtype(object)
+    engine = {"n_jobs": 2, "backend": backend, "chunk_size": 10}
+    model = FunctionTransformer().fit(frame)
+    for rows in (frame, frame["a"]):
+        if kind == "datetime" and rows.ndim == 1 and pd.__version__ < "2":
+            # pandas 1.5 makes any index of datetimes set on a Series a
+            # DatetimeIndex: only slicing keeps it of objects.
+            continue
+        got = parallel_predict(model, rows, method="transform", **engine)
+        pd.testing.assert_index_equal(got.index, rows.index, exact=True)
+        assert list(map(type, got.index)) == list(map(type, rows.index))
+
+
 class _Apply(TransformerMixin, BaseEstimator):
     """A function applied as it is (FunctionTransformer checks the column
     names, which may not repeat)."""
