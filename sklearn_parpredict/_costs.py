@@ -96,9 +96,7 @@ class Cost:
         one), measured once, for an estimator that keeps more than one core
         busy; ``None`` until measured. Against the cost per row of the
         serial call it gives :attr:`own_speedup`, which follows that cost as
-        it is refined: on one 2-core machine the same OpenMP threads gained
-        1.98x on a chunk of 24,000 rows and 1.46x to 1.69x on whole calls of
-        100,000 rows minutes later, while one thread's speed held.
+        it is refined, but not down past the fastest the call has run.
     thread_speedup : float or None
         Speedup of two concurrent threads over one, the best of up to
         ``THREAD_MEASUREMENTS`` measurements; ``None`` until measured. Below 2
@@ -127,6 +125,9 @@ class Cost:
     # One timing per band of batch sizes: (rows, wall, cpu, times timed).
     samples: list = field(default_factory=list, repr=False)
     min_threads: float = 1.0
+    # The fewest seconds per row that a timing took, its fixed cost in it
+    # (see own_speedup).
+    fastest_per_row: float = field(default=math.inf, repr=False)
     no_gain: dict = field(default_factory=dict, repr=False)
     # Warm thread plans in a row that ran far slower than planned.
     slow_thread_runs: int = field(default=0, repr=False)
@@ -205,6 +206,8 @@ class Cost:
         # the near-equal tasks of repeated calls must neither crowd out the
         # other sizes that separate the fixed cost of a call from its cost
         # per row, nor fit a slope to the noise between 2,499 and 2,501 rows.
+        if rows > 0:
+            self.fastest_per_row = min(self.fastest_per_row, wall / rows)
         band = _band(rows)
         same = [s for s in self.samples if _band(s[0]) == band]
         times = 1
@@ -230,12 +233,22 @@ class Cost:
         Busy is not useful: OpenMP threads that spin between parallel regions
         count as busy (HistGradientBoosting's predict kept 2 cores busy for a
         speedup of 1.46x on 2 cores).
+
+        The serial cost per row is taken at most at the fastest any timing
+        ran, fixed cost included: a machine slow for a while slows the
+        call's threads, but the workers' too. On one 2-core machine,
+        KNeighborsClassifier's 1,000 rows took 29-31 ms on its threads for
+        seconds, then 40-45 ms, while one thread's 500 rows held at 28 ms;
+        processes on them, without transfer, ran at 0.49x-1.08x of serial
+        in both spells. Measured in a slow one, the threads' speedup was
+        1.36x, and two processes planned at 31 ms took 45 ms.
         """
         if self.one_thread_per_row is None:
             return None
-        if self.per_row <= 0:
+        per_row = min(self.per_row, self.fastest_per_row)
+        if per_row <= 0:
             return 1.0
-        return min(max(self.one_thread_per_row / self.per_row, 1.0), float(CORES))
+        return min(max(self.one_thread_per_row / per_row, 1.0), float(CORES))
 
     def wants_own_measurement(self) -> bool:
         """Whether the call runs threads of its own whose speedup is unknown."""

@@ -160,7 +160,7 @@ def optimistic(cost: Cost) -> Cost:
     best case for workers, which take cores from them."""
     if not cost.wants_own_measurement():
         return cost
-    return replace(cost, one_thread_per_row=cost.per_row)
+    return replace(cost, one_thread_per_row=min(cost.per_row, cost.fastest_per_row))
 
 
 def cores_per_worker(n_workers: int) -> int:

@@ -1,5 +1,7 @@
 """Plans: which chunks on which workers pay, and what runs teach them."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -98,6 +100,39 @@ def test_own_threads_are_planned_by_their_measured_speedup():
     single = _costs.Cost(per_call=1e-4, per_row=1e-5)
     assert not single.wants_own_measurement()
     assert _planning.optimistic(single) is single
+
+
+def test_own_speedup_is_not_lowered_by_a_slow_spell_of_the_machine(monkeypatch):
+    monkeypatch.setattr(_costs, "CORES", 2)
+    # KNeighborsClassifier on 1,000 rows, 2 cores: 29 ms on its own threads,
+    # 57 ms on one; then, for seconds, 40-45 ms on its threads (the
+    # machine's, not the estimator's: workers slowed alike).
+    cost = _costs.Cost(per_call=0.0, per_row=0.0, threads=2.0)
+    for rows in (64, 256, 1_000):
+        cost.add(rows, 2.9e-5 * rows, 5.8e-5 * rows)
+    cost.set_one_thread_per_row(5.7e-5)
+    assert cost.own_speedup == pytest.approx(5.7 / 2.9, rel=0.02)
+    for _ in range(4):
+        for rows in (64, 256, 1_000):
+            cost.add(rows, 4.2e-5 * rows, 8.4e-5 * rows)
+    # The fitted cost follows the slow spell; the threads' speedup does not.
+    assert cost.per_row == pytest.approx(4.2e-5, rel=0.1)
+    assert cost.own_speedup == pytest.approx(5.7 / 2.9, rel=0.02)
+    plan = _planning.plan_chunks(
+        [cost], [(0, 1_000)], n_workers=2, kind="process", cold_s=0
+    )
+    assert plan is None
+    # Before it is measured, the best case for workers is still no speedup.
+    unmeasured = replace(cost, one_thread_per_row=None)
+    assert _planning.optimistic(unmeasured).own_speedup == 1.0
+    # The fastest timing counts its fixed cost: where the fitted cost per
+    # row is lower, that one stands.
+    fixed = _costs.Cost(per_call=0.0, per_row=0.0, threads=2.0)
+    fixed.add(100, 0.011, 0.022)
+    fixed.add(1_000, 0.02, 0.04)
+    fixed.set_one_thread_per_row(1.5e-5)
+    assert fixed.per_row == pytest.approx(1e-5)
+    assert fixed.own_speedup == pytest.approx(1.5)
 
 
 @given(
