@@ -14,7 +14,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -23,6 +23,8 @@ import scipy.sparse as sp
 from sklearn_parpredict import _chunking
 from sklearn_parpredict._files import copied_pages, temp_path, unlink, unlink_soon
 from sklearn_parpredict._locks import fork_safe
+from sklearn_parpredict._nan import NanKept
+from sklearn_parpredict._nan import reduce_array as _reduce_array
 from sklearn_parpredict._rows import shares
 from sklearn_parpredict._sharing import cloudpickle
 
@@ -188,7 +190,7 @@ class PickledRows:
         self.objects = objects
 
     def __reduce__(self):
-        rows = _NanKept.around(_ByteOrderKept.around(self.rows))
+        rows = NanKept.around(_ByteOrderKept.around(self.rows))
         objects = self.objects
         if objects is None:
             objects = object_columns(self.rows)
@@ -233,53 +235,6 @@ def _viewed_as(rows, dtype):
     return rows.view(dtype)
 
 
-class _NanKept:
-    """An array, a list or a tuple of objects that holds ``np.nan`` itself,
-    pickled so that it does again once unpickled.
-
-    A float is pickled by value: ``np.nan`` would reach the worker as
-    another NaN. scikit-learn's text vectorizers tell a missing document by
-    identity (``doc is np.nan``): a ``ValueError`` naming it in the serial
-    call, an ``AttributeError`` ('float' object has no attribute 'lower')
-    from a worker. pandas restores ``np.nan`` in its own ``str`` columns,
-    not in its columns of objects: :class:`_NanKeeping` picklers wrap the
-    arrays that hold them.
-    """
-
-    def __init__(self, items, positions: list[int]):
-        self.items = items
-        self.positions = positions
-
-    @classmethod
-    def around(cls, rows):
-        """``rows`` as they are, or wrapped when they hold ``np.nan``."""
-        items: Iterable
-        if isinstance(rows, np.ndarray) and rows.dtype == object:
-            items = rows.flat
-        elif isinstance(rows, list | tuple):
-            items = rows
-        else:
-            return rows
-        nan = np.nan
-        positions = [i for i, item in enumerate(items) if item is nan]
-        return cls(rows, positions) if positions else rows
-
-    def __reduce__(self):
-        return _with_nan, (self.items, self.positions)
-
-
-def _with_nan(items, positions: list[int]):
-    if isinstance(items, tuple):
-        # Not written into: its items are, in a list (a row slice's tuple is
-        # a plain one).
-        return tuple(_with_nan(list(items), positions))
-    # A masked array's own flat iterator stores a copy of the value.
-    flat = items.view(np.ndarray).flat if isinstance(items, np.ndarray) else items
-    for i in positions:
-        flat[i] = np.nan
-    return items
-
-
 _OBJECTS = np.dtype(object)
 
 
@@ -287,7 +242,7 @@ def object_columns(X) -> bool:
     """Whether ``X`` is pandas' (a DataFrame, a Series, an Index, an array)
     with a column of objects, which pandas pickles as a NumPy array of
     objects (see :class:`_NanKeeping`). NumPy arrays, lists and tuples are
-    wrapped whole instead (see :class:`_NanKept`)."""
+    wrapped whole instead (see :class:`._nan.NanKept`)."""
     if isinstance(X, np.ndarray):
         return False
     dtypes = getattr(X, "dtypes", None)
@@ -301,7 +256,7 @@ def object_columns(X) -> bool:
 class _NanKeeping:
     """A pickler that pickles the NumPy arrays it meets (the blocks of a
     DataFrame, the values of a Series or an Index) with
-    :func:`_reduce_array`, so that those that hold ``np.nan`` itself do again
+    :func:`._nan.reduce_array`, so that those that hold ``np.nan`` itself do again
     once unpickled; pandas rebuilds its objects around them.
 
     Only pandas' rows with a column of objects are pickled this way (see
@@ -345,44 +300,32 @@ _NAN_KEEPING_DUMPS = (
 )
 
 
-def _reduce_array(array: np.ndarray):
-    """How a :class:`_NanKeeping` pickler pickles a NumPy array: as NumPy
-    does, and given ``np.nan`` back where it holds it (as by
-    :class:`_NanKept`)."""
-    reduced = array.__reduce_ex__(5)
-    kept = _NanKept.around(array)
-    if kept is array:
-        return reduced
-    # NumPy's pickling of it, not the array: pickled, it would come back here.
-    return _with_nan, (_Reduced(reduced), kept.positions)
-
-
-class _Reduced:
-    """Pickled as ``reduced`` (what an object's ``__reduce__`` returns) says."""
-
-    def __init__(self, reduced):
-        self.reduced = reduced
-
-    def __reduce__(self):
-        return self.reduced
-
-
 class Returned:
     """A task's output on its way back from a worker process: through a
     file when it is large, which the caller removes once it has mapped it.
 
     Through loky's pipe, a 2-process transform of 200,000 rows into 100
     features (160 MB) took 0.70 s against 0.24 s serially (2 cores).
+
+    Objects that are ``np.nan`` itself are ``np.nan`` itself again in the
+    caller, as rows sent to a worker are (see :class:`._nan.NanKept`): pickled
+    as another NaN, ``OrdinalEncoder.inverse_transform``'s missing values
+    were not ``np.nan``, and a ``set`` of its column held each chunk's NaN
+    where the serial call's holds one.
     """
 
     def __init__(self, value):
         self.value = _unmapped(value)
 
     def __reduce__(self):
+        value = NanKept.around(self.value)
+        objects = object_columns(self.value)
         if nbytes(self.value) < SPOOL_MIN_BYTES:
             # Small, or of a kind whose size is unknown: as loky would.
-            return _identity, (self.value,)
-        return _reduce_spooled(self.value, _spool_returned)
+            if objects:
+                return _loads, (_dumps(value, keep_nan=True),)
+            return _identity, (value,)
+        return _reduce_spooled(value, _spool_returned, objects)
 
 
 def _unmapped(value):

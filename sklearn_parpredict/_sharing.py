@@ -30,6 +30,7 @@ import numpy as np
 from joblib.numpy_pickle import NumpyPickler
 from sklearn.base import BaseEstimator
 
+from sklearn_parpredict import _nan
 from sklearn_parpredict._costs import keep_by_id
 from sklearn_parpredict._files import at_child_exit, temp_folder, unlink
 from sklearn_parpredict._locks import fork_safe, in_forked_child
@@ -49,6 +50,7 @@ _SAMPLE_PER_AXIS = 64
 _MEMBERS_WALKED = 16
 # Fitted models a worker keeps beyond those the parent still uses.
 _WORKER_CACHE_SIZE = 8
+_NAN = np.nan
 
 _PREFIX = uuid.uuid4().hex[:12]
 _counter = itertools.count()
@@ -246,14 +248,34 @@ class _ByValue(Exception):
 
 
 class _ModelPickler(NumpyPickler):
-    """joblib's pickler, refusing references that only this process resolves.
+    """joblib's pickler, refusing references that only this process resolves,
+    and keeping ``np.nan`` itself (see :mod:`._nan`).
 
     A class or function defined in ``__main__`` (a script, a notebook) or
     inside a function pickles by name here, yet a fresh worker process cannot
     import that name.
+
+    ``np.nan`` among a model's objects (``OrdinalEncoder``'s categories of
+    objects) reached the workers as another NaN, and their outputs held it
+    where the serial call's hold ``np.nan``. joblib's pickler is written in
+    Python, which asks this one about every object, floats too.
     """
 
+    def save(self, obj):
+        if (
+            type(obj) is np.ndarray
+            and obj.dtype.hasobject
+            and _nan.NanKept.around(obj) is not obj
+        ):
+            # joblib writes an array of objects with pickle.dump, which
+            # pickles its np.nan as a float: here, its items ask this one.
+            self.save_reduce(*obj.__reduce_ex__(self.proto), obj=obj)
+            return
+        super().save(obj)
+
     def reducer_override(self, obj):
+        if obj is _NAN:
+            return _nan.itself, ()
         if isinstance(obj, type | types.FunctionType) and (
             getattr(obj, "__module__", None) == "__main__"
             or "<" in getattr(obj, "__qualname__", "")
@@ -280,6 +302,10 @@ class _FilenameKeepingPickler(cloudpickle.Pickler):
         self._as_cloudpickle: dict[int, types.CodeType] = {}
 
     def reducer_override(self, obj):
+        # Written in C, it does not ask about floats: arrays of objects
+        # keep np.nan as the rows sent to workers do.
+        if type(obj) is np.ndarray and obj.dtype.hasobject:
+            return _nan.reduce_array(obj)
         if type(obj) is types.CodeType and id(obj) not in self._as_cloudpickle:
             # A copy, pickled as cloudpickle pickles code; the code itself
             # is that copy given its file again (pickled as itself, the

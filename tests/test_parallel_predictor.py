@@ -630,6 +630,23 @@ def test_inverse_transform_in_parallel(transformer):
     assert not hasattr(ParallelPredictor(LogisticRegression()), "inverse_transform")
 
 
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_missing_values_in_objects_come_back_as_np_nan_itself(backend):
+    from sklearn.preprocessing import OrdinalEncoder
+
+    column = np.array(["a", "b", np.nan, "c"] * 30, dtype=object).reshape(-1, 1)
+    fitted = OrdinalEncoder().fit(column)
+    codes = fitted.transform(column)
+    serial = fitted.inverse_transform(codes)
+    out = ParallelPredictor(fitted, backend=backend, **FORCE).inverse_transform(codes)
+    assert type(out) is type(serial) and out.dtype == serial.dtype
+    # Lists compare items by identity first: np.nan equals only itself.
+    assert out.tolist() == serial.tolist()
+    assert [x is np.nan for x in out.ravel()] == [x is np.nan for x in serial.ravel()]
+    # One NaN among the labels, as serially, not one per chunk.
+    assert len(set(out.ravel())) == len(set(serial.ravel())) == 4
+
+
 @pytest.mark.timeout(120)
 def test_nested_in_parallel_grid_search_does_not_deadlock():
     model = ParallelPredictor(

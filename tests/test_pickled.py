@@ -1,6 +1,7 @@
 """Rows and outputs pickled between processes: on their own, through a file
 when they are large; and what a row costs to send."""
 
+import math
 import os
 import pickle
 import threading
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sklearn_parpredict import _pickled, _rows
+from sklearn_parpredict import _nan, _pickled, _rows
 from sklearn_parpredict._files import removed, temp_folder
 from sklearn_parpredict._jobs import resolve
 from sklearn_parpredict._pickled import PickledRows, nbytes
@@ -29,14 +30,21 @@ def test_rows_sent_pickled_on_their_own_are_the_rows():
     assert resolve(PickledRows(frame)) is frame
 
 
-@pytest.mark.parametrize("spooled", [False, True])
-def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch):
-    import math
+# np.nan itself and other NaNs: the others stay others (a text vectorizer
+# raises another error for them).
+_NANS = ["a", np.nan, "b", math.nan, float("nan"), np.nan]
 
-    if spooled:
+
+@pytest.fixture(params=[False, True], ids=["inline", "spooled"])
+def spooled(request, monkeypatch) -> bool:
+    """Whether pickles go through a file (every one does) or not."""
+    if request.param:
         monkeypatch.setattr(_pickled, "SPOOL_MIN_BYTES", 0)
-    # Other NaNs stay other NaNs: a text vectorizer raises another error.
-    column = np.array(["a", np.nan, "b", math.nan, float("nan"), np.nan], object)
+    return request.param
+
+
+def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled):
+    column = np.array(_NANS, object)
     table = np.asfortranarray(np.stack([column, column[::-1]], axis=1))
     spool = _pickled.Spool()
     try:
@@ -54,22 +62,15 @@ def test_rows_holding_np_nan_itself_hold_it_again_once_sent(spooled, monkeypatch
     sent = pickle.loads(pickle.dumps(PickledRows(masked)))
     assert [x is np.nan for x in sent.data] == [x is np.nan for x in column]
     # Rows without it go as they are.
-    assert _pickled._NanKept.around(column[[0, 2, 3]]).tolist() == ["a", "b", math.nan]
-    assert type(_pickled._NanKept.around(column[[0, 2, 3]])) is np.ndarray
+    assert _nan.NanKept.around(column[[0, 2, 3]]).tolist() == ["a", "b", math.nan]
+    assert type(_nan.NanKept.around(column[[0, 2, 3]])) is np.ndarray
 
 
-@pytest.mark.parametrize("spooled", [False, True])
-def test_pandas_objects_holding_np_nan_itself_hold_it_again_once_sent(
-    spooled, monkeypatch
-):
-    import math
-
+def test_pandas_objects_holding_np_nan_itself_hold_it_again_once_sent(spooled):
     import pandas as pd
 
-    if spooled:
-        monkeypatch.setattr(_pickled, "SPOOL_MIN_BYTES", 0)
     # Columns of objects: pandas < 3's for text, ``read_csv(dtype=object)``'s.
-    values = ["a", np.nan, "b", math.nan, float("nan"), np.nan]
+    values = _NANS
     column = pd.Series(values, dtype=object, name="t")
     flipped = pd.Series(values[::-1], dtype=object)
     frame = pd.DataFrame({"t": column, "x": np.arange(6.0), "u": flipped})
@@ -98,6 +99,50 @@ def _items(rows) -> list:
     if hasattr(rows, "columns"):
         return [item for name in rows.columns for item in rows[name]]
     return list(rows)
+
+
+class _Unequal:
+    """An item that cannot be compared: NumPy's comparison fails on it."""
+
+    def __ne__(self, other):
+        raise TypeError("no comparison")
+
+    def __str__(self):
+        return "unequal"
+
+
+def test_outputs_holding_np_nan_itself_hold_it_again_once_returned(spooled):
+    import pandas as pd
+
+    values = _NANS
+    column = np.array(values, object)
+    outputs = [
+        column,
+        np.asfortranarray(np.stack([column, column[::-1]], axis=1)),
+        values,
+        pd.DataFrame({"t": pd.Series(values, dtype=object), "x": np.arange(6.0)}),
+        # Items that are not a bool when compared (pd.NA), or cannot be
+        # compared: every item is looked at.
+        np.array([pd.NA, np.nan, "a", np.nan], object),
+        np.array([_Unequal(), np.nan], object),
+    ]
+    for output in outputs:
+        got = pickle.loads(pickle.dumps(_pickled.Returned(output)))
+        assert type(got) is type(output)
+        given, back = _objects(output), _objects(got)
+        assert [x is np.nan for x in back] == [x is np.nan for x in given]
+        assert list(map(str, back)) == list(map(str, given))
+    # Every chunk's NaN is np.nan again: one NaN in a set, as serially.
+    labels = np.array(["a", np.nan, "b", np.nan], object)
+    chunks = [pickle.loads(pickle.dumps(_pickled.Returned(labels))) for _ in range(3)]
+    assert len(set(np.concatenate(chunks))) == len(set(labels)) == 3
+
+
+def _objects(rows) -> list:
+    """The objects of an array (in C order), a list or a frame."""
+    if isinstance(rows, np.ndarray):
+        return list(rows.flat)
+    return _items(rows)
 
 
 def test_only_pandas_columns_of_objects_are_looked_into_for_np_nan(monkeypatch):

@@ -3,6 +3,7 @@
 import gc
 import os
 
+import numpy as np
 import pytest
 from _helpers import in_child
 from sklearn.base import BaseEstimator
@@ -211,3 +212,36 @@ def test_a_models_pickled_bytes_count_its_arrays_once_per_state():
     # Not for plain pickle: no size (its shipping counts no bytes).
     model.lock_ = threading.Lock()
     assert _sharing.pickled_bytes(model) is None
+
+
+def _by_value_encoder():
+    from sklearn.preprocessing import OrdinalEncoder
+
+    class LocalEncoder(OrdinalEncoder):
+        """Defined in a function: pickled by value, by cloudpickle."""
+
+    return LocalEncoder
+
+
+@pytest.mark.parametrize("by_value", [False, True], ids=["joblib", "cloudpickle"])
+def test_np_nan_in_a_model_is_np_nan_itself_in_the_workers(by_value, tmp_path):
+    import joblib
+    from sklearn.preprocessing import OrdinalEncoder
+
+    column = np.array([["a"], [np.nan], ["b"]], dtype=object)
+    cls = _by_value_encoder() if by_value else OrdinalEncoder
+    model = cls().fit(column)
+    model.kept = [np.nan, 1.0]
+    # Another NaN, as the serial call's, stays another NaN.
+    model.other = np.array([float("nan"), "x"], dtype=object)
+    path = str(tmp_path / "model.pkl")
+    _sharing._dump_model(model, path)
+    loaded = joblib.load(path, mmap_mode="c")
+    assert type(loaded).__name__ == cls.__name__
+    assert [x is np.nan for x in loaded.categories_[0]] == [False, False, True]
+    assert [x is np.nan for x in model.categories_[0]] == [False, False, True]
+    if not by_value:
+        # (cloudpickle's C pickler does not ask about floats outside arrays.)
+        assert loaded.kept[0] is np.nan
+    assert loaded.other[0] is not np.nan and np.isnan(loaded.other[0])
+    assert loaded.other[1] == "x"
