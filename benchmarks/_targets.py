@@ -349,8 +349,9 @@ def _not_resent(rep: dict) -> tuple[str, str, str]:
     # Calls that ran on process workers without a reference pickled sent
     # the model some other way (whole, in their tasks).
     plans = [plan for plans in round_plans(rep) if plans for plan in plans]
-    on_processes = sum("process" in plan for plan in plans)
-    on_threads = sum("thread" in plan for plan in plans)
+    # ("in-process" names a call that ran on no worker.)
+    on_processes = sum("process task" in plan for plan in plans)
+    on_threads = sum("thread task" in plan for plan in plans)
     if not sum(refs):
         if on_processes:
             figure += (

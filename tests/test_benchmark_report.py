@@ -500,11 +500,12 @@ def test_calls_on_workers_that_sent_no_reference_sent_the_model_otherwise():
 
 def test_calls_on_threads_send_nothing_and_say_so():
     rep = _repeated([0.1] * 20, ["2 thread tasks"] * 20, writes=(0, 0, 0, 0))
-    rep["round_plans"][1] = ["2 thread tasks"] * 20
+    # A call in-process ran on no worker, processes or threads.
+    rep["round_plans"][1] = ["2 thread tasks"] * 19 + ["in-process"]
     rep["shipping"].update(references=[0, 0, 0, 0], tokens=0)
     _, figure, judged = _target({"rows": [], "repeated": rep}, "Repeated calls: the")
     assert judged == "PASS"
-    assert "40 timed call(s) ran on threads, which share the model" in figure
+    assert "39 timed call(s) ran on threads, which share the model" in figure
 
 
 def test_the_repeated_section_shows_every_call_and_the_models_shipping():
