@@ -200,7 +200,7 @@ def concatenate(parts: list, rows: list[int]):
         _check_rows(parts, rows, lambda part: (part.shape[1:], part.format))
         # As the parts' class: older SciPy stacks sparse arrays as a matrix.
         out = as_sparse(sp.vstack(parts, format=first.format), type(first))
-        return out.astype(first.dtype, copy=False)
+        return _index_dtypes_kept(out.astype(first.dtype, copy=False), parts)
     if hasattr(first, "iloc"):
         _check_rows(parts, rows, lambda part: tuple(getattr(part, "columns", ())))
         return _concat_pandas(parts)
@@ -213,6 +213,33 @@ def concatenate(parts: list, rows: list[int]):
         _check_rows(parts, rows, lambda part: type(part))
         return [item for part in parts for item in part]
     raise NotPerRow(f"the method returned a {type(first).__name__}, not rows")
+
+
+# The index arrays of each sparse format (CSR, CSC and BSR; DIA; COO).
+_SPARSE_INDEXES = ("indices", "indptr", "offsets", "row", "col")
+
+
+def _index_dtypes_kept(out, parts):
+    """``out``, stacked from sparse ``parts``, with their index dtype where
+    SciPy stacked them into a narrower one.
+
+    scikit-learn builds some sparse outputs with int64 indices whatever
+    their size (``kneighbors_graph``, ``DictVectorizer``,
+    ``LabelBinarizer(sparse_output=True)``, a tree's ``decision_path``, with
+    SciPy 1.17); ``sp.vstack`` gives a matrix the smallest index dtype its
+    size allows, and their outputs came back with int32 indices. A call on
+    more rows never needs narrower indices than its parts'.
+    """
+    for name in _SPARSE_INDEXES:
+        index = getattr(out, name, None)
+        if not isinstance(index, np.ndarray):
+            continue
+        dtypes = {getattr(part, name).dtype for part in parts}
+        if len(dtypes) == 1:
+            (dtype,) = dtypes
+            if dtype.itemsize > index.dtype.itemsize:
+                setattr(out, name, index.astype(dtype))
+    return out
 
 
 def _check_rows(parts, rows, rest) -> None:

@@ -426,6 +426,43 @@ def test_sparse_rows_are_given_in_the_callers_format(fmt, backend):
             assert_same_output(got, expected)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "bsr", "dia"])
+def test_concatenate_keeps_the_index_dtype_of_sparse_outputs(fmt):
+    import scipy.sparse as sp
+
+    matrix = sp.random(10, 4, density=0.5, format="csr", random_state=0)
+    parts = [matrix[:3].asformat(fmt), matrix[3:].asformat(fmt)]
+    names = ["offsets"] if fmt == "dia" else ["indices", "indptr"]
+    for part in parts:
+        for name in names:
+            setattr(part, name, getattr(part, name).astype(np.int64))
+    got = concatenate(parts, [3, 7])
+    assert got.format == fmt
+    assert [getattr(got, name).dtype for name in names] == [np.int64] * len(names)
+    np.testing.assert_array_equal(got.toarray(), matrix.toarray())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_outputs_keep_the_serial_calls_index_dtype(backend):
+    from sklearn.neighbors import NearestNeighbors
+
+    # scikit-learn builds the graph with int64 indices (SciPy 1.17).
+    neighbors = NearestNeighbors(n_neighbors=3).fit(X[:20])
+    expected = neighbors.kneighbors_graph(X)
+    got = parallel_predict(
+        neighbors,
+        X,
+        method="kneighbors_graph",
+        n_jobs=2,
+        backend=backend,
+        chunk_size=7,
+    )
+    assert_same_output(got, expected)
+    assert got.indices.dtype == expected.indices.dtype
+    assert got.indptr.dtype == expected.indptr.dtype
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pyarrow_record_batch_is_cut_as_a_table(backend):
