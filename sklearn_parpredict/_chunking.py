@@ -208,7 +208,12 @@ def concatenate(parts: list, rows: list[int]):
         # Multi-output methods (predict_proba of a multi-output classifier)
         # return one array per output: join each output separately.
         joined = [concatenate(list(group), rows) for group in zip(*parts)]
-        return type(first)(joined) if isinstance(first, tuple) else joined
+        if not isinstance(first, tuple):
+            return joined
+        # A named tuple (an estimator's ``Prediction(mean, std)``) takes its
+        # items as arguments: given one list, it raised a TypeError.
+        make = getattr(type(first), "_make", type(first))
+        return make(joined)
     if isinstance(first, list):
         _check_rows(parts, rows, lambda part: type(part))
         return [item for part in parts for item in part]

@@ -3,6 +3,7 @@ with a value per row, outputs that are not one row per row, estimators and
 parameters whose output couples the rows."""
 
 import time
+from collections import namedtuple
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,31 @@ def test_outputs_that_are_not_one_row_per_row_are_the_serial_call(model, backend
         assert type(got) is float and got == expected
     else:
         assert_same_output(got, expected)
+
+
+_Prediction = namedtuple("_Prediction", ["mean", "std"])
+
+
+class _WithStd(RegressorMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X, return_std=False):
+        mean = X.sum(axis=1)
+        return _Prediction(mean, np.abs(X[:, 0])) if return_std else mean
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", [*BACKENDS, "multiprocessing"])
+def test_a_named_tuple_of_outputs_comes_back_as_itself(backend):
+    model = _WithStd().fit(X)
+    expected = model.predict(X, return_std=True)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=7)
+    got = wrapper.predict(X, return_std=True)
+    assert type(got) is _Prediction
+    assert_same_output(got.mean, expected.mean)
+    assert_same_output(got.std, expected.std)
 
 
 def test_concatenate_refuses_what_is_not_one_row_per_row():
