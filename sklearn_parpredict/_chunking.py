@@ -200,7 +200,12 @@ def concatenate(parts: list, rows: list[int]):
         _check_rows(parts, rows, lambda part: (part.shape[1:], part.format))
         # As the parts' class: older SciPy stacks sparse arrays as a matrix.
         out = as_sparse(sp.vstack(parts, format=first.format), type(first))
-        return _index_dtypes_kept(out.astype(first.dtype, copy=False), parts)
+        if all(part.dtype == first.dtype for part in parts):
+            out = out.astype(first.dtype, copy=False)
+        # (Chunks of other dtypes, as NumPy joins arrays: a chunk's rows of
+        # ints and another's of floats, from a list of lists, are floats in
+        # the serial call. Cast to the first chunk's dtype, 0.5 came back 0.)
+        return _index_dtypes_kept(out, parts)
     if hasattr(first, "iloc"):
         _check_rows(parts, rows, lambda part: tuple(getattr(part, "columns", ())))
         return _concat_pandas(parts)

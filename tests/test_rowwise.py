@@ -470,6 +470,22 @@ def test_concatenate_keeps_the_index_dtype_of_sparse_outputs(fmt):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_chunks_of_other_dtypes_join_as_the_serial_call(backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer
+
+    # A list's rows of ints, then of floats: the serial call's are floats.
+    rows = [[1, 0, 2]] * 10 + [[0.5, 0, 1.5]] * 10
+    to_sparse = FunctionTransformer(sp.csr_matrix, validate=True, accept_sparse=True)
+    to_sparse.fit(rows)
+    expected = to_sparse.transform(rows)
+    assert expected.dtype == np.float64
+    wrapper = ParallelPredictor(to_sparse, n_jobs=2, backend=backend, chunk_size=7)
+    assert_same_output(wrapper.transform(rows), expected)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_outputs_keep_the_serial_calls_index_dtype(backend):
     from sklearn.neighbors import NearestNeighbors
 
