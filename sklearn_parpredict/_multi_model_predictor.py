@@ -271,6 +271,15 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         self : object
             This estimator.
         """
+        # The models first, as Pipeline sets its steps first: _set_params
+        # does so only for the attribute it is given, here _models, not
+        # models. Else set_params(models=new, genre__max_depth=3) set the
+        # depth of the replaced model's tree and left the new one's as it
+        # was (GridSearchCV over models and genre__max_depth fitted the same
+        # model for every depth), and a target only among the new models
+        # was an invalid parameter.
+        if "models" in params:
+            self.models = params.pop("models")
         self._set_params("_models", **params)
         return self
 

@@ -569,6 +569,32 @@ def test_nested_params(books):
     assert numbered.models[1][2] == 1
 
 
+def test_new_models_take_the_nested_params_set_with_them(books):
+    # As Pipeline(...).set_params(steps=new, clf__C=...): the models are
+    # replaced first, then the new ones take their parameters.
+    replaced = DecisionTreeClassifier(max_depth=5)
+    model = MultiModelPredictor([(replaced, GENRE_FEATURES, "genre")])
+    new = [
+        (DecisionTreeClassifier(max_depth=5), GENRE_FEATURES, "genre"),
+        (LogisticRegression(), LANGUAGE_FEATURES, "language"),
+    ]
+    model.set_params(models=new, genre__max_depth=3, language=Ridge())
+    assert model.models[0][0] is new[0][0]
+    assert model.models[0][0].max_depth == 3
+    assert replaced.max_depth == 5
+    assert isinstance(model.models[1][0], Ridge)
+    # GridSearchCV sets both at once (sorted: the nested parameter first).
+    search = GridSearchCV(
+        MultiModelPredictor([(Ridge(), ["pages"], "genre")], n_jobs=1),
+        {"models": [new[:1]], "genre__max_depth": [1, 6]},
+        cv=2,
+    ).fit(books)
+    depths = [params["genre__max_depth"] for params in search.cv_results_["params"]]
+    assert depths == [1, 6]
+    assert len(set(search.cv_results_["mean_test_score"])) == 2
+    assert search.best_estimator_.estimators_[0].max_depth == 6
+
+
 def test_clone_pickle_and_dump(books, tmp_path):
     model = MultiModelPredictor(_books_models(), n_jobs=2, backend="threading")
     cloned = clone(model)
