@@ -40,12 +40,14 @@ from sklearn_parpredict._engine import (
     run_jobs,
 )
 from sklearn_parpredict._fanout import fan_out
-from sklearn_parpredict._jobs import Job
+from sklearn_parpredict._jobs import Job, resolve
+from sklearn_parpredict._nan import NanKept
 from sklearn_parpredict._parallel_predictor import (
     is_fitted,
     score,
     validate_engine_params,
 )
+from sklearn_parpredict._pickled import PickledRows, object_columns
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._validation import validate_once
 
@@ -61,7 +63,24 @@ _in_process_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit_one(estimator, X, y):
-    return estimator.fit(X, y)
+    return estimator.fit(resolve(X), resolve(y))
+
+
+def _carried(rows):
+    """A model's rows for its fit on a worker: where they hold objects,
+    pickled so that ``np.nan`` is ``np.nan`` itself there (see
+    :class:`._pickled.PickledRows`), as the rows of a prediction are.
+
+    joblib pickles ``np.nan`` in a column of objects as another NaN: a text
+    vectorizer, which tells a missing document by identity, failed with
+    ``AttributeError: 'float' object has no attribute 'lower'`` on loky
+    where the serial fit raises ``ValueError: np.nan is an invalid
+    document``. Other rows go as joblib sends them (large arrays
+    memory-mapped).
+    """
+    if object_columns(rows) or NanKept.around(rows) is not rows:
+        return PickledRows(rows)
+    return rows
 
 
 def _describe(features) -> str:
@@ -373,7 +392,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         self.estimators_ = fan_out(
             _fit_one,
             [
-                (clone(estimator), X_i, y_i)
+                (clone(estimator), _carried(X_i), _carried(y_i))
                 for (estimator, _, _), X_i, y_i in zip(models, inputs, targets)
             ],
             n_workers=min(n_workers, len(models)),

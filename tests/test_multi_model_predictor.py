@@ -423,6 +423,27 @@ def test_one_column_name_gives_the_model_a_1d_column(backend):
     )
 
 
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
+@pytest.mark.parametrize("container", ["frame", "array"])
+def test_a_missing_document_fails_the_fit_as_the_serial_fit(backend, container):
+    # A text vectorizer tells np.nan by identity: the rows reach worker
+    # processes holding np.nan itself, not another NaN ('float' object has
+    # no attribute 'lower').
+    X, y = _titles(60, seed=0)
+    X["title"] = X["title"].astype(object)
+    X.loc[25, "title"] = np.nan
+    invalid = "np.nan is an invalid document"
+    with pytest.raises(ValueError, match=invalid):
+        _text_model().fit(X["title"], y["genre"])
+    models = [(_text_model(), "title", "genre"), (Ridge(), ["pages"], "price")]
+    if container == "array":
+        X = X.to_numpy(dtype=object)
+        models = [(_text_model(), 0, "genre"), (Ridge(), [1], "price")]
+    model = MultiModelPredictor(models, n_jobs=2, backend=backend)
+    with pytest.raises(ValueError, match=invalid):
+        model.fit(X, y)
+
+
 def test_one_column_position_gives_the_model_a_1d_column():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3))
