@@ -47,7 +47,7 @@ from sklearn_parpredict._parallel_predictor import (
     score,
     validate_engine_params,
 )
-from sklearn_parpredict._pickled import PickledRows, object_columns
+from sklearn_parpredict._pickled import PickledRows, _dumps, _loads, object_columns
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._validation import validate_once
 
@@ -63,7 +63,25 @@ _in_process_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit_one(estimator, X, y):
-    return estimator.fit(resolve(X), resolve(y))
+    return _Fitted(estimator.fit(resolve(X), resolve(y)))
+
+
+class _Fitted:
+    """A model fitted on a worker process, pickled back keeping ``np.nan``
+    itself in its arrays of objects, as models sent to the workers are (see
+    :mod:`._nan`): an ``OrdinalEncoder``'s categories held another NaN,
+    where the serial fit's hold ``np.nan``."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __reduce__(self):
+        return _loads, (_dumps(self.model, keep_nan=True),)
+
+
+def _model_of(fitted):
+    """The model a fit's task returned: itself from a worker process."""
+    return fitted.model if isinstance(fitted, _Fitted) else fitted
 
 
 def _carried(rows):
@@ -389,7 +407,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             inputs.append(_chunking.select_columns(X, column_key(X, columns)))
             targets.append(y_i)
         active, n_workers = _backend(self.n_jobs, self.backend)
-        self.estimators_ = fan_out(
+        fitted = fan_out(
             _fit_one,
             [
                 (clone(estimator), _carried(X_i), _carried(y_i))
@@ -399,6 +417,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             backend=parallel_backend(self.backend, active),
             verbose=self.verbose,
         )
+        self.estimators_ = [_model_of(model) for model in fitted]
         self.targets_ = [target for _, _, target in models]
         self._positions = positions
         return self

@@ -444,6 +444,24 @@ def test_a_missing_document_fails_the_fit_as_the_serial_fit(backend, container):
         model.fit(X, y)
 
 
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
+def test_models_fitted_on_workers_keep_nan_itself(backend):
+    from sklearn.preprocessing import OrdinalEncoder
+
+    rng = np.random.default_rng(0)
+    colour = rng.choice(np.array(["red", "blue", np.nan], dtype=object), 80)
+    X = pd.DataFrame({"colour": colour, "size": rng.normal(size=80)})
+    y = rng.normal(size=80)
+    encoded = make_pipeline(OrdinalEncoder(), DecisionTreeRegressor(random_state=0))
+    models = [(encoded, ["colour"], "a"), (Ridge(), ["size"], "b")]
+    serial = clone(encoded).fit(X[["colour"]], y)[0].categories_[0]
+    assert serial[-1] is np.nan
+    model = MultiModelPredictor(models, n_jobs=2, backend=backend).fit(X, y)
+    categories = model.estimators_[0][0].categories_[0]
+    assert categories[:-1].tolist() == serial[:-1].tolist()
+    assert categories[-1] is np.nan
+
+
 def test_one_column_position_gives_the_model_a_1d_column():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3))
