@@ -47,7 +47,12 @@ from sklearn_parpredict._parallel_predictor import (
     score,
     validate_engine_params,
 )
-from sklearn_parpredict._pickled import PickledRows, _dumps, _loads, object_columns
+from sklearn_parpredict._pickled import (
+    KeptWhole,
+    PickledRows,
+    object_columns,
+    received,
+)
 from sklearn_parpredict._sharing import ModelHandle
 from sklearn_parpredict._validation import validate_once
 
@@ -63,25 +68,11 @@ _in_process_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit_one(estimator, X, y):
-    return _Fitted(estimator.fit(resolve(X), resolve(y)))
-
-
-class _Fitted:
-    """A model fitted on a worker process, pickled back keeping ``np.nan``
-    itself in its arrays of objects, as models sent to the workers are (see
-    :mod:`._nan`): an ``OrdinalEncoder``'s categories held another NaN,
-    where the serial fit's hold ``np.nan``."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __reduce__(self):
-        return _loads, (_dumps(self.model, keep_nan=True),)
-
-
-def _model_of(fitted):
-    """The model a fit's task returned: itself from a worker process."""
-    return fitted.model if isinstance(fitted, _Fitted) else fitted
+    # Back from a worker process keeping np.nan itself in the fitted arrays
+    # of objects, as models sent to the workers do (see :mod:`._nan`): an
+    # OrdinalEncoder's categories held another NaN, where the serial fit's
+    # hold np.nan.
+    return KeptWhole(estimator.fit(resolve(X), resolve(y)))
 
 
 def _carried(rows):
@@ -417,7 +408,7 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             backend=parallel_backend(self.backend, active),
             verbose=self.verbose,
         )
-        self.estimators_ = [_model_of(model) for model in fitted]
+        self.estimators_ = [received(model) for model in fitted]
         self.targets_ = [target for _, _, target in models]
         self._positions = positions
         return self

@@ -377,10 +377,23 @@ def _identity(value):
     return value
 
 
+class KeptWhole:
+    """An object on its way back from a worker process (a model fitted
+    there), pickled whole by a pickler that keeps ``np.nan`` itself in its
+    arrays of objects (see :class:`_NanKeeping`)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return _loads, (_dumps(self.value, keep_nan=True),)
+
+
 def received(output):
-    """A task's output as the caller gets it: a :class:`Returned` that was
-    not pickled (the task ran in this process) is unwrapped."""
-    return output.value if isinstance(output, Returned) else output
+    """A task's output as the caller gets it: a :class:`Returned` or a
+    :class:`KeptWhole` that was not pickled (the task ran in this process)
+    is unwrapped."""
+    return output.value if isinstance(output, Returned | KeptWhole) else output
 
 
 # Rows pickled to measure what a row costs to send to a process: about
