@@ -250,8 +250,8 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     ----------
     estimator_ : estimator instance
         The fitted estimator used for prediction: a fitted clone of
-        ``estimator`` after :meth:`fit`, or ``estimator`` itself when it was
-        given fitted.
+        ``estimator`` after :meth:`fit` or :meth:`partial_fit`, or
+        ``estimator`` itself when it was given fitted.
 
     classes_ : ndarray of shape (n_classes,)
         The class labels, for classifiers.
@@ -377,6 +377,48 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
             The labels of the training data.
         """
         return self._fit("fit_predict", X, y, fit_params)
+
+    @available_if(_estimator_has("partial_fit"))
+    @_fit_context(prefer_skip_nested_validation=False)
+    def partial_fit(
+        self, X: Any, y: Any = None, **partial_fit_params: Any
+    ) -> ParallelPredictor:
+        """Fit the estimator incrementally on a batch of rows.
+
+        The first call on an unfitted wrapper fits a clone of ``estimator``
+        (as :meth:`fit` does) and later calls go on with that clone, as
+        scikit-learn's meta-estimators (``MultiOutputClassifier``,
+        ``SelectFromModel``) do. An ``estimator`` given fitted, which the
+        wrapper predicts with, goes on learning itself.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs), \
+                default=None
+            Targets, if the estimator is supervised.
+
+        **partial_fit_params : dict
+            Parameters passed to the estimator's ``partial_fit``, such as
+            ``classes`` (routed through metadata routing when it is enabled).
+
+        Returns
+        -------
+        self : object
+            The wrapper.
+        """
+        if _routing_enabled():
+            partial_fit_params = process_routing(
+                self, "partial_fit", **partial_fit_params
+            ).estimator.partial_fit
+        # An estimator given fitted is the one the wrapper predicts with: it
+        # learns on, in place, as its bare partial_fit would.
+        if "estimator_" not in self.__dict__ and not is_fitted(self.estimator):
+            self.estimator_ = clone(self.estimator)
+        self._fitted().partial_fit(X, y, **partial_fit_params)
+        return self
 
     def _fit(self, method: str, X, y, fit_params: dict):
         if _routing_enabled():
@@ -576,6 +618,7 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
         mapping = (
             MethodMapping()
             .add(caller="fit", callee="fit")
+            .add(caller="partial_fit", callee="partial_fit")
             .add(caller="score", callee="score")
         )
         for method in ROUTED_METHODS:

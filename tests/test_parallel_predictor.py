@@ -26,7 +26,11 @@ from sklearn.ensemble import (
 )
 from sklearn.exceptions import NotFittedError, UnsetMetadataPassedError
 from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    SGDClassifier,
+)
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -326,6 +330,33 @@ def test_methods_only_where_the_estimator_has_them():
     # On the class: the documented method.
     assert ParallelPredictor.predict.__name__ == "predict"
     assert "in parallel over row chunks" in ParallelPredictor.predict.__doc__
+
+
+def test_partial_fit_where_the_estimator_has_it():
+    # A wrapped SGDClassifier had no partial_fit (AttributeError) where the
+    # bare one learns batch by batch.
+    assert not hasattr(ParallelPredictor(LogisticRegression()), "partial_fit")
+    serial = SGDClassifier(random_state=0)
+    wrapper = ParallelPredictor(SGDClassifier(random_state=0), **FORCE)
+    for rows in (slice(0, 150), slice(150, 300)):
+        serial.partial_fit(X[rows], Y[rows], classes=[0, 1])
+        assert wrapper.partial_fit(X[rows], Y[rows], classes=[0, 1]) is wrapper
+        # Each batch goes on with the same clone; the given one stays unfitted.
+        assert_same_output(wrapper.predict(X), serial.predict(X))
+    np.testing.assert_array_equal(wrapper.coef_, serial.coef_)
+    assert not hasattr(wrapper.estimator, "coef_")
+    # An estimator given fitted is the one predicted with: it learns on.
+    given = SGDClassifier(random_state=0).partial_fit(X[:150], Y[:150], [0, 1])
+    wrapper = ParallelPredictor(given, **FORCE)
+    wrapper.partial_fit(X[150:], Y[150:])
+    assert wrapper.estimator_ is given
+    np.testing.assert_array_equal(given.coef_, serial.coef_)
+    assert_same_output(wrapper.predict(X), serial.predict(X))
+    with config_context(enable_metadata_routing=True):
+        routed = SGDClassifier(random_state=0).set_partial_fit_request(classes=True)
+        wrapper = ParallelPredictor(routed, **FORCE)
+        wrapper.partial_fit(X[:150], Y[:150], classes=[0, 1])
+        np.testing.assert_array_equal(wrapper.classes_, [0, 1])
 
 
 def test_score_uses_parallel_predictions():
