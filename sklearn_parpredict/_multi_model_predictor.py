@@ -682,7 +682,9 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
         tags = super().__sklearn_tags__()
         try:
             inner = [get_tags(estimator) for estimator, _, _ in self.models]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
+            # AttributeError: a model that is not a scikit-learn estimator
+            # has no tags (scikit-learn 1.7 on raises; 1.6 gave defaults).
             inner = []
         # Several targets at once: neither a classifier nor a regressor.
         tags.estimator_type = None

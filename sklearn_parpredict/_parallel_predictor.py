@@ -94,6 +94,16 @@ def is_fitted(estimator) -> bool:
             check_is_fitted(estimator)
         except NotFittedError:
             return False
+        except AttributeError:
+            # scikit-learn 1.7 on reads the tags first, and a model by its
+            # methods alone (not a BaseEstimator) has none: its predict
+            # failed where the bare model's works. Fitted by scikit-learn's
+            # rule without tags (as 1.6 judged it): an attribute ending in _.
+            if hasattr(estimator, "__sklearn_tags__"):
+                raise
+            state = getattr(estimator, "__dict__", {})
+            if not any(k.endswith("_") and not k.startswith("__") for k in state):
+                return False
     # A pipeline (or a frozen estimator, a feature union) is fitted when the
     # estimators it holds are, and set_params replaces those with unfitted
     # ones: asked again each time.
@@ -630,7 +640,15 @@ class ParallelPredictor(MetaEstimatorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         # The wrapper behaves as the estimator it wraps: classifier,
         # regressor, transformer, sparse input, ... are all the inner ones.
-        tags = deepcopy(get_tags(self.estimator))
+        try:
+            tags = deepcopy(get_tags(self.estimator))
+        except AttributeError:
+            # A model that is not a scikit-learn estimator has no tags
+            # (scikit-learn 1.7 on raises, where 1.6 gave the defaults): the
+            # wrapper's own, else its score and HTML repr raised.
+            if hasattr(self.estimator, "__sklearn_tags__"):
+                raise
+            tags = super().__sklearn_tags__()
         tags.requires_fit = True
         return tags
 
