@@ -67,12 +67,22 @@ class _ParquetReader(Reader):
         # column chunks of a row group at once, and pandas writes one row
         # group per million rows, so memory would grow with the file.
         self.file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-        self.columns = list(self.file.schema_arrow.names)
         self.n_rows = self.file.metadata.num_rows
         # A DataFrame's index stored with it: pandas reads it back as the
         # index, not as features.
-        stored = (self.file.schema_arrow.pandas_metadata or {}).get("index_columns")
+        metadata = self.file.schema_arrow.pandas_metadata or {}
+        stored = metadata.get("index_columns")
         self.index_columns = [name for name in stored or () if isinstance(name, str)]
+        # An unnamed index is stored as "__index_level_0__", ..., a name
+        # pandas reads back as no column (the index's name is None): asked
+        # for as a column (--id-column), no batch would hold it.
+        unnamed = {
+            field.get("field_name")
+            for field in metadata.get("columns") or ()
+            if field.get("name") is None
+            and field.get("field_name") in self.index_columns
+        }
+        self.columns = [n for n in self.file.schema_arrow.names if n not in unnamed]
 
     def batches(self, columns, batch_rows):
         missing = self._with_missing(columns)

@@ -534,6 +534,31 @@ def test_a_stored_index_is_not_a_feature_and_may_be_the_id(tmp_path):
     np.testing.assert_allclose(written["prediction"], model.predict(frame.to_numpy()))
 
 
+def test_an_unnamed_stored_index_is_no_column(tmp_path, capsys):
+    """pandas stores an unnamed index as "__index_level_0__" and reads it
+    back as the index, no column: named as a column, it is missing, one
+    line (it was a KeyError traceback from the first batch)."""
+    frame = pd.DataFrame({"a": [0.0, 1, 2, 3]}, index=[13, 12, 11, 10])
+    data = tmp_path / "indexed.parquet"
+    frame.to_parquet(data)
+    assert "__index_level_0__" in pq.ParquetFile(data).schema_arrow.names
+    assert "__index_level_0__" not in pd.read_parquet(data).columns
+    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
+    args = ["predict", tmp_path / "m.joblib", data, "--trust-pickle"]
+    _fails(
+        capsys,
+        [*args, "--id-column", "__index_level_0__"],
+        tmp_path / "out.csv",
+        f"id column '__index_level_0__' is not in {data}",
+    )
+    _fails(
+        capsys,
+        [*args, "--columns", "a", "__index_level_0__"],
+        tmp_path / "out.csv",
+        f"{data} lacks 1 column needed by --columns: __index_level_0__",
+    )
+
+
 def test_error_output_that_is_the_input_or_a_folder(books_dir, tmp_path, capsys):
     folder, books, _ = books_dir
     data = tmp_path / "books.csv"
