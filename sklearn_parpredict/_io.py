@@ -183,7 +183,12 @@ def _output_frame(model, method: str, output, ids, id_column):
 
     columns: dict[str, Any] = {}
     if id_column is not None:
-        columns[id_column] = np.asarray(ids)
+        # Its own array, its dtype kept (as the output's columns of a
+        # DataFrame, below): NumPy's gives nullable integers (Int64) with a
+        # value missing as floats, which a CSV output wrote "4.0" in the
+        # batches with a missing value and "4" in the others, and a Parquet
+        # output lost the nullable, string and category dtypes.
+        columns[id_column] = ids.array
     if hasattr(output, "toarray"):  # a sparse transform
         output = output.toarray()
     names: list[str] = []

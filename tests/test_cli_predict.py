@@ -586,6 +586,43 @@ def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
     assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_nullable_ids_keep_their_dtype(tmp_path, suffix):
+    """A pandas nullable id column (Int64, stored so in the Parquet file's
+    pandas metadata) is written as the whole column is: a batch with a value
+    missing wrote its ids as floats ("4.0") where the others and the serial
+    output write "4", and the Parquet output lost the dtype."""
+    frame = pd.DataFrame(
+        {
+            "id": pd.array([1, 2, None, 4, 5, 6], dtype="Int64"),
+            "flag": pd.array([True, False, None, True, True, False], dtype="boolean"),
+            "a": [0.5, 1.5, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    data = tmp_path / "ids.parquet"
+    frame.to_parquet(data)
+    model = LinearRegression().fit([[0], [1]], [0, 1])
+    joblib.dump(model, tmp_path / "m.joblib")
+    read = pd.read_parquet(data)
+    for id_column in ["id", "flag"]:
+        out = tmp_path / f"out-{id_column}{suffix}"
+        args = ["predict", tmp_path / "m.joblib", data, "-o", out, "--columns", "a"]
+        args += ["--id-column", id_column, "--batch-rows", "2"]
+        assert main([*map(str, args), "--trust-pickle", "-q"]) == 0
+        expected = pd.DataFrame(
+            {
+                id_column: read[id_column],
+                "prediction": model.predict(read[["a"]].to_numpy()),
+            }
+        )
+        if suffix == ".csv":
+            assert out.read_text() == expected.to_csv(index=False)
+        else:
+            written = pd.read_parquet(out)
+            assert written[id_column].dtype == read[id_column].dtype
+            pd.testing.assert_frame_equal(written, expected)
+
+
 @pytest.mark.parametrize("statistics", [True, False])
 def test_parquet_ids_missing_in_a_later_batch_read_as_over_the_whole_file(
     tmp_path, statistics
