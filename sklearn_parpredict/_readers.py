@@ -54,8 +54,8 @@ class Reader:
 
     def widest_time(self, name, batch_rows: int) -> Any:
         """The value of column ``name`` that pandas writes widest, as a
-        one-row Series, when the column holds datetimes (without a time
-        zone) or timedeltas; else None (see :func:`time_precision`)."""
+        one-row Series, when the column holds datetimes or timedeltas; else
+        None (see :func:`time_precision`)."""
         return None
 
 
@@ -112,8 +112,10 @@ class _ParquetReader(Reader):
         import pyarrow.types as pat
 
         kind = self.arrow_types().get(name)
-        naive = kind is not None and pat.is_timestamp(kind) and kind.tz is None
-        if not (naive or (kind is not None and pat.is_duration(kind))):
+        # With a time zone too: pandas 2 and later write those as wide as
+        # the column's widest as well ("00:00:00.000+00:00" beside
+        # "10:00:00.500+00:00").
+        if kind is None or not (pat.is_timestamp(kind) or pat.is_duration(kind)):
             return None
         widest, value = -1, None
         for frame in self.batches([name], batch_rows):
@@ -171,13 +173,17 @@ class _ParquetReader(Reader):
 def time_precision(column) -> np.ndarray:
     """How much of each value of a datetime64 or timedelta64 column pandas
     writes: 0 a whole day, 1 a time of day in whole seconds, 2, 3 and 4
-    milli-, micro- and nanoseconds; -1 where missing.
+    milli-, micro- and nanoseconds; -1 where missing. Datetimes with a time
+    zone count as their local time, which pandas writes.
 
     pandas writes every value of a column as its widest needs (``2020-01-01``
     only where all are whole days, else ``2020-01-01 00:00:00``, with as many
     decimals as the finest value): a batch is written as the whole file is
     when it holds a value as wide as the file's widest.
     """
+    if getattr(column.dtype, "tz", None) is not None:
+        # NumPy's array of these holds Timestamp objects.
+        column = column.dt.tz_localize(None)
     values = np.asarray(column)
     unit, _ = np.datetime_data(values.dtype)
     per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]

@@ -942,8 +942,23 @@ def _times(*texts):
         _times("2020-01-01", "2020-01-02", "2020-01-02 10:00:00.5", ""),
         _times("1 days", "2 days", "1 days 00:00:01.5", ""),
         _times("2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"),
+        # With a time zone, written with a time of day throughout, and the
+        # decimals of the finest (pandas 2 and later).
+        _times("2020-01-01", "2020-01-02", "2020-01-02 10:00:00.5", "").dt.tz_localize(
+            "Europe/Paris"
+        ),
+        _times("2020-01-01", "2020-01-02", "2020-01-02 23:30:00.25", "")
+        .dt.tz_localize("UTC")
+        .dt.tz_convert("Asia/Kolkata"),
     ],
-    ids=["a time of day", "milliseconds", "timedeltas", "dates only"],
+    ids=[
+        "a time of day",
+        "milliseconds",
+        "timedeltas",
+        "dates only",
+        "a time zone",
+        "another time zone",
+    ],
 )
 def test_a_parquet_id_of_times_is_written_as_the_whole_file_writes_it(tmp_path, times):
     # pandas writes a column of times as wide as its widest value needs: a
