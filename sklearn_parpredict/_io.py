@@ -361,18 +361,20 @@ def predict_file(
         atomic_output(output_path) as tmp,
         progress_bar(reader.n_rows, quiet=quiet) as bar,
     ):
-        types = reader.arrow_types()
         widest = None
         if id_column is not None and out_kind == "csv":
             widest = reader.widest_time(id_column, batch_rows)
         writer = _Writer(
-            tmp,
-            out_kind,
-            {id_column: types[id_column]} if id_column in types else None,
-            {id_column: widest} if widest is not None else None,
+            tmp, out_kind, None, {id_column: widest} if widest is not None else None
         )
         try:
             for batch in _read(reader.batches(read, batch_rows), input_path):
+                if n_done == 0:
+                    # Asked for once the first batch is read: a CSV file's
+                    # types are known after its dtype pass.
+                    types = reader.arrow_types()
+                    if id_column in types:
+                        writer.types = {id_column: types[id_column]}
                 if reader.columns is None:
                     X, ids = batch, None
                     if names is not None and batch.shape[1] == len(names):

@@ -49,7 +49,8 @@ class Reader:
         raise NotImplementedError
 
     def arrow_types(self) -> dict:
-        """The Arrow type of each column, where the file records it."""
+        """The Arrow type of each column, where the file records it (a CSV
+        file: once its first batch is read)."""
         return {}
 
     def widest_time(self, name, batch_rows: int) -> Any:
@@ -215,6 +216,14 @@ class _CSVReader(Reader):
         self.path = path
         # The header alone, to check the columns before any row is read.
         self.columns = list(pd.read_csv(path, nrows=0, index_col=False).columns)
+        self._bools: set = set()
+
+    def arrow_types(self) -> dict:
+        # True/False with values missing, held as objects: a batch of missing
+        # values alone gives Arrow no type, and the whole column is bool.
+        import pyarrow as pa
+
+        return {name: pa.bool_() for name in self._bools}
 
     def batches(self, columns, batch_rows):
         import pandas as pd
@@ -223,6 +232,10 @@ class _CSVReader(Reader):
         # the header is an error, as when pandas reads the whole file.
         dtype = self._dtypes(columns, batch_rows)
         objects = [name for name, kind in dtype.items() if kind is _OBJECTS]
+        # The others are integers past 64 bits.
+        self._bools = {
+            name for name in objects if ("objects", "integer") not in self._parts[name]
+        }
         dtype = {name: kind for name, kind in dtype.items() if kind is not _OBJECTS}
         # index_col=False: a first line with one field more than the header
         # would otherwise make the first column an index, silently (the
@@ -260,6 +273,7 @@ class _CSVReader(Reader):
             for chunk in chunks:
                 for name in chunk.columns if columns is None else columns:
                     seen.setdefault(name, set()).add(_part(chunk[name]))
+        self._parts = seen
         return {name: _common_dtype(parts) for name, parts in seen.items()}
 
 

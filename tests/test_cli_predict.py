@@ -586,6 +586,29 @@ def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
     assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
 
 
+def test_parquet_output_types_csv_bools_missing_in_the_first_batch(tmp_path):
+    """True/False with values missing are bools in the whole file: a first
+    batch of missing values alone was typed as text, and the later ones
+    were written "false" and "true"."""
+    data = _lines(tmp_path / "ids.csv", "id,a\n,0.5\n,1.5\nFalse,2\nTrue,3\n")
+    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
+    assert (
+        main([*args, "--trust-pickle", "-q", "--batch-rows", "2", "--id-column", "id"])
+        == 0
+    )
+    whole = pd.read_csv(data)
+    expected = tmp_path / "expected.parquet"
+    whole[["id"]].assign(prediction=whole["a"]).to_parquet(expected)
+    assert pq.read_schema(out).field("id").type == pa.bool_()
+    assert (
+        pq.read_schema(out).field("id").type
+        == pq.read_schema(expected).field("id").type
+    )
+    assert list(pd.read_parquet(out)["id"]) == [None, None, False, True]
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_nullable_ids_keep_their_dtype(tmp_path, suffix):
     """A pandas nullable id column (Int64, stored so in the Parquet file's
