@@ -116,16 +116,21 @@ def _typed(schema, frame, types: dict):
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary file next to ``path``, renamed to ``path`` on success.
+    """A temporary file next to ``path``, renamed to ``path`` on success (to
+    the file it links to, for a link).
 
     On any error, the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise CommandError(f"output folder not found: {folder}")
     if path.is_dir():
         raise CommandError(f"the output {path} is a folder")
+    # A link is written through, as pandas' to_csv and to_parquet write:
+    # os.replace would put the file in the link's place, and leave what it
+    # points to as it was.
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    folder = target.parent
+    if not folder.is_dir():
+        raise CommandError(f"output folder not found: {folder}")
     # In the same folder, so that the rename is atomic (same file system).
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -141,7 +146,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         try:
             os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc}") from exc
     finally:

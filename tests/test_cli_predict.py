@@ -559,6 +559,24 @@ def test_an_unnamed_stored_index_is_no_column(tmp_path, capsys):
     )
 
 
+def test_an_output_link_is_written_through(tmp_path):
+    """An output that is a symbolic link is written where it points, as
+    pandas writes it: the link was replaced by the file, and what it points
+    to left as it was."""
+    data = _lines(tmp_path / "in.csv", "a\n0.5\n1.5\n")
+    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "predictions.csv"
+    target.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(Path("out") / "predictions.csv")
+    args = ["predict", tmp_path / "m.joblib", data, "-o", link, "--trust-pickle"]
+    assert main([*map(str, args), "-q"]) == 0
+    assert link.is_symlink()
+    assert target.read_text().startswith("prediction\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["predictions.csv"]
+
+
 def test_error_output_that_is_the_input_or_a_folder(books_dir, tmp_path, capsys):
     folder, books, _ = books_dir
     data = tmp_path / "books.csv"
