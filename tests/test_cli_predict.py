@@ -592,8 +592,10 @@ def test_error_output_that_is_the_input_or_a_folder(books_dir, tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["books.csv", "dir.csv"]
 
 
-def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
-    data = _lines(tmp_path / "ids.csv", "id,a\n,0.5\n,1.5\nk2,2\nk3,3\n")
+def _ids_to_parquet(tmp_path, text: str):
+    """The CSV ``text`` (an id column and a feature) predicted in batches of
+    two rows to Parquet: its path and the CSV's."""
+    data = _lines(tmp_path / "ids.csv", text)
     joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
     out = tmp_path / "out.parquet"
     args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
@@ -601,6 +603,11 @@ def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
         main([*args, "--trust-pickle", "-q", "--batch-rows", "2", "--id-column", "id"])
         == 0
     )
+    return out, data
+
+
+def test_parquet_output_types_an_id_column_empty_in_the_first_batch(tmp_path):
+    out, _ = _ids_to_parquet(tmp_path, "id,a\n,0.5\n,1.5\nk2,2\nk3,3\n")
     assert list(pd.read_parquet(out)["id"])[2:] == ["k2", "k3"]
 
 
@@ -608,14 +615,7 @@ def test_parquet_output_types_csv_bools_missing_in_the_first_batch(tmp_path):
     """True/False with values missing are bools in the whole file: a first
     batch of missing values alone was typed as text, and the later ones
     were written "false" and "true"."""
-    data = _lines(tmp_path / "ids.csv", "id,a\n,0.5\n,1.5\nFalse,2\nTrue,3\n")
-    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
-    out = tmp_path / "out.parquet"
-    args = ["predict", str(tmp_path / "m.joblib"), str(data), "-o", str(out)]
-    assert (
-        main([*args, "--trust-pickle", "-q", "--batch-rows", "2", "--id-column", "id"])
-        == 0
-    )
+    out, data = _ids_to_parquet(tmp_path, "id,a\n,0.5\n,1.5\nFalse,2\nTrue,3\n")
     whole = pd.read_csv(data)
     expected = tmp_path / "expected.parquet"
     whole[["id"]].assign(prediction=whole["a"]).to_parquet(expected)
