@@ -310,7 +310,7 @@ class Returned:
     Objects that are ``np.nan`` itself are ``np.nan`` itself again in the
     caller, as rows sent to a worker are (see :class:`._nan.NanKept`): pickled
     as another NaN, ``OrdinalEncoder.inverse_transform``'s missing values
-    were not ``np.nan``, and a ``set`` of its column held each chunk's NaN
+    were not ``np.nan``, and a ``set`` of its column held every missing value apart
     where the serial call's holds one.
     """
 

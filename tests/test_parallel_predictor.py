@@ -701,7 +701,7 @@ def test_missing_values_in_objects_come_back_as_np_nan_itself(backend):
     # Lists compare items by identity first: np.nan equals only itself.
     assert out.tolist() == serial.tolist()
     assert [x is np.nan for x in out.ravel()] == [x is np.nan for x in serial.ravel()]
-    # One NaN among the labels, as serially, not one per chunk.
+    # One NaN among the labels, as serially, not one per missing value.
     assert len(set(out.ravel())) == len(set(serial.ravel())) == 4
 
 
