@@ -9,6 +9,20 @@ RTOL = 1e-9
 ATOL = 1e-12
 
 
+class ByItsMethods:
+    """A model by its methods alone: no BaseEstimator, no tags."""
+
+    def fit(self, X, y):
+        self.mean_ = float(np.mean(y))
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.mean_)
+
+    def score(self, X, y):
+        return float(np.mean(self.predict(X) == y))
+
+
 def assert_same_output(parallel, serial):
     """Same container, dtype, shape and index; equal values.
 

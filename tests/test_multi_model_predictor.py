@@ -6,6 +6,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import ByItsMethods
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
@@ -670,28 +671,17 @@ def test_tags():
     assert get_tags(knn).input_tags.allow_nan is False
 
 
-class _ByItsMethods:
-    """A model by its methods alone: no BaseEstimator, no tags."""
-
-    def fit(self, X, y):
-        self.mean_ = float(np.mean(y))
-        return self
-
-    def predict(self, X):
-        return np.full(len(X), self.mean_)
-
-
 def test_a_model_that_is_not_a_scikit_learn_estimator():
     # scikit-learn 1.7 on raises AttributeError for its tags: predict, the
     # tags and the HTML repr failed.
     frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "t": [0.0, 1.0, 1.0]})
-    fitted = _ByItsMethods().fit(frame[["a"]], frame["t"])
+    fitted = ByItsMethods().fit(frame[["a"]], frame["t"])
     model = MultiModelPredictor([(fitted, ["a"], "t")], n_jobs=1)
     np.testing.assert_array_equal(
         model.predict(frame[["a"]])["t"], fitted.predict(frame)
     )
     assert get_tags(model).requires_fit
-    assert "_ByItsMethods" in estimator_html_repr(model)
+    assert "ByItsMethods" in estimator_html_repr(model)
 
 
 def test_pipeline_after_pandas_transformer(books):

@@ -13,7 +13,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import assert_same_output
+from _helpers import ByItsMethods, assert_same_output
 from sklearn import config_context
 from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
 from sklearn.datasets import make_classification, make_regression
@@ -181,31 +181,17 @@ def test_unfitted_raises_not_fitted():
     assert not hasattr(model, "estimator_")
 
 
-class _ByItsMethods:
-    """A model by its methods alone: no BaseEstimator, no tags."""
-
-    def fit(self, X, y):
-        self.mean_ = float(np.mean(y))
-        return self
-
-    def predict(self, X):
-        return np.full(len(X), self.mean_)
-
-    def score(self, X, y):
-        return float(np.mean(self.predict(X) == y))
-
-
 def test_a_model_that_is_not_a_scikit_learn_estimator():
     # scikit-learn 1.7 on raises AttributeError for its tags: the wrapper's
     # predict, score and HTML repr failed where the bare model works.
-    model = _ByItsMethods().fit(X, Y)
+    model = ByItsMethods().fit(X, Y)
     wrapper = ParallelPredictor(model, **FORCE)
     assert_same_output(wrapper.predict(X), model.predict(X))
     assert wrapper.score(X, Y) == model.score(X, Y)
     assert not is_classifier(wrapper)
-    assert "_ByItsMethods" in estimator_html_repr(wrapper)
+    assert "ByItsMethods" in estimator_html_repr(wrapper)
     with pytest.raises(NotFittedError, match="not fitted"):
-        ParallelPredictor(_ByItsMethods(), **FORCE).predict(X)
+        ParallelPredictor(ByItsMethods(), **FORCE).predict(X)
 
 
 def test_fitted_estimators_are_remembered_only_while_they_live():
