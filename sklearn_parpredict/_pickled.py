@@ -25,7 +25,7 @@ from sklearn_parpredict._files import copied_pages, temp_path, unlink, unlink_so
 from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._nan import NanKept
 from sklearn_parpredict._nan import reduce_array as _reduce_array
-from sklearn_parpredict._rows import shares
+from sklearn_parpredict._rows import laid_out, shares
 from sklearn_parpredict._sharing import cloudpickle
 
 # Tasks are pickled on other threads (loky's feeder) while calls go on: the
@@ -190,7 +190,7 @@ class PickledRows:
         self.objects = objects
 
     def __reduce__(self):
-        rows = NanKept.around(_ByteOrderKept.around(self.rows))
+        rows = NanKept.around(_ByteOrderKept.around(laid_out(self.rows)))
         objects = self.objects
         if objects is None:
             objects = object_columns(self.rows)

@@ -14,7 +14,7 @@ import math
 import mmap
 import os
 import threading
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from sklearn_parpredict._files import (
     temp_path,
 )
 from sklearn_parpredict._locks import fork_safe
+
+Order = Literal["C", "F"]
 
 # Dense inputs from this size on are written once to a memory-mapped file
 # rather than pickled chunk by chunk.
@@ -62,6 +64,7 @@ class SharedArray:
         self.array = array
         self._closed = False
         self._row_bytes = array.itemsize * math.prod(array.shape[1:])
+        self._order = copied_order(array)
         backing = backing_file(array)
         # Whether the call writes the files, rather than map the caller's.
         self._owned = backing is None
@@ -92,15 +95,17 @@ class SharedArray:
             self._pieces.sort(key=lambda piece: piece[0])
 
     def _write(self, start: int, stop: int, path: str) -> None:
-        # C order, as a pickled chunk would be; over a kept file's first
-        # bytes, which it keeps.
-        rows = np.ascontiguousarray(self.array[start:stop])
+        # In the order a copy of the rows keeps (see copied_order); over a
+        # kept file's first bytes, which it keeps.
+        laid_out = np.asfortranarray if self._order == "F" else np.ascontiguousarray
+        rows = laid_out(self.array[start:stop])
         with open(path, "r+b" if os.path.exists(path) else "wb") as file:
-            file.write(rows.reshape(-1).view(np.uint8).data)
+            file.write(rows.ravel(order="K").view(np.uint8).data)
 
-    def _files(self, start: int, stop: int) -> list[tuple[str, int, int]]:
+    def _files(self, start: int, stop: int) -> list[tuple]:
         """The files holding rows ``start:stop``, written: path, byte of
-        the first row there, rows."""
+        the first row of the range of rows mapped there, the rows of that
+        range, and where in it and how many of them are wanted."""
         self.write_ahead(start, stop)
         with _lock:
             pieces = [p for p in self._pieces if p[0] < stop and p[1] > start]
@@ -108,9 +113,14 @@ class SharedArray:
         for a, b, path, offset, future in pieces:
             if future is not None:
                 future.result()
-            first = max(a, start)
-            offset += (first - a) * self._row_bytes
-            files.append((path, offset, min(b, stop) - first))
+            first, n = max(a, start), min(b, stop) - max(a, start)
+            if self._order == "C":
+                # Only the rows wanted, which lie together.
+                offset += (first - a) * self._row_bytes
+                files.append((path, offset, n, 0, n))
+            else:
+                # A column's rows lie together: the whole range is mapped.
+                files.append((path, offset, b - a, first - a, n))
         return files
 
     def close(self) -> None:
@@ -159,13 +169,17 @@ class SharedRows:
     def __reduce__(self):
         files = self.shared._files(self.start, self.stop)
         array = self.shared.array
-        return _load_rows, (files, array.dtype, array.shape[1:])
+        return _load_rows, (files, array.dtype, array.shape[1:], self.shared._order)
 
 
-def _load_rows(files: list, dtype: np.dtype, row_shape: tuple) -> np.ndarray:
-    """The rows in ``files`` (path, byte of the first row, rows)."""
+def _load_rows(
+    files: list, dtype: np.dtype, row_shape: tuple, order: Order = "C"
+) -> np.ndarray:
+    """The rows in ``files`` (see :meth:`SharedArray._files`), laid out in
+    ``order``."""
     parts = [
-        _map_rows(path, offset, dtype, (n, *row_shape)) for path, offset, n in files
+        _map_rows(path, offset, dtype, (mapped, *row_shape), order)[first:][:n]
+        for path, offset, mapped, first, n in files
     ]
     if len(parts) == 1:
         return parts[0]
@@ -174,9 +188,11 @@ def _load_rows(files: list, dtype: np.dtype, row_shape: tuple) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, *row_shape), dtype)
 
 
-def _map_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    """The C-ordered array of ``shape`` that starts ``offset`` bytes into
-    the file at ``path``."""
+def _map_rows(
+    path: str, offset: int, dtype: np.dtype, shape: tuple, order: Order = "C"
+) -> np.ndarray:
+    """The array of ``shape``, laid out in ``order``, that starts ``offset``
+    bytes into the file at ``path``."""
     # A plain array over the file's pages, copied on write, not an
     # np.memmap: joblib sends a worker's output that is a view of an
     # np.memmap back as a reference to the file, whose pages still hold the
@@ -189,7 +205,37 @@ def _map_rows(path: str, offset: int, dtype: np.dtype, shape: tuple) -> np.ndarr
     # Only the task's rows are mapped, from the page they start in.
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     pages = copied_pages(path, start, offset + size - start)
-    return np.ndarray(shape, dtype, buffer=pages, offset=offset - start)
+    return np.ndarray(shape, dtype, buffer=pages, offset=offset - start, order=order)
+
+
+def copied_order(array: np.ndarray) -> Order:
+    """The memory order, ``"C"`` or ``"F"``, that NumPy gives a copy of rows
+    of ``array`` (``order="K"``, as in a pickle of a contiguous chunk).
+
+    A chunk of a Fortran-ordered matrix is a view that is neither C- nor
+    Fortran-contiguous, which NumPy pickles in C order; a worker's
+    estimator then saw other rows than the serial call's, and returned them
+    in C order where the serial call returns Fortran order (StandardScaler,
+    which copies its input as it is laid out). Its rows go in Fortran order
+    instead.
+    """
+    if array.ndim == 2 and abs(array.strides[0]) < abs(array.strides[1]):
+        return "F"
+    return "C"
+
+
+def laid_out(rows):
+    """``rows``, a chunk contiguous in no order of a Fortran-ordered matrix,
+    copied in Fortran order (see :func:`copied_order`): NumPy, and the
+    pickles of Dask and Ray, would send it in C order. Other rows as they
+    are."""
+    if (
+        isinstance(rows, np.ndarray)
+        and not (rows.flags.c_contiguous or rows.flags.f_contiguous)
+        and copied_order(rows) == "F"
+    ):
+        return rows.copy(order="F")
+    return rows
 
 
 def backing_file(array: np.ndarray) -> tuple[str, int] | None:

@@ -17,7 +17,7 @@ from sklearn_parpredict import _costs, _distributed, _planning, _pools, _threads
 from sklearn_parpredict._fanout import fan_out
 from sklearn_parpredict._jobs import Job, log, run_returned, run_timed
 from sklearn_parpredict._pickled import PickledRows, Spool, object_columns, received
-from sklearn_parpredict._rows import SharedArray, SharedRows, shares
+from sklearn_parpredict._rows import SharedArray, SharedRows, laid_out, shares
 from sklearn_parpredict._sharing import ModelHandle
 
 
@@ -134,7 +134,7 @@ def _run_tasks(jobs, plan, costs, done, n_workers, backend, verbose, cluster=Non
             if share:
                 rows = ref.rows(start, stop)
             elif cluster is not None:
-                rows = cluster.rows(job.rows(start, stop))
+                rows = cluster.rows(laid_out(job.rows(start, stop)))
             elif process:
                 # Other rows for processes go pickled on their own.
                 rows = PickledRows(job.rows(start, stop), spool, objects)

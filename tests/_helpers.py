@@ -23,8 +23,9 @@ class ByItsMethods:
         return float(np.mean(self.predict(X) == y))
 
 
-def assert_same_output(parallel, serial):
-    """Same container, dtype, shape and index; equal values.
+def assert_same_output(parallel, serial, *, order: bool = True):
+    """Same container, dtype, shape, index and memory order (unless
+    ``order=False``); equal values.
 
     Discrete values must be exactly equal; floats equal to rounding, because
     BLAS may block rows differently for different batch sizes.
@@ -33,7 +34,7 @@ def assert_same_output(parallel, serial):
     if isinstance(serial, list | tuple):
         assert len(parallel) == len(serial)
         for p, s in zip(parallel, serial):
-            assert_same_output(p, s)
+            assert_same_output(p, s, order=order)
         return
     if sp.issparse(serial):
         assert parallel.format == serial.format
@@ -57,7 +58,14 @@ def assert_same_output(parallel, serial):
     assert isinstance(serial, np.ndarray), type(serial)
     assert parallel.dtype == serial.dtype
     assert parallel.shape == serial.shape
+    assert not order or memory_order(parallel) == memory_order(serial)
     _assert_values(parallel, serial)
+
+
+def memory_order(array: np.ndarray) -> str:
+    """``"F"`` where a copy of ``array`` is Fortran-ordered only, else ``"C"``."""
+    flags = np.array(array, order="K").flags
+    return "F" if flags.f_contiguous and not flags.c_contiguous else "C"
 
 
 def _assert_values(parallel, serial):

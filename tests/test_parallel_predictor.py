@@ -691,6 +691,21 @@ def test_missing_values_in_objects_come_back_as_np_nan_itself(backend):
     assert len(set(out.ravel())) == len(set(serial.ravel())) == 4
 
 
+@pytest.mark.parametrize("backend", ["threading", "loky", "multiprocessing"])
+@pytest.mark.parametrize("rows", [200, 50_000], ids=["pickled", "memory-mapped"])
+def test_fortran_ordered_rows_reach_workers_in_fortran_order(backend, rows):
+    X_f = np.asfortranarray(np.random.default_rng(0).normal(size=(rows, 6)))
+    # StandardScaler copies its input as it is laid out.
+    fitted = StandardScaler().fit(X_f)
+    serial = fitted.transform(X_f)
+    assert serial.flags.f_contiguous
+    out = ParallelPredictor(fitted, n_jobs=2, backend=backend, chunk_size=rows // 4)
+    out = out.transform(X_f)
+    assert out.flags.f_contiguous
+    assert_same_output(out, serial)
+    np.testing.assert_array_equal(out, serial)
+
+
 @pytest.mark.timeout(120)
 def test_nested_in_parallel_grid_search_does_not_deadlock():
     model = ParallelPredictor(

@@ -39,6 +39,9 @@ def test_pickled_rows_are_the_rows(array):
             rows = pickle.loads(pickle.dumps(shared.rows(start, stop)))
             assert rows.dtype == array.dtype
             np.testing.assert_array_equal(rows, array[start:stop])
+            # Laid out as the caller's rows: a copy keeps the same order.
+            laid_out = np.array(rows, order="K").flags
+            assert laid_out == np.array(array[start:stop], order="K").flags
             # A worker may write into its rows (an estimator scaling them in
             # place): they are its own copy, and the file keeps the input.
             rows[...] = rows[:1]
