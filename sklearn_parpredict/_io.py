@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -140,18 +141,26 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        # mkstemp creates the file readable by its owner only; give the output
-        # the permissions any new file would get.
-        umask = os.umask(0)
-        os.umask(umask)
         try:
-            os.chmod(tmp, 0o666 & ~umask)
+            os.chmod(tmp, _output_mode(target))
             os.replace(tmp, target)
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _output_mode(target: Path) -> int:
+    """The permissions of the output: those of the file it replaces, as
+    pandas keeps them when it writes over a file, else those any new file
+    gets. mkstemp creates the file readable by its owner only."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _prefix(method: str) -> str:

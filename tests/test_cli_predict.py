@@ -577,6 +577,28 @@ def test_an_output_link_is_written_through(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["predictions.csv"]
 
 
+def test_an_output_written_over_keeps_its_permissions(tmp_path):
+    """As pandas' writers keep them, writing over a file: the output was
+    given the permissions of a new file instead."""
+    data = _lines(tmp_path / "in.csv", "a\n0.5\n1.5\n")
+    joblib.dump(LinearRegression().fit([[0], [1]], [0, 1]), tmp_path / "m.joblib")
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+    out.chmod(0o604)
+    args = ["predict", tmp_path / "m.joblib", data, "-o", out, "--trust-pickle"]
+    assert main([*map(str, args), "-q"]) == 0
+    assert out.read_text().startswith("prediction\n")
+    assert out.stat().st_mode & 0o777 == 0o604
+    # A new output gets a new file's permissions, not mkstemp's 0o600.
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.csv"
+        assert main([*map(str, args[:-3]), "-o", str(new), "--trust-pickle", "-q"]) == 0
+    finally:
+        os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o644
+
+
 def test_error_output_that_is_the_input_or_a_folder(books_dir, tmp_path, capsys):
     folder, books, _ = books_dir
     data = tmp_path / "books.csv"
