@@ -199,14 +199,23 @@ class Cost:
     def seconds(self, rows: int) -> float:
         return self.per_call + self.per_row * rows
 
-    def add(self, rows: int, wall: float, cpu: float) -> None:
-        """Refine the cost with one more timing: a call in-process or a task."""
+    def add(
+        self, rows: int, wall: float, cpu: float, *, in_process: bool = True
+    ) -> None:
+        """Refine the cost with one more timing: a call in-process, or a
+        task's (``in_process=False``), scaled to what the serial call would
+        have taken by what its plan assumed."""
         # One sample per band of batch sizes, averaged with the earlier
         # timings in the band (the mean of points on a line is on the line):
         # the near-equal tasks of repeated calls must neither crowd out the
         # other sizes that separate the fixed cost of a call from its cost
         # per row, nor fit a slope to the noise between 2,499 and 2,501 rows.
-        if rows > 0:
+        # Only what the serial call ran: a task's time is scaled by the
+        # speedup of the estimator's own threads that the plan assumed (all
+        # the cores, before it is measured), and a fastest time taken from
+        # it would hold that speedup for good (a model gaining nothing from
+        # its threads kept 2x on 2 cores).
+        if rows > 0 and in_process:
             self.fastest_per_row = min(self.fastest_per_row, wall / rows)
         band = _band(rows)
         same = [s for s in self.samples if _band(s[0]) == band]

@@ -218,14 +218,21 @@ def _learn_from_tasks(costs, plan, n_workers: int, timings) -> None:
     one_core = plan.kind == "process" and _planning.cores_per_worker(n_workers) == 1
     for j, rows, wall, _ in timings:
         cost = costs[j]
-        if one_core and cost.one_thread_per_row is not None:
+        unmeasured = cost.wants_own_measurement()
+        if one_core and (cost.one_thread_per_row is not None or unmeasured):
             # The task timed the rows on one thread, as the plan's workers
             # run them. Scaled back to the serial call by a speedup measured
             # in-process, it would teach the cost a serial time as far off
             # as that speedup, and the next plans the same misjudged gain.
             cost.add_one_thread_task(rows, wall)
             continue
+        if unmeasured:
+            # Scaled back by a speedup of the estimator's own threads that
+            # is a guess (all the cores it kept busy), the serial time would
+            # be as far off: a model whose threads gain nothing, guessed at
+            # 2x, learnt serial calls twice as fast as they run (2 cores).
+            continue
         serial_s = _planning.serial_equivalent(cost, plan.kind, n_workers, wall)
         # Workers are limited to their share of the cores: keep the serial
         # call's measure of how many cores it uses.
-        cost.add(rows, serial_s, serial_s * cost.threads)
+        cost.add(rows, serial_s, serial_s * cost.threads, in_process=False)

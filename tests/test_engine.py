@@ -1,5 +1,6 @@
 """The engine: models shipped once, never stale; data shared; auto plans."""
 
+import dataclasses
 import hashlib
 import logging
 import mmap
@@ -280,6 +281,37 @@ def test_tasks_on_a_core_each_teach_the_speed_on_one_thread(monkeypatch):
     cost = threaded()
     _running._learn_from_tasks([cost], planned, 2, tasks)
     assert cost.one_thread_per_row == 4e-6 and cost.samples
+
+
+def test_tasks_scaled_to_a_serial_time_are_not_the_fastest_serial_call(monkeypatch):
+    from sklearn_parpredict import _running
+
+    monkeypatch.setattr(_costs, "CORES", 2)
+    # Taken as threaded (its calls kept both cores busy), its own threads
+    # not measured yet: a thread plan's tasks are scaled back to a serial
+    # time as if they ran half as fast as the serial call.
+    cost = _costs.Cost(0.0, 0.0, threads=2.0)
+    cost.add(10_000, 0.5, 1.0)
+    planned = _planning.Plan("thread", [[(0, 10_000), (10_000, 20_000)]], 0.5, 1)
+    _running._learn_from_tasks([cost], planned, 2, [(0, 10_000, 0.5, 0.5)] * 2)
+    assert cost.per_row == cost.fastest_per_row == pytest.approx(5e-5)
+    # Its own threads then measured to gain nothing: they were taken to
+    # gain 2x still, serial calls as fast as the scaled tasks.
+    cost.set_one_thread_per_row(5e-5)
+    assert cost.own_speedup == pytest.approx(1.0)
+    # Measured, they scale the tasks; what is scaled is not a serial call
+    # that ran, nor the fastest.
+    _running._learn_from_tasks([cost], planned, 2, [(0, 10_000, 0.25, 0.25)] * 2)
+    assert cost.per_row < 5e-5
+    assert cost.fastest_per_row == pytest.approx(5e-5)
+    # Processes of one core each time the rows on one thread: that is the
+    # measurement (see test_tasks_on_a_core_each_teach_the_speed_on_one_thread).
+    cost = _costs.Cost(0.0, 0.0, threads=2.0)
+    cost.add(10_000, 0.5, 1.0)
+    on_processes = dataclasses.replace(planned, kind="process")
+    _running._learn_from_tasks([cost], on_processes, 2, [(0, 10_000, 0.5, 0.5)] * 2)
+    assert cost.one_thread_per_row == pytest.approx(5e-5)
+    assert cost.own_speedup == pytest.approx(1.0)
 
 
 @given(n_rows=st.integers(0, 700), backend=st.sampled_from(["loky", "threading"]))
