@@ -17,6 +17,7 @@ import warnings
 
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 
+from sklearn_parpredict._sharing import cloudpickle
 from sklearn_parpredict._threads import first_in_order
 from sklearn_parpredict._warned import CAUGHT, rebuild, recorded
 
@@ -125,16 +126,19 @@ def _stand_in(exc: BaseException) -> Exception | None:
     Where only its class's ``__init__`` fails on its ``args`` (one that
     takes other arguments than it passes on: ``__init__(self, a, b)``
     calling ``super().__init__(f"{a}-{b}")``), ``exc`` is sent back rebuilt
-    without it (see :class:`Rebuilt`), the serial call's error; else an
-    error naming it."""
+    without it (see :class:`Rebuilt`), the serial call's error; where plain
+    pickle cannot name its class (one defined in a function, or in a script
+    that the workers got by value), by value (see :class:`RebuiltByValue`);
+    else an error naming it."""
     try:
         pickle.loads(pickle.dumps(exc))
         return None
     except Exception as why:
-        with contextlib.suppress(Exception):
-            carrier = Rebuilt(exc)
-            if type(pickle.loads(pickle.dumps(carrier))) is type(exc):
-                return carrier
+        for carrier_type in (Rebuilt, RebuiltByValue):
+            with contextlib.suppress(Exception):
+                carrier = carrier_type(exc)
+                if type(pickle.loads(pickle.dumps(carrier))) is type(exc):
+                    return carrier
         trace = "".join(traceback.format_exception(exc))
         return RuntimeError(
             f"{type(exc).__qualname__}: {exc}\n(raised in a worker process; "
@@ -164,3 +168,20 @@ class Rebuilt(Exception):
         """The exception itself, where it was never pickled (a cluster's
         workers in this process)."""
         return rebuild(*self.parts())
+
+
+class RebuiltByValue(Rebuilt):
+    """A :class:`Rebuilt` whose exception's class goes by value, as
+    cloudpickle sends the workers the code that raised it: plain pickle
+    names a class, which the caller has no name for where it was defined
+    in a function or in a script. cloudpickle hands the caller its own
+    class back, which its ``except`` clauses catch (a class it sent the
+    workers by value is known to it by id)."""
+
+    def __reduce__(self):
+        return _loaded, (cloudpickle.dumps(self.parts()),)
+
+
+def _loaded(data: bytes) -> BaseException:
+    """The exception that :class:`RebuiltByValue` pickled into ``data``."""
+    return rebuild(*pickle.loads(data))

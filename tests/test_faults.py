@@ -268,6 +268,33 @@ def test_a_warning_class_defined_in_a_function_comes_back(backend, fails):
     assert "local" in [str(w.message) for w in caught]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_an_exception_class_defined_in_a_function_comes_back(backend):
+    class LocalError(ValueError):
+        pass
+
+    def fail(X):
+        warnings.warn("before the error", UserWarning, stacklevel=1)
+        if (X[:, 0] == MARK).any():
+            error = LocalError("local failure")
+            error.rows = len(X)
+            raise error
+        return X
+
+    # Plain pickle cannot name the class (nor one defined in a script that
+    # the workers get by value): processes raised a RuntimeError naming it,
+    # which the caller's ``except LocalError`` did not catch.
+    model = FunctionTransformer(fail).fit(X)
+    wrapper = ParallelPredictor(model, backend=backend, **ENGINE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(LocalError, match="local failure") as raised:
+            wrapper.transform(_marked())
+    assert raised.value.rows == ENGINE["chunk_size"]
+    assert "before the error" in [str(w.message) for w in caught]
+
+
 def _warns_two_arguments(X):
     warnings.warn(TwoArgumentWarning("a model", "kept"), stacklevel=1)
     return X
