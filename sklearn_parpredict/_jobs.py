@@ -7,6 +7,7 @@ their handles.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,8 +51,13 @@ class Job:
             stop = _chunking.n_rows(self.X)
         X = self.rows(start, stop)
         params = self.params_for(start, stop)
+        started = time.perf_counter()
         with self.tally.piece():
-            return _call(self.estimator, self.method, X, self.columns, params)
+            try:
+                return _call(self.estimator, self.method, X, self.columns, params)
+            except Exception as exc:
+                mark_failed_piece(exc, id(self), stop - start, started)
+                raise
 
     def rows(self, start: int, stop: int):
         """Rows ``start:stop`` of ``X``, as the method is given them."""
@@ -62,6 +68,32 @@ class Job:
         :func:`._rowwise.params_for_rows`)."""
         n = _chunking.n_rows(self.X)
         return _rowwise.params_for_rows(self.params, n, start, stop)
+
+
+# Where the exception of a piece of a job's call (a task, or rows run in
+# this process) says which job it is a piece of (its ``id``), of how many
+# rows, and how many seconds it ran before it failed (an attribute pickles
+# with the exception): see :func:`._engine._to_run_whole`.
+FAILED_PIECE = "_sklearn_parpredict_failed_piece"
+
+
+def mark_failed_piece(exc: BaseException, job_id: int, rows: int, started: float):
+    """Mark ``exc``, raised by a piece of job ``job_id`` on ``rows`` rows
+    that started at ``started`` (``time.perf_counter``), as
+    :data:`FAILED_PIECE` says."""
+    with contextlib.suppress(Exception):  # an exception that takes no attributes
+        setattr(exc, FAILED_PIECE, (job_id, rows, time.perf_counter() - started))
+
+
+def run_piece(function, job_id: int, rows: int, *task):
+    """``function(*task)``, a task of ``rows`` rows of job ``job_id``, its
+    exception marked as :func:`mark_failed_piece` marks it."""
+    started = time.perf_counter()
+    try:
+        return function(*task)
+    except Exception as exc:
+        mark_failed_piece(exc, job_id, rows, started)
+        raise
 
 
 def log(jobs: list[Job], sizes: list[int], how: str) -> None:

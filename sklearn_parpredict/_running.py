@@ -10,12 +10,13 @@ share of the cores; a cluster gets its own references.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from sklearn_parpredict import _costs, _distributed, _planning, _pools, _threads
 from sklearn_parpredict._fanout import fan_out
-from sklearn_parpredict._jobs import Job, log, run_returned, run_timed
+from sklearn_parpredict._jobs import Job, log, run_piece, run_returned, run_timed
 from sklearn_parpredict._pickled import PickledRows, Spool, object_columns, received
 from sklearn_parpredict._rows import SharedArray, SharedRows, laid_out, shares
 from sklearn_parpredict._sharing import ModelHandle
@@ -158,6 +159,12 @@ def _run_tasks(jobs, plan, costs, done, n_workers, backend, verbose, cluster=Non
         # The worker finds the model behind its reference and the rows in
         # their carrier.
         function, calls = _distributed.run_carried, [(run_timed, *c) for c in calls]
+    # A task's exception says which job's rows failed, and how soon.
+    function = functools.partial(run_piece, function)
+    calls = [
+        (id(jobs[keys[i][0]]), keys[i][2] - keys[i][1], *call)
+        for i, call in zip(order, calls)
+    ]
     try:
         # Rows shared through files are written on threads of their own,
         # several at once, in the order their tasks are sent.

@@ -18,16 +18,24 @@ from _helpers import assert_same_output
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from sklearn_parpredict import MultiModelPredictor, ParallelPredictor, parallel_predict
 
 X, Y = make_classification(n_samples=240, n_features=5, random_state=0)
 COLUMNS = [f"f{i}" for i in range(5)]
 FRAME = pd.DataFrame(X, columns=COLUMNS)
+CATEGORIES = pd.DataFrame(
+    {"colour": np.where(X[:, 0] > 0, "red", "blue"), "size": np.where(Y, "S", "L")}
+)
 FITTED = {
     "array": LogisticRegression().fit(X, Y),
     "frame": LogisticRegression().fit(FRAME, Y),
     "nan-tolerant": HistGradientBoostingClassifier(max_iter=5).fit(X, Y),
+    "categories": make_pipeline(OneHotEncoder(), LogisticRegression()).fit(
+        CATEGORIES, Y
+    ),
 }
 
 
@@ -62,6 +70,24 @@ def _string_column():
     return frame
 
 
+def _text_in_two_columns():
+    # Converted column by column: the serial call quotes the first column's
+    # text, the first rows quote another.
+    frame = FRAME.astype(object)
+    frame.loc[200, "f0"] = "late, in the first column"
+    frame.loc[3, "f3"] = "early, in the last column"
+    return frame
+
+
+def _unseen_categories():
+    # The serial call names the first column with categories not seen in
+    # fit, and all of them; the first rows another column.
+    frame = CATEGORIES.copy()
+    frame.loc[[150, 230], "colour"] = ["green", "black"]
+    frame.loc[3, "size"] = "XL"
+    return frame
+
+
 # name -> (fitted estimator, input maker)
 CATALOGUE = {
     "wrong-feature-count": ("array", lambda: np.hstack([X, X])),
@@ -90,6 +116,10 @@ CATALOGUE = {
     # Large enough to be memory-mapped into the workers rather than pickled.
     "read-only-shared": ("array", lambda: _read_only(np.tile(X, (120, 1)))),
     "list-of-lists": ("array", lambda: X.tolist()),
+    # Messages that quote the whole input, or its first failing column.
+    "no-columns": ("array", lambda: X[:, :0]),
+    "text-in-two-columns": ("frame", _text_in_two_columns),
+    "unseen-categories": ("categories", _unseen_categories),
 }
 
 

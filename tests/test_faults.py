@@ -60,6 +60,7 @@ from test_parallel_predictor_properties import (
 from sklearn_parpredict import (
     MultiModelPredictor,
     ParallelPredictor,
+    _engine,
     _jobs,
     _warned,
     _watched_pool,
@@ -74,6 +75,15 @@ ENGINE = {"n_jobs": 2, "chunk_size": 20}
 # A failure must reach the caller within this many seconds.
 PROMPT_S = 10
 _BYSTANDER = LogisticRegression().fit(X, Y)
+
+
+@pytest.fixture
+def chunks_own_errors(monkeypatch):
+    """A failing chunk's own error reaches the caller, as the worker sent it
+    back: the engine makes no call on all rows for the serial call's error
+    (see _engine._to_run_whole)."""
+    monkeypatch.setattr(_engine, "WHOLE_CALL_S", -1.0)
+    monkeypatch.setattr(_engine, "WHOLE_CALL_SHARE", 0.0)
 
 
 def _marked(rows=(150,)):
@@ -112,11 +122,54 @@ def _estimator_param(wrapper):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend):
+@pytest.mark.parametrize("cheap", [True, False])
+def test_exception_in_one_chunk_reaches_the_caller(wrapper, backend, cheap, request):
+    # The serial call's error, word for word, where the call on all rows
+    # that raises it is cheap: the chunk failed at once (see
+    # _engine._to_run_whole). Else the chunk's own.
+    if not cheap:
+        request.getfixturevalue("chunks_own_errors")
     model = _wrap(wrapper, Faulty(LogisticRegression()).fit(X, Y), backend=backend)
-    with pytest.raises(ChunkError, match="^injected failure in a chunk of 20 rows$"):
+    rows = len(X) if cheap else ENGINE["chunk_size"]
+    message = f"^injected failure in a chunk of {rows} rows$"
+    with pytest.raises(ChunkError, match=message):
         model.predict(_marked())
     _assert_works(model, wrapper)
+
+
+class _FailsOnItsRows(BaseEstimator):
+    """Fails after ``seconds``, quoting its rows; records them (on threads,
+    this process's)."""
+
+    def __init__(self, seconds=0.0):
+        self.seconds = seconds
+
+    def fit(self, X, y=None):
+        self.rows_ = []
+        return self
+
+    def predict(self, X):
+        self.rows_.append(len(X))
+        time.sleep(self.seconds)
+        raise ValueError(f"failed on {len(X)} rows")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seconds", [0.0, 0.3])
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_the_serial_error_is_looked_for_only_where_it_is_cheap(wrapper, seconds):
+    # A chunk's error quoted the chunk where the serial call's quotes all the
+    # rows. A chunk that fails at once is called again on all rows for the
+    # serial call's error; one that fails late is not: that call could take
+    # as long as the serial call.
+    estimator = _FailsOnItsRows(seconds).fit(X)
+    model = _wrap(wrapper, estimator, backend="threading")
+    rows = len(X) if seconds == 0 else ENGINE["chunk_size"]
+    with pytest.raises(ValueError, match=f"^failed on {rows} rows$") as raised:
+        model.predict(X)
+    assert (len(X) in estimator.rows_) == (seconds == 0)
+    # The engine's mark of the failing piece does not reach the caller.
+    assert not [k for k in vars(raised.value) if "sklearn_parpredict" in k]
 
 
 class _FailsLateOnFirstRows(BaseEstimator):
@@ -270,6 +323,7 @@ def test_a_warning_class_defined_in_a_function_comes_back(backend, fails):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+@pytest.mark.usefixtures("chunks_own_errors")
 def test_an_exception_class_defined_in_a_function_comes_back(backend):
     class LocalError(ValueError):
         pass
@@ -566,6 +620,7 @@ def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backen
 )
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.usefixtures("chunks_own_errors")
 def test_an_exception_whose_init_takes_other_arguments_comes_back(
     wrapper, backend, fault, error
 ):
