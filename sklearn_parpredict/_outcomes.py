@@ -17,6 +17,7 @@ import warnings
 
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 
+from sklearn_parpredict._jobs import FAILED_PIECE
 from sklearn_parpredict._sharing import cloudpickle
 from sklearn_parpredict._threads import first_in_order
 from sklearn_parpredict._warned import CAUGHT, rebuild, recorded
@@ -140,12 +141,18 @@ def _stand_in(exc: BaseException) -> Exception | None:
                 if type(pickle.loads(pickle.dumps(carrier))) is type(exc):
                     return carrier
         trace = "".join(traceback.format_exception(exc))
-        return RuntimeError(
+        error = RuntimeError(
             f"{type(exc).__qualname__}: {exc}\n(raised in a worker process; "
             f"it cannot be sent back as it is, as unpickling it fails with "
             f"{type(why).__name__}: {why}. Its traceback in the worker:\n"
             f"{trace})"
         )
+        # Marked as the piece that raised ``exc`` was: the call on all rows
+        # that the caller may make for the serial call's error raises ``exc``
+        # itself there.
+        if FAILED_PIECE in vars(exc):
+            setattr(error, FAILED_PIECE, vars(exc)[FAILED_PIECE])
+        return error
 
 
 class Rebuilt(Exception):

@@ -274,6 +274,7 @@ def test_the_error_first_in_the_serial_order_is_raised_where_tasks_go_longest_fi
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 @pytest.mark.parametrize("pickles", [True, False])
+@pytest.mark.usefixtures("chunks_own_errors")
 def test_a_failing_chunks_warnings_reach_the_caller_before_its_error(backend, pickles):
     import warnings
 
@@ -594,12 +595,21 @@ def test_a_tally_shows_each_warning_as_often_as_the_piece_that_raised_it_most():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_an_exception_that_cannot_be_unpickled_is_named_promptly(wrapper, backend):
+@pytest.mark.parametrize("cheap", [True, False])
+def test_an_exception_that_cannot_be_unpickled_is_named_promptly(
+    wrapper, backend, cheap, request
+):
+    if not cheap:
+        request.getfixturevalue("chunks_own_errors")
     faulty = Faulty(LogisticRegression(), fault="raise-unpicklable").fit(X, Y)
     model = _wrap(wrapper, faulty, backend=backend)
     # Threads raise it as it is; processes, which cannot send it back (the
-    # multiprocessing pool waited forever), raise an error that names it.
-    expected = UnpicklableChunkError if backend == "threading" else RuntimeError
+    # multiprocessing pool waited forever), raise an error that names it,
+    # and the call on all rows, made here where it is cheap, raises it
+    # itself (the serial call's error).
+    expected = (
+        UnpicklableChunkError if backend == "threading" or cheap else RuntimeError
+    )
     start = time.monotonic()
     with pytest.raises(expected, match="injected failure") as caught:
         model.predict(_marked())
