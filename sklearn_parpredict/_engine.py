@@ -281,6 +281,9 @@ def _run_cut(jobs, sizes, done, workers, rows_per_task, verbose, _settings) -> N
 # many seconds, or this share of the time the failed call took.
 WHOLE_CALL_S = 0.5
 WHOLE_CALL_SHARE = 0.25
+# How many times more rows each timing of a failure has than the one before
+# (see _fails_cheaply).
+FAILURE_GROWTH = 16
 
 
 def _to_run_whole(error: Exception, jobs: list[Job], sizes: list[int], elapsed: float):
@@ -300,20 +303,61 @@ def _to_run_whole(error: Exception, jobs: list[Job], sizes: list[int], elapsed: 
     piece = vars(error).pop(FAILED_PIECE, None)
     if piece is None:
         return None
-    job_id, rows, seconds = piece
+    job_id, start, stop, seconds = piece
+    budget = max(WHOLE_CALL_S, WHOLE_CALL_SHARE * elapsed)
     for job, n in zip(jobs, sizes):
-        if id(job) != job_id or rows >= n:
+        if id(job) != job_id or stop - start >= n:
             continue
-        # A call's fixed cost does not grow with its rows: scaled by the
-        # rows alone, a probe of 64 rows that failed in 2 ms foretold 6 s
-        # for 200,000 rows that fail in 4 ms.
-        scale = n / max(rows, 1)
         cost = _costs.remembered_cost(job.estimator, job.method)
-        if cost is not None and cost.seconds(rows) > 0:
-            scale = min(scale, cost.seconds(n) / cost.seconds(rows))
-        if seconds * scale <= max(WHOLE_CALL_S, WHOLE_CALL_SHARE * elapsed):
-            return job
+        if cost is None or cost.seconds(stop - start) <= 0:
+            return job if _fails_cheaply(job, n, start, stop, seconds, budget) else None
+        # A call's fixed cost does not grow with its rows.
+        scale = min(n / (stop - start), cost.seconds(n) / cost.seconds(stop - start))
+        return job if seconds * scale <= budget else None
     return None
+
+
+def _fails_cheaply(job: Job, n: int, start: int, stop: int, seconds: float, budget):
+    """Whether ``job``'s call on all its ``n`` rows should fail within
+    ``budget`` seconds, where rows ``start:stop`` failed in ``seconds``, and
+    no cost of the job is known (its first rows, probed, failed).
+
+    A call's fixed cost does not grow with its rows: scaled by the rows
+    alone, a probe of 64 rows that failed in 2 ms foretold 6 s for 200,000
+    rows that fail in 4 ms. The failure is timed again on more rows from
+    ``start`` (:data:`FAILURE_GROWTH` times more each time, while that is
+    foretold to fit in the budget), and its last two timings foretell the
+    call on all rows, a fixed cost and a cost per row.
+    """
+    timings = [(stop - start, seconds)]
+    spent = 0.0
+    while _foretold(timings, n) > budget - spent:
+        rows = min(n - start, timings[-1][0] * FAILURE_GROWTH)
+        if rows <= timings[-1][0] or spent + _foretold(timings, rows) > budget:
+            return False
+        began = time.perf_counter()
+        try:
+            job.call(start, start + rows)
+        except Exception as exc:
+            vars(exc).pop(FAILED_PIECE, None)
+        else:
+            return False  # these rows pass: the piece failed on its own
+        took = time.perf_counter() - began
+        spent += took
+        timings.append((rows, took))
+    return True
+
+
+def _foretold(timings: list[tuple[int, float]], rows: int) -> float:
+    """The seconds a failing call on ``rows`` rows should take, on the line
+    through the last two ``(rows, seconds)`` timings of the failure (through
+    the origin where there is one)."""
+    last_rows, last_s = timings[-1]
+    per_row = last_s / last_rows
+    if len(timings) > 1:
+        first_rows, first_s = timings[-2]
+        per_row = max(0.0, (last_s - first_s) / (last_rows - first_rows))
+    return max(0.0, last_s - per_row * last_rows) + per_row * rows
 
 
 def _raise_serial_error(job: Job, failed: Exception) -> NoReturn:

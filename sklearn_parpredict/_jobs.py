@@ -56,7 +56,7 @@ class Job:
             try:
                 return _call(self.estimator, self.method, X, self.columns, params)
             except Exception as exc:
-                mark_failed_piece(exc, id(self), stop - start, started)
+                mark_failed_piece(exc, id(self), start, stop, started)
                 raise
 
     def rows(self, start: int, stop: int):
@@ -71,28 +71,31 @@ class Job:
 
 
 # Where the exception of a piece of a job's call (a task, or rows run in
-# this process) says which job it is a piece of (its ``id``), of how many
-# rows, and how many seconds it ran before it failed (an attribute pickles
-# with the exception): see :func:`._engine._to_run_whole`.
+# this process) says which job it is a piece of (its ``id``), which rows
+# (``start``, ``stop``), and how many seconds it ran before it failed (an
+# attribute pickles with the exception): see :func:`._engine._to_run_whole`.
 FAILED_PIECE = "_sklearn_parpredict_failed_piece"
 
 
-def mark_failed_piece(exc: BaseException, job_id: int, rows: int, started: float):
-    """Mark ``exc``, raised by a piece of job ``job_id`` on ``rows`` rows
-    that started at ``started`` (``time.perf_counter``), as
+def mark_failed_piece(
+    exc: BaseException, job_id: int, start: int, stop: int, started: float
+):
+    """Mark ``exc``, raised by a piece of job ``job_id`` on rows
+    ``start:stop`` that started at ``started`` (``time.perf_counter``), as
     :data:`FAILED_PIECE` says."""
+    seconds = time.perf_counter() - started
     with contextlib.suppress(Exception):  # an exception that takes no attributes
-        setattr(exc, FAILED_PIECE, (job_id, rows, time.perf_counter() - started))
+        setattr(exc, FAILED_PIECE, (job_id, start, stop, seconds))
 
 
-def run_piece(function, job_id: int, rows: int, *task):
-    """``function(*task)``, a task of ``rows`` rows of job ``job_id``, its
-    exception marked as :func:`mark_failed_piece` marks it."""
+def run_piece(function, job_id: int, start: int, stop: int, *task):
+    """``function(*task)``, a task on rows ``start:stop`` of job ``job_id``,
+    its exception marked as :func:`mark_failed_piece` marks it."""
     started = time.perf_counter()
     try:
         return function(*task)
     except Exception as exc:
-        mark_failed_piece(exc, job_id, rows, started)
+        mark_failed_piece(exc, job_id, start, stop, started)
         raise
 
 

@@ -162,7 +162,7 @@ def _run_tasks(jobs, plan, costs, done, n_workers, backend, verbose, cluster=Non
     # A task's exception says which job's rows failed, and how soon.
     function = functools.partial(run_piece, function)
     calls = [
-        (id(jobs[keys[i][0]]), keys[i][2] - keys[i][1], *call)
+        (id(jobs[keys[i][0]]), keys[i][1], keys[i][2], *call)
         for i, call in zip(order, calls)
     ]
     try:

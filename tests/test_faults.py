@@ -172,6 +172,31 @@ def test_the_serial_error_is_looked_for_only_where_it_is_cheap(wrapper, seconds)
     assert not [k for k in vars(raised.value) if "sklearn_parpredict" in k]
 
 
+class _FailsAfterAFixedCost(BaseEstimator):
+    """Fails after 20 ms whatever its rows, quoting them: a check of the
+    input with a fixed cost."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        time.sleep(0.02)
+        raise ValueError(f"failed on {len(X)} rows")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_the_serial_error_of_a_model_whose_first_rows_fail_when_probed(wrapper):
+    # chunk_size="auto" times a model's first rows before it knows its cost:
+    # scaled by the rows, their failure in 20 ms foretold 6 s on 20,000
+    # rows, and the probe's error quoted its 64 rows.
+    X_big = np.zeros((20_000, 2))
+    model = _wrap(wrapper, _FailsAfterAFixedCost().fit(X_big), chunk_size="auto")
+    with pytest.raises(ValueError, match="^failed on 20000 rows$"):
+        model.predict(X_big)
+
+
 class _FailsLateOnFirstRows(BaseEstimator):
     """Predicts the first column; the chunk of the first marked row fails
     late, that of the last one at once."""
