@@ -92,6 +92,32 @@ def _carried(rows):
     return rows
 
 
+def _one_column(target, out, pandas: bool):
+    """Model ``target``'s predictions ``out`` as one column of the output.
+
+    A pandas Series (or one-column DataFrame) gives its values by position,
+    not by its index, which may be another than ``X``'s; where the output
+    is a DataFrame (``pandas``), an extension dtype of pandas is kept:
+    through an array of NumPy, a model's ``Int64``, ``boolean`` or
+    categorical predictions came back as objects or text.
+    """
+    if hasattr(out, "iloc"):
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out.iloc[:, 0]
+        if out.ndim == 1 and pandas and not isinstance(out.dtype, np.dtype):
+            return out.array
+    column = np.asarray(out)
+    if column.ndim == 2 and column.shape[1] == 1:
+        column = column[:, 0]
+    if column.ndim != 1:
+        raise ValueError(
+            f"Model {target!r} predicted an array of shape "
+            f"{column.shape}; MultiModelPredictor needs one output per "
+            f"model. Give each output its own model."
+        )
+    return column
+
+
 def _describe(features) -> str:
     if features is None:
         return "all columns"
@@ -569,18 +595,10 @@ class MultiModelPredictor(MetaEstimatorMixin, _BaseComposition):
             self._validate_settings()
             return _lazy.call(self._in_process(), "predict", X)
         X, _, targets, _, outputs = self._run("predict", X)
-        columns = []
-        for target, out in zip(targets, outputs):
-            column = np.asarray(out)
-            if column.ndim == 2 and column.shape[1] == 1:
-                column = column[:, 0]
-            if column.ndim != 1:
-                raise ValueError(
-                    f"Model {target!r} predicted an array of shape "
-                    f"{column.shape}; MultiModelPredictor needs one output per "
-                    f"model. Give each output its own model."
-                )
-            columns.append(column)
+        pandas = hasattr(X, "iloc")
+        columns = [
+            _one_column(target, out, pandas) for target, out in zip(targets, outputs)
+        ]
         return assemble(X, targets, columns)
 
     @available_if(

@@ -314,6 +314,52 @@ def test_frame_output_keeps_index_and_targets(books):
     np.testing.assert_array_equal(model.feature_names_in_, books.columns)
 
 
+class _PandasLabels(ClassifierMixin, BaseEstimator):
+    """Predicts a Series of a pandas extension dtype, indexed afresh."""
+
+    def __init__(self, dtype="Int64"):
+        self.dtype = dtype
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def predict(self, X):
+        sign = np.asarray(X)[:, 0] > 0
+        if self.dtype == "category":
+            values = pd.Categorical(np.where(sign, "pos", "neg"))
+        else:
+            values = pd.array(sign.astype(int), dtype=self.dtype)
+            values[~np.isfinite(np.asarray(X)[:, 0])] = pd.NA
+        return pd.Series(values)
+
+
+def test_frame_output_keeps_pandas_dtypes_of_predictions():
+    # Through np.asarray, Int64 and boolean predictions with a missing value
+    # came back as objects and categorical ones as text; the frame keeps the
+    # models' dtypes, each column by position (the Series' own index is not
+    # X's).
+    X = pd.DataFrame(
+        {"a": np.linspace(-1, 1, 40), "b": np.linspace(1, -1, 40)},
+        index=np.arange(40) * 3,
+    )
+    X.iloc[5, 0] = X.iloc[7, 1] = np.nan
+    models = [
+        (_PandasLabels("Int64").fit(X), ["a"], "i"),
+        (_PandasLabels("boolean").fit(X), ["b"], "b"),
+        (_PandasLabels("category").fit(X), ["a"], "c"),
+    ]
+    serial = pd.DataFrame(
+        {t: m.predict(X[f]).array for m, f, t in models}, index=X.index
+    )
+    for n_jobs, chunk_size in [(1, "auto"), (2, 7)]:
+        out = MultiModelPredictor(
+            models, n_jobs=n_jobs, backend="threading", chunk_size=chunk_size
+        ).predict(X)
+        pd.testing.assert_frame_equal(out, serial)
+    assert list(serial.dtypes) == ["Int64", "boolean", "category"]
+
+
 def test_array_output_dtypes():
     X, base = _data(0, 40)
     A = X.to_numpy()
