@@ -211,11 +211,19 @@ def fan_out(
     # caller waits on them rather than polling. (joblib's progress report,
     # verbose, needs joblib's loop.)
     direct = type(active) is LokyBackend and not verbose
+    # The failed task and the tasks the serial call runs before it, done.
+    failure: list = []
+
+    def note_failure(first: int, before: list) -> None:
+        failure[:] = [first, before]
+
     try:
         with runner if direct else contextlib.nullcontext():
             if direct and _loky.usable(runner):
                 tasks = [(function, *task) for task in tasks]
-                results = _loky.run(runner, recording_warnings, tasks, rank)
+                results = _loky.run(
+                    runner, recording_warnings, tasks, rank, note_failure
+                )
             else:
                 errstate = _threads.ErrState.current()
                 results = in_task_order(
@@ -231,26 +239,45 @@ def fan_out(
                         for task in tasks
                     ),
                     rank,
+                    note_failure,
                 )
     except Exception as exc:
         # The failing task's warnings, raised before its error as the serial
         # call raises them (scikit-learn warns of sparse columns, then fails
         # on their missing values).
         error: BaseException = exc.exception if isinstance(exc, Failed) else exc
+        if failure:
+            # The warnings of the tasks before it in the serial order, which
+            # the serial call shows before its error too: a pipeline's step
+            # that warns of the first rows, then fails on later ones.
+            before = failure[1]
+            warn_again(
+                [caught for _, (_, caught) in before],
+                tallies and [tallies[i] for i, _ in before],
+            )
         if isinstance(error, Rebuilt):
             error = error.rebuilt()
-        # (Which task failed is not known here: its tally is the one the
-        # tasks share, where they are all pieces of one call.)
-        shared = None
-        if tallies and all(tally is tallies[0] for tally in tallies):
-            shared = tallies[:1]
-        warn_again([error.__dict__.pop(CAUGHT, ())], shared)
+        warn_again([error.__dict__.pop(CAUGHT, ())], _failed_tally(tallies, failure))
         if error is not exc:
             # With its traceback in the worker as its cause.
             raise error from error.__cause__
         raise
     warn_again((caught for _, caught in results), tallies)
     return [out for out, _ in results]
+
+
+def _failed_tally(tallies: list[Tally] | None, failure: list) -> list | None:
+    """The tally of the failed task (``failure``: its index and the tasks
+    before it, where known), as :func:`._warned.warn_again` takes it."""
+    if not tallies:
+        return None
+    if failure:
+        return [tallies[failure[0]]]
+    # (Which task failed is not known: its tally is the one the tasks
+    # share, where they are all pieces of one call.)
+    if all(tally is tallies[0] for tally in tallies):
+        return tallies[:1]
+    return None
 
 
 def _in_pieces(function, tasks: list, tallies: list[Tally] | None):

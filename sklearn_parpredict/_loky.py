@@ -129,15 +129,19 @@ def _ran_on(executor) -> None:
 
 
 def run(
-    runner, function: Callable, tasks: list[tuple], rank: list[int] | None = None
+    runner,
+    function: Callable,
+    tasks: list[tuple],
+    rank: list[int] | None = None,
+    on_failure: Callable[[int, list], None] | None = None,
 ) -> list:
     """``[function(*task) for task in tasks]`` on the workers of ``runner``.
 
     ``runner`` is a ``joblib.Parallel`` entered as a context manager, for
     which :func:`usable` is true. The outputs are in task order; the first
-    task's exception in the serial order (``rank``, as
-    :func:`._threads.gather` takes it), or the error of a worker that died,
-    is raised as is.
+    task's exception in the serial order (``rank`` and ``on_failure``, as
+    :func:`._threads.gather` takes them), or the error of a worker that
+    died, is raised as is.
     """
     backend = runner._backend
     executor = backend._workers
@@ -168,6 +172,7 @@ def run(
             window=executor._max_workers + 1,
             abort=lambda futures: _abort(backend, futures),
             rank=rank,
+            on_failure=on_failure,
         )
         _ran_on(executor)
         return outputs

@@ -19,7 +19,7 @@ from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 
 from sklearn_parpredict._jobs import FAILED_PIECE
 from sklearn_parpredict._sharing import cloudpickle
-from sklearn_parpredict._threads import first_in_order
+from sklearn_parpredict._threads import first_in_order, serially_before
 from sklearn_parpredict._warned import CAUGHT, rebuild, recorded
 
 
@@ -95,12 +95,13 @@ def outcome(ordered: bool, function, *args):
         raise Failed(exc) from None
 
 
-def in_task_order(outputs, rank: list[int] | None = None) -> list:
+def in_task_order(outputs, rank: list[int] | None = None, on_failure=None) -> list:
     """The outputs of joblib's loop of :func:`outcome` tasks, in task order.
 
     The first task that failed in the serial order (``rank``, as
     :func:`._threads.first_in_order` takes it) raises its exception once
     every task before it in that order is done; joblib stops the others.
+    ``on_failure``, as :func:`._threads.gather` takes it, is called first.
     """
     results: list = []
     failed: list[int] = []
@@ -110,6 +111,9 @@ def in_task_order(outputs, rank: list[int] | None = None) -> list:
         results.append(out)
         first = first_in_order(failed, rank, lambda j: j < len(results))
         if first is not None:
+            if on_failure is not None:
+                before = serially_before(first, rank)
+                on_failure(first, [(j, results[j]) for j in before])
             if not isinstance(outputs, list):
                 with contextlib.suppress(_Aborted):
                     outputs.throw(_Aborted())

@@ -351,6 +351,7 @@ def gather(
     window: int | None = None,
     abort: Callable[[list[Future]], None] | None = None,
     rank: list[int] | None = None,
+    on_failure: Callable[[int, list], None] | None = None,
 ) -> list:
     """Submit ``tasks`` and return their results in order, woken as soon as
     they are all done.
@@ -372,6 +373,10 @@ def gather(
     rank : list of int, default=None
         Each task's place in the serial call's order, where the tasks are
         submitted in another (longest first); None: their order.
+    on_failure : callable, default=None
+        Called before a task's exception is raised, with that task's index
+        and the ``(index, result)`` of the tasks before it in the serial
+        order (see :func:`serially_before`), all done.
 
     Returns
     -------
@@ -417,6 +422,9 @@ def gather(
         # (Every task is done here, or the failed one is settled.)
         first = first_failed()
         if first is not None:
+            if on_failure is not None:
+                before = serially_before(first, rank)
+                on_failure(first, [(i, futures[i].result()) for i in before])
             futures[first].result()  # raises its exception
         return [future.result() for future in futures]
     except BaseException as exc:
@@ -448,13 +456,17 @@ def first_in_order(
     """
     if not failed:
         return None
+    first = min(failed, key=None if rank is None else rank.__getitem__)
+    return first if all(map(done, serially_before(first, rank))) else None
+
+
+def serially_before(task: int, rank: list[int] | None) -> list[int]:
+    """The tasks that the serial call runs before ``task`` (their indices),
+    in its order; ``rank`` as :func:`first_in_order` takes it."""
     if rank is None:
-        first = min(failed)
-        before: Iterable[int] = range(first)
-    else:
-        first = min(failed, key=rank.__getitem__)
-        before = (i for i, place in enumerate(rank) if place < rank[first])
-    return first if all(map(done, before)) else None
+        return list(range(task))
+    before = [i for i, place in enumerate(rank) if place < rank[task]]
+    return sorted(before, key=rank.__getitem__)
 
 
 def _raised(future: Future) -> bool:

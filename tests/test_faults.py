@@ -318,6 +318,46 @@ def test_a_failing_chunks_warnings_reach_the_caller_before_its_error(backend, pi
     assert "about to fail" in [str(w.message) for w in caught]
 
 
+# The first column's value of the rows that :class:`_WarnsThenFails` warns of.
+WARNED = 12345.0
+
+
+class _WarnsThenFails(BaseEstimator):
+    """Warns of rows holding :data:`WARNED`, fails on those holding
+    :data:`MARK`."""
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        if (X[:, 0] == WARNED).any():
+            warnings.warn("the first rows warn", UserWarning, stacklevel=2)
+        if (X[:, 0] == MARK).any():
+            raise ChunkError("failed")
+        return X[:, 0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_warnings_of_the_rows_before_a_failing_chunk_reach_the_caller(wrapper):
+    # The serial call warns of its first rows, then fails on later ones; the
+    # chunks before the failing one warned in worker processes, and their
+    # warnings were dropped with their outputs: only the error came back.
+    # (Not on joblib's multiprocessing backend, which hands back no output
+    # once a task failed.)
+    data = _marked(rows=(200,))
+    data[3, 0] = WARNED
+    model = _WarnsThenFails().fit(X)
+    wrapped = _wrap(wrapper, model, backend="loky")
+    for run in (lambda: model.predict(data), lambda: wrapped.predict(data)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ChunkError, match="failed"):
+                run()
+        assert [str(w.message) for w in caught] == ["the first rows warn"]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 @pytest.mark.parametrize("fails", [False, True])
