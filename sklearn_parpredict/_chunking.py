@@ -100,11 +100,29 @@ def row_slice(X, start: int, stop: int, sparse_type: type | None = None):
         chunk = X[start:stop]
         return as_sparse(chunk, sparse_type)
     if hasattr(X, "iloc"):
-        return X.iloc[start:stop]
+        return _flagged_as(X.iloc[start:stop], X)
     if hasattr(X, "num_rows") and hasattr(X, "slice"):
         # A pyarrow Table or RecordBatch.
         return X.slice(start, stop - start)
     return _safe_indexing(X, slice(start, stop))
+
+
+def _flagged_as(chunk, X):
+    """``chunk``, rows of the pandas object ``X``, flagged as a copy of
+    another object only where ``X`` is.
+
+    pandas < 3 (without copy-on-write) flags a slice as a copy of its
+    frame: an estimator that sets a column on its input raised
+    ``SettingWithCopyWarning`` on every chunk run in this process or on
+    threads, where the serial call, given the frame itself, raises it only
+    where the frame is such a copy (``df[df.a > 0]``).
+
+    The flag is read from the objects' ``__dict__``: pandas 3 has none, and
+    there ``chunk._is_copy`` is the column of that name, if any.
+    """
+    if vars(chunk).get("_is_copy") is not None:
+        object.__setattr__(chunk, "_is_copy", vars(X).get("_is_copy"))
+    return chunk
 
 
 def select_columns(X, columns):

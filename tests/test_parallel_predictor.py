@@ -1016,6 +1016,36 @@ def _clip_negative(frame):
     return frame
 
 
+def _add_column(frame):
+    # Sets a column on its input, as many a custom transformer does.
+    frame["twice"] = frame["a"] * 2
+    return frame
+
+
+def _shown_categories(method, rows):
+    """``method(rows())`` and the categories of the warnings it showed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = method(rows())
+    return out, [w.category.__name__ for w in caught]
+
+
+def test_rows_on_threads_warn_of_setting_a_column_as_their_frame_does():
+    # pandas < 3 flags a slice of a frame as a copy of it: a transformer
+    # that sets a column on its input raised SettingWithCopyWarning on the
+    # chunks run on threads or in this process, where the serial call,
+    # given the frame itself, raises none. It raises it on a frame that is
+    # such a slice (df[df.a > 0]), and so do the chunks of one.
+    frame = pd.DataFrame(np.random.RandomState(0).randn(40, 3), columns=list("abc"))
+    model = FunctionTransformer(_add_column).fit(frame)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend="threading", chunk_size=10)
+    for rows in (lambda: frame.copy(), lambda: frame[frame["a"] > -10]):
+        serial, shown = _shown_categories(model.transform, rows)
+        out, wrapper_shown = _shown_categories(wrapper.transform, rows)
+        assert_same_output(out, serial)
+        assert wrapper_shown == shown
+
+
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
 def test_worker_processes_may_write_to_their_rows(backend):
     import scipy.sparse as sp
