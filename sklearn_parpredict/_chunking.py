@@ -374,7 +374,7 @@ def _concat_pandas(parts):
     if isinstance(parts[0].index, pd.CategoricalIndex):
         # Categories inferred per chunk (an index set from a column).
         _same_categories([part.index for part in parts], join=False)
-    out = _as_first(pd.concat(parts, axis=0), parts)
+    out = _metadata_kept(_as_first(pd.concat(parts, axis=0), parts), parts)
     first = parts[0].index
     if (
         first.dtype == _OBJECTS
@@ -410,6 +410,38 @@ def _as_first(out, parts):
         if _byte_swapped(dtype) and all(part.dtypes.iloc[i] == dtype for part in parts):
             out.isetitem(i, out.iloc[:, i].astype(dtype))
     return out
+
+
+def _metadata_kept(out, parts):
+    """``out``, joined from pandas ``parts``, with the attributes that a
+    subclass of DataFrame or Series names in ``_metadata`` (a unit, a
+    reference system), where the parts agree on them.
+
+    ``pd.concat`` leaves them unset (None) unless the subclass joins them
+    itself; the serial call's output has them, as each chunk's has.
+    """
+    import pandas as pd
+
+    base = pd.Series if out.ndim == 1 else pd.DataFrame
+    for name in getattr(type(out), "_metadata", ()):
+        if name in base._metadata or getattr(out, name, None) is not None:
+            continue
+        value = getattr(parts[0], name, None)
+        if value is not None and all(
+            _same_value(getattr(part, name, None), value) for part in parts[1:]
+        ):
+            object.__setattr__(out, name, value)
+    return out
+
+
+def _same_value(a, b) -> bool:
+    # Each chunk from a worker process has its own copy of the value.
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # an array's ambiguous truth, a comparison that fails
+        return False
 
 
 def _byte_swapped(dtype) -> bool:

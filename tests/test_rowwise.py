@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.multioutput import MultiOutputClassifier
 from sklearn.neural_network import BernoulliRBM
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from sklearn_parpredict import ParallelPredictor, parallel_predict
 from sklearn_parpredict._chunking import NotPerRow, concatenate, split_bounds
@@ -281,6 +281,48 @@ def test_concatenate_keeps_the_byte_order_of_every_kind_of_output():
     masked = np.ma.masked_array(np.arange(4.0, dtype=">f8"), mask=[0, 1, 0, 0])
     got = concatenate([masked[:1], masked[1:]], [1, 3])
     assert got.dtype == np.dtype(">f8") and got.mask.tolist() == [0, 1, 0, 0]
+
+
+class _UnitFrame(pd.DataFrame):
+    """A DataFrame subclass with an attribute of its own, as pandas documents
+    subclassing (``_metadata``)."""
+
+    _metadata = ["unit"]
+
+    @property
+    def _constructor(self):
+        return _UnitFrame
+
+
+class _UnitSeries(pd.Series):
+    _metadata = ["unit"]
+
+    @property
+    def _constructor(self):
+        return _UnitSeries
+
+
+def _as_it_is(frame):
+    return frame
+
+
+def test_concatenate_keeps_the_metadata_of_a_pandas_subclass():
+    # pd.concat leaves a subclass's _metadata unset: the serial call's
+    # output has the unit of its input, the joined chunks had None.
+    frame = _UnitFrame({"a": np.arange(4.0)})
+    series = _UnitSeries(np.arange(4.0))
+    frame.unit = series.unit = "cm"
+    for out in (frame, series):
+        got = concatenate([out[:1], out[1:]], [1, 3])
+        assert type(got) is type(out) and got.unit == "cm"
+    other = frame[1:].copy()
+    other.unit = "mm"
+    assert getattr(concatenate([frame[:1], other], [1, 3]), "unit", None) is None
+    # From worker processes each chunk has its own copy of the unit.
+    model = FunctionTransformer(_as_it_is).fit(frame)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend="loky", chunk_size=2)
+    got = wrapper.transform(frame)
+    assert type(got) is _UnitFrame and got.unit == "cm"
 
 
 def test_concatenate_refuses_outputs_that_read_two_ways():
