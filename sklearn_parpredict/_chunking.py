@@ -65,9 +65,9 @@ def prepare(X):
     """Return ``X`` in a form that can be cut into row chunks cheaply.
 
     Lists and tuples stay lists (text estimators take lists of strings); sparse
-    formats without row slicing become CSR (see :func:`serial_format`).
+    formats without row slicing become CSR (see :func:`converted`).
     """
-    if serial_format(X) is not None:
+    if converted(X):
         return X.tocsr()
     if not hasattr(X, "shape") and not hasattr(X, "__len__"):
         # Array-likes that only implement __array__.
@@ -75,30 +75,45 @@ def prepare(X):
     return X
 
 
-def serial_format(X) -> type | None:
-    """The sparse class that :func:`prepare` converts ``X`` from, which its
-    chunks are converted back to (None: ``X`` is cut as it is). The class,
-    not the format: older SciPy converts a sparse array to a matrix."""
-    if sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE:
-        return type(X)
-    return None
+def converted(X) -> bool:
+    """Whether :func:`prepare` converts ``X`` to CSR to cut it: its chunks
+    are converted back to the caller's sparse class (see :func:`row_slice`),
+    and a call on all rows is given ``X`` itself."""
+    return sp.issparse(X) and X.format not in _ROW_SLICEABLE_SPARSE
 
 
-def as_sparse(X, sparse_type: type | None):
-    """``X`` as ``sparse_type`` (a class from :func:`serial_format`)."""
-    return X if sparse_type is None or type(X) is sparse_type else sparse_type(X)
+def as_sparse(X, sparse_type: type):
+    """``X`` as the sparse class ``sparse_type``."""
+    return X if type(X) is sparse_type else sparse_type(X)
 
 
-def row_slice(X, start: int, stop: int, sparse_type: type | None = None):
+def as_rows_of(chunk, given):
+    """``chunk``, rows of the sparse ``given`` cut from its CSR form, in
+    ``given``'s class, as the serial call gives the estimator its rows.
+
+    A BSR chunk keeps ``given``'s block columns over blocks of one row:
+    its rows need not be whole blocks, and the blocks SciPy would pick for
+    it store zeros that ``given`` does not (a scaler's output held 354
+    values where the serial call's holds 348).
+    """
+    if type(chunk) is type(given):
+        return chunk
+    if given.format == "bsr":
+        return type(given)(chunk, blocksize=(1, given.blocksize[1]))
+    return type(given)(chunk)
+
+
+def row_slice(X, start: int, stop: int, given=None):
     """Rows ``start:stop`` of ``X`` (a view where the container allows it).
 
-    ``sparse_type`` is the sparse class the chunk must be returned as.
+    ``given``: the caller's sparse input that ``X`` was converted from
+    (see :func:`prepare`), whose class the chunk is returned in.
     """
     if isinstance(X, np.ndarray | list | tuple):
         return X[start:stop]
     if sp.issparse(X):
         chunk = X[start:stop]
-        return as_sparse(chunk, sparse_type)
+        return chunk if given is None else as_rows_of(chunk, given)
     if hasattr(X, "iloc"):
         return _flagged_as(X.iloc[start:stop], X)
     if hasattr(X, "num_rows") and hasattr(X, "slice"):

@@ -174,7 +174,8 @@ def run_jobs(
         log(jobs, [0] * len(jobs), "in-process: an input not to cut by rows")
         return [job.call() for job in jobs]
     for job in jobs:
-        job.sparse_type = _chunking.serial_format(job.X)
+        if _chunking.converted(job.X):
+            job.given = job.X
         job.X = _chunking.prepare(job.X)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"

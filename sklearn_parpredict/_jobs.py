@@ -33,10 +33,11 @@ class Job:
     X: Any
     columns: Any = None
     params: dict = field(default_factory=dict)
-    # The sparse format the caller gave X in, when it was converted to
-    # another to be cut (see _chunking.prepare): the method is given its
-    # rows in the caller's.
-    sparse_type: type | None = None
+    # The caller's sparse X, when X is its CSR form to be cut (see
+    # _chunking.prepare): the method is given its rows in the caller's
+    # class, and all of them as the caller gave them (duplicates of a COO,
+    # the blocks of a BSR).
+    given: Any = None
     # The warnings its pieces showed: the call shows them as the serial call
     # does, not once per piece (see _warned.Tally).
     tally: Tally = field(default_factory=Tally, repr=False, compare=False)
@@ -45,7 +46,7 @@ class Job:
         """Run the method in this process, on all rows or on ``start:stop``
         (a piece of the call, on any thread: see :attr:`tally`)."""
         if start is None:
-            X = _chunking.as_sparse(self.X, self.sparse_type)
+            X = self.X if self.given is None else self.given
             return _call(self.estimator, self.method, X, self.columns, self.params)
         if stop is None:
             stop = _chunking.n_rows(self.X)
@@ -61,7 +62,7 @@ class Job:
 
     def rows(self, start: int, stop: int):
         """Rows ``start:stop`` of ``X``, as the method is given them."""
-        return _chunking.row_slice(self.X, start, stop, self.sparse_type)
+        return _chunking.row_slice(self.X, start, stop, self.given)
 
     def params_for(self, start: int, stop: int) -> dict:
         """The method's parameters for rows ``start:stop`` (see

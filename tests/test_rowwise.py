@@ -494,6 +494,51 @@ def test_sparse_rows_are_given_in_the_callers_format(fmt, backend):
             assert_same_output(got, expected)
 
 
+def _stored(matrix):
+    """What a sparse matrix stores, explicit zeros and order included."""
+    csr = matrix.tocsr() if matrix.format != "csr" else matrix
+    return csr.nnz, csr.indptr.tolist(), csr.indices.tolist(), csr.data.tolist()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["matrix", "array"])
+def test_bsr_rows_store_what_the_callers_blocks_store(kind, backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import MaxAbsScaler
+
+    dense = sp.random(60, 6, density=0.4, random_state=0).toarray()
+    given = getattr(sp, f"bsr_{kind}")(dense, blocksize=(2, 3))
+    scaler = MaxAbsScaler().fit(given)
+    expected = scaler.transform(given)
+    # The zeros of the 2x3 blocks are stored in the serial call's output;
+    # chunks of 7 rows in blocks of SciPy's choosing stored 6 more.
+    assert expected.nnz > sp.csr_matrix(dense).nnz
+    wrapper = ParallelPredictor(scaler, n_jobs=2, backend=backend, chunk_size=7)
+    got = wrapper.transform(given)
+    assert_same_output(got, expected)
+    assert _stored(got) == _stored(expected)
+
+
+@pytest.mark.parametrize("fmt", ["coo", "bsr"])
+def test_a_call_on_all_rows_is_given_the_callers_sparse_input(fmt):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer
+
+    dense = sp.random(40, 6, density=0.4, random_state=0).toarray()
+    given = sp.bsr_matrix(dense, blocksize=(2, 3))
+    if fmt == "coo":
+        # A duplicate entry, which converting to CSR sums.
+        coo = sp.coo_matrix(dense)
+        given = sp.coo_matrix(
+            (np.r_[coo.data, 1.0], (np.r_[coo.row, 0], np.r_[coo.col, 0])),
+            shape=coo.shape,
+        )
+    identity = FunctionTransformer(accept_sparse=True).fit(given)
+    got = ParallelPredictor(identity, n_jobs=1).transform(given)
+    assert got is identity.transform(given)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "bsr", "dia"])
 def test_concatenate_keeps_the_index_dtype_of_sparse_outputs(fmt):
     import scipy.sparse as sp
