@@ -113,7 +113,12 @@ def row_slice(X, start: int, stop: int, given=None):
         return X[start:stop]
     if sp.issparse(X):
         chunk = X[start:stop]
-        return chunk if given is None else as_rows_of(chunk, given)
+        if given is not None:
+            chunk = as_rows_of(chunk, given)
+        # The index dtype of the rows the serial call is given: SciPy
+        # slices int64 indices into int32 ones, and the estimator's output
+        # (an identity's, a PolynomialFeatures') then had int32 indices.
+        return _index_dtypes_kept(chunk, [X if given is None else given])
     if hasattr(X, "iloc"):
         return _flagged_as(X.iloc[start:stop], X)
     if hasattr(X, "num_rows") and hasattr(X, "slice"):
@@ -281,8 +286,20 @@ def _index_dtypes_kept(out, parts):
         if len(dtypes) == 1:
             (dtype,) = dtypes
             if dtype.itemsize > index.dtype.itemsize:
-                setattr(out, name, index.astype(dtype))
+                _set_index(out, name, index.astype(dtype))
     return out
+
+
+def _set_index(matrix, name: str, index) -> None:
+    """Set the index array ``name`` of the sparse ``matrix`` to ``index``."""
+    coords = getattr(matrix, "coords", None)
+    if name in ("row", "col") and coords is not None:
+        # A COO of SciPy 1.13 and later keeps its row and col in ``coords``,
+        # and setting either casts it to the dtype it had.
+        at = len(coords) - (2 if name == "row" else 1)
+        matrix.coords = (*coords[:at], index, *coords[at + 1 :])
+    else:
+        setattr(matrix, name, index)
 
 
 def _check_rows(parts, rows, rest) -> None:

@@ -539,20 +539,54 @@ def test_a_call_on_all_rows_is_given_the_callers_sparse_input(fmt):
     assert got is identity.transform(given)
 
 
-@pytest.mark.parametrize("fmt", ["csr", "csc", "bsr", "dia"])
+def _widened(matrix):
+    """``matrix`` with int64 index arrays, which SciPy's conversions and
+    slicing narrow to int32 where the values fit."""
+    if hasattr(matrix, "coords"):  # a COO, SciPy >= 1.13
+        matrix.coords = tuple(index.astype(np.int64) for index in matrix.coords)
+        return matrix
+    for name in ("indices", "indptr", "offsets", "row", "col"):
+        if isinstance(getattr(matrix, name, None), np.ndarray):
+            setattr(matrix, name, getattr(matrix, name).astype(np.int64))
+    return matrix
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "bsr", "dia", "coo"])
 def test_concatenate_keeps_the_index_dtype_of_sparse_outputs(fmt):
     import scipy.sparse as sp
 
     matrix = sp.random(10, 4, density=0.5, format="csr", random_state=0)
-    parts = [matrix[:3].asformat(fmt), matrix[3:].asformat(fmt)]
-    names = ["offsets"] if fmt == "dia" else ["indices", "indptr"]
-    for part in parts:
-        for name in names:
-            setattr(part, name, getattr(part, name).astype(np.int64))
+    parts = [_widened(matrix[:3].asformat(fmt)), _widened(matrix[3:].asformat(fmt))]
+    names = {"dia": ["offsets"], "coo": ["row", "col"]}.get(fmt, ["indices", "indptr"])
     got = concatenate(parts, [3, 7])
     assert got.format == fmt
     assert [getattr(got, name).dtype for name in names] == [np.int64] * len(names)
     np.testing.assert_array_equal(got.toarray(), matrix.toarray())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dia"])
+def test_sparse_rows_keep_the_callers_index_dtype(fmt, backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures
+
+    matrix = sp.random(40, 4, density=0.5, format=fmt, random_state=0)
+    identity = FunctionTransformer(accept_sparse=True)
+    models = [identity, PolynomialFeatures(2)] if fmt == "csr" else [identity]
+    for given in (_widened(matrix), _widened(sp.coo_array(matrix).asformat(fmt))):
+        for model in models:
+            model.fit(given)
+            expected = model.transform(given)
+            wrapper = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=7)
+            got = wrapper.transform(given)
+            assert_same_output(got, expected)
+            # SciPy slices int64 indices into int32 ones: the chunks'
+            # outputs had them.
+            for name in ("indices", "indptr", "offsets", "row", "col"):
+                if hasattr(expected, name):
+                    dtype = getattr(expected, name).dtype
+                    assert getattr(got, name).dtype == dtype, name
 
 
 @pytest.mark.timeout(120)
