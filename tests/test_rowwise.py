@@ -520,6 +520,33 @@ def test_bsr_rows_store_what_the_callers_blocks_store(kind, backend):
     assert _stored(got) == _stored(expected)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["matrix", "array"])
+def test_bsr_outputs_keep_their_blocks(kind, backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer
+
+    dense = sp.random(60, 6, density=0.4, random_state=0).toarray()
+    bsr = getattr(sp, f"bsr_{kind}")
+    given = bsr(dense, blocksize=(1, 3))
+    identity = FunctionTransformer(accept_sparse=True).fit(given)
+    wrapper = ParallelPredictor(identity, n_jobs=2, backend=backend, chunk_size=7)
+    got = wrapper.transform(given)
+    # SciPy stacked the chunks in 6x6 blocks: 360 values for 348.
+    assert_same_output(got, given)
+    assert got.blocksize == given.blocksize
+    assert _stored(got) == _stored(given)
+    # Parts in blocks of two rows keep them too.
+    given = bsr(dense, blocksize=(2, 3))
+    rows = given.tocsr()
+    parts = [bsr(rows[a:b], blocksize=(2, 3)) for a, b in [(0, 8), (8, 20), (20, 60)]]
+    got = concatenate(parts, [8, 12, 40])
+    assert type(got) is type(given)
+    assert got.blocksize == given.blocksize
+    assert _stored(got) == _stored(given)
+
+
 @pytest.mark.parametrize("fmt", ["coo", "bsr"])
 def test_a_call_on_all_rows_is_given_the_callers_sparse_input(fmt):
     import scipy.sparse as sp
