@@ -7,6 +7,7 @@ needs to know what it is carrying.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from numbers import Number
 
@@ -100,7 +101,13 @@ def as_rows_of(chunk, given):
         return chunk
     if given.format == "bsr":
         return type(given)(chunk, blocksize=(1, given.blocksize[1]))
-    return type(given)(chunk)
+    chunk = type(given)(chunk)
+    if given.format == "coo" and _canonical_by_rows():
+        # Rows of a canonical COO are canonical (and cut from CSR, sorted
+        # by rows): flagged as ``given`` is, their outputs are as the
+        # serial call's (see _vstack).
+        chunk.has_canonical_format = given.has_canonical_format
+    return chunk
 
 
 def row_slice(X, start: int, stop: int, given=None):
@@ -268,7 +275,23 @@ def _vstack(parts):
     first = parts[0]
     if first.format == "bsr" and len({part.blocksize for part in parts}) == 1:
         return _vstack_blocks(parts)
-    return sp.vstack(parts, format=first.format)
+    out = sp.vstack(parts, format=first.format)
+    if first.format == "coo" and _canonical_by_rows():
+        # Canonical parts, sorted by rows, stack into a canonical COO; SciPy
+        # flags none it stacks (the serial call's identity on a canonical
+        # COO returned it flagged, the joined one not).
+        out.has_canonical_format = all(part.has_canonical_format for part in parts)
+    return out
+
+
+@functools.cache
+def _canonical_by_rows() -> bool:
+    """Whether SciPy sorts a canonical COO by rows, then columns (SciPy
+    1.13 and later; before, by columns, and parts sorted by columns do not
+    stack into a COO sorted by columns)."""
+    probe = sp.coo_matrix(([1, 1], ([1, 0], [0, 1])), shape=(2, 2))
+    probe.sum_duplicates()
+    return probe.row.tolist() == [0, 1]
 
 
 def _vstack_blocks(parts):
