@@ -176,7 +176,7 @@ def run_jobs(
     for job in jobs:
         if _chunking.converted(job.X):
             job.given = job.X
-        job.X = _chunking.prepare(job.X)
+        job.X = _chunking.prepare(job.X, keep_duplicates=job.given is not None)
     sizes = [_chunking.n_rows(job.X) for job in jobs]
     auto = chunk_size == "auto"
     rows_per_task = 0 if auto else int(chunk_size)

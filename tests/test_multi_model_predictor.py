@@ -717,6 +717,27 @@ def test_tags():
     assert get_tags(knn).input_tags.allow_nan is False
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_a_coo_with_duplicate_entries_reaches_the_models_summed(backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import Normalizer
+
+    coo = sp.random(60, 6, density=0.4, format="coo", random_state=0)
+    row, col, data = (np.r_[a, a[::3]] for a in (coo.row, coo.col, coo.data))
+    X = sp.coo_matrix((data, (row, col)), shape=coo.shape)
+    y = np.arange(60) % 2
+    model = make_pipeline(Normalizer(), LogisticRegression()).fit(X, y)
+    # The models are given CSR, whose duplicates a Normalizer squares each,
+    # where its own conversion of the COO sums them.
+    wrapper = MultiModelPredictor(
+        [(model, None, "t")], n_jobs=2, backend=backend, chunk_size=7
+    )
+    np.testing.assert_allclose(
+        wrapper.predict_proba(X)[0], model.predict_proba(X), rtol=1e-9
+    )
+
+
 def test_a_model_that_is_not_a_scikit_learn_estimator():
     # scikit-learn 1.7 on raises AttributeError for its tags: predict, the
     # tags and the HTML repr failed.

@@ -576,6 +576,26 @@ def test_coo_outputs_keep_the_serial_calls_canonical_flag(kind, backend):
             assert not got.has_canonical_format
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["matrix", "array"])
+def test_coo_rows_keep_their_duplicate_entries(kind, backend):
+    import scipy.sparse as sp
+    from sklearn.preprocessing import FunctionTransformer
+
+    coo = sp.random(60, 6, density=0.4, format="coo", random_state=0)
+    # Every tenth entry twice, the second after all others.
+    row, col, data = (np.r_[a, a[::10]] for a in (coo.row, coo.col, coo.data))
+    given = getattr(sp, f"coo_{kind}")((data, (row, col)), shape=coo.shape)
+    identity = FunctionTransformer(accept_sparse=True).fit(given)
+    wrapper = ParallelPredictor(identity, n_jobs=2, backend=backend, chunk_size=7)
+    got = wrapper.transform(given)
+    assert_same_output(got, given)
+    # The entries themselves, in rows: the chunks held them summed.
+    assert got.nnz == given.nnz
+    assert sorted(zip(got.row, got.col, got.data)) == sorted(zip(row, col, data))
+
+
 @pytest.mark.parametrize("fmt", ["coo", "bsr"])
 def test_a_call_on_all_rows_is_given_the_callers_sparse_input(fmt):
     import scipy.sparse as sp
