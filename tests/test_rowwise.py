@@ -667,6 +667,23 @@ def test_sparse_rows_keep_the_callers_index_dtype(fmt, backend):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_int64_sparse_indices_fail_as_in_the_serial_call(backend):
+    import scipy.sparse as sp
+    from sklearn.svm import SVC
+
+    matrix = sp.random(40, 4, density=0.5, format="csr", random_state=0)
+    model = SVC().fit(matrix, np.arange(40) % 2)
+    given = _widened(matrix)
+    # libsvm takes int32 indices only; the chunks' int32 ones passed.
+    with pytest.raises(ValueError, match="32-bit integer indices"):
+        model.predict(given)
+    wrapper = ParallelPredictor(model, n_jobs=2, backend=backend, chunk_size=7)
+    with pytest.raises(ValueError, match="32-bit integer indices"):
+        wrapper.predict(given)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_chunks_of_other_dtypes_join_as_the_serial_call(backend):
     import scipy.sparse as sp
     from sklearn.preprocessing import FunctionTransformer
