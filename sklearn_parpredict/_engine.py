@@ -44,6 +44,7 @@ from sklearn_parpredict import (
     _probing,
     _rowwise,
     _running,
+    _sparse,
     _threads,
 )
 from sklearn_parpredict._fanout import active_backend, parallel_config
@@ -174,7 +175,7 @@ def run_jobs(
         log(jobs, [0] * len(jobs), "in-process: an input not to cut by rows")
         return [job.call() for job in jobs]
     for job in jobs:
-        if _chunking.converted(job.X):
+        if _sparse.converted(job.X):
             job.given = job.X
         job.X = _chunking.prepare(job.X, keep_duplicates=job.given is not None)
     sizes = [_chunking.n_rows(job.X) for job in jobs]

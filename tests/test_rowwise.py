@@ -554,7 +554,7 @@ def test_coo_outputs_keep_the_serial_calls_canonical_flag(kind, backend):
     import scipy.sparse as sp
     from sklearn.preprocessing import FunctionTransformer
 
-    from sklearn_parpredict._chunking import _canonical_by_rows
+    from sklearn_parpredict._sparse import _canonical_by_rows
 
     coo = sp.random(60, 6, density=0.4, format="coo", random_state=0)
     coo_type = getattr(sp, f"coo_{kind}")
