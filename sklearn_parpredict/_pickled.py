@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from sklearn_parpredict import _chunking
+from sklearn_parpredict import _chunking, _sparse
 from sklearn_parpredict._files import copied_pages, temp_path, unlink, unlink_soon
 from sklearn_parpredict._locks import fork_safe
 from sklearn_parpredict._nan import NanKept
@@ -48,7 +48,9 @@ def nbytes(X) -> int:
         # Elsewhere ``data`` may mean anything: a pyarrow ChunkedArray warns,
         # on every call, that reading it is deprecated.
         return 0
-    parts = (getattr(X, name, None) for name in ("data", "indices", "indptr"))
+    # Every format's index arrays: a COO's coordinates weigh more than its
+    # values, where only the values were counted.
+    parts = (getattr(X, name, None) for name in ("data", *_sparse.INDEXES))
     return sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
 
 

@@ -160,7 +160,7 @@ def _vstack_blocks(parts):
 
 
 # The index arrays of each sparse format (CSR, CSC and BSR; DIA; COO).
-_SPARSE_INDEXES = ("indices", "indptr", "offsets", "row", "col")
+INDEXES = ("indices", "indptr", "offsets", "row", "col")
 
 
 def index_dtypes_kept(out, parts):
@@ -174,7 +174,7 @@ def index_dtypes_kept(out, parts):
     size allows, and their outputs came back with int32 indices. A call on
     more rows never needs narrower indices than its parts'.
     """
-    for name in _SPARSE_INDEXES:
+    for name in INDEXES:
         index = getattr(out, name, None)
         if not isinstance(index, np.ndarray):
             continue

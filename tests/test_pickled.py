@@ -299,6 +299,11 @@ def test_nbytes_counts_the_data_of_arrays_frames_and_sparse_matrices():
     assert nbytes(matrix) == (
         matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
     )
+    # Their coordinates and offsets too.
+    coo = matrix.tocoo()
+    assert nbytes(coo) == coo.data.nbytes + coo.row.nbytes + coo.col.nbytes
+    dia = matrix.todia()
+    assert nbytes(dia) == dia.data.nbytes + dia.offsets.nbytes
     assert nbytes([[0.0] * 4] * 100) == 0
 
 
