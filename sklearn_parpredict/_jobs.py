@@ -52,13 +52,9 @@ class Job:
             stop = _chunking.n_rows(self.X)
         X = self.rows(start, stop)
         params = self.params_for(start, stop)
-        started = time.perf_counter()
+        task = (self.estimator, self.method, X, self.columns, params)
         with self.tally.piece():
-            try:
-                return _call(self.estimator, self.method, X, self.columns, params)
-            except Exception as exc:
-                mark_failed_piece(exc, id(self), start, stop, started)
-                raise
+            return run_piece(_call, id(self), start, stop, *task)
 
     def rows(self, start: int, stop: int):
         """Rows ``start:stop`` of ``X``, as the method is given them."""
@@ -78,25 +74,17 @@ class Job:
 FAILED_PIECE = "_sklearn_parpredict_failed_piece"
 
 
-def mark_failed_piece(
-    exc: BaseException, job_id: int, start: int, stop: int, started: float
-):
-    """Mark ``exc``, raised by a piece of job ``job_id`` on rows
-    ``start:stop`` that started at ``started`` (``time.perf_counter``), as
-    :data:`FAILED_PIECE` says."""
-    seconds = time.perf_counter() - started
-    with contextlib.suppress(Exception):  # an exception that takes no attributes
-        setattr(exc, FAILED_PIECE, (job_id, start, stop, seconds))
-
-
 def run_piece(function, job_id: int, start: int, stop: int, *task):
-    """``function(*task)``, a task on rows ``start:stop`` of job ``job_id``,
-    its exception marked as :func:`mark_failed_piece` marks it."""
+    """``function(*task)``, a task on rows ``start:stop`` of job ``job_id``
+    (or such rows run in this process), its exception marked as
+    :data:`FAILED_PIECE` says."""
     started = time.perf_counter()
     try:
         return function(*task)
     except Exception as exc:
-        mark_failed_piece(exc, job_id, start, stop, started)
+        seconds = time.perf_counter() - started
+        with contextlib.suppress(Exception):  # one that takes no attributes
+            setattr(exc, FAILED_PIECE, (job_id, start, stop, seconds))
         raise
 
 

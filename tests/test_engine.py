@@ -13,7 +13,7 @@ import time
 import joblib
 import numpy as np
 import pytest
-from _helpers import assert_same_output, in_child
+from _helpers import ByItsMethods, assert_same_output, in_child
 from hypothesis import given
 from hypothesis import strategies as st
 from joblib._parallel_backends import MultiprocessingBackend
@@ -114,15 +114,9 @@ def test_a_model_of_another_kind_is_shipped_again_when_an_attribute_changes():
         assert_same_output(got, model.predict(X))
 
 
-class _MeanModel:
-    """An estimator by its methods, not scikit-learn's base class."""
-
-    def fit(self, X, y):
-        self.mean_ = float(np.mean(y))
-        return self
-
-    def predict(self, X):
-        return np.full(len(X), self.mean_)
+class _MeanModel(ByItsMethods):
+    """An estimator by its methods, not scikit-learn's base class, with the
+    tags a pipeline reads."""
 
     def __sklearn_tags__(self):
         from sklearn.utils import Tags, TargetTags
